@@ -1,0 +1,38 @@
+# pmd developer commands. `make run` and `make test` set up everything they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_DIR := .run
+STAMP := $(VENV)/.installed
+
+.PHONY: run test unit integration lint bench clean system-deps
+
+$(STAMP): pyproject.toml
+	@./scripts/system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+system-deps:
+	@./scripts/system-deps
+
+## Start pmd in the foreground with the example config (a subreaper, not PID 1).
+run: $(STAMP)
+	@mkdir -p $(RUN_DIR)/state $(RUN_DIR)/log
+	$(BIN)/pmd_init --config-dir config --state-dir $(RUN_DIR)/state \
+		--log-dir $(RUN_DIR)/log --socket $(RUN_DIR)/pmd.sock \
+		--host 127.0.0.1 --port 9615
+
+## The whole test suite: unit, API and integration (pmd as PID 1 in a PID namespace).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check pmd_init tests integration bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(RUN_DIR) .pytest_cache

@@ -1,0 +1,3 @@
+from .pid1.main import main
+
+main()

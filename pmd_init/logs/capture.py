@@ -1,0 +1,264 @@
+"""From a program's pipe to its log file and to pmd's stdout, without ever blocking.
+
+One `Capture` owns the read end of one pipe (a program's stdout or stderr). The loop calls it
+when the pipe is readable; it reads up to 1 MiB at once (the pipe is enlarged to 1 MiB so a
+fast writer needs few wake-ups), appends to the instance's `LogFile`, and hands whole lines
+to the `Forwarder`, which prefixes them with the program name for `docker logs`.
+
+Neither a full disk nor a stalled stdout may stop a program: failed file writes and
+forwarded bytes that do not fit are dropped and counted, never retried in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("pmd.logs")
+
+READ_SIZE = 1 << 20
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+FORWARD_BUFFER_MAX = 1 << 20
+PARTIAL_LINE_MAX = 64 << 10
+
+
+def open_log_path(path: Path) -> int:
+    """Open for appending, creating parent folders; the last component is never followed
+    if it is a symlink (the API must not become a way to write any file as root)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    return os.open(path, flags, 0o644)
+
+
+class LogFile:
+    """A size-rotated log file: `name`, `name.1` ... `name.<backups>`."""
+
+    __slots__ = ("path", "max_bytes", "backups", "_fd", "size", "dropped", "rotations")
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fd = -1
+        self.size = 0
+        self.dropped = 0
+        self.rotations = 0
+
+    def _open(self) -> bool:
+        try:
+            self._fd = open_log_path(self.path)
+            self.size = os.fstat(self._fd).st_size
+            return True
+        except OSError as exc:
+            log.warning("cannot open log %s: %s", self.path, exc)
+            self._fd = -1
+            return False
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._fd < 0 and not self._open():
+            self.dropped += len(data)
+            return
+        if self.max_bytes and self.size and self.size + len(data) > self.max_bytes:
+            self.rotate()
+            if self._fd < 0:
+                self.dropped += len(data)
+                return
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                self.size += n
+                view = view[n:]
+        except OSError as exc:  # ENOSPC, EIO, EFBIG: count and go on
+            self.dropped += len(view)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                log.warning("write to %s failed: %s", self.path, exc)
+
+    def rotate(self) -> None:
+        self.close()
+        self.rotations += 1
+        try:
+            if self.backups <= 0:
+                self.path.unlink(missing_ok=True)
+            else:
+                for index in range(self.backups - 1, 0, -1):
+                    older = self.path.with_name(f"{self.path.name}.{index}")
+                    if older.exists():
+                        os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+                if self.path.exists():
+                    os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        except OSError as exc:
+            log.warning("rotation of %s failed: %s", self.path, exc)
+        self._open()
+
+    def reopen(self) -> None:
+        """SIGUSR1: an outside rotator moved the file away; start a new one."""
+        self.close()
+        self._open()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Forwarder:
+    """Writes prefixed lines to pmd's stdout or stderr without blocking the loop.
+
+    A pipe or terminal is reopened through /proc/self/fd, giving pmd its own open file
+    description: O_NONBLOCK on it does not leak to the main command, which shares the
+    original one (a main command seeing EAGAIN on its stdout would be a bug of ours).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = self._own_description(fd)
+        self._pending = bytearray()
+        self._writing = False
+        self.dropped = 0
+
+    @staticmethod
+    def _own_description(fd: int) -> int:
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            return -1
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            try:
+                own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                return own
+            except OSError:
+                pass
+        if stat.S_ISSOCK(mode):
+            own = os.dup(fd)
+            os.set_blocking(own, False)  # a socket description is ours to share badly
+            return own
+        return os.dup(fd)  # a regular file: writes do not block for long
+
+    def write(self, data: bytes) -> None:
+        if self._fd < 0:
+            return
+        if self._pending:
+            if len(self._pending) + len(data) > FORWARD_BUFFER_MAX:
+                self.dropped += len(data)
+            else:
+                self._pending += data
+            return
+        try:
+            n = os.write(self._fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self.dropped += len(data)
+            return
+        if n < len(data):
+            self._pending += data[n:]
+            self._loop.add_writer(self._fd, self._flush)
+
+    def _flush(self) -> None:
+        try:
+            n = os.write(self._fd, self._pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.dropped += len(self._pending)
+            n = len(self._pending)
+        del self._pending[:n]
+        if not self._pending:
+            self._loop.remove_writer(self._fd)
+
+
+class Capture:
+    """Reads one pipe until EOF. `on_data` lets the API's log streams and timestamps hook in."""
+
+    __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_partial", "_on_eof",
+                 "bytes_read", "listeners")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        logfile: LogFile | None,
+        forward: Forwarder | None,
+        prefix: bytes,
+        on_eof: Callable[[Capture], None] | None = None,
+    ) -> None:
+        self._loop = loop
+        self.fd = fd
+        self.logfile = logfile
+        self._forward = forward
+        self._prefix = prefix
+        self._partial = b""
+        self._on_eof = on_eof
+        self.bytes_read = 0
+        self.listeners: list[Callable[[bytes], None]] | None = None
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._readable)
+
+    @staticmethod
+    def make_pipe() -> tuple[int, int]:
+        """(read end, write end), both close-on-exec; the write end is dup2'd by spawn."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(r, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # over /proc/sys/fs/pipe-max-size for an unprivileged pmd: keep 64 KiB
+        return r, w
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self.bytes_read += len(data)
+        if self.logfile is not None:
+            self.logfile.write(data)
+        if self._forward is not None:
+            self._forward_lines(data)
+        if self.listeners:
+            for listener in tuple(self.listeners):
+                listener(data)
+
+    def _forward_lines(self, data: bytes) -> None:
+        assert self._forward is not None
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            if len(data) > PARTIAL_LINE_MAX:
+                self._forward.write(self._prefix + data + b"\n")
+            else:
+                self._partial = data
+            return
+        whole, rest = data[: cut + 1], data[cut + 1 :]
+        if len(rest) > PARTIAL_LINE_MAX:
+            whole, rest = data + b"\n", b""
+        lines = whole.split(b"\n")
+        lines.pop()  # after the last newline
+        self._forward.write(b"".join(self._prefix + line + b"\n" for line in lines))
+        self._partial = rest
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        self._loop.remove_reader(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        if self._partial and self._forward is not None:
+            self._forward.write(self._prefix + self._partial + b"\n")
+            self._partial = b""
+        if self._on_eof is not None:
+            self._on_eof(self)

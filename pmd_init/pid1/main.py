@@ -1,0 +1,384 @@
+"""pmd_init: the init process. Owns the loop, the signals, the reaper, the main command,
+the supervisor and the HTTP server, and decides the exit code.
+
+Order matters at start: signal handlers first (a PID 1 without a TERM handler ignores
+`docker stop`), then the reaper, then the boot programs, and only then the HTTP stack,
+whose import costs a quarter of a second that programs should not wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..settings import Settings, parse_settings
+from .reaper import Reaper
+from .signals import SignalQueue
+
+log = logging.getLogger("pmd")
+
+REEXEC_ENV = "PMD_REEXEC_STATE"
+FORWARDED = frozenset({
+    signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+})
+
+
+class Init:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.exit_code = 0
+        self.main_pid: int | None = None
+        self.main_exit: int | None = None
+        self.config_problem: str | None = None
+        self.reload_report: dict[str, Any] | None = None
+        self._done: asyncio.Future[str] | None = None
+        self._shutting_down = False
+        self._force = False
+        self.api: Any = None
+        self.supervisor: Any = None
+
+    # ---- life cycle ----------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self._done = loop.create_future()
+        self.signals = SignalQueue(loop, self._dispatch)
+        self.signals.install()
+        self.reaper = Reaper(loop)
+        self._become_subreaper()
+        _raise_nofile()
+        s = self.settings
+        for folder in (s.state_dir, s.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+        from ..store.programs import ProgramStore
+        from ..supervisor.supervisor import Supervisor
+
+        store = ProgramStore(s.config_dir, s.state_dir)
+        self.supervisor = sup = Supervisor(loop, self.reaper, store, s.state_dir, s.log_dir,
+                                           forward=s.log_forward, log_roots=s.log_roots)
+        sup.on_fatal_exit = self._program_gone
+        sup.events.subscribe(self._log_event)
+        state = self._take_reexec_state()
+        if state is not None:
+            sup.adopt(state["supervisor"])
+            self._adopt_main(state.get("main"))
+            self.started_at = state.get("started_at", self.started_at)
+            log.info("re-executed: %d programs adopted", len(sup.programs) + len(sup.ephemeral))
+        else:
+            specs = store.load()
+            if store.report.problem:
+                self.config_problem = store.report.problem
+                log.error("booting from %s: %s", store.report.source, store.report.problem)
+            sup.load(specs)
+            sup.reconcile_ephemeral()
+            sup.boot()
+            if s.command:
+                self._spawn_main()
+        self.reaper.reap()  # exits that happened while we were starting (or exec'ing)
+
+        if s.api:
+            from ..api.server import ApiServer
+
+            self.api = ApiServer(self, s)
+            try:
+                await self.api.start()
+            except OSError as exc:
+                log.error("HTTP API not started: %s", exc)
+                self.api = None
+        mode = await self._done
+        if mode == "reexec":
+            await self._reexec()  # returns only if exec failed
+        return await self._shutdown()
+
+    def _become_subreaper(self) -> None:
+        if os.getpid() == 1:
+            return
+        try:
+            import prctl  # type: ignore[import-not-found]
+
+            prctl.set_child_subreaper(True)
+        except (ImportError, OSError) as exc:
+            log.warning("cannot become a child subreaper (%s): orphans go to PID 1", exc)
+
+    # ---- signals -------------------------------------------------------------------
+
+    def _dispatch(self, signums: list[int]) -> None:
+        for signum in signums:
+            if signum == signal.SIGCHLD:
+                self.reaper.reap()
+                continue
+            if signum in FORWARDED and self.main_pid is not None:
+                try:
+                    os.killpg(self.main_pid, signum)
+                except OSError:
+                    pass
+            name = signal.Signals(signum).name.lower()
+            handler = getattr(self, f"handle_{name}", None)
+            if handler is not None:
+                handler()
+
+    def handle_sigterm(self) -> None:
+        """Graceful shutdown; a second TERM/INT/QUIT during shutdown kills at once."""
+        if self._shutting_down:
+            self._force_kill()
+        self.request_shutdown()
+
+    handle_sigint = handle_sigterm
+    handle_sigquit = handle_sigterm
+
+    def handle_sighup(self) -> None:
+        """Reload programs.json: start added, stop removed, restart changed."""
+        from ..store.programs import ConfigError
+
+        try:
+            specs = self.supervisor.store.reread()
+        except (ConfigError, OSError) as exc:
+            self.config_problem = f"reload refused: {exc}"
+            log.error("SIGHUP: programs.json not reloaded: %s", exc)
+            return
+        self.config_problem = None
+        self.reload_report = self.supervisor.apply(specs)
+        log.info("SIGHUP: reloaded programs.json: %s",
+                 {k: v for k, v in self.reload_report.items() if v and k != "kept"})
+
+    def handle_sigusr1(self) -> None:
+        """Reopen every log file (after an outside rotation)."""
+        for inst in self.supervisor.instances():
+            for logfile in (inst.stdout_log, inst.stderr_log):
+                if logfile is not None:
+                    logfile.reopen()
+
+    # ---- requests from the API and the supervisor ----------------------------------
+
+    def request_shutdown(self, code: int | None = None) -> None:
+        if code is not None and not self._shutting_down:
+            self.exit_code = code
+        self._shutting_down = True
+        if self._done is not None and not self._done.done():
+            self._done.set_result("shutdown")
+
+    def request_reexec(self) -> bool:
+        if self._shutting_down or self._done is None or self._done.done():
+            return False
+        self._done.set_result("reexec")
+        return True
+
+    def _program_gone(self, inst: Any) -> None:
+        code = inst.exit_code if inst.exit_code is not None else 1
+        log.warning("%s is gone for good (%s) and shuts the container down with code %d",
+                    inst.name, inst.state, code)
+        self.request_shutdown(code)
+
+    def _log_event(self, event: Any) -> None:
+        extra = f" pid {event.pid}" if event.pid else ""
+        if event.exit_code is not None:
+            extra += f" exit {event.exit_code}"
+        log.info("%s: %s -> %s%s", event.instance, event.from_state.value,
+                 event.to_state.value, extra)
+
+    # ---- the main command ----------------------------------------------------------
+
+    def _spawn_main(self) -> None:
+        from ..supervisor.spawn import SpawnError, SpawnRequest, spawn
+
+        try:
+            popen = spawn(SpawnRequest(argv=self.settings.command, env=self.supervisor.base_env,
+                                       stdin_devnull=False, new_session=False))
+        except SpawnError as exc:
+            log.error("main command: %s", exc)
+            # tini's codes: 127 not found, 126 found but not executable
+            self.main_exit = 127 if "not found" in str(exc) else 126
+            self.request_shutdown(self.main_exit)
+            return
+        self.main_pid = popen.pid
+        self._main_popen = popen
+        self.reaper.watch(popen.pid, self._main_exited)
+        self._give_terminal(popen.pid)
+
+    @staticmethod
+    def _give_terminal(pgid: int) -> None:
+        """Like tini: an interactive main command gets the terminal's foreground."""
+        try:
+            if os.isatty(0):
+                old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+                try:
+                    os.tcsetpgrp(0, pgid)
+                finally:
+                    signal.signal(signal.SIGTTOU, old)
+        except OSError:
+            pass
+
+    def _adopt_main(self, main: dict[str, Any] | None) -> None:
+        if main and isinstance(main.get("pid"), int):
+            self.main_pid = main["pid"]
+            self.reaper.watch(self.main_pid, self._main_exited)
+
+    def _main_exited(self, status: int | None) -> None:
+        from ..supervisor.spawn import describe_exit
+
+        code = describe_exit(status) if status is not None else 1
+        self.main_exit = code
+        self.main_pid = None
+        log.info("main command exited with %d", code)
+        mapped = self.settings.remap_exit.get(code, code)
+        self.exit_code = mapped
+        self._shutting_down = True
+        if self._done is not None and not self._done.done():
+            self._done.set_result("shutdown")
+
+    # ---- shutdown ------------------------------------------------------------------
+
+    async def _shutdown(self) -> int:
+        self._shutting_down = True
+        loop = self.loop
+        deadline = loop.time() + self.settings.grace
+        if self.api is not None:
+            self.api.close()  # stop accepting; in-flight requests finish below
+        await self.supervisor.shutdown(deadline)
+        if self.main_pid is not None:
+            waiter = loop.create_future()
+            previous = self._main_exited
+
+            def exited(status: int | None) -> None:
+                previous(status)
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            self.reaper.watch(self.main_pid, exited)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                log.warning("main command did not exit within the grace period: SIGKILL")
+                try:
+                    os.killpg(self.main_pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                try:
+                    await asyncio.wait_for(waiter, 2.0)
+                except TimeoutError:
+                    pass
+        if self.api is not None:
+            await self.api.stop(timeout=max(0.1, min(1.0, deadline - loop.time())))
+        self.supervisor.save_ephemeral()
+        log.info("pmd exits with %d", self.exit_code)
+        return self.exit_code
+
+    def _force_kill(self) -> None:
+        log.warning("second signal: killing everything now")
+        for inst in self.supervisor.instances():
+            inst.kill_now()
+        if self.main_pid is not None:
+            try:
+                os.killpg(self.main_pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    # ---- re-exec -------------------------------------------------------------------
+
+    @property
+    def _reexec_path(self) -> Path:
+        return self.settings.state_dir / "reexec.json"
+
+    def _take_reexec_state(self) -> dict[str, Any] | None:
+        marker = os.environ.pop(REEXEC_ENV, None)
+        if not marker:
+            return None
+        import orjson
+
+        path = Path(marker)
+        try:
+            state = orjson.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.error("re-exec state unreadable (%s): starting fresh", exc)
+            return None
+        finally:
+            path.unlink(missing_ok=True)
+        return state if isinstance(state, dict) else None
+
+    async def _reexec(self) -> None:
+        """Replace this process image with a new pmd, same pid: children stay ours, their
+        log pipes stay open (the read ends are handed over by number), timers resume."""
+        from ..store.files import atomic_write_json
+
+        log.info("re-executing pmd in place")
+        if self.api is not None:
+            self.api.close()
+            await self.api.stop(timeout=1.0)
+            self.api = None
+        self.reaper.reap()
+        state = {
+            "supervisor": self.supervisor.snapshot(),
+            "main": {"pid": self.main_pid} if self.main_pid else None,
+            "started_at": self.started_at,
+        }
+        fds = self.supervisor.capture_fds()
+        try:
+            atomic_write_json(self._reexec_path, state)
+            for fd in fds:
+                self.loop.remove_reader(fd)
+                os.set_inheritable(fd, True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.signals.restore()
+            env = dict(os.environ)
+            env[REEXEC_ENV] = str(self._reexec_path)
+            argv = list(sys.orig_argv)
+            os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+        except OSError as exc:
+            log.error("re-exec failed: %s; carrying on", exc)
+            self.signals.install()
+            for inst in self.supervisor.instances():
+                for capture in inst.captures:
+                    if capture.fd >= 0:
+                        os.set_inheritable(capture.fd, False)
+                        self.loop.add_reader(capture.fd, capture._readable)
+            self._done = self.loop.create_future()
+            mode = await self._done
+            if mode == "reexec":
+                await self._reexec()
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 1 << 20), hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s pmd %(levelname)s %(message)s",
+                                           "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger("pmd")
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("PMD_LOG_LEVEL", "INFO").upper())
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    _setup_logging()
+    try:
+        import prctl  # type: ignore[import-not-found]
+
+        prctl.set_name("pmd_init")
+    except (ImportError, OSError):
+        pass
+    code = asyncio.run(Init(settings).run())
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)

@@ -1,0 +1,101 @@
+"""The one caller of waitpid in pmd.
+
+On every SIGCHLD the loop calls `reap()`, which collects exit statuses until waitpid says
+there are none left: one SIGCHLD may stand for many exits (signals coalesce), so a capped
+pass would leave zombies behind. Each status goes to whoever watches that pid; a pid nobody
+watches is an orphan that was reparented to us (we are PID 1 or a subreaper) and is counted.
+
+Processes that are not our children (re-adopted after pmd was killed while running as a
+subreaper) cannot be waited for; they are watched through a pidfd, which becomes readable
+when they exit. Their exit code is unknown and reported as None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+
+log = logging.getLogger("pmd.reaper")
+
+ExitCallback = Callable[[int | None], None]  # the raw wait status, or None when unknown
+
+
+class Reaper:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._owners: dict[int, ExitCallback] = {}
+        self._pidfds: dict[int, int] = {}
+        self.orphans_reaped = 0
+        self.children_reaped = 0
+        self._early: dict[int, int] = {}
+        self._expected: set[int] = set()
+
+    def watch(self, pid: int, on_exit: ExitCallback) -> None:
+        """Route pid's exit to on_exit. If it was already reaped as an orphan in this very
+        loop turn (adopted after re-exec, say), the status is delivered at once."""
+        self._expected.discard(pid)
+        status = self._early.pop(pid, None)
+        if status is not None:
+            self._loop.call_soon(on_exit, status)
+            return
+        self._owners[pid] = on_exit
+
+    def unwatch(self, pid: int) -> None:
+        self._owners.pop(pid, None)
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+
+    def watch_foreign(self, pid: int, on_exit: ExitCallback) -> bool:
+        """Watch a process that is not our child. False if it is already gone."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        self._pidfds[pid] = fd
+        self._owners[pid] = on_exit
+
+        def exited() -> None:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+            self._pidfds.pop(pid, None)
+            callback = self._owners.pop(pid, None)
+            if callback is not None:
+                callback(None)
+
+        self._loop.add_reader(fd, exited)
+        return True
+
+    def keep_early(self, pids: set[int]) -> None:
+        """Pids about to be adopted (after re-exec): a status reaped before `watch` is kept."""
+        self._expected = set(pids)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            owner = self._owners.pop(pid, None)
+            if owner is None:
+                if pid in self._expected:
+                    self._early[pid] = status
+                    continue
+                self.orphans_reaped += 1
+                continue
+            self.children_reaped += 1
+            try:
+                owner(status)
+            except Exception:
+                log.exception("exit handler for pid %d failed", pid)
+
+    @property
+    def watched(self) -> int:
+        return len(self._owners)

@@ -1,0 +1,126 @@
+"""pmd_init's settings: every command-line flag has an environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_dir: Path = Path("/etc/pmd")
+    state_dir: Path = Path("/var/lib/pmd")
+    log_dir: Path = Path("/var/log/pmd")
+    host: str = "127.0.0.1"
+    port: int = 9615
+    socket: Path | None = Path("/run/pmd/pmd.sock")
+    api_key: str | None = None
+    grace: float = 8.0
+    command: list[str] = field(default_factory=list)
+    remap_exit: dict[int, int] = field(default_factory=dict)
+    log_forward: bool = True
+    log_roots: list[Path] = field(default_factory=lambda: [Path("/var/log")])
+    api: bool = True
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _remap(text: str) -> dict[int, int]:
+    result: dict[int, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        src, sep, dst = part.partition(":")
+        if not sep:
+            raise ValueError(f"--remap-exit takes FROM:TO pairs, got {part!r}")
+        a, b = int(src), int(dst)
+        if not (0 <= a <= 255 and 0 <= b <= 255):
+            raise ValueError("exit codes are 0-255")
+        result[a] = b
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pmd_init",
+        description="pmd: container init (PID 1) and process supervisor with an HTTP API.",
+        epilog="Every flag has an environment variable (PMD_CONFIG_DIR, PMD_STATE_DIR, "
+        "PMD_LOG_DIR, PMD_HOST, PMD_PORT, PMD_SOCKET, PMD_API_KEY, PMD_API_KEY_FILE, "
+        "PMD_GRACE, PMD_REMAP_EXIT, PMD_LOG_FORWARD, PMD_LOG_ROOTS). "
+        "Anything after -- is the main command: pmd exits with its exit code.",
+    )
+    p.add_argument("--version", action="version", version=f"pmd_init {__version__}")
+    p.add_argument("--config-dir", default=_env("PMD_CONFIG_DIR", "/etc/pmd"),
+                   help="folder of programs.json (default /etc/pmd)")
+    p.add_argument("--state-dir", default=_env("PMD_STATE_DIR", "/var/lib/pmd"),
+                   help="folder of ephemeral.json and re-exec state (default /var/lib/pmd)")
+    p.add_argument("--log-dir", default=_env("PMD_LOG_DIR", "/var/log/pmd"),
+                   help="root of program logs (default /var/log/pmd)")
+    p.add_argument("--host", default=_env("PMD_HOST", "127.0.0.1"),
+                   help="HTTP address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=int(_env("PMD_PORT", "9615") or 9615),
+                   help="HTTP port, 0 for any free port, -1 for no TCP listener (default 9615)")
+    p.add_argument("--socket", default=_env("PMD_SOCKET", "/run/pmd/pmd.sock"),
+                   help="Unix socket path, mode 0600; '' for none (default /run/pmd/pmd.sock)")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", default=None, help="require this API key (or PMD_API_KEY)")
+    keys.add_argument("--api-key-file", default=None,
+                      help="read the API key from this file (or PMD_API_KEY_FILE)")
+    p.add_argument("--grace", type=float, default=float(_env("PMD_GRACE", "8") or 8),
+                   help="seconds the whole shutdown may take (default 8)")
+    p.add_argument("--remap-exit", default=_env("PMD_REMAP_EXIT", ""),
+                   help="map the main command's exit codes, e.g. 143:0,130:0")
+    p.add_argument("--log-roots", default=_env("PMD_LOG_ROOTS", "/var/log"),
+                   help="colon-separated folders where API-given log files may live, "
+                   "besides --log-dir (default /var/log)")
+    p.add_argument("--no-api", action="store_true", help="do not serve HTTP at all")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="-- CMD ARGS...: the main command")
+    return p
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    api_key = args.api_key or _env("PMD_API_KEY")
+    key_file = args.api_key_file or _env("PMD_API_KEY_FILE")
+    if key_file and not args.api_key:
+        try:
+            api_key = Path(key_file).read_text().strip()
+        except OSError as exc:
+            parser.error(f"cannot read the API key file {key_file}: {exc.strerror}")
+        if not api_key:
+            parser.error(f"the API key file {key_file} is empty")
+    try:
+        remap = _remap(args.remap_exit or "")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.grace < 0:
+        parser.error("--grace must not be negative")
+    if not -1 <= args.port <= 65535:
+        parser.error("--port must be 0-65535 (or -1 for none)")
+    forward = (_env("PMD_LOG_FORWARD", "1") or "1").lower() not in ("0", "false", "no", "off")
+    roots = [Path(r) for r in (args.log_roots or "").split(":") if r]
+    return Settings(
+        config_dir=Path(args.config_dir).absolute(),
+        state_dir=Path(args.state_dir).absolute(),
+        log_dir=Path(args.log_dir).absolute(),
+        host=args.host,
+        port=args.port,
+        socket=Path(args.socket).absolute() if args.socket else None,
+        api_key=api_key,
+        grace=args.grace,
+        command=command,
+        remap_exit=remap,
+        log_forward=forward,
+        log_roots=roots,
+        api=not args.no_api,
+    )

@@ -1,0 +1,179 @@
+"""programs.json, its first-boot snapshot programs.default.json, and the last good copy.
+
+A corrupt or invalid programs.json must never crash-loop a container: the bad file is kept
+aside under a timestamped name, pmd boots from the last good copy (state dir) or else the
+default snapshot, and the problem is reported in status and logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..supervisor.spec import ProgramSpec
+from .files import atomic_write_bytes, atomic_write_json, read_json
+
+log = logging.getLogger("pmd.store")
+
+FORMAT_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """programs.json cannot be used; the message says why."""
+
+
+@dataclass
+class LoadReport:
+    source: str  # "programs.json", "last-good", "default", "empty"
+    problem: str | None = None
+    quarantined: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "problem": self.problem,
+            "quarantined": self.quarantined,
+            "warnings": self.warnings,
+        }
+
+
+def parse_programs(raw: object) -> list[ProgramSpec]:
+    """Validate a programs document; ids are assigned to programs that lack one."""
+    if isinstance(raw, list):  # tolerate a bare list of programs
+        raw = {"version": FORMAT_VERSION, "programs": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError("the document must be an object with a 'programs' list")
+    version = raw.get("version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"unsupported version {version!r} (this pmd reads {FORMAT_VERSION})")
+    items = raw.get("programs")
+    if not isinstance(items, list):
+        raise ConfigError("'programs' must be a list")
+    specs: list[ProgramSpec] = []
+    for index, item in enumerate(items):
+        try:
+            specs.append(ProgramSpec.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"programs[{index}].{where}: {first['msg']}") from None
+    names: set[str] = set()
+    ids: set[int] = set()
+    for spec in specs:
+        if spec.name in names:
+            raise ConfigError(f"duplicate program name {spec.name!r}")
+        names.add(spec.name)
+        if spec.id is not None:
+            if spec.id in ids:
+                raise ConfigError(f"duplicate program id {spec.id}")
+            ids.add(spec.id)
+    next_id = max(ids, default=0) + 1
+    result = []
+    for spec in specs:
+        if spec.id is None:
+            spec = spec.model_copy(update={"id": next_id})
+            next_id += 1
+        result.append(spec)
+    ranged = [s for s in result if s.port_range]
+    for i, a in enumerate(ranged):
+        for b in ranged[i + 1 :]:
+            assert a.port_range and b.port_range
+            if a.port_range.overlaps(b.port_range):
+                raise ConfigError(f"port ranges of {a.name!r} and {b.name!r} overlap")
+    return result
+
+
+def dump_programs(specs: list[ProgramSpec]) -> dict[str, object]:
+    return {"version": FORMAT_VERSION, "programs": [s.to_json() for s in specs]}
+
+
+class ProgramStore:
+    def __init__(self, config_dir: Path, state_dir: Path) -> None:
+        self.path = config_dir / "programs.json"
+        self.default_path = config_dir / "programs.default.json"
+        self.last_good_path = state_dir / "programs.last-good.json"
+        self.report = LoadReport(source="empty")
+
+    def _read(self, path: Path) -> list[ProgramSpec]:
+        try:
+            raw = read_json(path)
+        except ValueError as exc:
+            raise ConfigError(f"{path.name} is not valid JSON: {exc}") from None
+        return parse_programs(raw)
+
+    def load(self) -> list[ProgramSpec]:
+        """Read programs.json, falling back as the module docstring says. Never raises for
+        bad content; I/O errors other than a missing file are treated as bad content too."""
+        if not self.path.exists():
+            self.report = LoadReport(source="empty")
+            if self.default_path.exists():
+                try:
+                    specs = self._read(self.default_path)
+                    self.report = LoadReport(source="default")
+                    return specs
+                except (ConfigError, OSError) as exc:
+                    self.report = LoadReport(source="empty", problem=str(exc))
+            return []
+        try:
+            specs = self._read(self.path)
+        except (ConfigError, OSError) as exc:
+            return self._fall_back(str(exc))
+        self.report = LoadReport(source="programs.json")
+        self._snapshot_default()
+        self._remember_good()
+        return specs
+
+    def reread(self) -> list[ProgramSpec]:
+        """For a reload (SIGHUP): raises ConfigError and keeps the bad file where it is."""
+        if not self.path.exists():
+            return []
+        specs = self._read(self.path)
+        self._remember_good()
+        return specs
+
+    def read_default(self) -> list[ProgramSpec]:
+        if not self.default_path.exists():
+            return []
+        return self._read(self.default_path)
+
+    def save(self, specs: list[ProgramSpec]) -> None:
+        atomic_write_json(self.path, dump_programs(specs))
+        self._remember_good()
+
+    def _fall_back(self, problem: str) -> list[ProgramSpec]:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = self.path.with_name(f"programs.json.bad-{stamp}")
+        try:
+            shutil.copy2(self.path, aside)
+        except OSError:
+            aside = None  # type: ignore[assignment]
+        log.error("programs.json is unusable (%s); kept aside as %s", problem, aside)
+        for source, path in (("last-good", self.last_good_path), ("default", self.default_path)):
+            if path.exists():
+                try:
+                    specs = self._read(path)
+                except (ConfigError, OSError):
+                    continue
+                self.report = LoadReport(source, problem, str(aside) if aside else None)
+                return specs
+        self.report = LoadReport("empty", problem, str(aside) if aside else None)
+        return []
+
+    def _snapshot_default(self) -> None:
+        if not self.default_path.exists():
+            try:
+                atomic_write_bytes(self.default_path, self.path.read_bytes())
+            except OSError as exc:  # a read-only config dir is allowed
+                log.warning("could not write %s: %s", self.default_path, exc)
+
+    def _remember_good(self) -> None:
+        try:
+            atomic_write_bytes(self.last_good_path, self.path.read_bytes())
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.last_good_path, exc)

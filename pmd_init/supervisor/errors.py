@@ -1,0 +1,30 @@
+"""What the supervisor refuses, and why. The API maps these to HTTP in one place."""
+
+from __future__ import annotations
+
+
+class SupervisorError(Exception):
+    code = "OPERATION_FAILED"
+
+    def __init__(self, message: str, field: str | None = None,
+                 details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details or {}
+
+
+class NotFound(SupervisorError):
+    code = "NOT_FOUND"
+
+
+class Conflict(SupervisorError):
+    code = "ALREADY_EXISTS"
+
+
+class Invalid(SupervisorError):
+    code = "VALIDATION_ERROR"
+
+
+class OperationFailed(SupervisorError):
+    code = "OPERATION_FAILED"

@@ -1,0 +1,79 @@
+"""A program: its spec and its instances (one, or one per port of its port range)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .instance import Instance
+from .spec import ProgramSpec
+from .states import ACTIVE_STATES, RUNNING_STATES, ProgramState
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+
+class Program:
+    __slots__ = ("supervisor", "spec", "instances", "temporary_id", "created_at",
+                 "expires_at", "finished_at", "_ttl_timer", "__weakref__")
+
+    def __init__(self, supervisor: Supervisor, spec: ProgramSpec,
+                 temporary_id: str | None = None) -> None:
+        self.supervisor = supervisor
+        self.spec = spec
+        self.temporary_id = temporary_id
+        self.created_at: float | None = None
+        self.expires_at: float | None = None
+        self.finished_at: float | None = None
+        self._ttl_timer = None
+        self.instances: dict[int | None, Instance] = {
+            port: Instance(self, port) for port in spec.ports()
+        }
+
+    @property
+    def id(self) -> int | None:
+        return self.spec.id
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> str:
+        """How re-exec state and logs refer to this program."""
+        return self.temporary_id or f"id:{self.spec.id}"
+
+    @property
+    def log_folder(self) -> str:
+        return self.spec.name
+
+    @property
+    def is_ephemeral(self) -> bool:
+        return self.temporary_id is not None
+
+    def instance(self, port: int | None) -> Instance | None:
+        return self.instances.get(port)
+
+    @property
+    def primary(self) -> Instance:
+        return next(iter(self.instances.values()))
+
+    @property
+    def state(self) -> ProgramState:
+        """One state for the whole program: the most alive of its instances."""
+        states = [i.state for i in self.instances.values()]
+        for candidate in (ProgramState.RUNNING, ProgramState.STARTING, ProgramState.STOPPING,
+                          ProgramState.BACKOFF, ProgramState.FATAL, ProgramState.EXITED):
+            if candidate in states:
+                return candidate
+        return ProgramState.STOPPED
+
+    def is_active(self) -> bool:
+        return any(i.state in ACTIVE_STATES or i.state in RUNNING_STATES
+                   for i in self.instances.values())
+
+    def start(self, delay: float = 0) -> None:
+        for inst in self.instances.values():
+            inst.start(delay)
+
+    def stop_all(self) -> list:
+        return [inst.stop() for inst in self.instances.values()]

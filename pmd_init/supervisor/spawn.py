@@ -1,0 +1,153 @@
+"""Starting a process: the only place pmd forks.
+
+`subprocess.Popen` without preexec_fn (the C fork+exec path, no Python in the child),
+a new session so signals reach the whole process group, close_fds, and privilege drop
+through user=/group=/extra_groups=. pmd never waits on the Popen: the reaper owns waitpid
+and writes the status back into `returncode`, so subprocess's own bookkeeping
+(subprocess._cleanup) never steals a status.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+
+SHELL_PATHS = {"bash": "bash", "zsh": "zsh", "fish": "fish", "sh": "sh", "tmux": "bash"}
+
+
+class SpawnError(Exception):
+    """The program could not be executed; the message is shown in its status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    groups: tuple[int, ...]
+
+
+def resolve_account(user: str | None) -> Account | None:
+    """None means: run as pmd's own user, with pmd's environment untouched."""
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise SpawnError(f"user '{user}' does not exist") from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise SpawnError(f"cannot run as '{user}': pmd is not root")
+    try:
+        groups = tuple(os.getgrouplist(user, entry.pw_gid))
+    except OSError:
+        groups = (entry.pw_gid,)
+    return Account(user, entry.pw_uid, entry.pw_gid, entry.pw_dir, groups)
+
+
+def build_argv(command: str, terminal_shell: str | None) -> list[str]:
+    """Split like a shell splits words, without a shell; or hand the line to a login shell
+    (which loads the user's profile first) when terminal_shell asks for one."""
+    if terminal_shell:
+        shell = SHELL_PATHS[terminal_shell]
+        return [shell, "-l", "-c", command]
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise SpawnError(f"cannot split command: {exc}") from None
+    if not argv:
+        raise SpawnError("empty command")
+    return argv
+
+
+@dataclass(slots=True)
+class SpawnRequest:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None = None
+    account: Account | None = None
+    stdout: int | None = None  # an fd, or None to inherit pmd's
+    stderr: int | None = None
+    stdin_devnull: bool = True
+    new_session: bool = True
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
+    """Fork and exec; raises SpawnError with a readable reason when exec cannot happen."""
+    kwargs: dict[str, object] = {}
+    if req.account is not None and req.account.uid != os.geteuid():
+        kwargs.update(user=req.account.uid, group=req.account.gid,
+                      extra_groups=list(req.account.groups))
+    if req.new_session:
+        kwargs["start_new_session"] = True
+    else:
+        kwargs["process_group"] = 0
+    try:
+        return subprocess.Popen(
+            req.argv,
+            executable=None,
+            stdin=subprocess.DEVNULL if req.stdin_devnull else None,
+            stdout=req.stdout,
+            stderr=req.stderr,
+            cwd=req.cwd,
+            env=req.env,
+            close_fds=True,
+            restore_signals=True,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except FileNotFoundError as exc:
+        if req.cwd and exc.filename == req.cwd:
+            raise SpawnError(f"directory '{req.cwd}' does not exist") from None
+        raise SpawnError(f"command not found: {req.argv[0]}") from None
+    except PermissionError as exc:
+        what = exc.filename or req.argv[0]
+        raise SpawnError(f"permission denied: {what}") from None
+    except NotADirectoryError as exc:
+        raise SpawnError(f"not a directory: {exc.filename or req.cwd}") from None
+    except OSError as exc:
+        raise SpawnError(f"cannot execute {req.argv[0]}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, subprocess.SubprocessError) as exc:
+        raise SpawnError(f"cannot execute {req.argv[0]}: {exc}") from None
+
+
+def program_env(
+    base: dict[str, str],
+    account: Account | None,
+    extra: dict[str, str],
+    display: str | None,
+    port: int | None,
+) -> dict[str, str]:
+    env = dict(base)
+    if account is not None:
+        env.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
+    env.update(extra)
+    if display:
+        env["DISPLAY"] = display
+    if port is not None:  # the instance's own port wins over a PORT in `environment`
+        env["PORT"] = str(port)
+    return env
+
+
+def describe_exit(status: int) -> int:
+    """waitpid status to a shell-style code: the exit code, or 128+N for signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def killpg(pid: int, signum: int) -> bool:
+    """Signal a process group (the program and everything it started); False if gone."""
+    try:
+        os.killpg(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        try:
+            os.kill(pid, signum)
+            return True
+        except OSError:
+            return False

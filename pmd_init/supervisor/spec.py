@@ -1,0 +1,248 @@
+"""What a program is: the validated configuration of one supervised program.
+
+`ProgramSpec` is the shape stored in programs.json and accepted by the add/edit API
+(daemon-management-api.txt), plus the supervisord knobs users expect (exitcodes, startsecs,
+startretries, stop_signal, stop_timeout) and pmd's own (shutdown_on_exit, health_check,
+max_memory_restart). Validation that needs the live system (does the user exist?) runs only
+when the validation context asks for it, so a programs.json that names a missing user still
+boots and reports a spawn error for that one program.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import signal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+KIT_ROOT = "/hoody/plugins"
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
+STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
+TERMINAL_SHELLS = ("bash", "zsh", "fish", "sh", "tmux")
+WEBHOOK_EVENTS = (
+    "STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL", "UNKNOWN",
+    "all", "*",
+)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PortRange(Model):
+    start: Annotated[int, Field(ge=1, le=65535)]
+    end: Annotated[int, Field(ge=1, le=65535)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PortRange:
+        if self.end < self.start:
+            raise ValueError("end must be greater than or equal to start")
+        if self.end - self.start >= 1024:
+            raise ValueError("a port range holds at most 1024 ports")
+        return self
+
+    def ports(self) -> range:
+        return range(self.start, self.end + 1)
+
+    def overlaps(self, other: PortRange) -> bool:
+        return self.start <= other.end and other.start <= self.end
+
+
+class WebhooksSpec(Model):
+    enabled: bool = True
+    urls: list[str] = Field(default_factory=list, max_length=20)
+    events: list[Literal[WEBHOOK_EVENTS]] = Field(default_factory=lambda: ["all"])  # type: ignore[valid-type]
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Annotated[int, Field(ge=1, le=60)] = 10
+    retry: Annotated[int, Field(ge=0, le=5)] = 0
+
+
+class HealthCheckSpec(Model):
+    """http (url, expected_status), tcp (port) or script (command exits 0)."""
+
+    type: Literal["http", "tcp", "script"]
+    url: str | None = None
+    expected_status: Annotated[int, Field(ge=100, le=599)] = 200
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    command: str | None = None
+    interval: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    retries: Annotated[int, Field(ge=1, le=100)] = 3
+    restart_on_unhealthy: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> HealthCheckSpec:
+        if self.type == "http" and not self.url:
+            raise ValueError("an http health check needs url")
+        if self.type == "script" and not self.command:
+            raise ValueError("a script health check needs command")
+        return self
+
+
+def _no_quotes(value: str) -> str:
+    if '"' in value or "'" in value:
+        raise ValueError("must not contain quotes")
+    return value
+
+
+def _absolute(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    if "\x00" in value or "\n" in value:
+        raise ValueError("must not contain NUL or newline")
+    return value
+
+
+class ProgramSpec(Model):
+    id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    description: Annotated[str, Field(max_length=500)] | None = None
+    command: Annotated[str, Field(min_length=1, max_length=65536)]
+    user: str | None = None
+    enabled: bool = True
+    boot: bool = False
+    delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
+    autorestart: Literal["true", "false", "unexpected"] = "unexpected"
+    directory: str | None = None
+    priority: Annotated[int, Field(ge=1, le=999)] = 999
+    stdout_logfile: str | None = None
+    stderr_logfile: str | None = None
+    logs_enabled: bool = True
+    log_max_bytes: Annotated[int, Field(ge=0, le=2**40)] = 5242880
+    log_backups: Annotated[int, Field(ge=0, le=100)] = 2
+    environment: dict[str, str] = Field(default_factory=dict)
+    hoody_kit: bool = False
+    port_range: PortRange | None = None
+    port_param: str | None = None
+    lazy_load: bool = False
+    display: str | None = None
+    terminal_id: Annotated[int, Field(ge=1, le=65535)] | None = None
+    terminal_shell: Literal[TERMINAL_SHELLS] | None = None  # type: ignore[valid-type]
+    terminal_interactive: bool | None = None
+    webhooks: WebhooksSpec | None = None
+    # supervisord's knobs, same names and meaning
+    exitcodes: list[Annotated[int, Field(ge=0, le=255)]] = Field(default_factory=lambda: [0])
+    startsecs: Annotated[float, Field(ge=0, le=3600)] = 1
+    startretries: Annotated[int, Field(ge=0, le=1000)] = 3
+    stop_signal: Literal[STOP_SIGNALS] = "TERM"  # type: ignore[valid-type]
+    stop_timeout: Annotated[float, Field(ge=0, le=3600)] = 10
+    # pmd's own
+    shutdown_on_exit: bool = False
+    health_check: HealthCheckSpec | None = None
+    max_memory_restart: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("autorestart", mode="before")
+    @classmethod
+    def _autorestart_bool(cls, value: Any) -> Any:
+        if value is True:
+            return "true"
+        if value is False:
+            return "false"
+        return value
+
+    @field_validator("stop_signal", mode="before")
+    @classmethod
+    def _signal_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.upper().removeprefix("SIG")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        _no_quotes(value)
+        if "/" in value or value in (".", "..") or any(ord(c) < 32 for c in value):
+            raise ValueError("must not contain '/', control characters, or be '.' or '..'")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if any(c in value for c in "\n\r\x00"):
+            raise ValueError("must not contain newline, carriage return or NUL")
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not USER_RE.match(value):
+            raise ValueError("must match [a-z_][a-z0-9_-]*$?")
+        if info.context and info.context.get("check_accounts"):
+            try:
+                pwd.getpwnam(value)
+            except KeyError:
+                raise ValueError(f"user '{value}' does not exist on this system") from None
+        return value
+
+    @field_validator("directory", "stdout_logfile", "stderr_logfile")
+    @classmethod
+    def _paths(cls, value: str | None) -> str | None:
+        return _absolute(value)
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not key or "=" in key or "\x00" in key or "\x00" in item:
+                raise ValueError(f"invalid environment variable name or value: {key!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ProgramSpec:
+        if self.lazy_load and self.boot:
+            raise ValueError("lazy_load cannot be combined with boot: true")
+        if self.port_param is not None:
+            if self.port_range is None:
+                raise ValueError("port_param requires port_range")
+            if not self.port_param.strip():
+                raise ValueError("port_param must not be empty")
+        kit = self.directory is not None and (
+            self.directory == KIT_ROOT or self.directory.startswith(KIT_ROOT + "/")
+        )
+        if kit != self.hoody_kit:
+            object.__setattr__(self, "hoody_kit", kit)
+        return self
+
+    # ---- derived views -------------------------------------------------------------
+
+    @property
+    def stop_signum(self) -> int:
+        return int(getattr(signal, "SIG" + self.stop_signal))
+
+    @property
+    def effective_port_param(self) -> str:
+        return self.port_param or "--port"
+
+    def ports(self) -> list[int | None]:
+        return list(self.port_range.ports()) if self.port_range else [None]
+
+    def expects_exit(self, code: int) -> bool:
+        return code in self.exitcodes
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored and served form: defaults included, None fields left out."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def current_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

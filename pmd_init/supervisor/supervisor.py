@@ -1,0 +1,553 @@
+"""The supervisor: every program pmd runs, persistent or quick-start, and the operations
+the API and signals ask for. It knows nothing of HTTP: it validates meaning (names, ids,
+port ranges), persists, then changes the desired state of instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from ..logs.capture import Forwarder
+from ..pid1.reaper import Reaper
+from ..store.files import atomic_write_json, read_json
+from .ephemeral import boot_identity, process_start_ticks, same_process
+from .errors import Conflict, Invalid, NotFound, OperationFailed
+from .events import EventBus, StateEvent
+from .instance import Instance
+from .program import Program
+from .spec import ProgramSpec
+from .states import RUNNING_STATES, STOPPED_STATES, ProgramState
+
+if TYPE_CHECKING:
+    from ..store.programs import ProgramStore
+
+log = logging.getLogger("pmd.supervisor")
+
+#: How long a finished quick-start program stays queryable (the product's 10 minutes).
+EPHEMERAL_GRACE = 600.0
+#: Changing these restarts a running program (the issue's rule), plus what shapes the argv.
+RESTART_FIELDS = frozenset({
+    "command", "user", "directory", "environment", "port_range", "port_param",
+    "terminal_shell", "display", "stdout_logfile", "stderr_logfile", "logs_enabled",
+})
+
+
+def validation_to_invalid(exc: ValidationError) -> Invalid:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or None
+    message = first["msg"].removeprefix("Value error, ")
+    return Invalid(f"{field}: {message}" if field else message, field=field,
+                   details={"errors": [
+                       {"field": ".".join(str(p) for p in e["loc"]),
+                        "message": e["msg"].removeprefix("Value error, ")}
+                       for e in exc.errors()]})
+
+
+class Supervisor:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        reaper: Reaper,
+        store: ProgramStore,
+        state_dir: Path,
+        log_dir: Path,
+        forward: bool = True,
+        log_roots: Iterable[Path] = (),
+    ) -> None:
+        self.loop = loop
+        self.reaper = reaper
+        self.store = store
+        self.state_dir = state_dir
+        self.log_dir = log_dir
+        self.log_roots = [log_dir, *log_roots]
+        self.events = EventBus()
+        self.base_env = dict(os.environ)
+        for key in list(self.base_env):
+            if key.startswith("PMD_") or key in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID"):
+                del self.base_env[key]
+        self.forwarders: tuple[Forwarder | None, Forwarder | None] = (
+            (Forwarder(loop, 1), Forwarder(loop, 2)) if forward else (None, None)
+        )
+        self.programs: dict[int, Program] = {}
+        self.ephemeral: dict[str, Program] = {}
+        self.ephemeral_path = state_dir / "ephemeral.json"
+        self.ephemeral_report: list[dict[str, object]] = []
+        self.on_fatal_exit: Callable[[Instance], None] | None = None
+        self._seq = itertools.count(1)
+        self._last_ms = 0
+        self._purge_timers: dict[str, asyncio.TimerHandle] = {}
+        self.started_at = time.time()
+
+    # ---- lookups -------------------------------------------------------------------
+
+    def all_programs(self) -> list[Program]:
+        return [*self.programs.values(), *self.ephemeral.values()]
+
+    def instances(self) -> list[Instance]:
+        return [i for p in self.all_programs() for i in p.instances.values()]
+
+    def get(self, program_id: int) -> Program:
+        program = self.programs.get(program_id)
+        if program is None:
+            raise NotFound(f"program {program_id} not found", field="id")
+        return program
+
+    def by_name(self, name: str) -> Program | None:
+        for program in self.all_programs():
+            if program.name == name:
+                return program
+        return None
+
+    def get_ephemeral(self, temporary_id: str) -> Program:
+        program = self.ephemeral.get(temporary_id)
+        if program is None:
+            raise NotFound(f"quick-start program '{temporary_id}' not found", field="id")
+        return program
+
+    def specs(self) -> list[ProgramSpec]:
+        return [p.spec for p in self.programs.values()]
+
+    # ---- boot and reload -----------------------------------------------------------
+
+    def load(self, specs: list[ProgramSpec]) -> None:
+        for spec in specs:
+            assert spec.id is not None
+            self.programs[spec.id] = Program(self, spec)
+
+    def boot(self) -> None:
+        """Start enabled boot programs in ascending priority, each after its own delay; a
+        delayed program never holds up the others."""
+        for program in sorted(self.programs.values(), key=lambda p: (p.spec.priority, p.id)):
+            if self._boots(program.spec):
+                program.start(delay=program.spec.delay_seconds)
+
+    @staticmethod
+    def _boots(spec: ProgramSpec) -> bool:
+        return spec.enabled and spec.boot and not spec.lazy_load
+
+    def apply(self, new_specs: list[ProgramSpec]) -> dict[str, list[str]]:
+        """SIGHUP: the diff by name. Added programs start (if they boot), removed ones stop,
+        changed ones restart if running; the rest keep running untouched."""
+        old_by_name = {p.name: p for p in self.programs.values()}
+        new_by_name = {s.name: s for s in new_specs}
+        report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "kept": []}
+        for name, program in old_by_name.items():
+            if name not in new_by_name:
+                self._drop(program)
+                report["removed"].append(name)
+        next_id = max([*self.programs, *(s.id or 0 for s in new_specs)], default=0) + 1
+        for name, spec in new_by_name.items():
+            program = old_by_name.get(name)
+            if program is None:
+                if spec.id is None or spec.id in self.programs:
+                    spec = spec.model_copy(update={"id": next_id})
+                    next_id += 1
+                assert spec.id is not None
+                program = self.programs[spec.id] = Program(self, spec)
+                if self._boots(spec):
+                    program.start(delay=spec.delay_seconds)
+                report["added"].append(name)
+                continue
+            spec = spec.model_copy(update={"id": program.id})
+            if spec == program.spec:
+                report["kept"].append(name)
+                continue
+            self._replace_spec(program, spec)
+            report["changed"].append(name)
+        return report
+
+    # ---- persistent programs (the daemon API) --------------------------------------
+
+    def _check_unique(self, spec: ProgramSpec, ignore: Program | None = None) -> None:
+        for program in self.all_programs():
+            if program is ignore:
+                continue
+            if program.name == spec.name:
+                raise Conflict(f"a program named '{spec.name}' already exists", field="name")
+            if spec.id is not None and program.id == spec.id and not program.is_ephemeral:
+                raise Conflict(f"a program with id {spec.id} already exists", field="id")
+            if spec.port_range and program.spec.port_range and \
+                    spec.port_range.overlaps(program.spec.port_range):
+                raise Invalid(
+                    f"port_range {spec.port_range.start}-{spec.port_range.end} overlaps "
+                    f"'{program.name}' ({program.spec.port_range.start}-"
+                    f"{program.spec.port_range.end})", field="port_range")
+
+    def _save(self, specs: list[ProgramSpec]) -> None:
+        try:
+            self.store.save(specs)
+        except OSError as exc:
+            raise OperationFailed(f"could not write programs.json: {exc}") from None
+
+    def add(self, spec: ProgramSpec) -> Program:
+        self._check_unique(spec)
+        if spec.id is None:
+            spec = spec.model_copy(update={"id": max(self.programs, default=0) + 1})
+        assert spec.id is not None
+        self._save([*self.specs(), spec])
+        program = self.programs[spec.id] = Program(self, spec)
+        if self._boots(spec):
+            program.start()
+        return program
+
+    def edit(self, program_id: int, changes: dict[str, Any]) -> Program:
+        """Merge field by field (environment, port_range and webhooks replace whole)."""
+        program = self.get(program_id)
+        if "id" in changes and changes["id"] != program_id:
+            raise Invalid("id cannot be changed", field="id")
+        merged = program.spec.model_dump(mode="json", exclude_none=True)
+        merged.update(changes)
+        merged["id"] = program_id
+        merged = {k: v for k, v in merged.items() if v is not None}  # null: back to default
+        try:
+            spec = ProgramSpec.model_validate(merged, context={"check_accounts": True})
+        except ValidationError as exc:
+            raise validation_to_invalid(exc) from None
+        self._check_unique(spec, ignore=program)
+        self._save([spec if s.id == program_id else s for s in self.specs()])
+        self._replace_spec(program, spec)
+        return program
+
+    def _replace_spec(self, program: Program, spec: ProgramSpec) -> None:
+        old = program.spec
+        was_running = program.is_active()
+        changed = {k for k in RESTART_FIELDS if getattr(old, k) != getattr(spec, k)}
+        if old.name != spec.name or old.ports() != spec.ports():
+            # New identity or new instances: stop the old ones, build new ones.
+            for inst in program.instances.values():
+                inst.stop()
+                self._close_logs_later(inst)
+            program.spec = spec
+            program.instances = {port: Instance(program, port) for port in spec.ports()}
+            if spec.enabled and was_running:
+                program.start()
+            return
+        program.spec = spec
+        moved = bool(changed & {"stdout_logfile", "stderr_logfile"})
+        for inst in program.instances.values():
+            for logfile in (inst.stdout_log, inst.stderr_log):
+                if logfile is None:
+                    continue
+                if moved:
+                    logfile.close()  # the next spawn opens the new paths
+                logfile.max_bytes, logfile.backups = spec.log_max_bytes, spec.log_backups
+            if moved:
+                inst.stdout_log = inst.stderr_log = None
+        if not spec.enabled:
+            program.stop_all()
+        elif changed and was_running:
+            for inst in program.instances.values():
+                if inst.state in RUNNING_STATES or inst.want:
+                    inst.restart()
+
+    def _close_logs_later(self, inst: Instance) -> None:
+        def close(_: object = None) -> None:
+            for logfile in (inst.stdout_log, inst.stderr_log):
+                if logfile is not None:
+                    logfile.close()
+        inst.wait_state(STOPPED_STATES).add_done_callback(close)
+
+    def _drop(self, program: Program) -> list[asyncio.Future[ProgramState]]:
+        futures = program.stop_all()
+        for inst in program.instances.values():
+            self._close_logs_later(inst)
+        if program.id is not None:
+            self.programs.pop(program.id, None)
+        return futures
+
+    async def remove(self, program_id: int) -> None:
+        program = self.get(program_id)
+        self._save([s for s in self.specs() if s.id != program_id])
+        futures = self._drop(program)
+        if futures:
+            await asyncio.wait(futures, timeout=program.spec.stop_timeout + 5)
+
+    async def reset(self) -> None:
+        try:
+            defaults = self.store.read_default()
+        except Exception as exc:
+            raise OperationFailed(f"programs.default.json is unusable: {exc}") from None
+        futures = []
+        for program in list(self.programs.values()):
+            futures += self._drop(program)
+        self._save(defaults)
+        if futures:
+            await asyncio.wait(futures, timeout=15)
+        self.load(defaults)
+        self.boot()
+
+    def set_enabled(self, program_id: int, enabled: bool) -> Program:
+        program = self.get(program_id)
+        if program.spec.enabled == enabled:
+            if enabled and self._boots(program.spec) and not program.is_active():
+                program.start()
+            return program
+        spec = program.spec.model_copy(update={"enabled": enabled})
+        self._save([spec if s.id == program_id else s for s in self.specs()])
+        program.spec = spec
+        if not enabled:
+            program.stop_all()
+        elif self._boots(spec):
+            program.start()
+        return program
+
+    # ---- control -------------------------------------------------------------------
+
+    def instances_for(self, program: Program, port: int | None) -> list[Instance]:
+        if port is None:
+            return list(program.instances.values())
+        inst = program.instance(port)
+        if inst is None:
+            raise Invalid(f"port {port} is not in the port range of '{program.name}'",
+                          field="port")
+        return [inst]
+
+    def start(self, program: Program, port: int | None = None) -> list[Instance]:
+        if not program.spec.enabled:
+            raise OperationFailed(f"program '{program.name}' is disabled", field="enabled")
+        instances = self.instances_for(program, port)
+        for inst in instances:
+            inst.start()
+        return instances
+
+    def stop(self, program: Program, port: int | None = None) -> list[asyncio.Future[ProgramState]]:
+        return [inst.stop() for inst in self.instances_for(program, port)]
+
+    def restart(self, program: Program, port: int | None = None) -> list[Instance]:
+        if not program.spec.enabled:
+            raise OperationFailed(f"program '{program.name}' is disabled", field="enabled")
+        instances = self.instances_for(program, port)
+        for inst in instances:
+            inst.restart()
+        return instances
+
+    def note_spawn(self, inst: Instance) -> None:
+        if inst.program.is_ephemeral:
+            self.save_ephemeral()
+
+    def note_gone(self, inst: Instance) -> None:
+        """An instance died for good (FATAL, or exited and will not restart)."""
+        program = inst.program
+        if program.is_ephemeral:
+            if all(i.state in STOPPED_STATES for i in program.instances.values()):
+                self._finish_ephemeral(program)
+            return
+        if program.spec.shutdown_on_exit and self.on_fatal_exit is not None:
+            self.on_fatal_exit(inst)
+
+    # ---- quick-start (ephemeral) programs ------------------------------------------
+
+    def new_temporary_id(self) -> str:
+        """quick_<ms>_<seq>: unique even for launches in the same millisecond."""
+        ms = int(time.time() * 1000)
+        return f"quick_{ms}_{next(self._seq)}"
+
+    def quick_start(self, spec: ProgramSpec, ttl: int | None = None,
+                    temporary_id: str | None = None) -> Program:
+        self._check_unique(spec)
+        temporary_id = temporary_id or self.new_temporary_id()
+        program = Program(self, spec, temporary_id=temporary_id)
+        program.created_at = time.time()
+        if ttl:
+            program.expires_at = program.created_at + ttl
+            program._ttl_timer = self.loop.call_later(ttl, self._expire, temporary_id)
+        self.ephemeral[temporary_id] = program
+        program.start(delay=spec.delay_seconds)
+        self.save_ephemeral()
+        return program
+
+    def _expire(self, temporary_id: str) -> None:
+        program = self.ephemeral.get(temporary_id)
+        if program is not None and program.finished_at is None:
+            log.info("quick-start %s reached its TTL", temporary_id)
+            self.stop_ephemeral(program)
+
+    def stop_ephemeral(self, program: Program) -> list[asyncio.Future[ProgramState]]:
+        futures = program.stop_all()
+        if all(f.done() for f in futures):
+            self._finish_ephemeral(program)
+        else:
+            gathered = asyncio.gather(*futures, return_exceptions=True)
+            gathered.add_done_callback(lambda _: self._finish_ephemeral(program))
+        return futures
+
+    def _finish_ephemeral(self, program: Program) -> None:
+        if program.finished_at is not None or program.temporary_id is None:
+            return
+        program.finished_at = time.time()
+        if program._ttl_timer is not None:
+            program._ttl_timer.cancel()
+            program._ttl_timer = None
+        for inst in program.instances.values():
+            inst.want = False
+        self.save_ephemeral()
+        temporary_id = program.temporary_id
+        self._purge_timers[temporary_id] = self.loop.call_later(
+            EPHEMERAL_GRACE, self._purge_ephemeral, temporary_id)
+
+    def _purge_ephemeral(self, temporary_id: str) -> None:
+        self._purge_timers.pop(temporary_id, None)
+        program = self.ephemeral.pop(temporary_id, None)
+        if program is None:
+            return
+        for inst in program.instances.values():
+            for logfile in (inst.stdout_log, inst.stderr_log):
+                if logfile is not None:
+                    logfile.close()
+        if not (program.spec.stdout_logfile or program.spec.stderr_logfile):
+            shutil.rmtree(self.log_dir / program.log_folder, ignore_errors=True)
+
+    def ephemeral_document(self) -> dict[str, object]:
+        entries = []
+        for program in self.ephemeral.values():
+            if program.finished_at is not None:
+                continue
+            inst = program.primary
+            entries.append({
+                "temporary_id": program.temporary_id,
+                "spec": program.spec.to_json(),
+                "created_at": program.created_at,
+                "expires_at": program.expires_at,
+                "pid": inst.pid,
+                "pid_start": process_start_ticks(inst.pid) if inst.pid else None,
+            })
+        return {"version": 1, "boot": boot_identity(), "programs": entries}
+
+    def save_ephemeral(self) -> None:
+        try:
+            atomic_write_json(self.ephemeral_path, self.ephemeral_document())
+        except OSError as exc:
+            log.error("could not write %s: %s", self.ephemeral_path, exc)
+
+    def reconcile_ephemeral(self) -> None:
+        """At a fresh start (not a re-exec): clean entries from an earlier boot, re-adopt
+        programs that are still alive (pmd restarted as a subreaper)."""
+        try:
+            doc = read_json(self.ephemeral_path)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("ephemeral.json unreadable (%s): starting with none", exc)
+            self.ephemeral_report.append({"problem": str(exc)})
+            self.save_ephemeral()
+            return
+        here = boot_identity()
+        same_boot = isinstance(doc, dict) and doc.get("boot") == here
+        for entry in (doc.get("programs") or []) if isinstance(doc, dict) else []:
+            temporary_id = entry.get("temporary_id")
+            reason = None
+            if not same_boot:
+                reason = "earlier container boot"
+            elif not same_process(entry.get("pid"), entry.get("pid_start")):
+                reason = "process gone"
+            if reason is None:
+                try:
+                    spec = ProgramSpec.model_validate(entry["spec"])
+                    self._readopt(temporary_id, spec, entry)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - any bad entry is just stale
+                    reason = f"unusable entry: {exc}"
+            self.ephemeral_report.append({"temporary_id": temporary_id, "cleaned": reason,
+                                          "time": time.time()})
+            log.info("quick-start %s cleaned up: %s", temporary_id, reason)
+            if isinstance(entry.get("spec"), dict):
+                name = entry["spec"].get("name")
+                if name and "/" not in name and not entry["spec"].get("stdout_logfile"):
+                    shutil.rmtree(self.log_dir / name, ignore_errors=True)
+        self.save_ephemeral()
+
+    def _readopt(self, temporary_id: str, spec: ProgramSpec, entry: dict[str, Any]) -> None:
+        program = Program(self, spec, temporary_id=temporary_id)
+        program.created_at = entry.get("created_at")
+        program.expires_at = entry.get("expires_at")
+        self.ephemeral[temporary_id] = program
+        program.primary.adopt({"state": "RUNNING", "pid": entry["pid"], "want": True},
+                              foreign=True)
+        self._arm_ttl(program)
+
+    def _arm_ttl(self, program: Program) -> None:
+        if program.expires_at is not None and program.temporary_id is not None:
+            delay = max(0.0, program.expires_at - time.time())
+            program._ttl_timer = self.loop.call_later(delay, self._expire, program.temporary_id)
+
+    # ---- shutdown ------------------------------------------------------------------
+
+    async def shutdown(self, deadline: float) -> None:
+        """Stop everything in reverse priority order, each priority group concurrently,
+        within `deadline` (loop time); then SIGKILL whatever is left."""
+        programs = self.all_programs()
+        everything: list[asyncio.Future[ProgramState]] = []
+        for priority in sorted({p.spec.priority for p in programs}, reverse=True):
+            group = [f for p in programs if p.spec.priority == priority for f in p.stop_all()]
+            everything += group
+            pending = [f for f in group if not f.done()]
+            remaining = deadline - self.loop.time()
+            if pending and remaining > 0:
+                await asyncio.wait(pending, timeout=remaining)
+            if self.loop.time() >= deadline:
+                break
+        left = [i for i in self.instances() if i.pid is not None]
+        if left:
+            log.warning("grace period over: SIGKILL %s", ", ".join(i.name for i in left))
+            for inst in left:
+                inst.kill_now()
+            waits = [i.wait_state(STOPPED_STATES) for i in left]
+            await asyncio.wait(waits, timeout=2.0)
+
+    # ---- re-exec -------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "programs": [
+                {"key": p.key, "spec": p.spec.to_json(), "temporary_id": p.temporary_id,
+                 "created_at": p.created_at, "expires_at": p.expires_at,
+                 "finished_at": p.finished_at,
+                 "instances": [i.snapshot() for i in p.instances.values()]}
+                for p in self.all_programs()
+            ],
+            "ephemeral_report": self.ephemeral_report,
+        }
+
+    def adopt(self, snap: dict[str, Any]) -> None:
+        """After re-exec: the same processes, still our children, under the new pmd."""
+        pids = {i["pid"] for p in snap["programs"] for i in p["instances"] if i.get("pid")}
+        self.reaper.keep_early(pids)
+        for entry in snap["programs"]:
+            spec = ProgramSpec.model_validate(entry["spec"])
+            temporary_id = entry.get("temporary_id")
+            program = Program(self, spec, temporary_id=temporary_id)
+            program.created_at = entry.get("created_at")
+            program.expires_at = entry.get("expires_at")
+            program.finished_at = entry.get("finished_at")
+            if temporary_id:
+                self.ephemeral[temporary_id] = program
+                if program.finished_at is None:
+                    self._arm_ttl(program)
+                else:
+                    left = EPHEMERAL_GRACE - (time.time() - program.finished_at)
+                    self._purge_timers[temporary_id] = self.loop.call_later(
+                        max(0.0, left), self._purge_ephemeral, temporary_id)
+            else:
+                assert spec.id is not None
+                self.programs[spec.id] = program
+            for inst_snap in entry["instances"]:
+                inst = program.instance(inst_snap.get("port"))
+                if inst is not None:
+                    inst.adopt(inst_snap)
+        self.ephemeral_report = list(snap.get("ephemeral_report") or [])
+
+    def capture_fds(self) -> list[int]:
+        return [c.fd for i in self.instances() for c in i.captures if c.fd >= 0]
+
+    def describe_event(self, event: StateEvent) -> str:
+        return f"{event.instance}: {event.from_state} -> {event.to_state}"
