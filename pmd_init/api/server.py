@@ -58,6 +58,9 @@ def create_app(init: Init, name: str = "pmd") -> Sanic:
         return None
 
     register_core_routes(app)
+    from . import daemon
+
+    app.blueprint(daemon.bp)
     return app
 
 

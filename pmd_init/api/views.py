@@ -1,0 +1,59 @@
+"""Serialized views of supervisor objects, built from in-memory state only (no psutil
+unless stats are asked for)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..supervisor.instance import Instance
+from ..supervisor.program import Program
+
+
+def hms(seconds: float | None) -> str | None:
+    """uptime as the daemon API shows it: H:MM:SS."""
+    if seconds is None:
+        return None
+    total = int(seconds)
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def instance_status(inst: Instance) -> dict[str, Any]:
+    view: dict[str, Any] = {"status": inst.state.value}
+    if inst.port is not None:
+        view["port"] = inst.port
+    if inst.pid is not None:
+        view["pid"] = inst.pid
+    uptime = inst.uptime()
+    if uptime is not None:
+        view["uptime"] = hms(uptime)
+    if inst.exit_code is not None:
+        view["exit_code"] = inst.exit_code
+    if inst.spawn_error:
+        view["spawn_error"] = inst.spawn_error
+    view["restarts"] = inst.restarts
+    view["since"] = iso(inst.state_since)
+    return view
+
+
+def program_status(program: Program) -> dict[str, Any]:
+    """One program's status object: flat for a single instance, the port-range form
+    (daemon-api-extras.md) for a port-range program."""
+    if program.spec.port_range is None:
+        return {"id": program.id, **instance_status(program.primary)}
+    instances = [instance_status(i) for i in program.instances.values()]
+    return {
+        "id": program.id,
+        "type": "port-range",
+        "status": program.state.value,
+        "running_instances": sum(1 for i in program.instances.values()
+                                 if i.state.value == "RUNNING"),
+        "total_instances": len(instances),
+        "instances": instances,
+    }
