@@ -20,6 +20,8 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from .times import LineTimes
+
 log = logging.getLogger("pmd.logs")
 
 READ_SIZE = 1 << 20
@@ -40,7 +42,8 @@ def open_log_path(path: Path) -> int:
 class LogFile:
     """A size-rotated log file: `name`, `name.1` ... `name.<backups>`."""
 
-    __slots__ = ("path", "max_bytes", "backups", "_fd", "size", "dropped", "rotations")
+    __slots__ = ("path", "max_bytes", "backups", "_fd", "size", "dropped", "rotations",
+                 "times")
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self.path = path
@@ -50,16 +53,26 @@ class LogFile:
         self.size = 0
         self.dropped = 0
         self.rotations = 0
+        self.times: LineTimes | None = None  # capture times, from the first write on
 
     def _open(self) -> bool:
         try:
             self._fd = open_log_path(self.path)
             self.size = os.fstat(self._fd).st_size
+            if self.times is None:
+                self.times = LineTimes(self.size)
+            elif self.size != self.times.end:
+                self.times.reset(self.size)  # rotated, or changed behind our back
             return True
         except OSError as exc:
             log.warning("cannot open log %s: %s", self.path, exc)
             self._fd = -1
             return False
+
+    def ensure_open(self) -> None:
+        """Create the file at spawn, as supervisord does, so `tail -f` finds it."""
+        if self._fd < 0:
+            self._open()
 
     def write(self, data: bytes | memoryview) -> None:
         if self._fd < 0 and not self._open():
@@ -76,6 +89,8 @@ class LogFile:
                 n = os.write(self._fd, view)
                 self.size += n
                 view = view[n:]
+            if self.times is not None:
+                self.times.note(self.size)
         except OSError as exc:  # ENOSPC, EIO, EFBIG: count and go on
             self.dropped += len(view)
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):

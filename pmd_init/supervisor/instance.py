@@ -249,6 +249,8 @@ class Instance:
             self.stdout_log = LogFile(self.log_path("stdout"), spec.log_max_bytes, spec.log_backups)
         if self.stderr_log is None:
             self.stderr_log = LogFile(self.log_path("stderr"), spec.log_max_bytes, spec.log_backups)
+        self.stdout_log.ensure_open()
+        self.stderr_log.ensure_open()
 
     def attach_captures(self, out_fd: int, err_fd: int) -> None:
         forward_out, forward_err = self.sup.forwarders

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pmd.supervisor")
 
-#: How long a finished quick-start program stays queryable (the product's 10 minutes).
-EPHEMERAL_GRACE = 600.0
+#: How long a finished quick-start program stays queryable (the product's 10 minutes);
+#: PMD_EPHEMERAL_GRACE shortens it (tests).
+EPHEMERAL_GRACE = float(os.environ.get("PMD_EPHEMERAL_GRACE") or 600.0)
 #: Changing these restarts a running program (the issue's rule), plus what shapes the argv.
 RESTART_FIELDS = frozenset({
     "command", "user", "directory", "environment", "port_range", "port_param",
@@ -141,15 +142,16 @@ class Supervisor:
         old_by_name = {p.name: p for p in self.programs.values()}
         new_by_name = {s.name: s for s in new_specs}
         report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "kept": []}
+        used = set(self.programs)  # a removed program's id is not given to a new one
         for name, program in old_by_name.items():
             if name not in new_by_name:
                 self._drop(program)
                 report["removed"].append(name)
-        next_id = max([*self.programs, *(s.id or 0 for s in new_specs)], default=0) + 1
+        next_id = max([*used, *(s.id or 0 for s in new_specs)], default=0) + 1
         for name, spec in new_by_name.items():
             program = old_by_name.get(name)
             if program is None:
-                if spec.id is None or spec.id in self.programs:
+                if spec.id is None or spec.id in used or spec.id in self.programs:
                     spec = spec.model_copy(update={"id": next_id})
                     next_id += 1
                 assert spec.id is not None
@@ -189,7 +191,27 @@ class Supervisor:
         except OSError as exc:
             raise OperationFailed(f"could not write programs.json: {exc}") from None
 
+    def check_log_paths(self, spec: ProgramSpec, old: ProgramSpec | None = None) -> None:
+        """Log files named through the API must lie inside a log root, through no symlink:
+        pmd writes them as root, so the API must not become a way to overwrite any file.
+        A path kept unchanged from `old` (written by the admin in programs.json) passes."""
+        roots = [os.path.realpath(root) for root in self.log_roots]
+        for field in ("stdout_logfile", "stderr_logfile"):
+            value = getattr(spec, field)
+            if value is None or (old is not None and getattr(old, field) == value):
+                continue
+            path = os.path.normpath(value)
+            parent = os.path.realpath(os.path.dirname(path))
+            if not any(parent == root or parent.startswith(root.rstrip("/") + "/")
+                       for root in roots):
+                raise Invalid(f"{field}: {value} is outside the allowed log folders "
+                              f"({', '.join(str(r) for r in self.log_roots)})", field=field,
+                              details={"log_roots": [str(r) for r in self.log_roots]})
+            if os.path.islink(path) or os.path.isdir(path):
+                raise Invalid(f"{field}: {value} is a symlink or a folder", field=field)
+
     def add(self, spec: ProgramSpec) -> Program:
+        self.check_log_paths(spec)
         self._check_unique(spec)
         if spec.id is None:
             spec = spec.model_copy(update={"id": max(self.programs, default=0) + 1})
@@ -213,6 +235,7 @@ class Supervisor:
             spec = ProgramSpec.model_validate(merged, context={"check_accounts": True})
         except ValidationError as exc:
             raise validation_to_invalid(exc) from None
+        self.check_log_paths(spec, old=program.spec)
         self._check_unique(spec, ignore=program)
         self._save([spec if s.id == program_id else s for s in self.specs()])
         self._replace_spec(program, spec)
@@ -354,6 +377,7 @@ class Supervisor:
 
     def quick_start(self, spec: ProgramSpec, ttl: int | None = None,
                     temporary_id: str | None = None) -> Program:
+        self.check_log_paths(spec)
         self._check_unique(spec)
         temporary_id = temporary_id or self.new_temporary_id()
         program = Program(self, spec, temporary_id=temporary_id)
