@@ -10,8 +10,7 @@ import shutil
 import time
 
 import pytest
-
-from conftest import DOCKER, IMAGE, docker, wait_for
+from container_kit import DOCKER, IMAGE, docker, wait_for
 
 pytestmark = pytest.mark.skipif(
     not IMAGE, reason="PMD_IMAGE is not set: the docker-level container tests need an image")

@@ -224,6 +224,7 @@ class ApiServer:
             pass
         for sock in self.sockets:
             sock.close()
+        (self.settings.state_dir / "api.json").unlink(missing_ok=True)
         if self.settings.socket is not None:
             try:
                 os.unlink(self.settings.socket)

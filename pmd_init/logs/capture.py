@@ -74,23 +74,43 @@ class LogFile:
         if self._fd < 0:
             self._open()
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes) -> None:
+        """Append, rotating so that no file grows past max_bytes: a chunk that does not fit
+        is cut at its last newline that does (or at the limit, for a longer line)."""
         if self._fd < 0 and not self._open():
             self.dropped += len(data)
             return
-        if self.max_bytes and self.size and self.size + len(data) > self.max_bytes:
-            self.rotate()
-            if self._fd < 0:
-                self.dropped += len(data)
+        start, end = 0, len(data)
+        while start < end:
+            if self.max_bytes and self.size >= self.max_bytes:
+                self.rotate()
+                if self._fd < 0:
+                    self.dropped += end - start
+                    return
+            room = self.max_bytes - self.size if self.max_bytes else end - start
+            if end - start <= room:
+                self._write_all(data, start, end)
                 return
-        view = memoryview(data)
+            cut = data.rfind(b"\n", start, start + room)
+            if cut >= 0:
+                stop = cut + 1
+            elif self.size > 0:
+                stop = start  # this line does not fit: it starts the next file
+            else:
+                stop = start + room  # one line longer than a whole file: cut at the limit
+            self._write_all(data, start, stop)
+            start = stop
+            self.size = max(self.size, self.max_bytes)  # forces the rotation above
+
+    def _write_all(self, data: bytes, start: int, stop: int) -> None:
+        view = memoryview(data)[start:stop]
         try:
             while view:
                 n = os.write(self._fd, view)
                 self.size += n
                 view = view[n:]
             if self.times is not None:
-                self.times.note(self.size)
+                self.times.note(self.size)  # when these bytes were captured (API log lines)
         except OSError as exc:  # ENOSPC, EIO, EFBIG: count and go on
             self.dropped += len(view)
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -1,0 +1,192 @@
+"""Logs and rotation, the state that survives: programs.json fallbacks, re-exec, ephemeral."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from integration.helpers import state, status
+from tests.harness import Pmd, can_unshare
+
+pytestmark = pytest.mark.skipif(not can_unshare(), reason="needs unshare --pid (root)")
+
+WRITER = """
+import hashlib, sys
+h = hashlib.sha256()
+line = 0
+total = 0
+while total < 50_000_000:
+    chunk = b"".join(b"line %09d %s\\n" % (line + i, b"x" * 80) for i in range(1000))
+    line += 1000
+    total += len(chunk)
+    sys.stdout.buffer.write(chunk)
+    h.update(chunk)
+sys.stdout.flush()
+open(sys.argv[1], "w").write(f"{total} {h.hexdigest()}")
+"""
+
+
+def test_50mb_is_rotated_into_backups_without_losing_a_byte(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    digest = tmp_path / "digest"
+    programs = [{"name": "chatty", "boot": True, "startsecs": 0, "autorestart": "false",
+                 "command": f"python3 {script} {digest}", "log_max_bytes": 5_000_000,
+                 "log_backups": 20}]
+    with Pmd(tmp_path, programs, pid1=True, env={"PMD_LOG_FORWARD": "0"}) as pmd:
+        http = pmd.http
+        pmd.wait_for(lambda: state(http, 1) == "EXITED", timeout=60)
+        time.sleep(0.2)
+    folder = pmd.log_dir / "chatty"
+    files = sorted(folder.glob("stdout.log*"), key=lambda p: (len(p.name), p.name))
+    # 50 MB in 5 MB files: the live file and 9 or 10 backups, all kept (log_backups 20)
+    assert 10 <= len(files) <= 11
+    ordered = [folder / f"stdout.log.{i}" for i in range(len(files) - 1, 0, -1)]
+    ordered.append(folder / "stdout.log")
+    data = b"".join(p.read_bytes() for p in ordered)
+    total, hexdigest = digest.read_text().split()
+    assert len(data) == int(total)
+    assert hashlib.sha256(data).hexdigest() == hexdigest
+    for path in ordered[:-1]:
+        assert os.path.getsize(path) <= 5_000_000
+
+
+def test_rotation_keeps_only_log_backups(tmp_path):
+    programs = [{"name": "small", "boot": True, "startsecs": 0, "autorestart": "false",
+                 "command": "sh -c 'i=0; while [ $i -lt 400 ]; do echo line-$i-padding; "
+                            "i=$((i+1)); done'",
+                 "log_max_bytes": 1000, "log_backups": 2}]
+    with Pmd(tmp_path, programs, pid1=True) as pmd:
+        http = pmd.http
+        pmd.wait_for(lambda: state(http, 1) == "EXITED")
+    names = sorted(p.name for p in (pmd.log_dir / "small").glob("stdout.log*"))
+    assert names == ["stdout.log", "stdout.log.1", "stdout.log.2"]
+    last = (pmd.log_dir / "small" / "stdout.log").read_text().splitlines()[-1]
+    assert last == "line-399-padding"
+
+
+def test_logs_disabled_writes_nothing(tmp_path):
+    programs = [{"name": "quiet", "boot": True, "startsecs": 0, "autorestart": "false",
+                 "logs_enabled": False, "command": "echo should-not-appear"}]
+    with Pmd(tmp_path, programs, pid1=True) as pmd:
+        http = pmd.http
+        pmd.wait_for(lambda: state(http, 1) == "EXITED")
+    assert not (pmd.log_dir / "quiet").exists()
+    assert "should-not-appear" not in pmd.stdout_text()
+
+
+def test_stderr_is_captured_and_forwarded_with_the_name(tmp_path):
+    programs = [{"name": "both", "boot": True, "startsecs": 0, "autorestart": "false",
+                 "command": "sh -c 'echo to-out; echo to-err >&2'"}]
+    with Pmd(tmp_path, programs, pid1=True) as pmd:
+        http = pmd.http
+        pmd.wait_for(lambda: state(http, 1) == "EXITED")
+    assert (pmd.log_dir / "both" / "stdout.log").read_text() == "to-out\n"
+    assert (pmd.log_dir / "both" / "stderr.log").read_text() == "to-err\n"
+    assert "[both] to-out" in pmd.stdout_text()
+    assert "[both] to-err" in pmd.stderr_text()
+
+
+def test_corrupt_programs_json_boots_from_the_last_good_copy(tmp_path):
+    good = [{"name": "svc", "boot": True, "startsecs": 0, "command": "sleep 100"}]
+    pmd = Pmd(tmp_path, good, pid1=True)
+    with pmd:
+        pmd.wait_for(lambda: state(pmd.http, 1) == "RUNNING")
+    (pmd.config_dir / "programs.json").write_text('{"version": 1, "programs": [{"name": ')
+    with pmd.start():
+        http = pmd.http
+        pmd.wait_for(lambda: state(http, 1) == "RUNNING")
+        health = http.get("/api/v1/daemon/health").json()
+        assert "not valid JSON" in health["config_problem"]
+    aside = list(pmd.config_dir.glob("programs.json.bad-*"))
+    assert len(aside) == 1
+    assert aside[0].read_text().startswith('{"version": 1, "programs": [{"name": ')
+    assert "booting from last-good" in pmd.stderr_text()
+
+
+def test_invalid_program_falls_back_to_the_default_snapshot(tmp_path):
+    default = [{"name": "from-default", "boot": True, "startsecs": 0, "command": "sleep 100"}]
+    bad = [{"name": "x", "command": "sleep 1", "priority": 5000}]
+    pmd = Pmd(tmp_path, bad, pid1=True, default_programs=default)
+    with pmd:
+        http = pmd.http
+        listed = http.get("/api/v1/daemon/status").json()["statuses"]
+        assert [s["name"] for s in listed] == ["from-default"]
+        assert "priority" in http.get("/api/v1/daemon/health").json()["config_problem"]
+
+
+def test_first_boot_snapshots_programs_default_json(tmp_path):
+    programs = [{"name": "svc", "command": "sleep 100"}]
+    with Pmd(tmp_path, programs, pid1=True) as pmd:
+        pass
+    default = json.loads((pmd.config_dir / "programs.default.json").read_text())
+    assert [p["name"] for p in default["programs"]] == ["svc"]
+
+
+def test_reexec_keeps_every_pid_and_log_stream(tmp_path):
+    ticker = ("sh -c 'i=0; while :; do echo tick-$i; echo err-$i >&2; i=$((i+1)); "
+              "sleep 0.05; done'")
+    programs = [
+        {"name": "ticker", "boot": True, "startsecs": 0, "command": ticker},
+        {"name": "ports", "boot": True, "startsecs": 0, "command": "sh -c 'exec sleep 100'",
+         "port_range": {"start": 7200, "end": 7201}},
+        {"name": "starting", "boot": True, "startsecs": 30, "command": "sleep 100"},
+        {"name": "crashy", "boot": True, "startsecs": 0, "autorestart": "true",
+         "command": "sh -c 'sleep 0.4; exit 1'"},
+    ]
+    with Pmd(tmp_path, programs, pid1=True) as pmd:
+        http = pmd.http
+        pmd.wait_for(lambda: state(http, 1) == "RUNNING" and state(http, 2) == "RUNNING")
+        before = {s["id"]: s["status"] for s in
+                  http.get("/api/v1/daemon/status").json()["statuses"]}
+        pmd_pid = pmd.pid
+        log = pmd.log_dir / "ticker" / "stdout.log"
+        size_before = log.stat().st_size
+        reply = pmd.uds.post("/api/v1/daemon/reexec")
+        assert reply.status_code == 200
+        pmd.wait_for(lambda: "re-executed" in pmd.stderr_text(), what="re-exec")
+        pmd.wait_ready()
+        http = pmd.http
+        after = {s["id"]: s["status"] for s in
+                 http.get("/api/v1/daemon/status").json()["statuses"]}
+        assert pmd.pid == pmd_pid
+        assert after[1]["pid"] == before[1]["pid"]
+        assert [i["pid"] for i in after[2]["instances"]] == \
+            [i["pid"] for i in before[2]["instances"]]
+        assert after[3]["pid"] == before[3]["pid"]
+        assert after[3]["status"] == "STARTING"
+        # the log stream goes on through the same pipe, with no line lost or doubled
+        pmd.wait_for(lambda: log.stat().st_size > size_before + 200, what="more log")
+        lines = log.read_text().splitlines()
+        assert lines == [f"tick-{i}" for i in range(len(lines))]
+        errs = (pmd.log_dir / "ticker" / "stderr.log").read_text().splitlines()
+        assert errs == [f"err-{i}" for i in range(len(errs))]
+        # the restart policy carries on
+        restarts = after[4]["restarts"]
+        pmd.wait_for(lambda: status(http, 4)["restarts"] > restarts, what="crashy restarts")
+        pmd.signal(signal.SIGTERM)
+        assert pmd.wait() == 0
+
+
+def test_stale_ephemeral_entries_from_an_earlier_boot_are_cleaned(tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (tmp_path / "log" / "quick_old").mkdir(parents=True)
+    (tmp_path / "log" / "quick_old" / "stdout.log").write_text("old\n")
+    (state_dir / "ephemeral.json").write_text(json.dumps({
+        "version": 1,
+        "boot": {"boot_id": "an-earlier-boot", "init_start": 1},
+        "programs": [{"temporary_id": "quick_1_1", "pid": 1, "pid_start": 1,
+                      "created_at": 1.0, "expires_at": None,
+                      "spec": {"name": "quick_old", "command": "sleep 100"}}],
+    }))
+    with Pmd(tmp_path, [], pid1=True) as pmd:
+        assert "quick_1_1 cleaned up: earlier container boot" in pmd.stderr_text()
+    doc = json.loads((state_dir / "ephemeral.json").read_text())
+    assert doc["programs"] == []
+    assert not (tmp_path / "log" / "quick_old").exists()
