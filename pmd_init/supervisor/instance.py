@@ -283,6 +283,7 @@ class Instance:
             return
         self.backoff = 0
         self._set_state(S.RUNNING)
+        self.sup.note_running(self)
 
     def _to_backoff(self) -> None:
         spec = self.program.spec
@@ -400,6 +401,8 @@ class Instance:
                 watch(pid, self._exited)
             if state == S.STARTING:
                 self._later(self.program.spec.startsecs, self._running)
+            elif state == S.RUNNING:
+                self.sup.note_running(self)
             elif state == S.STOPPING:
                 self._later(self.program.spec.stop_timeout, self._escalate)
             return

@@ -23,7 +23,9 @@ from ..store.files import atomic_write_json, read_json
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import Conflict, Invalid, NotFound, OperationFailed
 from .events import EventBus, StateEvent
+from .health import HealthMonitor
 from .instance import Instance
+from .memory import MemoryWatch
 from .program import Program
 from .spec import ProgramSpec
 from .states import RUNNING_STATES, STOPPED_STATES, ProgramState
@@ -88,6 +90,8 @@ class Supervisor:
         self._last_ms = 0
         self._purge_timers: dict[str, asyncio.TimerHandle] = {}
         self.started_at = time.time()
+        self.health = HealthMonitor(self)
+        self.memory = MemoryWatch(self)
 
     # ---- lookups -------------------------------------------------------------------
 
@@ -353,6 +357,11 @@ class Supervisor:
         for inst in instances:
             inst.restart()
         return instances
+
+    def note_running(self, inst: Instance) -> None:
+        """An instance reached RUNNING: health checks and memory limits apply from now."""
+        self.health.track(inst)
+        self.memory.track(inst)
 
     def note_spawn(self, inst: Instance) -> None:
         if inst.program.is_ephemeral:

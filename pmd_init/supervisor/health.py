@@ -1,0 +1,285 @@
+"""Health checks: http (url answers the expected status), tcp (a port accepts a connection)
+or script (a command exits 0), run on a timer for each RUNNING instance of a program that
+has a `health_check`.
+
+An instance is `unknown` until its first probe succeeds (`healthy`) or `retries` probes in
+a row fail (`unhealthy`); it goes back to `unknown` whenever it leaves RUNNING. The first
+probe runs as soon as the instance is RUNNING, so a reload waiting for health does not wait
+a whole interval; a server still binding its port just costs one of the retries.
+
+Nothing polls: one timer per checked instance, armed again after each probe finishes.
+Script probes are spawned through `spawn.spawn` and their exit comes from the reaper like
+every other child (pmd has a single waitpid owner, so no subprocess.run here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from .spawn import (
+    SpawnError,
+    SpawnRequest,
+    describe_exit,
+    killpg,
+    program_env,
+    resolve_account,
+    spawn,
+)
+from .states import ProgramState
+
+if TYPE_CHECKING:
+    from .instance import Instance
+    from .spec import HealthCheckSpec
+    from .supervisor import Supervisor
+
+log = logging.getLogger("pmd.health")
+
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
+UNKNOWN = "unknown"
+
+#: The states an instance can move to from RUNNING: each ends its checks.
+LEFT_RUNNING = frozenset(ProgramState) - {ProgramState.RUNNING}
+
+
+@dataclass(slots=True)
+class CheckState:
+    """What the API shows of one instance's checks."""
+
+    spec: HealthCheckSpec
+    status: str = UNKNOWN
+    last_check: float | None = None
+    response_time: float | None = None  # milliseconds
+    failures: int = 0
+    last_error: str | None = None
+    timer: asyncio.TimerHandle | None = None
+    task: asyncio.Task[None] | None = None
+    waiters: list[asyncio.Future[bool]] = field(default_factory=list)
+
+
+HealthListener = Callable[["Instance", str, str], None]  # instance, old status, new status
+
+
+class HealthMonitor:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.checks: dict[Instance, CheckState] = {}
+        self.listeners: list[HealthListener] = []
+
+    # ---- tracking ------------------------------------------------------------------
+
+    def track(self, inst: Instance) -> None:
+        """The instance is RUNNING: start checking it (if its program asks for checks)."""
+        spec = inst.program.spec.health_check
+        if spec is None or inst in self.checks:
+            return
+        state = self.checks[inst] = CheckState(spec)
+        self._set_status(inst, state, UNKNOWN)
+        inst.wait_state(LEFT_RUNNING).add_done_callback(lambda _: self.untrack(inst))
+        self._schedule(inst, state, 0.0)
+
+    def untrack(self, inst: Instance) -> None:
+        state = self.checks.pop(inst, None)
+        if state is None:
+            return
+        if state.timer is not None:
+            state.timer.cancel()
+        if state.task is not None:
+            state.task.cancel()
+        self._set_status(inst, state, UNKNOWN)
+        self._wake(state, False)
+
+    def state_of(self, inst: Instance) -> CheckState | None:
+        return self.checks.get(inst)
+
+    def wait_healthy(self, inst: Instance) -> asyncio.Future[bool]:
+        """True once the instance is healthy; False when it turns unhealthy or stops
+        being RUNNING. An instance without a health check is healthy while RUNNING."""
+        future: asyncio.Future[bool] = self.sup.loop.create_future()
+        state = self.checks.get(inst)
+        if state is None:
+            future.set_result(inst.program.spec.health_check is None
+                              and inst.state == ProgramState.RUNNING)
+        elif state.status == HEALTHY:
+            future.set_result(True)
+        else:
+            state.waiters.append(future)
+        return future
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self.checks.values() if s.task is not None]
+        for inst in list(self.checks):
+            self.untrack(inst)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- the probe cycle -----------------------------------------------------------
+
+    def _schedule(self, inst: Instance, state: CheckState, delay: float) -> None:
+        state.timer = self.sup.loop.call_later(delay, self._fire, inst, state)
+
+    def _fire(self, inst: Instance, state: CheckState) -> None:
+        state.timer = None
+        if self.checks.get(inst) is not state:
+            return
+        state.task = self.sup.loop.create_task(self._probe_once(inst, state))
+
+    async def _probe_once(self, inst: Instance, state: CheckState) -> None:
+        spec = state.spec
+        began = time.monotonic()
+        try:
+            error = await asyncio.wait_for(self._probe(inst, spec), spec.timeout)
+        except TimeoutError:
+            error = f"no answer within {spec.timeout:g}s"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a probe failure is data, not a crash
+            error = f"{type(exc).__name__}: {exc}"
+        state.task = None
+        if self.checks.get(inst) is not state:
+            return
+        state.last_check = time.time()
+        state.response_time = round((time.monotonic() - began) * 1000, 1)
+        state.last_error = error
+        if error is None:
+            state.failures = 0
+            self._set_status(inst, state, HEALTHY)
+            self._wake(state, True)
+        else:
+            state.failures += 1
+            if state.failures >= spec.retries and state.status != UNHEALTHY:
+                log.warning("%s is unhealthy: %s", inst.name, error)
+                self._set_status(inst, state, UNHEALTHY)
+                self._wake(state, False)
+                if spec.restart_on_unhealthy and inst.want:
+                    log.warning("%s: restarting (restart_on_unhealthy)", inst.name)
+                    inst.restart()  # leaves RUNNING: untrack() ends this cycle
+                    return
+        if self.checks.get(inst) is state:
+            self._schedule(inst, state, spec.interval)
+
+    async def _probe(self, inst: Instance, spec: HealthCheckSpec) -> str | None:
+        """None when healthy, else why not."""
+        if spec.type == "http":
+            return await probe_http(expand(spec.url or "", inst.port), spec.expected_status)
+        if spec.type == "tcp":
+            port = spec.port or inst.port or _env_port(inst)
+            if port is None:
+                return "a tcp health check needs a port (port, port_range or PORT)"
+            return await probe_tcp(spec.host, port)
+        return await self._probe_script(inst, expand(spec.command or "", inst.port))
+
+    async def _probe_script(self, inst: Instance, command: str) -> str | None:
+        pspec = inst.program.spec
+        account = resolve_account(pspec.user)
+        env = program_env(self.sup.base_env, account, pspec.environment, pspec.display,
+                          inst.port)
+        loop = self.sup.loop
+        done: asyncio.Future[int | None] = loop.create_future()
+        try:
+            popen = spawn(SpawnRequest(argv=["/bin/sh", "-c", command], env=env,
+                                       cwd=pspec.directory, account=account,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        except SpawnError as exc:
+            return str(exc)
+
+        def exited(status: int | None) -> None:
+            # The reaper has the status: tell Popen, so that it never waits itself.
+            popen.returncode = os.waitstatus_to_exitcode(status) if status is not None else -1
+            if not done.done():
+                done.set_result(None if status is None else describe_exit(status))
+
+        self.sup.reaper.watch(popen.pid, exited)
+        try:
+            code = await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # Timed out or untracked: kill the probe's group; the reaper still reaps it.
+            killpg(popen.pid, signal.SIGKILL)
+            raise
+        return None if code == 0 else f"script exited with {code}"
+
+    # ---- status changes ------------------------------------------------------------
+
+    def _set_status(self, inst: Instance, state: CheckState, status: str) -> None:
+        old = inst.health_status
+        state.status = status
+        inst.health_status = status
+        if old != status:
+            for listener in tuple(self.listeners):
+                try:
+                    listener(inst, old, status)
+                except Exception:
+                    log.exception("health listener failed")
+
+    @staticmethod
+    def _wake(state: CheckState, healthy: bool) -> None:
+        waiters, state.waiters = state.waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(healthy)
+
+
+def expand(text: str, port: int | None) -> str:
+    """`{port}` in a url or command is the instance's port (one check for a port range)."""
+    return text.replace("{port}", str(port)) if port is not None else text
+
+
+def _env_port(inst: Instance) -> int | None:
+    raw = inst.program.spec.environment.get("PORT")
+    return int(raw) if raw and raw.isdigit() and 0 < int(raw) < 65536 else None
+
+
+async def probe_tcp(host: str, port: int) -> str | None:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError as exc:
+        return f"tcp {host}:{port}: {exc.strerror or exc}"
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return None
+
+
+async def probe_http(url: str, expected: int) -> str | None:
+    """A bare HTTP/1.1 GET (pmd carries no HTTP client library): only the status line
+    matters."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not an http(s) url: {url}"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    context = ssl.create_default_context() if parts.scheme == "https" else None
+    try:
+        reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
+    except OSError as exc:
+        return f"GET {url}: {exc.strerror or exc}"
+    try:
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        host = parts.netloc.rpartition("@")[2]
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: pmd-health\r\n"
+                     f"Connection: close\r\n\r\n".encode())
+        await writer.drain()
+        line = await reader.readline()
+    except OSError as exc:
+        return f"GET {url}: {exc.strerror or exc}"
+    finally:
+        writer.close()
+    fields = line.split()
+    if len(fields) < 2 or not fields[1].isdigit():
+        return f"GET {url}: not an HTTP answer"
+    status = int(fields[1])
+    return None if status == expected else f"GET {url}: status {status}, want {expected}"
+

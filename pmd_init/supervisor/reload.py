@@ -1,0 +1,147 @@
+"""Zero-downtime reload of a port-range program, one instance at a time.
+
+For each port: start a replacement instance while the old one keeps serving, wait until
+the replacement is RUNNING (and healthy, when the program has a health check), put it in
+the old one's slot, then stop the old one. If a replacement fails (it exits, backs off,
+turns unhealthy or takes too long), it is stopped, the old instance keeps serving, and the
+reload stops there and says which port failed and why. Ports already replaced stay
+replaced: each of them passed the same test.
+
+Sharing a port: the old and the new process listen on the same port at the same time, so
+the program must bind with SO_REUSEPORT (the kernel then spreads new connections over both
+listeners; the old one's queue is gone once it closes). A program that binds without it
+fails to start its replacement (address in use), which is exactly the failed-replacement
+path above: the reload reports it and nothing stops serving. A program without a port
+range has nothing to hand over and is simply restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import OperationFailed
+from .instance import Instance
+from .states import ProgramState
+
+if TYPE_CHECKING:
+    from .program import Program
+    from .supervisor import Supervisor
+
+log = logging.getLogger("pmd.reload")
+S = ProgramState
+
+#: Where a starting replacement can end up; anything but RUNNING is a failure.
+SETTLED = frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPED})
+#: Programs with a reload under way: a second reload of the same program is refused.
+_RELOADING: weakref.WeakSet[Program] = weakref.WeakSet()
+
+
+@dataclass(slots=True)
+class ReloadReport:
+    mode: str  # "zero-downtime" or "restart"
+    replaced: list[int] = field(default_factory=list)
+    started: list[int] = field(default_factory=list)
+    failed_port: int | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_port is None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"mode": self.mode, "replaced": self.replaced, "started": self.started,
+                "failed_port": self.failed_port, "reason": self.reason}
+
+
+def replacement_timeout(program: Program) -> float:
+    """Long enough for startsecs plus every retry of the health check."""
+    spec = program.spec
+    budget = spec.startsecs + 10.0
+    check = spec.health_check
+    if check is not None:
+        budget += check.retries * (check.interval + check.timeout)
+    return budget
+
+
+async def reload_program(sup: Supervisor, program: Program,
+                         timeout: float | None = None) -> ReloadReport:
+    if not program.spec.enabled:
+        raise OperationFailed(f"program '{program.name}' is disabled", field="enabled")
+    if program.spec.port_range is None:
+        sup.restart(program)
+        return ReloadReport(mode="restart")
+    if program in _RELOADING:
+        raise OperationFailed(f"program '{program.name}' is already being reloaded")
+    _RELOADING.add(program)
+    try:
+        return await _rolling(sup, program, timeout or replacement_timeout(program))
+    finally:
+        _RELOADING.discard(program)
+
+
+async def _rolling(sup: Supervisor, program: Program, timeout: float) -> ReloadReport:
+    report = ReloadReport(mode="zero-downtime")
+    for port, old in list(program.instances.items()):
+        assert port is not None
+        if program.instances.get(port) is not old:
+            continue  # the program was edited under us
+        if old.state != S.RUNNING:
+            # Nothing serves on this port: there is nothing to keep up, just start it.
+            old.restart()
+            report.started.append(port)
+            continue
+        new = Instance(program, port)
+        new.stdout_log, new.stderr_log = old.stdout_log, old.stderr_log  # same files
+        new.restarts = old.restarts + 1
+        new.start()
+        reason = await _ready(sup, new, timeout)
+        if reason is not None:
+            log.warning("reload of %s: replacement on port %d failed: %s; the old instance "
+                        "keeps serving", program.name, port, reason)
+            await _settle(new.stop(), program.spec.stop_timeout + 5)
+            report.failed_port, report.reason = port, reason
+            return report
+        if program.instances.get(port) is not old:  # edited or removed meanwhile
+            await _settle(new.stop(), program.spec.stop_timeout + 5)
+            continue
+        program.instances[port] = new
+        await _settle(old.stop(), program.spec.stop_timeout + 5)
+        report.replaced.append(port)
+    return report
+
+
+async def _ready(sup: Supervisor, new: Instance, timeout: float) -> str | None:
+    """None once the replacement may take over, else why it may not."""
+    deadline = time.monotonic() + timeout
+    try:
+        state = await asyncio.wait_for(new.wait_state(SETTLED), timeout)
+    except TimeoutError:
+        return f"not RUNNING after {timeout:g}s"
+    if state != S.RUNNING:
+        if new.spawn_error:
+            return new.spawn_error
+        return f"{state.value.lower()} (exit code {new.exit_code})"
+    if new.program.spec.health_check is None:
+        return None
+    try:
+        healthy = await asyncio.wait_for(sup.health.wait_healthy(new),
+                                         max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        return f"not healthy after {timeout:g}s"
+    if healthy:
+        return None
+    check = sup.health.state_of(new)
+    detail = check.last_error if check is not None and check.last_error else new.state.value
+    return f"unhealthy: {detail}"
+
+
+async def _settle(future: asyncio.Future[ProgramState], timeout: float) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        pass
