@@ -1,0 +1,81 @@
+"""ProgramSpec: the validation rules of the add/edit schema and supervisord's knobs."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pmd_init.supervisor.spec import ProgramSpec
+
+
+def field_of(exc: ValidationError) -> str:
+    return ".".join(str(p) for p in exc.errors()[0]["loc"])
+
+
+def test_defaults_are_the_documented_ones():
+    spec = ProgramSpec(name="a", command="sleep 1")
+    assert (spec.enabled, spec.boot, spec.delay_seconds, spec.autorestart, spec.priority) == \
+        (True, False, 0, "unexpected", 999)
+    assert (spec.logs_enabled, spec.log_max_bytes, spec.log_backups) == (True, 5242880, 2)
+    assert (spec.exitcodes, spec.startsecs, spec.startretries) == ([0], 1, 3)
+    assert (spec.stop_signal, spec.stop_timeout, spec.lazy_load) == ("TERM", 10, False)
+
+
+@pytest.mark.parametrize("fields,field", [
+    ({"name": 'we"b'}, "name"),
+    ({"name": "we'b"}, "name"),
+    ({"name": "a/b"}, "name"),
+    ({"description": "x" * 501}, "description"),
+    ({"command": "echo a\nb"}, "command"),
+    ({"command": "echo a\rb"}, "command"),
+    ({"command": "echo \x00"}, "command"),
+    ({"user": "Root"}, "user"),
+    ({"directory": "relative/dir"}, "directory"),
+    ({"stdout_logfile": "out.log"}, "stdout_logfile"),
+    ({"delay_seconds": 3601}, "delay_seconds"),
+    ({"priority": 0}, "priority"),
+    ({"priority": 1000}, "priority"),
+    ({"log_backups": 101}, "log_backups"),
+    ({"autorestart": "sometimes"}, "autorestart"),
+    ({"terminal_id": 0}, "terminal_id"),
+    ({"terminal_shell": "csh"}, "terminal_shell"),
+    ({"port_range": {"start": 10, "end": 5}}, "port_range"),
+    ({"stop_signal": "STOP"}, "stop_signal"),
+    ({"unknown_field": 1}, "unknown_field"),
+])
+def test_invalid_fields_are_named(fields, field):
+    with pytest.raises(ValidationError) as info:
+        ProgramSpec.model_validate({"name": "a", "command": "sleep 1", **fields})
+    assert field_of(info.value).startswith(field)
+
+
+def test_lazy_load_with_boot_is_refused():
+    with pytest.raises(ValidationError, match="lazy_load cannot be combined with boot"):
+        ProgramSpec(name="a", command="x", boot=True, lazy_load=True)
+
+
+def test_port_param_needs_a_port_range_and_a_value():
+    with pytest.raises(ValidationError, match="port_param requires port_range"):
+        ProgramSpec(name="a", command="x", port_param="--listen")
+    with pytest.raises(ValidationError, match="port_param must not be empty"):
+        ProgramSpec(name="a", command="x", port_param="", port_range={"start": 1, "end": 2})
+
+
+def test_user_existence_is_checked_only_when_asked():
+    ProgramSpec(name="a", command="x", user="nosuchuser")
+    with pytest.raises(ValidationError, match="does not exist"):
+        ProgramSpec.model_validate({"name": "a", "command": "x", "user": "nosuchuser"},
+                                   context={"check_accounts": True})
+    ProgramSpec.model_validate({"name": "a", "command": "x", "user": "root"},
+                               context={"check_accounts": True})
+
+
+def test_hoody_kit_is_derived_from_the_directory():
+    assert ProgramSpec(name="a", command="x", directory="/hoody/plugins/x").hoody_kit
+    assert not ProgramSpec(name="a", command="x", directory="/opt", hoody_kit=True).hoody_kit
+
+
+def test_autorestart_accepts_booleans_and_signals_accept_sig_prefix():
+    spec = ProgramSpec(name="a", command="x", autorestart=True, stop_signal="sigint")
+    assert spec.autorestart == "true"
+    assert spec.stop_signal == "INT"

@@ -1,0 +1,75 @@
+"""programs.json parsing and the atomic store, on real files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pmd_init.store.files import atomic_write_json, read_json
+from pmd_init.store.programs import ConfigError, ProgramStore, parse_programs
+
+
+def test_ids_are_assigned_after_the_highest_given():
+    specs = parse_programs({"version": 1, "programs": [
+        {"name": "a", "command": "x"}, {"id": 7, "name": "b", "command": "x"},
+        {"name": "c", "command": "x"}]})
+    assert [s.id for s in specs] == [8, 7, 9]
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"version": 2, "programs": []}, "unsupported version"),
+    ({"programs": {}}, "'programs' must be a list"),
+    ({"programs": [{"name": "a", "command": "x"}, {"name": "a", "command": "y"}]},
+     "duplicate program name"),
+    ({"programs": [{"id": 1, "name": "a", "command": "x"}, {"id": 1, "name": "b",
+                                                             "command": "y"}]},
+     "duplicate program id"),
+    ({"programs": [{"name": "a", "command": "x", "port_range": {"start": 10, "end": 20}},
+                   {"name": "b", "command": "x", "port_range": {"start": 20, "end": 30}}]},
+     "overlap"),
+    ({"programs": [{"name": "a"}]}, r"programs\[0\].command"),
+])
+def test_bad_documents_are_refused_with_a_reason(doc, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_programs(doc)
+
+
+def test_adjacent_port_ranges_are_fine():
+    parse_programs({"programs": [
+        {"name": "a", "command": "x", "port_range": {"start": 10, "end": 19}},
+        {"name": "b", "command": "x", "port_range": {"start": 20, "end": 30}}]})
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "sub" / "f.json"
+    atomic_write_json(path, {"a": 1})
+    atomic_write_json(path, {"b": 2})
+    assert read_json(path) == {"b": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["f.json"]
+
+
+def test_store_falls_back_and_keeps_the_bad_file(tmp_path):
+    config, state = tmp_path / "c", tmp_path / "s"
+    config.mkdir()
+    store = ProgramStore(config, state)
+    (config / "programs.json").write_text(json.dumps(
+        {"version": 1, "programs": [{"name": "good", "command": "x"}]}))
+    assert [s.name for s in store.load()] == ["good"]
+    assert (config / "programs.default.json").exists()
+    (config / "programs.json").write_text("[{")
+    assert [s.name for s in store.load()] == ["good"]
+    assert store.report.source == "last-good"
+    assert "not valid JSON" in (store.report.problem or "")
+    assert (config / "programs.json").read_text() == "[{"
+    assert len(list(config.glob("programs.json.bad-*"))) == 1
+
+
+def test_missing_programs_json_boots_from_default(tmp_path):
+    config = tmp_path / "c"
+    config.mkdir()
+    (config / "programs.default.json").write_text(json.dumps(
+        {"version": 1, "programs": [{"name": "d", "command": "x"}]}))
+    store = ProgramStore(config, tmp_path / "s")
+    assert [s.name for s in store.load()] == ["d"]
+    assert store.report.source == "default"
