@@ -98,7 +98,7 @@ def test_corrupt_programs_json_boots_from_the_last_good_copy(tmp_path):
     with pmd:
         pmd.wait_for(lambda: state(pmd.http, 1) == "RUNNING")
     (pmd.config_dir / "programs.json").write_text('{"version": 1, "programs": [{"name": ')
-    with pmd.start():
+    with pmd:
         http = pmd.http
         pmd.wait_for(lambda: state(http, 1) == "RUNNING")
         health = http.get("/api/v1/daemon/health").json()
