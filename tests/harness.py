@@ -213,6 +213,8 @@ class Pmd:
                              f"--- pmd stderr ---\n{self.stderr_text()[-4000:]}")
 
     def __enter__(self) -> Pmd:
+        if self.proc is not None and self.proc.poll() is None:
+            return self  # already started with start()
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
