@@ -1,34 +1,414 @@
 """The Daemon Management API on /api/v1/daemon (daemon-management-api.txt and
-daemon-api-extras.md): programs, control, status, logs and quick-start."""
+daemon-api-extras.md): programs, control, status, logs and quick-start.
+
+Handlers are thin: validate the whole request first (a rejection changes nothing), call one
+supervisor method, serialize. Errors become JSON in errors.py. Decisions where the spec is
+silent are written down in docs/daemon-api.md.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import shlex
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from ..supervisor.instance import Instance
+from ..supervisor.program import Program
+from ..supervisor.spec import ProgramSpec
+from ..supervisor.states import STOPPED_STATES, ProgramState
 from ..supervisor.supervisor import Supervisor
 from .errors import ApiError
-from .views import instance_status, program_status
+from .logstream import LINES_MAX, LogFollower, tail_rotated
+from .models import (
+    AddProgramRequest,
+    EditProgramRequest,
+    LogsQuery,
+    LogStreamQuery,
+    ProgramQuery,
+    ProgramsQuery,
+    QuickStartRequest,
+    RestartRequest,
+    StartRequest,
+    StatusQuery,
+    StopRequest,
+)
+from .openapi import doc
+from .stats import Sampler
+from .views import hms, instance_status, iso, program_status
 
 bp = Blueprint("daemon", url_prefix="/api/v1/daemon")
+S = ProgramState
+M = TypeVar("M", bound=BaseModel)
+
+# ---- request parsing ---------------------------------------------------------------
+
+ERROR_CODES = {"extra_forbidden": "UNKNOWN_FIELD", "missing": "MISSING_FIELD"}
+
+
+def _invalid(exc: ValidationError, prefix: str = "") -> ApiError:
+    errors = exc.errors()
+    first = errors[0]
+    field = prefix + ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return ApiError(
+        400, ERROR_CODES.get(first["type"], "VALIDATION_ERROR"),
+        f"{field}: {message}" if field else message, field=field or None,
+        details={"errors": [{"field": prefix + ".".join(str(p) for p in e["loc"]),
+                             "type": e["type"],
+                             "message": e["msg"].removeprefix("Value error, ")}
+                            for e in errors]})
+
+
+def validate(model: type[M], data: Any, check_accounts: bool = False) -> M:
+    try:
+        return model.model_validate(data, context={"check_accounts": check_accounts})
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def body(request: Request, model: type[M], check_accounts: bool = False) -> M:
+    """The JSON body as `model`; an empty body is `{}` (all of whose fields may default)."""
+    data = request.json if request.body else {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "INVALID_BODY", "the request body must be a JSON object")
+    return validate(model, data, check_accounts)
+
+
+def query(request: Request, model: type[M]) -> M:
+    # blank values kept: `?enabled=` is a bad boolean, not an absent filter
+    args = {key: values[-1]
+            for key, values in request.get_args(keep_blank_values=True).items()}
+    return validate(model, args)
 
 
 def _sup(request: Request) -> Supervisor:
     return request.app.ctx.supervisor
 
 
-def _int_query(request: Request, name: str) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(400, "VALIDATION_ERROR", f"{name}: must be an integer", field=name) \
-            from None
+def _sampler(request: Request) -> Sampler:
+    sampler = getattr(request.app.ctx, "stats_sampler", None)
+    if sampler is None:
+        sampler = request.app.ctx.stats_sampler = Sampler()
+    return sampler
 
+
+# ---- views -------------------------------------------------------------------------
+
+def program_view(request: Request, program: Program, include_status: bool = False,
+                 include_stats: bool = False) -> dict[str, Any]:
+    view = program.spec.to_json()
+    if include_status or include_stats:
+        view["status"] = program_status(program)
+    if include_stats:
+        sampler = _sampler(request)
+        if program.spec.port_range is None:
+            stats = sampler.instance_stats(program.primary)
+            if stats is not None:
+                view["stats"] = stats
+        else:
+            for inst, item in zip(program.instances.values(), view["status"]["instances"],
+                                  strict=True):
+                stats = sampler.instance_stats(inst)
+                if stats is not None:
+                    item["stats"] = stats
+    return view
+
+
+def instance_view(inst: Instance) -> dict[str, Any]:
+    """The `instance` object of a start answer."""
+    return {"port": inst.port, "instance_name": inst.name, "status": inst.state.value,
+            "pid": inst.pid, "uptime": hms(inst.uptime())}
+
+
+def quick_view(program: Program) -> dict[str, Any]:
+    """A quick-start entry: lower-case status, as that product's quick-start answers."""
+    inst = program.primary
+    view: dict[str, Any] = {
+        "temporary_id": program.temporary_id,
+        "name": program.name,
+        "command": program.spec.command,
+        "user": program.spec.user,
+        "status": inst.state.value.lower(),
+    }
+    if inst.pid is not None:
+        view["pid"] = inst.pid
+        view["uptime"] = hms(inst.uptime())
+    view["created_at"] = iso(program.created_at)
+    if program.expires_at is not None:
+        view["expires_at"] = iso(program.expires_at)
+    if program.finished_at is not None:
+        view["finished_at"] = iso(program.finished_at)
+    if inst.exit_code is not None:
+        view["exit_code"] = inst.exit_code
+    if inst.spawn_error:
+        view["spawn_error"] = inst.spawn_error
+    spec = program.spec
+    view.update({
+        "stdout_logfile": str(inst.log_path("stdout")) if spec.logs_enabled else None,
+        "stderr_logfile": str(inst.log_path("stderr")) if spec.logs_enabled else None,
+        "logs_enabled": spec.logs_enabled,
+        "log_max_bytes": spec.log_max_bytes,
+        "log_backups": spec.log_backups,
+    })
+    return view
+
+
+# ---- shared steps --------------------------------------------------------------------
+
+def _one_instance(program: Program, port: int | None, what: str) -> Instance:
+    """The instance a request means: a port-range program must name its port."""
+    if port is None:
+        if program.spec.port_range is not None:
+            raise ApiError(400, "VALIDATION_ERROR",
+                           f"port: '{program.name}' has a port range "
+                           f"({program.spec.port_range.start}-{program.spec.port_range.end}); "
+                           f"name the port to {what}", field="port")
+        return program.primary
+    inst = program.instance(port)
+    if inst is None:
+        raise ApiError(400, "VALIDATION_ERROR",
+                       f"port: {port} is not in the port range of '{program.name}'",
+                       field="port")
+    return inst
+
+
+def _require_enabled(program: Program) -> None:
+    if not program.spec.enabled:
+        raise ApiError(400, "PROGRAM_DISABLED",
+                       f"enabled: program '{program.name}' is disabled; enable it first",
+                       field="enabled")
+
+
+async def await_running(inst: Instance, timeout: float) -> ProgramState:
+    """Until RUNNING, or until it gave up (FATAL, or stopped and no longer wanted). A
+    STOPPED on the way (a restart, a start delay) or a BACKOFF (a retry) is not the end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        state = inst.state
+        if state == S.RUNNING:
+            return state
+        if state == S.FATAL or (state in STOPPED_STATES and not inst.want):
+            return state
+        change = inst.wait_state(set(ProgramState) - {state})
+        try:
+            await asyncio.wait_for(change, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise ApiError(504, "WAIT_TIMEOUT",
+                           f"timeout: '{inst.name}' did not reach RUNNING within {timeout:g} s "
+                           f"(now {inst.state.value}); it keeps trying",
+                           field="timeout", details={"status": inst.state.value}) from None
+
+
+def _start_failed(inst: Instance, state: ProgramState, **details: Any) -> ApiError:
+    reason = inst.spawn_error or (f"exit code {inst.exit_code}"
+                                  if inst.exit_code is not None else state.value)
+    return ApiError(500, "START_FAILED", f"'{inst.name}' did not start: {reason}",
+                    details={"status": state.value, "exit_code": inst.exit_code,
+                             "spawn_error": inst.spawn_error, **details})
+
+
+async def _await_stopped(futures: list[asyncio.Future[ProgramState]], timeout: float) -> None:
+    pending = [f for f in futures if not f.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+
+
+def _logs_answer(program: Program, inst: Instance, q: LogsQuery) -> HTTPResponse:
+    if not program.spec.logs_enabled:
+        raise ApiError(400, "LOGS_DISABLED",
+                       f"logs_enabled: '{program.name}' keeps no log files", field="logs_enabled")
+    lines = min(q.lines, LINES_MAX)
+    path = inst.log_path(q.type)
+    text = "\n".join(tail_rotated(path, lines, program.spec.log_backups))
+    return json({"success": True, "logs": text, "type": q.type, "lines": lines,
+                 "log_file": str(path)})
+
+
+# ---- programs ----------------------------------------------------------------------
+
+def _filter(q: ProgramsQuery, spec: ProgramSpec) -> bool:
+    for name in ("hoody_kit", "lazy_load", "enabled", "boot"):
+        wanted = getattr(q, name)
+        if wanted is not None and getattr(spec, name) != wanted:
+            return False
+    ports = spec.port_range
+    if q.port is not None and (ports is None or not ports.start <= q.port <= ports.end):
+        return False
+    if q.port_from is not None and q.port_to is not None and (
+            ports is None or ports.start > q.port_to or q.port_from > ports.end):
+        return False
+    return True
+
+
+@bp.get("/programs")
+@doc("List programs (filters combine)", query=ProgramsQuery,
+     response="`{programs: [program]}` (no success key, as the spec shows)")
+async def list_programs(request: Request) -> HTTPResponse:
+    q = query(request, ProgramsQuery)
+    if (q.port_from is None) != (q.port_to is None):
+        missing = "port_to" if q.port_to is None else "port_from"
+        raise ApiError(400, "VALIDATION_ERROR",
+                       f"{missing}: port_from and port_to must be used together", field=missing)
+    if q.port_from is not None and q.port_to is not None and q.port_from > q.port_to:
+        raise ApiError(400, "VALIDATION_ERROR", "port_to: must not be below port_from",
+                       field="port_to")
+    programs = sorted(_sup(request).programs.values(), key=lambda p: p.id or 0)
+    return json({"programs": [
+        program_view(request, p, q.include_status, q.include_stats)
+        for p in programs if _filter(q, p.spec)
+    ]})
+
+
+@bp.get("/programs/<program_id:int>")
+@doc("One program's configuration", query=ProgramQuery, response="`{success, program}`")
+async def get_program(request: Request, program_id: int) -> HTTPResponse:
+    program = _sup(request).get(program_id)
+    q = query(request, ProgramQuery)
+    return json({"success": True,
+                 "program": program_view(request, program, q.include_status, q.include_stats)})
+
+
+@bp.post("/programs/add")
+@doc("Add a program", body=AddProgramRequest, response="`{success, id, program}`")
+async def add_program(request: Request) -> HTTPResponse:
+    req = body(request, AddProgramRequest, check_accounts=True)
+    spec = ProgramSpec.model_validate(req.model_dump(exclude_unset=True, exclude={"hoody_kit"}))
+    program = _sup(request).add(spec)
+    return json({"success": True, "id": program.id, "program": program_view(request, program)})
+
+
+@bp.post("/programs/edit/<program_id:int>")
+@doc("Change some fields of a program; a running one restarts when what it runs changed",
+     body=EditProgramRequest, response="`{success, program}`")
+async def edit_program(request: Request, program_id: int) -> HTTPResponse:
+    sup = _sup(request)
+    sup.get(program_id)
+    req = body(request, EditProgramRequest)
+    changes = req.model_dump(mode="json", exclude_unset=True, exclude={"hoody_kit"})
+    for required in ("user", "name", "command"):
+        if required in changes and changes[required] is None:
+            raise ApiError(400, "VALIDATION_ERROR", f"{required}: cannot be removed",
+                           field=required)
+    program = sup.edit(program_id, changes)
+    return json({"success": True, "program": program_view(request, program)})
+
+
+@bp.post("/programs/remove/<program_id:int>")
+@doc("Remove a program (stopped first)", response="`{success, id}`")
+async def remove_program(request: Request, program_id: int) -> HTTPResponse:
+    await _sup(request).remove(program_id)
+    return json({"success": True, "id": program_id})
+
+
+@bp.post("/programs/reset")
+@doc("Back to programs.default.json: stop all, re-apply the default boot programs",
+     response="`{success, count}`")
+async def reset_programs(request: Request) -> HTTPResponse:
+    sup = _sup(request)
+    await sup.reset()
+    return json({"success": True, "count": len(sup.programs)})
+
+
+# ---- control -----------------------------------------------------------------------
+
+@bp.post("/programs/<program_id:int>/start")
+@doc("Start a program (a port-range program: one port)", body=StartRequest,
+     response="`{success, already_running, instance: {port, instance_name, status, pid, "
+              "uptime}}`")
+async def start_program(request: Request, program_id: int) -> HTTPResponse:
+    program = _sup(request).get(program_id)
+    req = body(request, StartRequest)
+    inst = _one_instance(program, req.port, "start")
+    if inst.state in (S.STARTING, S.RUNNING):
+        if req.if_not_running:
+            return json({"success": True, "already_running": True,
+                         "instance": instance_view(inst)})
+        raise ApiError(400, "ALREADY_RUNNING",
+                       f"'{inst.name}' is already {inst.state.value}; "
+                       "use if_not_running: true, or restart", field="if_not_running",
+                       details={"instance": instance_view(inst)})
+    _require_enabled(program)
+    _sup(request).start(program, inst.port)
+    if req.wait:
+        state = await await_running(inst, req.timeout)
+        if state != S.RUNNING:
+            raise _start_failed(inst, state, instance=instance_view(inst))
+    return json({"success": True, "already_running": False, "instance": instance_view(inst)})
+
+
+@bp.post("/programs/<program_id:int>/restart")
+@doc("Restart a program, or one port of it (pmd's addition)", body=RestartRequest,
+     response="`{success, instances: [instance]}`")
+async def restart_program(request: Request, program_id: int) -> HTTPResponse:
+    sup = _sup(request)
+    program = sup.get(program_id)
+    req = body(request, RestartRequest)
+    _require_enabled(program)
+    instances = sup.restart(program, req.port)
+    if req.wait:
+        for inst in instances:
+            state = await await_running(inst, req.timeout)
+            if state != S.RUNNING:
+                raise _start_failed(inst, state, instance=instance_view(inst))
+    return json({"success": True, "instances": [instance_view(i) for i in instances]})
+
+
+@bp.post("/programs/<program_id:int>/stop")
+@doc("Stop a program, one port of it, or all its ports; answers once stopped",
+     body=StopRequest, response="`{success, stopped: [instance_name], status}`")
+async def stop_program(request: Request, program_id: int) -> HTTPResponse:
+    sup = _sup(request)
+    program = sup.get(program_id)
+    req = body(request, StopRequest)
+    if req.all and req.port is not None:
+        raise ApiError(400, "VALIDATION_ERROR", "all: give either port or all, not both",
+                       field="all")
+    instances = sup.instances_for(program, req.port)
+    was_running = [i.name for i in instances if i.state not in STOPPED_STATES or i.want]
+    futures = sup.stop(program, req.port)
+    await _await_stopped(futures, program.spec.stop_timeout + 2)
+    return json({"success": True, "stopped": was_running, "status": program_status(program)})
+
+
+async def _set_enabled(request: Request, program_id: int, enabled: bool) -> HTTPResponse:
+    sup = _sup(request)
+    program = sup.set_enabled(program_id, enabled)
+    if not enabled:
+        await _await_stopped([i.wait_state(STOPPED_STATES) for i in program.instances.values()],
+                             program.spec.stop_timeout + 2)
+    return json({"success": True, "id": program_id, "enabled": program.spec.enabled,
+                 "status": program_status(program)})
+
+
+@bp.post("/programs/<program_id:int>/enable")
+@doc("Enable a program (a boot program starts)", response="`{success, id, enabled, status}`")
+async def enable_program(request: Request, program_id: int) -> HTTPResponse:
+    return await _set_enabled(request, program_id, True)
+
+
+@bp.post("/programs/<program_id:int>/disable")
+@doc("Disable a program: stop it, keep its configuration",
+     response="`{success, id, enabled, status}`")
+async def disable_program(request: Request, program_id: int) -> HTTPResponse:
+    return await _set_enabled(request, program_id, False)
+
+
+# ---- status ------------------------------------------------------------------------
 
 @bp.get("/status")
+@doc("The status of every program", response="`{success, statuses: [{id, name, enabled, "
+                                              "status}]}`")
 async def statuses(request: Request) -> HTTPResponse:
     sup = _sup(request)
     return json({
@@ -42,14 +422,156 @@ async def statuses(request: Request) -> HTTPResponse:
 
 
 @bp.get("/status/<program_id:int>")
+@doc("One program's status (port-range form for a port-range program)", query=StatusQuery,
+     response="`{success, status, stats?}`")
 async def status_one(request: Request, program_id: int) -> HTTPResponse:
     program = _sup(request).get(program_id)
-    port = _int_query(request, "port")
-    if port is not None:
-        inst = program.instance(port)
-        if inst is None:
-            raise ApiError(400, "VALIDATION_ERROR",
-                           f"port: {port} is not in the port range of '{program.name}'",
-                           field="port")
-        return json({"success": True, "status": {"id": program.id, **instance_status(inst)}})
-    return json({"success": True, "status": program_status(program)})
+    q = query(request, StatusQuery)
+    if q.port is not None:
+        inst = _one_instance(program, q.port, "query")
+        answer: dict[str, Any] = {"success": True,
+                                  "status": {"id": program.id, **instance_status(inst)}}
+        if q.include_stats:
+            stats = _sampler(request).instance_stats(inst)
+            if stats is not None:
+                answer["stats"] = stats
+        return json(answer)
+    view = program_view(request, program, True, q.include_stats)
+    answer = {"success": True, "status": view["status"]}
+    if "stats" in view:
+        answer["stats"] = view["stats"]
+    return json(answer)
+
+
+# ---- logs --------------------------------------------------------------------------
+
+@bp.get("/programs/<program_id:int>/logs")
+@doc("The last lines of a program's stdout or stderr (continued into rotated files)",
+     query=LogsQuery, response="`{success, logs, type, lines, log_file}`")
+async def program_logs(request: Request, program_id: int) -> HTTPResponse:
+    program = _sup(request).get(program_id)
+    q = query(request, LogsQuery)
+    return _logs_answer(program, _one_instance(program, q.port, "read"), q)
+
+
+def _closing(request: Request) -> asyncio.Event:
+    event = getattr(request.app.ctx, "log_streams_closing", None)
+    if event is None:
+        event = request.app.ctx.log_streams_closing = asyncio.Event()
+    return event
+
+
+@bp.before_server_stop
+async def _end_log_streams(app: Any) -> None:
+    """Streams end at shutdown and re-exec instead of holding the server open."""
+    event = getattr(app.ctx, "log_streams_closing", None)
+    if event is not None:
+        event.set()
+
+
+@bp.get("/programs/<program_id:int>/logs/stream")
+@doc("Follow a program's log as Server-Sent Events; `id` is a byte cursor, a `reset` event "
+     "says the file was rotated", query=LogStreamQuery,
+     response="text/event-stream", content_type="text/event-stream")
+async def program_log_stream(request: Request, program_id: int) -> None:
+    sup = _sup(request)
+    program = sup.get(program_id)
+    q = query(request, LogStreamQuery)
+    inst = _one_instance(program, q.port, "follow")
+    if not program.spec.logs_enabled:
+        raise ApiError(400, "LOGS_DISABLED",
+                       f"logs_enabled: '{program.name}' keeps no log files", field="logs_enabled")
+    offset = q.offset
+    if offset is None:
+        header = request.headers.get("last-event-id")
+        if header:
+            try:
+                offset = int(header)
+            except ValueError:
+                raise ApiError(400, "VALIDATION_ERROR",
+                               "Last-Event-ID: must be a byte offset", field="Last-Event-ID") \
+                    from None
+            if offset < 0:
+                raise ApiError(400, "VALIDATION_ERROR",
+                               "Last-Event-ID: must not be negative", field="Last-Event-ID")
+    port = inst.port
+
+    def resolve() -> Instance | None:
+        current = sup.programs.get(program_id)
+        return current.instance(port) if current is not None else None
+
+    follower = LogFollower(request, resolve, q.type, _closing(request))
+    await follower.run(inst.log_path(q.type), program.spec.log_backups, offset, q.lines)
+
+
+# ---- quick-start -------------------------------------------------------------------
+
+def _command_word(command: str) -> str:
+    try:
+        first = shlex.split(command)[0]
+    except (ValueError, IndexError):
+        first = command.split()[0] if command.split() else "program"
+    word = re.sub(r"[^A-Za-z0-9_-]", "", os.path.basename(first))
+    return word[:32] or "program"
+
+
+@bp.get("/quick-start")
+@doc("Quick-start programs: running ones, and finished ones for their grace period",
+     response="`{success, count, ephemeral_programs: [entry]}`")
+async def quick_list(request: Request) -> HTTPResponse:
+    entries = [quick_view(p) for p in
+               sorted(_sup(request).ephemeral.values(), key=lambda p: p.created_at or 0)]
+    return json({"success": True, "count": len(entries), "ephemeral_programs": entries})
+
+
+@bp.post("/quick-start")
+@doc("Start a temporary program (never saved to programs.json)", body=QuickStartRequest,
+     response="`{success, temporary_id, name, status, pid?, uptime?, created_at, expires_at?}`")
+async def quick_start(request: Request) -> HTTPResponse:
+    sup = _sup(request)
+    req = body(request, QuickStartRequest)
+    fields = {k: v for k, v in req.model_dump(exclude_unset=True).items()
+              if k not in ("ttl", "wait", "timeout") and v is not None}
+    temporary_id = sup.new_temporary_id()
+    fields.setdefault(
+        "name", f"quick_{_command_word(req.command)}_{temporary_id.removeprefix('quick_')}")
+    spec = validate(ProgramSpec, fields, check_accounts=True)
+    program = sup.quick_start(spec, ttl=req.ttl, temporary_id=temporary_id)
+    if req.wait:
+        inst = program.primary
+        state = await await_running(inst, req.timeout)
+        if state != S.RUNNING:
+            raise _start_failed(inst, state, temporary_id=temporary_id)
+    return json({"success": True, **quick_view(program)})
+
+
+@bp.get("/quick-start/<temporary_id:str>/status")
+@doc("A quick-start program's status", response="`{success, temporary_id, name, status, ...}`")
+async def quick_status(request: Request, temporary_id: str) -> HTTPResponse:
+    return json({"success": True, **quick_view(_sup(request).get_ephemeral(temporary_id))})
+
+
+@bp.get("/quick-start/<temporary_id:str>/logs")
+@doc("The last lines of a quick-start program's log", query=LogsQuery,
+     response="`{success, logs, type, lines, log_file}`")
+async def quick_logs(request: Request, temporary_id: str) -> HTTPResponse:
+    program = _sup(request).get_ephemeral(temporary_id)
+    q = query(request, LogsQuery)
+    return _logs_answer(program, program.primary, q)
+
+
+@bp.post("/quick-start/<temporary_id:str>/stop")
+@doc("Stop a quick-start program and remove it (it cannot be restarted)",
+     response="`{success, temporary_id, cleaned_up, message}`")
+async def quick_stop(request: Request, temporary_id: str) -> HTTPResponse:
+    sup = _sup(request)
+    program = sup.get_ephemeral(temporary_id)
+    if program.finished_at is not None:
+        message = "Program had already stopped; configuration removed"
+    else:
+        futures = sup.stop_ephemeral(program)
+        await _await_stopped(futures, program.spec.stop_timeout + 2)
+        message = "Program stopped and configuration removed"
+    return json({"success": True, "temporary_id": temporary_id, "cleaned_up": True,
+                 "message": message, "status": program.primary.state.value.lower()})
+

@@ -43,6 +43,8 @@ def create_app(init: Init, name: str = "pmd") -> Sanic:
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.REQUEST_MAX_SIZE = BODY_LIMIT
     app.config.KEEP_ALIVE_TIMEOUT = 30
+    # wait=true may take up to 300 s (timeout's upper bound); log streams send keep-alives.
+    app.config.RESPONSE_TIMEOUT = 330
     app.config.ACCESS_LOG = False
     app.ctx.init = init
     app.ctx.supervisor = init.supervisor
@@ -58,9 +60,10 @@ def create_app(init: Init, name: str = "pmd") -> Sanic:
         return None
 
     register_core_routes(app)
-    from . import daemon
+    from . import daemon, openapi
 
     app.blueprint(daemon.bp)
+    app.blueprint(openapi.bp)
     return app
 
 

@@ -1,0 +1,195 @@
+"""The shapes the Daemon Management API accepts: one pydantic model per request body or
+query string, named after what it is. They reject unknown fields, and the OpenAPI document
+(openapi.py) is generated from these same models.
+
+Program fields are not redeclared here: the add, edit and quick-start bodies are derived
+from `ProgramSpec`, so a limit changed there (say, the 500 characters of `description`)
+changes the API, its validation and its documentation together.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
+
+from ..supervisor.spec import ProgramSpec
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Query(BaseModel):
+    """Query strings ignore parameters they do not know (cache busters, tracing ids)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def _query_bool(value: Any) -> Any:
+    # The extras page: boolean query parameters accept only "true" and "false".
+    if isinstance(value, bool):
+        return value
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise ValueError("must be 'true' or 'false'")
+
+
+QueryBool = Annotated[bool, BeforeValidator(_query_bool)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+WaitTimeout = Annotated[int, Field(ge=1, le=300, description="seconds, with wait=true")]
+
+
+def _spec_fields(names: list[str] | None = None, optional: bool = False,
+                 skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """ProgramSpec's fields (types, ranges, descriptions) for a request model; `optional`
+    makes each one default to None (an edit changes only what it names)."""
+    fields: dict[str, Any] = {}
+    for name, info in ProgramSpec.model_fields.items():
+        if (names is not None and name not in names) or name in skip:
+            continue
+        if not optional:
+            fields[name] = (info.annotation, info)
+            continue
+        annotation: Any = Optional[info.annotation]  # noqa: UP045 - built at run time
+        if info.metadata:
+            annotation = Annotated[annotation, *info.metadata]
+        fields[name] = (annotation, Field(None, description=info.description))
+    return fields
+
+
+def _autorestart_bool(value: Any) -> Any:
+    # ProgramSpec accepts JSON booleans for autorestart; so do the request models.
+    return {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
+
+
+class AddProgramRequest(ProgramSpec):
+    """POST /programs/add: a ProgramSpec whose `user` is required (the spec's table);
+    `hoody_kit` is accepted but derived from `directory`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="AddProgramRequest")
+
+    user: str  # type: ignore[assignment]
+
+
+_EditBase = create_model(  # type: ignore[call-overload]
+    "_EditBase", __base__=Request, **_spec_fields(optional=True))
+
+
+class EditProgramRequest(_EditBase):  # type: ignore[misc, valid-type]
+    """POST /programs/edit/{id}: any ProgramSpec field; the ones given replace the stored
+    values (environment, port_range and webhooks whole), null puts a field back to its
+    default. `id` may be sent back unchanged; `hoody_kit` is derived from `directory`."""
+
+    _autorestart = field_validator("autorestart", mode="before")(
+        classmethod(lambda cls, v: _autorestart_bool(v)))
+
+
+QUICK_START_FIELDS = [
+    "command", "user", "name", "description", "autorestart", "directory", "environment",
+    "priority", "delay_seconds", "stdout_logfile", "stderr_logfile", "logs_enabled",
+    "log_max_bytes", "log_backups", "display", "terminal_id", "terminal_shell",
+    "terminal_interactive",
+    # supervisord's knobs ("full supervisord configuration support")
+    "exitcodes", "startsecs", "startretries", "stop_signal", "stop_timeout",
+]
+
+_QuickBase = create_model(  # type: ignore[call-overload]
+    "_QuickBase", __base__=Request,
+    **{k: v for k, v in _spec_fields(QUICK_START_FIELDS).items()
+       if k in ("command", "user")},
+    **{k: v for k, v in _spec_fields(QUICK_START_FIELDS, optional=True).items()
+       if k not in ("command", "user")},
+)
+
+
+class QuickStartRequest(_QuickBase):  # type: ignore[misc, valid-type]
+    """POST /quick-start: a temporary program. `name` defaults to quick_<command>_<id>,
+    `directory` to the user's home."""
+
+    user: str
+    ttl: Annotated[int, Field(ge=1, le=86400, description="seconds until it is stopped")] \
+        | None = None
+    wait: bool = False
+    timeout: WaitTimeout = 30
+
+    _autorestart = field_validator("autorestart", mode="before")(
+        classmethod(lambda cls, v: _autorestart_bool(v)))
+
+
+class StartRequest(Request):
+    """POST /programs/{id}/start; a port-range program must name `port`."""
+
+    port: Port | None = None
+    wait: bool = False
+    timeout: WaitTimeout = 30
+    if_not_running: bool = False
+
+
+class RestartRequest(Request):
+    """POST /programs/{id}/restart (pmd's addition): stop, then start again."""
+
+    port: Port | None = None
+    wait: bool = False
+    timeout: WaitTimeout = 30
+
+
+class StopRequest(Request):
+    """POST /programs/{id}/stop; a port-range program names `port` or `all: true`."""
+
+    port: Port | None = None
+    all: bool = False
+
+
+class ProgramsQuery(Query):
+    """GET /programs: the nine filters, all combinable."""
+
+    hoody_kit: QueryBool | None = None
+    lazy_load: QueryBool | None = None
+    enabled: QueryBool | None = None
+    boot: QueryBool | None = None
+    port: Port | None = None
+    port_from: Port | None = None
+    port_to: Port | None = None
+    include_status: QueryBool = False
+    include_stats: QueryBool = False
+
+
+class StatusQuery(Query):
+    """GET /status/{id}."""
+
+    port: Port | None = None
+    include_stats: QueryBool = False
+
+
+class ProgramQuery(Query):
+    """GET /programs/{id}."""
+
+    include_status: QueryBool = False
+    include_stats: QueryBool = False
+
+
+class LogsQuery(Query):
+    """GET /programs/{id}/logs and /quick-start/{id}/logs."""
+
+    type: Literal["stdout", "stderr"] = "stdout"
+    lines: Annotated[int, Field(ge=0)] = 100
+    port: Port | None = None
+
+
+class LogStreamQuery(Query):
+    """GET /programs/{id}/logs/stream: from `offset` (a byte cursor into the current file,
+    or the Last-Event-ID header), else from the last `lines` lines."""
+
+    type: Literal["stdout", "stderr"] = "stdout"
+    offset: Annotated[int, Field(ge=0)] | None = None
+    lines: Annotated[int, Field(ge=0, le=10000)] = 100
+    port: Port | None = None
+
+
+REQUEST_MODELS: list[type[BaseModel]] = [
+    AddProgramRequest, EditProgramRequest, QuickStartRequest, StartRequest, RestartRequest,
+    StopRequest, ProgramsQuery, StatusQuery, ProgramQuery, LogsQuery, LogStreamQuery,
+]
