@@ -25,6 +25,9 @@ class Settings:
     log_forward: bool = True
     log_roots: list[Path] = field(default_factory=lambda: [Path("/var/log")])
     api: bool = True
+    rate_limit: int = 100  # requests a minute per client address on the /api family, 0: off
+    rate_burst: int = 20  # requests in 10 s per client address, 0: off
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -51,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="pmd: container init (PID 1) and process supervisor with an HTTP API.",
         epilog="Every flag has an environment variable (PMD_CONFIG_DIR, PMD_STATE_DIR, "
         "PMD_LOG_DIR, PMD_HOST, PMD_PORT, PMD_SOCKET, PMD_API_KEY, PMD_API_KEY_FILE, "
-        "PMD_GRACE, PMD_REMAP_EXIT, PMD_LOG_FORWARD, PMD_LOG_ROOTS). "
+        "PMD_GRACE, PMD_REMAP_EXIT, PMD_LOG_FORWARD, PMD_LOG_ROOTS, PMD_RATE_LIMIT, "
+        "PMD_RATE_BURST, PMD_CORS_ORIGINS). "
         "Anything after -- is the main command: pmd exits with its exit code.",
     )
     p.add_argument("--version", action="version", version=f"pmd_init {__version__}")
@@ -79,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="colon-separated folders where API-given log files may live, "
                    "besides --log-dir (default /var/log)")
     p.add_argument("--no-api", action="store_true", help="do not serve HTTP at all")
+    p.add_argument("--rate-limit", type=int, default=int(_env("PMD_RATE_LIMIT", "100") or 100),
+                   help="requests a minute per client address on the process API, 0 for no "
+                   "limit (default 100; the Unix socket is never limited)")
+    p.add_argument("--rate-burst", type=int, default=int(_env("PMD_RATE_BURST", "20") or 20),
+                   help="requests in 10 seconds per client address, 0 for no burst limit "
+                   "(default 20)")
+    p.add_argument("--cors-origins", default=_env("PMD_CORS_ORIGINS", "*"),
+                   help="comma-separated origins browsers may call the API from (default *)")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="-- CMD ARGS...: the main command")
     return p
@@ -123,4 +135,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         log_forward=forward,
         log_roots=roots,
         api=not args.no_api,
+        rate_limit=max(0, args.rate_limit),
+        rate_burst=max(0, args.rate_burst),
+        cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
     )

@@ -55,12 +55,22 @@ def create_app(init: Init, name: str = "pmd") -> Sanic:
     async def authenticate(request: Request) -> HTTPResponse | None:
         reason = auth.check(request, init.settings.api_key)
         if reason is not None:
-            return error_response(401, "UNAUTHORIZED", reason,
+            # The PM2-compatible family has its document's codes: PERMISSION_DENIED.
+            code = "UNAUTHORIZED" if request.path.startswith("/api/v1/") else \
+                "PERMISSION_DENIED"
+            return error_response(401, code, reason,
                                   headers={"WWW-Authenticate": 'Bearer realm="pmd"'})
         return None
 
+    from . import cors, ratelimit
+
+    cors.install(app, init.settings.cors_origins)
+    ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, openapi
+    from . import daemon, openapi, process, ws
+
+    app.blueprint(process.bp)
+    app.blueprint(ws.bp)
 
     app.blueprint(daemon.bp)
     app.blueprint(openapi.bp)

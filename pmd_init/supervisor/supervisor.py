@@ -428,6 +428,19 @@ class Supervisor:
         self._purge_timers[temporary_id] = self.loop.call_later(
             EPHEMERAL_GRACE, self._purge_ephemeral, temporary_id)
 
+    def forget_ephemeral(self, program: Program) -> None:
+        """Remove a stopped quick-start program at once, not after the grace period (the
+        PM2-style DELETE). One still stopping is left to finish and purge on its own."""
+        if program.temporary_id is None:
+            return
+        if any(i.state not in STOPPED_STATES for i in program.instances.values()):
+            return
+        self._finish_ephemeral(program)
+        timer = self._purge_timers.pop(program.temporary_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._purge_ephemeral(program.temporary_id)
+
     def _purge_ephemeral(self, temporary_id: str) -> None:
         self._purge_timers.pop(temporary_id, None)
         program = self.ephemeral.pop(temporary_id, None)

@@ -1,0 +1,45 @@
+"""CORS for browsers calling the API: configurable origins (default all), the methods of
+the PM2-compatible document, and allowed headers that include X-API-Key (a browser cannot
+send a header a preflight did not allow). A preflight (OPTIONS) is answered here with 204,
+before authentication, which it never carries."""
+
+from __future__ import annotations
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, empty
+
+METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+HEADERS = "Content-Type, Authorization, X-API-Key, Last-Event-ID"
+EXPOSE = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
+MAX_AGE = "600"
+
+
+def allowed_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
+    """The Access-Control-Allow-Origin value for this request, or None."""
+    if "*" in origins:
+        return "*"
+    if origin is not None and origin in origins:
+        return origin
+    return None
+
+
+def install(app: Sanic, origins: tuple[str, ...]) -> None:
+    @app.on_request(priority=400)
+    async def preflight(request: Request) -> HTTPResponse | None:
+        if request.method != "OPTIONS":
+            return None
+        headers = {"Access-Control-Allow-Methods": METHODS,
+                   "Access-Control-Allow-Headers": HEADERS,
+                   "Access-Control-Max-Age": MAX_AGE,
+                   "Allow": METHODS}
+        return empty(status=204, headers=headers)
+
+    @app.on_response(priority=400)
+    async def cors_headers(request: Request, response: HTTPResponse) -> None:
+        allow = allowed_origin(origins, request.headers.get("origin"))
+        if allow is None:
+            return
+        response.headers["Access-Control-Allow-Origin"] = allow
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE
+        if allow != "*":
+            response.headers["Vary"] = "Origin"

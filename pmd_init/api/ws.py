@@ -1,0 +1,160 @@
+"""/ws: a live stream of the processes, for dashboards.
+
+On connect: one `snapshot` message with every process (the GET /api/processes view).
+Then a `state_change` message for every state change of any instance (from the
+supervisor's event stream, as it happens), a `health` message when an instance's health
+status changes, and a `metrics` message every `interval` seconds (default 5, `?interval=`
+between 0.2 and 300) while the connection is open: nobody listening, nothing sampled.
+The format is documented in docs/process-api.md.
+
+Authentication is the API's (a header, or `?token=` since browsers cannot set headers
+on a WebSocket); the Unix socket is trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+import orjson
+from sanic import Blueprint, Request
+from sanic.server.websockets.impl import WebsocketImplProtocol
+
+from ..supervisor.events import StateEvent
+from ..supervisor.instance import Instance
+from ..supervisor.supervisor import Supervisor
+from .process import STATS, iso, pm2_status, process_id, process_view, program_pm2_status
+
+log = logging.getLogger("pmd.api")
+
+bp = Blueprint("ws")
+
+DEFAULT_INTERVAL = 5.0
+QUEUE_MAX = 1000  # a client this far behind misses messages (and is told so)
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    return orjson.dumps(message).decode()
+
+
+def snapshot(sup: Supervisor) -> dict[str, Any]:
+    programs = sorted(sup.programs.values(), key=lambda p: p.id or 0)
+    programs += sorted(sup.ephemeral.values(), key=lambda p: p.created_at or 0)
+    return {"type": "snapshot", "time": iso(time.time()),
+            "processes": [process_view(p) for p in programs]}
+
+
+def state_message(sup: Supervisor, event: StateEvent) -> dict[str, Any]:
+    program = (sup.ephemeral.get(event.temporary_id) if event.temporary_id
+               else sup.programs.get(event.program_id) if event.program_id is not None
+               else None)
+    return {
+        "type": "state_change",
+        "id": event.temporary_id or event.program_id,
+        "name": event.program,
+        "instance": event.instance,
+        "port": event.port,
+        "from": event.from_state.value,
+        "to": event.to_state.value,
+        "status": pm2_status(event.to_state, event.exit_code in (None, 0)),
+        "process_status": program_pm2_status(program) if program is not None else None,
+        "pid": event.pid,
+        "exit_code": event.exit_code,
+        "time": iso(event.time),
+        "timestamp": event.time,
+    }
+
+
+def health_message(inst: Instance, old: str, new: str) -> dict[str, Any]:
+    return {"type": "health", "id": process_id(inst.program), "name": inst.program.name,
+            "instance": inst.name, "port": inst.port, "from": old, "to": new,
+            "time": iso(time.time())}
+
+
+def metrics_message(sup: Supervisor) -> dict[str, Any]:
+    processes = []
+    for program in sup.all_programs():
+        cpu, memory = 0.0, 0
+        for inst in program.instances.values():
+            if inst.pid is not None:
+                c, m = STATS.sample(inst.pid)
+                cpu += c
+                memory += m
+        processes.append({"id": process_id(program), "name": program.name,
+                          "status": program_pm2_status(program),
+                          "cpu_usage": round(cpu, 1), "memory_usage": memory})
+    return {"type": "metrics", "time": iso(time.time()), "processes": processes,
+            "system": {"cpu_usage": round(STATS.system_cpu(), 1),
+                       "load_average": [round(x, 2) for x in os.getloadavg()]}}
+
+
+def _interval(request: Request) -> float:
+    raw = request.args.get("interval")
+    try:
+        value = float(raw) if raw is not None else DEFAULT_INTERVAL
+    except ValueError:
+        value = DEFAULT_INTERVAL
+    return min(300.0, max(0.2, value))
+
+
+@bp.websocket("/ws")
+async def stream(request: Request, ws: WebsocketImplProtocol) -> None:
+    sup: Supervisor = request.app.ctx.supervisor
+    interval = _interval(request)
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_MAX)
+    dropped = 0
+
+    def put(message: dict[str, Any]) -> None:
+        nonlocal dropped
+        try:
+            queue.put_nowait(message)
+        except asyncio.QueueFull:
+            dropped += 1
+
+    unsubscribe = sup.events.subscribe(lambda event: put(state_message(sup, event)))
+    on_health = lambda inst, old, new: put(health_message(inst, old, new))  # noqa: E731
+    sup.health.listeners.append(on_health)
+    reader = asyncio.get_running_loop().create_task(_drain(ws))
+    try:
+        await ws.send(_dumps(snapshot(sup)))
+        next_metrics = time.monotonic() + interval
+        while not reader.done():
+            wait = max(0.0, next_metrics - time.monotonic())
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, reader}, timeout=wait,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                message = getter.result()
+                if dropped:
+                    await ws.send(_dumps({"type": "dropped", "messages": dropped}))
+                    dropped = 0
+                await ws.send(_dumps(message))
+                continue
+            getter.cancel()
+            if reader in done:
+                break
+            await ws.send(_dumps(metrics_message(sup)))
+            next_metrics = time.monotonic() + interval
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a closed connection ends the stream
+        log.debug("ws closed: %s", exc)
+    finally:
+        unsubscribe()
+        with contextlib.suppress(ValueError):
+            sup.health.listeners.remove(on_health)
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+
+
+async def _drain(ws: WebsocketImplProtocol) -> None:
+    """Read (and ignore) what the client sends, until it closes the connection."""
+    while True:
+        message = await ws.recv()
+        if message is None:
+            return
