@@ -190,3 +190,35 @@ def test_stale_ephemeral_entries_from_an_earlier_boot_are_cleaned(tmp_path):
     doc = json.loads((state_dir / "ephemeral.json").read_text())
     assert doc["programs"] == []
     assert not (tmp_path / "log" / "quick_old").exists()
+
+
+def test_subreaper_killed_and_restarted_readopts_live_programs(tmp_path):
+    go = tmp_path / "go"
+    programs = [
+        {"name": "survivor", "boot": True, "startsecs": 0,
+         "command": f"sh -c 'echo first; while [ ! -e {go} ]; do sleep 0.05; done; "
+                    f"echo second; exec sleep 100'"},
+        {"name": "crasher", "boot": True, "startsecs": 0, "autorestart": "true",
+         "command": f"sh -c 'while [ ! -e {go} ]; do sleep 0.05; done; exit 3'"},
+    ]
+    pmd = Pmd(tmp_path, programs, pid1=False)
+    with pmd:
+        http = pmd.http
+        pmd.wait_for(lambda: state(http, 1) == "RUNNING" and state(http, 2) == "RUNNING")
+        time.sleep(0.3)  # pids.json is written shortly after a change
+        survivor = status(http, 1)["pid"]
+        crasher = status(http, 2)["pid"]
+        os.kill(pmd.pid, signal.SIGKILL)
+        pmd.wait()
+        pmd.start()
+        http = pmd.http
+        assert status(http, 1)["pid"] == survivor
+        assert status(http, 1)["status"] == "RUNNING"
+        assert status(http, 2)["pid"] == crasher
+        assert "re-adopted 2 running program instance(s)" in pmd.stderr_text()
+        go.write_text("")
+        out = pmd.log_dir / "survivor" / "stdout.log"
+        pmd.wait_for(lambda: out.read_text() == "first\nsecond\n", what="second line")
+        # the adopted crasher's exit is seen (through its pidfd) and the policy restarts it
+        pmd.wait_for(lambda: status(http, 2)["restarts"] >= 1, what="crasher restarted")
+        assert status(http, 2)["pid"] != crasher

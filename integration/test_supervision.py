@@ -49,7 +49,7 @@ def test_boot_follows_priority_and_delays_do_not_hold_others(tmp_path):
     assert spawned == ["a", "b", "c", "late"]
     # the delayed program (priority 1) did not hold up the others
     assert names[-1] == "late"
-    assert times["late"] - min(times.values()) >= 0.8
+    assert times["late"] - max(times[n] for n in "abc") >= 0.5
 
 
 def test_autorestart_policies(tmp_path):

@@ -81,6 +81,8 @@ class Init:
                 self.config_problem = store.report.problem
                 log.error("booting from %s: %s", store.report.source, store.report.problem)
             sup.load(specs)
+            if os.getpid() != 1:  # as PID 1 a fresh start is a fresh container
+                sup.readopt_survivors()
             sup.reconcile_ephemeral()
             sup.boot()
             if s.command:

@@ -385,6 +385,8 @@ class Instance:
             self.started_mono = time.monotonic() - uptime
         self.adopted = True
         fds = [int(fd) for fd in snap.get("capture_fds") or []]  # type: ignore[union-attr]
+        if foreign and isinstance(pid, int) and self.program.spec.logs_enabled:
+            fds = _reopen_pipes(pid)
         if len(fds) == 2:
             self._ensure_logfiles()
             self.attach_captures(fds[0], fds[1])
@@ -410,3 +412,22 @@ class Instance:
         if state == S.BACKOFF and self.want:
             self.state = S.BACKOFF
             self._later(float(max(self.backoff, 1)), self._delayed_start)
+
+
+def _reopen_pipes(pid: int) -> list[int]:
+    """A process we did not start (pmd was killed and started again) still writes to the
+    pipes the old pmd made; opening /proc/<pid>/fd/1 and 2 gives us read ends of them."""
+    fds: list[int] = []
+    for target in (1, 2):
+        path = f"/proc/{pid}/fd/{target}"
+        try:
+            if not os.readlink(path).startswith("pipe:"):
+                break
+            fds.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError:
+            break
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return []
+    return fds

@@ -90,6 +90,8 @@ class Supervisor:
         self._last_ms = 0
         self._purge_timers: dict[str, asyncio.TimerHandle] = {}
         self.started_at = time.time()
+        self._pids_timer: asyncio.TimerHandle | None = None
+        self.events.subscribe(self._pids_changed)
         self.health = HealthMonitor(self)
         self.memory = MemoryWatch(self)
 
@@ -362,6 +364,59 @@ class Supervisor:
         """An instance reached RUNNING: health checks and memory limits apply from now."""
         self.health.track(inst)
         self.memory.track(inst)
+
+    # ---- pids.json: re-adoption after pmd itself was killed (subreaper mode) ----------
+
+    @property
+    def pids_path(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    def _pids_changed(self, event: StateEvent) -> None:
+        # One write per burst of changes, never a timer while idle.
+        if self._pids_timer is None:
+            self._pids_timer = self.loop.call_later(0.1, self.write_pids)
+
+    def write_pids(self) -> None:
+        self._pids_timer = None
+        entries = [
+            {"program": p.name, "port": i.port, "pid": i.pid, "state": i.state.value,
+             "start": process_start_ticks(i.pid), "started_at": i.started_at,
+             "restarts": i.restarts}
+            for p in self.programs.values() for i in p.instances.values() if i.pid
+        ]
+        try:
+            atomic_write_json(self.pids_path, {"boot": boot_identity(), "instances": entries},
+                              durable=False)
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.pids_path, exc)
+
+    def readopt_survivors(self) -> int:
+        """At a fresh start as a subreaper: programs started by a pmd that was killed are
+        still running; watch them (pidfd) and read their pipes instead of starting twins."""
+        try:
+            doc = read_json(self.pids_path)
+        except (OSError, ValueError):
+            return 0
+        if not isinstance(doc, dict) or doc.get("boot") != boot_identity():
+            return 0
+        by_name = {p.name: p for p in self.programs.values()}
+        adopted = 0
+        for entry in doc.get("instances") or []:
+            program = by_name.get(entry.get("program"))
+            inst = program.instance(entry.get("port")) if program else None
+            if inst is None or inst.pid is not None or not program.spec.enabled:
+                continue
+            if not same_process(entry.get("pid"), entry.get("start")):
+                continue
+            inst.adopt({"state": entry.get("state", "RUNNING"), "pid": entry["pid"],
+                        "want": True, "started_at": entry.get("started_at"),
+                        "restarts": entry.get("restarts", 0),
+                        "uptime": time.time() - (entry.get("started_at") or time.time())},
+                       foreign=True)
+            adopted += 1
+        if adopted:
+            log.info("re-adopted %d running program instance(s) of a previous pmd", adopted)
+        return adopted
 
     def note_spawn(self, inst: Instance) -> None:
         if inst.program.is_ephemeral:
