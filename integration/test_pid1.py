@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from tests.harness import Pmd, can_unshare
-
 from integration.helpers import children, state, zombies_under
+from tests.harness import Pmd, can_unshare
 
 pytestmark = pytest.mark.skipif(not can_unshare(), reason="needs unshare --pid (root)")
 
