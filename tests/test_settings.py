@@ -1,0 +1,70 @@
+"""pmd_init's command line: flags, environment variables, --help, --version, bad flags."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pmd_init import __version__
+from pmd_init.settings import parse_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pmd_init", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=30)
+
+
+def test_help_and_version():
+    helped = run("--help")
+    assert helped.returncode == 0
+    assert "--config-dir" in helped.stdout and "PMD_GRACE" in helped.stdout
+    version = run("--version")
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"pmd_init {__version__}"
+
+
+def test_a_bad_flag_prints_usage_and_exits_2():
+    bad = run("--no-such-flag")
+    assert bad.returncode == 2
+    assert "usage: pmd_init" in bad.stderr
+
+
+def test_defaults(monkeypatch):
+    for key in ("PMD_CONFIG_DIR", "PMD_STATE_DIR", "PMD_LOG_DIR", "PMD_HOST", "PMD_PORT",
+                "PMD_SOCKET", "PMD_API_KEY", "PMD_API_KEY_FILE", "PMD_GRACE"):
+        monkeypatch.delenv(key, raising=False)
+    s = parse_settings([])
+    assert (str(s.config_dir), str(s.state_dir), str(s.log_dir)) == \
+        ("/etc/pmd", "/var/lib/pmd", "/var/log/pmd")
+    assert (s.host, s.port, str(s.socket), s.api_key, s.grace) == \
+        ("127.0.0.1", 9615, "/run/pmd/pmd.sock", None, 8.0)
+    assert s.command == []
+
+
+def test_environment_and_flags(monkeypatch, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
+    monkeypatch.setenv("PMD_CONFIG_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("PMD_PORT", "1234")
+    monkeypatch.setenv("PMD_GRACE", "2.5")
+    monkeypatch.setenv("PMD_API_KEY_FILE", str(key_file))
+    monkeypatch.setenv("PMD_REMAP_EXIT", "143:0")
+    s = parse_settings(["--host", "::1", "--", "sh", "-c", "exit 3"])
+    assert s.config_dir == tmp_path / "c"
+    assert (s.port, s.grace, s.api_key, s.host) == (1234, 2.5, "s3cret", "::1")
+    assert s.remap_exit == {143: 0}
+    assert s.command == ["sh", "-c", "exit 3"]
+    assert parse_settings(["--api-key", "flag-wins"]).api_key == "flag-wins"
+
+
+@pytest.mark.parametrize("args", [["--grace", "-1"], ["--port", "70000"],
+                                  ["--remap-exit", "143"], ["--api-key-file", "/nonexistent"]])
+def test_bad_values_exit_2(args):
+    with pytest.raises(SystemExit) as info:
+        parse_settings(args)
+    assert info.value.code == 2
