@@ -222,3 +222,16 @@ def test_subreaper_killed_and_restarted_readopts_live_programs(tmp_path):
         # the adopted crasher's exit is seen (through its pidfd) and the policy restarts it
         pmd.wait_for(lambda: status(http, 2)["restarts"] >= 1, what="crasher restarted")
         assert status(http, 2)["pid"] != crasher
+
+
+def test_a_full_disk_never_blocks_a_program_and_the_loss_is_reported(tmp_path):
+    # /dev/full answers every write with ENOSPC, as a full disk does.
+    programs = [{"name": "writer", "boot": True, "startsecs": 0, "autorestart": "false",
+                 "stdout_logfile": "/dev/full", "log_max_bytes": 0,
+                 "command": "head -c 1048576 /dev/zero"}]
+    with Pmd(tmp_path, programs, pid1=True, env={"PMD_LOG_FORWARD": "0"}) as pmd:
+        http = pmd.http
+        got = pmd.wait_for(lambda: (s := status(http, 1))["status"] == "EXITED" and s)
+        assert got["exit_code"] == 0
+        pmd.wait_for(lambda: status(http, 1).get("log_dropped_bytes") == 1048576)
+        assert http.get("/api/v1/daemon/health").json()["status"] == "ok"
