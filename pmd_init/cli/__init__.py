@@ -1,0 +1,1 @@
+"""Command line clients: `pmd` (pmd.py) talks to a running pmd over its socket or HTTP."""
