@@ -33,6 +33,10 @@ IMAGE = os.environ.get("PMD_IMAGE", "")
 LABEL = "pmd-ci-test=1"
 
 
+class ContainerExited(AssertionError):
+    """The container ended while a test waited for it: no use waiting on."""
+
+
 def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "") -> T:
     """Poll `probe` until it returns a truthy value; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -40,7 +44,9 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "
     while True:
         try:
             last = probe()
-        except Exception as exc:  # noqa: BLE001 - the probe may fail until the thing is up
+        except ContainerExited:
+            raise
+        except Exception as exc:  # the probe may fail until the thing is up
             last = exc
         if last and not isinstance(last, Exception):
             return last
@@ -136,12 +142,13 @@ class Container:
         return proc.stdout + proc.stderr
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Until pmd answers on its socket (the image's own HEALTHCHECK command)."""
+        """Until pmd answers its health endpoint on the Unix socket."""
         def ready() -> bool:
             if not self.running():
-                raise AssertionError(f"container exited {self.exit_code()}:\n{self.logs()}")
-            return self.exec("pmd", "status", check=False).returncode == 0
-        wait_for(ready, timeout, "pmd status")
+                raise ContainerExited(f"container exited {self.exit_code()}:\n{self.logs()}")
+            status, _ = self.api("GET", "/api/v1/daemon/health")
+            return status == 200
+        wait_for(ready, timeout, "pmd's health endpoint")
 
     def program_state(self, program_id: int) -> str | None:
         status, body = self.api("GET", f"/api/v1/daemon/status/{program_id}")
