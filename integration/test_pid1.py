@@ -161,5 +161,9 @@ def test_shutdown_on_exit_program_ends_the_container_with_its_code(tmp_path):
         {"name": "other", "boot": True, "startsecs": 0, "command": "sleep 100"},
     ]
     pmd = Pmd(tmp_path, programs, pid1=True)
-    with pmd:
+    pmd.start(wait=False)  # it may well be over before the API is up
+    try:
         assert pmd.wait(timeout=10) == 4
+    finally:
+        pmd.kill_all()
+    assert "critical is gone for good" in pmd.stderr_text()
