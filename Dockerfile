@@ -15,8 +15,10 @@
 # build tools (gcc, libcap-dev, Python headers, venv) are installed with apt.
 #
 # Non-root: `docker run -e PMD_USER=pmd ...` prepares the folders as root, then runs
-# pmd_init as that user (the image has a `pmd` account; any name or uid[:gid] works).
-# `docker run --user UID:GID ...` works too when the volumes are already writable by it.
+# pmd_init as that user (the image has a `pmd` account, uid and gid 10001; any name or
+# uid[:gid] works). `docker run --user 10001:10001 ...` (or Kubernetes' runAsUser) works
+# too: the image's folders (and so the volumes made from them) belong to pmd.
+# A non-root pmd cannot switch users: programs run as pmd's own user.
 
 ARG BASE=python:3.11-slim
 
@@ -72,8 +74,9 @@ RUN set -eux; \
         rm -rf /var/lib/apt/lists/*; \
     fi; \
     if ! id pmd >/dev/null 2>&1; then \
-        groupadd --system pmd; \
-        useradd --system --gid pmd --home-dir /var/lib/pmd --shell /usr/sbin/nologin pmd; \
+        groupadd --system --gid 10001 pmd; \
+        useradd --system --uid 10001 --gid pmd --home-dir /var/lib/pmd \
+            --shell /usr/sbin/nologin pmd; \
     fi
 
 COPY --from=build /opt/pmd /opt/pmd
@@ -83,6 +86,7 @@ COPY entrypoint /entrypoint
 RUN set -eux; \
     chmod 0755 /entrypoint; \
     mkdir -p /var/lib/pmd /var/log/pmd /run/pmd; \
+    chown -R pmd:pmd /etc/pmd /var/lib/pmd /var/log/pmd /run/pmd; \
     /opt/pmd/venv/bin/pmd_init --version
 
 ENV PATH=/opt/pmd/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

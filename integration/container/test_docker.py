@@ -169,14 +169,24 @@ def test_docker_logs_prefix_each_line_with_the_program_name(container_factory) -
     assert re.search(r"^.*\btalker\b.*\btrouble in talker$", logs, re.M), logs
 
 
-def test_non_root_mode(container_factory) -> None:
-    c = container_factory("-e", "PMD_USER=pmd")
+@pytest.mark.parametrize("how", [("-e", "PMD_USER=pmd"), ("--user", "10001:10001")],
+                         ids=["PMD_USER", "--user"])
+def test_non_root_mode(container_factory, how: tuple[str, str]) -> None:
+    c = container_factory(*how)
     c.wait_ready()
     uid = c.exec("id", "-u", "pmd").stdout.strip()
+    assert uid == "10001"
     status = c.exec("cat", "/proc/1/status").stdout
     assert re.search(rf"^Uid:\s+{uid}\s+{uid}\s", status, re.M), status
-    assert c.exec("stat", "-c", "%u", "/etc/pmd/programs.json").stdout.strip() == uid
-    assert c.exec("stat", "-c", "%u", "/var/log/pmd").stdout.strip() == uid
+    for path in ("/etc/pmd/programs.json", "/var/lib/pmd", "/var/log/pmd", "/run/pmd"):
+        assert c.exec("stat", "-c", "%u", path).stdout.strip() == uid, path
     c.wait_state(1, "RUNNING")
+    # The API may add programs: the config volume is writable by pmd's user.
+    status_code, body = c.api("POST", "/api/v1/daemon/programs/add", {
+        "name": "mine", "command": "sleep 1000", "user": "pmd", "boot": True,
+        "startsecs": 0,
+    })
+    assert status_code in (200, 201), body
+    c.wait_state(body["id"], "RUNNING")
     docker("stop", c.name)
     assert c.exit_code() == 0
