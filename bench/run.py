@@ -1,0 +1,588 @@
+"""pmd against tini and supervisord, side by side on this machine.
+
+Every init runs as PID 1 of a fresh PID namespace (`unshare --pid --fork --mount-proc`)
+with the same programs. Runs are interleaved (the order of the inits rotates every round)
+and repeated; the table shows medians and the ratio pmd / anchor (below 1 is better for pmd
+on times, memory, CPU and wake-ups; above 1 is better on throughput).
+
+Scenarios:
+  reap      3000 double-forked orphans made by the main command (a program under
+            supervisord): time, tail after the last fork, peak zombies
+  gap       crash to restart: a C program appends a CLOCK_MONOTONIC stamp and exits 1;
+            autorestart true, startsecs 0; tini runs a bash `while true` loop (the floor)
+  fleet     100 `sleep` programs: exec to 100 running, RSS, idle context switches and CPU,
+            then SIGTERM to exit; and the same with 1 program for the per-program RSS
+  capture   a program writes 256 MiB to stdout (`head -c N /dev/zero`); time and init
+            CPU seconds (pmd with PMD_LOG_FORWARD=0; plus pmd forwarding 100-byte lines)
+
+Usage: .venv/bin/python bench/run.py [--quick] [--reps N] [--only reap,gap,fleet,capture]
+Needs: unshare (util-linux) and root or user namespaces; tini and supervisord for the
+anchors (Debian: apt-get install tini supervisor); cc for the crash program.
+Output: the table on stdout, every raw figure in bench/results/bench-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procfs  # noqa: E402
+from inits import (  # noqa: E402
+    ROOT,
+    Launch,
+    Prog,
+    kill_all_live,
+    pmd_api_ready,
+    pmd_launch,
+    pmd_log_path,
+    pmd_python,
+    supervisord_launch,
+    supervisord_log_path,
+    tini_launch,
+    tini_log_path,
+)
+
+BENCH = Path(__file__).resolve().parent
+INITS = ("pmd", "tini", "supervisord")
+MiB = 1 << 20
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- prerequisites -----------------------------------------------------------------
+
+def check_prerequisites(wanted: list[str]) -> tuple[list[str], list[str]]:
+    """(inits that can run, problems to print). unshare and pmd are required."""
+    problems: list[str] = []
+    if shutil.which("unshare") is None:
+        sys.exit("bench: `unshare` (util-linux) is missing; it is needed to run each init "
+                 "as PID 1 of its own PID namespace")
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        sys.exit("bench: cannot create a PID namespace (run as root, or enable user "
+                 f"namespaces): {probe.stderr.strip()}")
+    check = subprocess.run([pmd_python(), "-c", "import pmd_init.pid1.main, sanic"],
+                           capture_output=True, text=True, cwd=str(ROOT),
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if check.returncode != 0:
+        sys.exit("bench: pmd_init cannot be imported with "
+                 f"{pmd_python()} (run `make test` once to create .venv):\n{check.stderr}")
+    usable = ["pmd"]
+    for name, package in (("tini", "tini"), ("supervisord", "supervisor")):
+        if name not in wanted:
+            continue
+        if shutil.which(name) is None:
+            problems.append(f"{name} is not installed (Debian: apt-get install {package}); "
+                            f"its column is left empty")
+        else:
+            usable.append(name)
+    return [i for i in INITS if i in usable and i in wanted], problems
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name, argv in (("tini", ["tini", "--version"]),
+                       ("supervisord", ["supervisord", "--version"]),
+                       ("pmd", [pmd_python(), "-m", "pmd_init", "--version"])):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            versions[name] = (out.stdout or out.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return versions
+
+
+def build_crasher(workdir: Path) -> list[str]:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        sys.exit("bench: no C compiler (cc) to build bench/crasher.c; "
+                 "Debian: apt-get install gcc")
+    binary = workdir / "crasher"
+    subprocess.run([cc, "-O2", "-o", str(binary), str(BENCH / "crasher.c")], check=True)
+    return [str(binary)]
+
+
+# ---- helpers -----------------------------------------------------------------------
+
+def launch(kind: str, base: Path, progs: list[Prog], main: list[str] | None = None,
+           env: dict[str, str] | None = None) -> Launch:
+    if kind == "pmd":
+        return pmd_launch(base, progs, main, env)
+    if kind == "tini":
+        return tini_launch(base, progs, main)
+    if main is not None:
+        raise ValueError("supervisord has no main command")
+    return supervisord_launch(base, progs)
+
+
+def log_path(kind: str, base: Path, name: str) -> Path:
+    return {"pmd": pmd_log_path, "tini": tini_log_path,
+            "supervisord": supervisord_log_path}[kind](base, name)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.002) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class SleepCounter:
+    """How many descendants of the init have exec'd `sleep` (cached: a sleep stays one)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.known: set[int] = set()
+        self.other: set[int] = set()
+
+    def __call__(self) -> int:
+        live = procfs.descendants(self.pid)
+        for child in live:
+            if child in self.known:
+                continue
+            if procfs.comm(child) == "sleep":
+                self.known.add(child)
+        self.known &= set(live)
+        return len(self.known)
+
+
+# ---- scenarios ---------------------------------------------------------------------
+
+def run_reap(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    out = base / "orphans.json"
+    main = [pmd_python(), str(BENCH / "orphans.py"), "--count", str(opts.orphans),
+            "--out", str(out), "--cap", str(opts.reap_cap)]
+    if kind == "supervisord":
+        run = launch(kind, base, [Prog("forker", main, startsecs=0)]).start()
+    else:
+        run = launch(kind, base, [], main=main).start()
+    try:
+        if not wait_until(out.exists, opts.reap_cap + 60, 0.05):
+            raise RuntimeError(f"{kind}: no result from the orphan maker\n{run.stderr_tail()}")
+        return json.loads(out.read_text())
+    finally:
+        run.terminate(10)
+
+
+def run_gap(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    stamps = base / "stamps"
+    crash = [*opts.crasher, str(stamps)]
+    if kind == "tini":
+        run = launch(kind, base, [], main=["bash", "-c",
+                                           f"while true; do {' '.join(crash)}; done"]).start()
+    else:
+        run = launch(kind, base, [Prog("crash", crash, startsecs=0, autorestart=True)]).start()
+    try:
+        # steady state: after pmd's API is up (its import blocks the loop once), and after
+        # the first restart for every init
+        if kind == "pmd":
+            wait_until(lambda: pmd_api_ready(base), 15, 0.01)
+        wait_until(lambda: stamps.exists() and stamps.stat().st_size > 0, 15, 0.005)
+        time.sleep(0.2)
+        assert run.pid is not None
+        fds0, rss0 = procfs.fd_count(run.pid), procfs.rss_kib(run.pid)
+        begin = time.monotonic_ns()
+        duration = opts.gap_seconds_slow if kind == "supervisord" else opts.gap_seconds
+        time.sleep(duration)
+        end = time.monotonic_ns()
+        fds1, rss1 = procfs.fd_count(run.pid), procfs.rss_kib(run.pid)
+    finally:
+        run.terminate(15)
+    values = [int(x) for x in stamps.read_text().split()]
+    gaps = [(b - a) / 1e6 for a, b in zip(values, values[1:], strict=False)
+            if a >= begin and b <= end]
+    early = [(b - a) / 1e6 for a, b in zip(values, values[1:], strict=False) if a < begin]
+    return {
+        "gaps_ms": gaps, "n": len(gaps), "p50_ms": percentile(gaps, 50),
+        "p99_ms": percentile(gaps, 99), "max_ms": max(gaps) if gaps else None,
+        "restarts_per_s": len(gaps) / (duration or 1),
+        "warmup_max_ms": max(early) if early else None, "warmup_n": len(early),
+        # leak watch: the init's open files and RSS before and after the measured restarts
+        "fds_before": fds0, "fds_after": fds1, "rss_before_kib": rss0, "rss_after_kib": rss1,
+    }
+
+
+def fleet_progs(n: int) -> list[Prog]:
+    return [Prog(f"p{i:03d}", ["sleep", "100000"]) for i in range(n)]
+
+
+def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
+              idle_window: float) -> dict[str, Any]:
+    run = launch(kind, base, fleet_progs(n)).start()
+    result: dict[str, Any] = {"programs": n}
+    try:
+        assert run.pid is not None
+        counter = SleepCounter(run.pid)
+        if wait_until(lambda: counter() >= 1, 30, 0.001):
+            result["first_s"] = time.monotonic() - run.t_exec
+        if wait_until(lambda: counter() >= n, 60, 0.002) is False:
+            raise RuntimeError(f"{kind}: only {counter()} of {n} programs running\n"
+                               f"{run.stderr_tail()}")
+        t_all = time.monotonic()
+        result["boot_s"] = t_all - run.t_exec
+        if kind == "pmd":
+            wait_until(lambda: pmd_api_ready(base), 15, 0.002)
+            result["api_ready_s"] = time.monotonic() - run.t_exec
+        # settle: past every startsecs (1 s), past pmd's API start-up
+        time.sleep(max(0.0, t_all + opts.settle - time.monotonic()))
+        result["rss_kib"] = procfs.rss_kib(run.pid)
+        result["threads"] = len(procfs.tasks(run.pid))
+        if idle_window > 0:
+            c0, cpu0, t0 = procfs.ctx_switches(run.pid), procfs.cpu_seconds(run.pid), \
+                time.monotonic()
+            time.sleep(idle_window)
+            c1, cpu1, t1 = procfs.ctx_switches(run.pid), procfs.cpu_seconds(run.pid), \
+                time.monotonic()
+            result["ctx_per_s"] = (c1 - c0) / (t1 - t0)
+            result["idle_cpu_ms_per_s"] = ((cpu1 or 0) - (cpu0 or 0)) * 1000 / (t1 - t0)
+            result["rss_after_idle_kib"] = procfs.rss_kib(run.pid)
+            result["running_before_stop"] = counter()
+        result["stop_s"] = run.terminate(20)
+        return result
+    finally:
+        run.kill()
+
+
+def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "zero",
+                forward: bool = False) -> dict[str, Any]:
+    go, start = base / "go", base / "start"
+    writer = [pmd_python(), str(BENCH / "writer.py"), "--go", str(go), "--start", str(start),
+              "--bytes", str(opts.capture_bytes), "--source", source]
+    prog = Prog("writer", writer, startsecs=0, autorestart=False, log_max_bytes=2 << 30)
+    env = {"PMD_LOG_FORWARD": "1" if forward else "0"}
+    run = launch(kind, base, [prog], env=env).start()
+    target = log_path(kind, base, "writer")
+    try:
+        assert run.pid is not None
+        if kind == "pmd":
+            wait_until(lambda: pmd_api_ready(base), 15, 0.005)
+        counter = procfs.descendants
+        wait_until(lambda: len(counter(run.pid)) > 0, 15, 0.005)  # type: ignore[arg-type]
+        time.sleep(opts.settle)
+        cpu0 = procfs.cpu_seconds(run.pid) or 0.0
+        go.touch()
+        size = 0
+
+        def complete() -> bool:
+            nonlocal size
+            try:
+                size = target.stat().st_size
+            except OSError:
+                return False
+            return size >= opts.capture_bytes
+
+        ok = wait_until(complete, 120, 0.002)
+        t_done = time.time()
+        cpu1 = procfs.cpu_seconds(run.pid) or 0.0
+        if not ok:
+            raise RuntimeError(f"{kind}: log has {size} of {opts.capture_bytes} bytes")
+        t_start = float(start.read_text())
+        seconds = t_done - t_start
+        stdout_bytes = (base / "init.stdout").stat().st_size
+        return {"seconds": seconds, "mib_per_s": opts.capture_bytes / MiB / seconds,
+                "init_cpu_s": cpu1 - cpu0, "log_bytes": size, "init_stdout_bytes": stdout_bytes,
+                "source": source, "forward": forward}
+    finally:
+        run.terminate(15)
+
+
+# ---- orchestration -----------------------------------------------------------------
+
+class Bench:
+    def __init__(self, opts: argparse.Namespace, inits: list[str]) -> None:
+        self.opts = opts
+        self.inits = inits
+        self.tmp = Path(tempfile.mkdtemp(prefix="pmd-bench-"))
+        # capture runs write 256 MiB logs: on tmpfs by default, so that the figure is the
+        # init's cost and not the disk's write-back (which varies run to run)
+        self.capture_tmp = Path(tempfile.mkdtemp(prefix="pmd-bench-", dir=opts.capture_dir))
+        self.raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.errors: list[str] = []
+        self.counter = 0
+
+    def once(self, scenario: str, kind: str, fn: Callable[..., dict[str, Any]],
+             *args: Any, **kwargs: Any) -> None:
+        self.counter += 1
+        root = self.capture_tmp if scenario.startswith("capture") else self.tmp
+        base = root / f"{self.counter:03d}-{scenario}-{kind}"
+        base.mkdir()
+        t0 = time.monotonic()
+        try:
+            result = fn(kind, base, self.opts, *args, **kwargs)
+        except Exception as exc:  # one failed run must not lose the others
+            self.errors.append(f"{scenario}/{kind}: {exc}")
+            log(f"  {scenario:<14} {kind:<12} FAILED: {exc}")
+            kill_all_live()
+            return
+        finally:
+            if not self.opts.keep:
+                shutil.rmtree(base, ignore_errors=True)
+        self.raw.setdefault(scenario, {}).setdefault(kind, []).append(result)
+        brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
+                 if not isinstance(v, list)}
+        log(f"  {scenario:<14} {kind:<12} {time.monotonic() - t0:5.1f}s {brief}")
+
+    def rounds(self, scenario: str, kinds: list[str], fn: Callable[..., dict[str, Any]],
+               reps: int, *args: Any, **kwargs: Any) -> None:
+        for rep in range(reps):
+            order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]
+            for kind in order:
+                self.once(scenario, kind, fn, *args, **kwargs)
+
+    def run(self) -> None:
+        o = self.opts
+        only = set(o.only.split(",")) if o.only else {"reap", "gap", "fleet", "capture"}
+        inits = self.inits
+        if "reap" in only:
+            log(f"reap: {o.orphans} double-forked orphans")
+            self.rounds("reap", inits, run_reap, o.reap_reps)
+        if "gap" in only:
+            o.crasher = build_crasher(self.tmp)
+            log("gap: crash to restart")
+            self.rounds("gap", inits, run_gap, o.reps)
+        if "fleet" in only:
+            log(f"fleet: {o.programs} programs (boot, RSS, idle, stop), then 1 program (RSS)")
+            self.rounds("fleet", inits, run_fleet, o.reps, o.programs, o.idle_window)
+            self.rounds("fleet1", [k for k in inits if k != "tini"], run_fleet, o.reps, 1, 0.0)
+        if "capture" in only:
+            log(f"capture: {o.capture_bytes // MiB} MiB to stdout")
+            self.rounds("capture", inits, run_capture, o.reps)
+            if "pmd" in inits:
+                self.rounds("capture_fwd", ["pmd"], run_capture, o.capture_fwd_reps,
+                            source="lines", forward=True)
+
+    def cleanup(self) -> None:
+        kill_all_live()
+        if not self.opts.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            shutil.rmtree(self.capture_tmp, ignore_errors=True)
+
+
+# ---- the table ---------------------------------------------------------------------
+
+def med(raw: dict[str, Any], scenario: str, kind: str, key: str) -> float | None:
+    runs = raw.get(scenario, {}).get(kind, [])
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def pooled(raw: dict[str, Any], scenario: str, kind: str, key: str, q: float) -> float | None:
+    values = [v for r in raw.get(scenario, {}).get(kind, []) for v in r.get(key, [])]
+    return percentile(values, q)
+
+
+def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
+    """Rows: (label, unit, {init: value}); medians over runs unless said otherwise."""
+    rows: list[dict[str, Any]] = []
+
+    def row(label: str, unit: str, get: Callable[[str], float | None], scale: float = 1.0,
+            fmt: str = "{:.3g}", better: str = "lower") -> None:
+        values = {}
+        for kind in inits:
+            v = get(kind)
+            values[kind] = None if v is None else v * scale
+        if all(v is None for v in values.values()):
+            return
+        rows.append({"figure": label, "unit": unit, "values": values, "fmt": fmt,
+                     "better": better})
+
+    def runs_of(scenario: str, kind: str) -> list[dict[str, Any]]:
+        return raw.get(scenario, {}).get(kind, [])
+
+    row("reap 3000 orphans: first fork to none left", "s",
+        lambda k: med(raw, "reap", k, "total_s"))
+    row("reap: tail after the last fork", "ms", lambda k: med(raw, "reap", k, "tail_s"), 1e3)
+    row("reap: peak zombies", "", lambda k: med(raw, "reap", k, "peak_zombies"), fmt="{:.0f}")
+    row("reap: orphans left at the cap", "", lambda k: med(raw, "reap", k, "left")
+        if runs_of("reap", k) else None, fmt="{:.0f}")
+    row("crash→restart gap p50 (pooled)", "ms", lambda k: pooled(raw, "gap", k, "gaps_ms", 50))
+    row("crash→restart gap p99 (pooled)", "ms", lambda k: pooled(raw, "gap", k, "gaps_ms", 99))
+    row("crash→restart: gaps measured", "", lambda k: sum(r["n"] for r in runs_of("gap", k))
+        if runs_of("gap", k) else None, fmt="{:.0f}", better="higher")
+    row("exec → 100 programs running", "s", lambda k: med(raw, "fleet", k, "boot_s"))
+    row("exec → first program running", "s", lambda k: med(raw, "fleet", k, "first_s"))
+    row("SIGTERM → exit, 100 programs", "s", lambda k: med(raw, "fleet", k, "stop_s"))
+    row("init RSS, 100 programs", "MiB", lambda k: med(raw, "fleet", k, "rss_kib"), 1 / 1024)
+    row("init RSS, 1 program", "MiB", lambda k: med(raw, "fleet1", k, "rss_kib"), 1 / 1024)
+
+    def per_program(kind: str) -> float | None:
+        a, b = med(raw, "fleet", kind, "rss_kib"), med(raw, "fleet1", kind, "rss_kib")
+        return None if a is None or b is None else (a - b) / 99
+
+    row("init RSS per program (1→100)", "KiB", per_program)
+    row("idle context switches, 100 programs", "/s", lambda k: med(raw, "fleet", k, "ctx_per_s"))
+    row("idle CPU, 100 programs", "ms/s", lambda k: med(raw, "fleet", k, "idle_cpu_ms_per_s"))
+    row("capture 256 MiB of stdout", "MiB/s", lambda k: med(raw, "capture", k, "mib_per_s"),
+        better="higher")
+    row("capture: init CPU", "cpu-s", lambda k: med(raw, "capture", k, "init_cpu_s"))
+    return rows
+
+
+def ratio(pmd: float | None, anchor: float | None) -> str:
+    if pmd is None or anchor is None:
+        return "-"
+    if anchor == 0:
+        return "=" if pmd == 0 else "∞"
+    return f"{pmd / anchor:.2f}"
+
+
+def fmt_value(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if value != 0 and abs(value) < 0.01 and fmt == "{:.3g}":
+        return f"{value:.2g}"
+    return fmt.format(value)
+
+
+def render(rows: list[dict[str, Any]], inits: list[str]) -> str:
+    anchors = [k for k in inits if k != "pmd"]
+    head = ["figure", "unit", *inits, *(f"pmd/{a}" for a in anchors)]
+    body = []
+    for r in rows:
+        cells = [r["figure"], r["unit"]]
+        cells += [fmt_value(r["values"].get(k), r["fmt"]) for k in inits]
+        cells += [ratio(r["values"].get("pmd"), r["values"].get(a)) for a in anchors]
+        body.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=False)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for cells in body:
+        lines.append("| " + " | ".join(
+            (c.ljust(w) if i < 2 else c.rjust(w))
+            for i, (c, w) in enumerate(zip(cells, widths, strict=False))) + " |")
+    return "\n".join(lines)
+
+
+def extras(raw: dict[str, Any]) -> list[str]:
+    notes = []
+    api = med(raw, "fleet", "pmd", "api_ready_s")
+    if api is not None:
+        notes.append(f"pmd exec → API answering (100 programs): {api:.3f} s")
+    warm = [r["warmup_max_ms"] for r in raw.get("gap", {}).get("pmd", [])
+            if r.get("warmup_max_ms") is not None]
+    if warm:
+        notes.append(f"pmd worst crash→restart gap while its HTTP stack starts (excluded "
+                     f"above): {statistics.median(warm):.1f} ms (median over runs)")
+    threads = med(raw, "fleet", "pmd", "threads")
+    if threads is not None:
+        notes.append(f"pmd threads with 100 programs: {threads:.0f}")
+    fwd = raw.get("capture_fwd", {}).get("pmd", [])
+    if fwd:
+        notes.append(
+            "pmd capture with forwarding on (256 MiB of 100-byte lines, PMD_LOG_FORWARD=1): "
+            f"{statistics.median(r['mib_per_s'] for r in fwd):.0f} MiB/s, "
+            f"{statistics.median(r['init_cpu_s'] for r in fwd):.2f} init cpu-s")
+    for kind, runs in raw.get("gap", {}).items():
+        rates = [r["restarts_per_s"] for r in runs]
+        notes.append(f"{kind} restarts per second in the gap test: {statistics.median(rates):.1f}")
+    return notes
+
+
+def default_capture_dir() -> str | None:
+    """/dev/shm if it is a tmpfs with room for two 256 MiB logs; else the temp folder."""
+    try:
+        with open("/proc/mounts") as f:
+            tmpfs = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in f)
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return "/dev/shm" if tmpfs and st.f_bavail * st.f_frsize > 1 << 30 else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="one round, shorter windows (under 2 minutes)")
+    ap.add_argument("--reps", type=int, default=None, help="rounds per scenario (default 3)")
+    ap.add_argument("--only", default="", help="comma list of reap,gap,fleet,capture")
+    ap.add_argument("--inits", default=",".join(INITS), help="comma list of pmd,tini,supervisord")
+    ap.add_argument("--capture-dir", default=default_capture_dir(),
+                    help="where the capture logs go (default /dev/shm when it is a tmpfs)")
+    ap.add_argument("--keep", action="store_true", help="keep the run folders (for debugging)")
+    ap.add_argument("--out", default=None, help="JSON result path")
+    o = ap.parse_args()
+    quick = o.quick
+    o.reps = o.reps or (1 if quick else 3)
+    o.reap_reps = o.reps
+    o.orphans = 3000
+    o.reap_cap = 40.0 if quick else 60.0
+    o.gap_seconds = 2.0 if quick else 3.0
+    o.gap_seconds_slow = 8.0 if quick else 15.0  # supervisord restarts about once a second
+    o.programs = 100
+    o.idle_window = 5.0 if quick else 10.0
+    o.settle = 1.5 if quick else 2.0
+    o.capture_bytes = 256 * MiB
+    o.capture_fwd_reps = 1 if quick else 2
+
+    wanted = [k for k in o.inits.split(",") if k]
+    inits, problems = check_prerequisites(wanted)
+    for p in problems:
+        log(f"bench: {p}")
+    started = time.time()
+    bench = Bench(o, inits)
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        log("interrupted: stopping what was started")
+    finally:
+        bench.cleanup()
+    rows = figures(bench.raw, inits)
+    table = render(rows, inits)
+    notes = extras(bench.raw)
+    print()
+    print(f"pmd vs anchors on {platform.node() or 'this machine'}: {os.cpu_count()} cpus, "
+          f"Linux {platform.release()}, {'quick' if quick else 'full'} run, "
+          f"{o.reps} round(s), {time.time() - started:.0f} s")
+    print(table)
+    for n in notes:
+        print(f"- {n}")
+    for e in bench.errors:
+        print(f"! {e}")
+    for p in problems:
+        print(f"! {p}")
+    results = BENCH / "results"
+    results.mkdir(exist_ok=True)
+    out = Path(o.out) if o.out else results / time.strftime("bench-%Y%m%d-%H%M%S.json")
+    doc = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": quick, "reps": o.reps,
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                    "python": platform.python_version(), "loadavg": os.getloadavg()},
+        "versions": tool_versions(), "inits": inits, "problems": problems,
+        "errors": bench.errors, "duration_s": time.time() - started,
+        "table": [{k: v for k, v in r.items() if k != "fmt"} for r in rows],
+        "notes": notes, "raw": bench.raw,
+    }
+    out.write_text(json.dumps(doc, indent=1))
+    print(f"raw figures: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    sys.exit(1 if bench.errors else 0)
+
+
+if __name__ == "__main__":
+    main()
