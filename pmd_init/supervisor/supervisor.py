@@ -75,6 +75,8 @@ class Supervisor:
         self.log_roots = [log_dir, *log_roots]
         self.events = EventBus()
         self.base_env = dict(os.environ)
+        if "PMD_SET_PYDANTIC_DISABLE_PLUGINS" in self.base_env:
+            self.base_env.pop("PYDANTIC_DISABLE_PLUGINS", None)
         for key in list(self.base_env):
             if key.startswith("PMD_") or key in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID"):
                 del self.base_env[key]
