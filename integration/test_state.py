@@ -235,3 +235,19 @@ def test_a_full_disk_never_blocks_a_program_and_the_loss_is_reported(tmp_path):
         assert got["exit_code"] == 0
         pmd.wait_for(lambda: status(http, 1).get("log_dropped_bytes") == 1048576)
         assert http.get("/api/v1/daemon/health").json()["status"] == "ok"
+
+
+def test_sigusr1_reopens_log_files_after_an_outside_rotation(tmp_path):
+    go = tmp_path / "go"
+    programs = [{"name": "svc", "boot": True, "startsecs": 0,
+                 "command": f"sh -c 'echo before; while [ ! -e {go} ]; do sleep 0.05; done; "
+                            f"echo after; exec sleep 100'"}]
+    with Pmd(tmp_path, programs, pid1=True) as pmd:
+        log = pmd.log_dir / "svc" / "stdout.log"
+        pmd.wait_for(lambda: log.exists() and log.read_text() == "before\n")
+        log.rename(log.with_name("stdout.log.moved"))
+        pmd.signal(signal.SIGUSR1)
+        pmd.wait_for(lambda: log.exists(), what="reopened file")
+        go.write_text("")
+        pmd.wait_for(lambda: log.read_text() == "after\n", what="after in the new file")
+        assert log.with_name("stdout.log.moved").read_text() == "before\n"
