@@ -182,3 +182,21 @@ def test_sighup_reload_applies_the_diff(tmp_path):
                                                   ["config_problem"] or ""))
         assert status(http, 1)["pid"] == keep_pid
     assert json.loads((pmd.state_dir / "programs.last-good.json").read_text())
+
+
+def test_terminal_shell_loads_the_login_environment_and_display_is_set(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".profile").write_text("export FROM_PROFILE=loaded\n")
+    programs = [
+        {"name": "shell", "boot": True, "startsecs": 0, "autorestart": "false",
+         "terminal_shell": "sh", "display": ":7",
+         "command": "echo \"$FROM_PROFILE $DISPLAY $0\""},
+        {"name": "plain", "boot": True, "startsecs": 0, "autorestart": "false",
+         "command": "sh -c 'echo \"[$FROM_PROFILE]\"'"},
+    ]
+    with Pmd(tmp_path, programs, pid1=True, env={"HOME": str(home)}) as pmd:
+        http = pmd.http
+        pmd.wait_for(lambda: state(http, 1) == "EXITED" and state(http, 2) == "EXITED")
+    assert (pmd.log_dir / "shell" / "stdout.log").read_text() == "loaded :7 sh\n"
+    assert (pmd.log_dir / "plain" / "stdout.log").read_text() == "[]\n"
