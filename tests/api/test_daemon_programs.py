@@ -382,3 +382,20 @@ def test_api_key_on_tcp_trust_on_the_unix_socket(tmp_path):
             bare.close()
         assert pmd.uds.get(f"{API}/programs").json()["programs"][0]["name"] == "guarded"
         assert os.stat(pmd.socket).st_mode & 0o777 == 0o600
+
+
+def test_stats_follow_a_daemonized_child(http):
+    # the subshell exits at once: its `sleep 40` is re-parented to pmd (a subreaper), but
+    # stays in the program's session, so it still counts as the program's
+    created = add(http, program("daemonizer", "sh -c '(sleep 40 &); exec sleep 41'", boot=True))
+    i = created["id"]
+
+    def tree() -> list[str]:
+        stats = http.get(f"{API}/status/{i}", params={"include_stats": "true"}).json()
+        return sorted(p["name"] for p in stats.get("stats", {}).get("processes", []))
+
+    assert wait_until(lambda: tree() == ["sleep", "sleep"], what="both sleeps")
+    pids = [p["pid"] for p in http.get(f"{API}/status/{i}?include_stats=true").json()["stats"][
+        "processes"]]
+    http.post(f"{API}/programs/{i}/stop")
+    wait_until(lambda: not any(alive(p) for p in pids), what="the whole group stopped")
