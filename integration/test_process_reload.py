@@ -1,0 +1,135 @@
+"""Zero-downtime reload of a 3-port program, with an HTTP client hitting the ports the
+whole time; and a replacement that cannot start, which must leave the old one serving."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from pathlib import Path
+
+from tests.api.helpers import wait_until
+from tests.api.process_helpers import (
+    ENV,
+    PYTHON,
+    REUSEPORT_SERVER,
+    create,
+    free_ports,
+    pm2_error,
+    process,
+)
+from tests.harness import Pmd
+
+
+class Hammer:
+    """Sequential GETs over fresh connections, round robin over the ports, in a thread."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.ok = 0
+        self.failures: list[str] = []
+        self.pids: dict[int, set[str]] = {p: set() for p in ports}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            port = self.ports[i % len(self.ports)]
+            i += 1
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", "/", headers={"Connection": "close"})
+                response = conn.getresponse()
+                body = response.read().decode()
+                if response.status != 200:
+                    self.failures.append(f"{port}: HTTP {response.status}")
+                else:
+                    self.ok += 1
+                    self.pids[port].add(body)
+            except OSError as exc:
+                self.failures.append(f"{port}: {exc!r}")
+            finally:
+                conn.close()
+
+    def __enter__(self) -> Hammer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_reload_of_three_ports_drops_no_request(tmp_path):
+    base = free_ports(3)
+    ports = [base, base + 1, base + 2]
+    with Pmd(tmp_path, [], env=ENV) as pmd:
+        http_api = pmd.http
+        create(http_api, name="web3", script=PYTHON, args=[REUSEPORT_SERVER],
+               port=f"{base}-{base + 2}", min_uptime=0.3, kill_timeout=5, health_check={
+                   "type": "http", "url": "http://127.0.0.1:{port}/health",
+                   "interval": 0.2, "timeout": 1, "retries": 5})
+        before = wait_until(lambda: (p := process(http_api, "web3"))["health_status"]
+                            == "healthy" and p, 15, "three healthy instances")
+        old = {i["port"]: i["pid"] for i in before["instances"]}
+        with Hammer(ports) as hammer:
+            wait_until(lambda: hammer.ok >= 30, 10, "traffic before the reload")
+            response = http_api.post("/api/processes/web3/reload")
+            assert response.status_code == 200, response.text
+            served_during = hammer.ok
+            time.sleep(0.5)
+        body = response.json()
+        assert body["success"] is True and body["message"] == "Process reloaded successfully"
+        assert body["mode"] == "zero-downtime" and body["replaced"] == ports
+        assert hammer.failures == [], hammer.failures[:5]
+        assert hammer.ok > served_during > 30
+        after = process(http_api, "web3")
+        new = {i["port"]: i["pid"] for i in after["instances"]}
+        for port in ports:
+            assert new[port] != old[port]
+            assert not alive(old[port])
+            assert {str(old[port]), str(new[port])} <= hammer.pids[port]
+        assert [i["restarts"] for i in after["instances"]] == [1, 1, 1]
+        assert after["status"] == "online" and after["restarts"] == 3
+        logs = http_api.get("/api/processes/web3/logs", params={"lines": 100}).json()["logs"]
+        assert sum(line["message"].startswith("listening on") for line in logs) == 6
+
+
+def test_a_failed_replacement_leaves_the_old_instance_serving(tmp_path):
+    base = free_ports(2)
+    ports = [base, base + 1]
+    with Pmd(tmp_path, [], env=ENV) as pmd:
+        http_api = pmd.http
+        # binds without SO_REUSEPORT: a replacement cannot share the port
+        create(http_api, name="stubborn", script=PYTHON, args=[REUSEPORT_SERVER],
+               port=f"{base}-{base + 1}", env={"BIND_FAIL": "1"}, min_uptime=0.5,
+               kill_timeout=5)
+        before = wait_until(lambda: (p := process(http_api, "stubborn"))["status"]
+                            == "online" and all(i["status"] == "online"
+                                                for i in p["instances"]) and p,
+                            15, "online")
+        old = {i["port"]: i["pid"] for i in before["instances"]}
+        with Hammer(ports) as hammer:
+            wait_until(lambda: hammer.ok >= 10, 10, "traffic before the reload")
+            error = pm2_error(http_api.post("/api/processes/stubborn/reload"), 500,
+                              "OPERATION_FAILED")
+            time.sleep(0.3)
+        assert hammer.failures == [], hammer.failures[:5]
+        assert error["details"]["failed_port"] == base and error["details"]["replaced"] == []
+        assert "old instance keeps serving" in error["message"]
+        after = process(http_api, "stubborn")
+        assert {i["port"]: i["pid"] for i in after["instances"]} == old
+        assert after["status"] == "online" and all(alive(pid) for pid in old.values())
+        conn = http.client.HTTPConnection("127.0.0.1", base, timeout=5)
+        conn.request("GET", "/")
+        assert conn.getresponse().read().decode() == str(old[base])
+        conn.close()
