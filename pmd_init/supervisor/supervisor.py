@@ -180,8 +180,8 @@ class Supervisor:
 
     def _check_unique(self, spec: ProgramSpec, ignore: Program | None = None) -> None:
         for program in self.all_programs():
-            if program is ignore:
-                continue
+            if program is ignore or program.finished_at is not None:
+                continue  # a finished quick-start program's name is free again
             if program.name == spec.name:
                 raise Conflict(f"a program named '{spec.name}' already exists", field="name")
             if spec.id is not None and program.id == spec.id and not program.is_ephemeral:
@@ -507,7 +507,8 @@ class Supervisor:
             for logfile in (inst.stdout_log, inst.stderr_log):
                 if logfile is not None:
                     logfile.close()
-        if not (program.spec.stdout_logfile or program.spec.stderr_logfile):
+        if not (program.spec.stdout_logfile or program.spec.stderr_logfile) and \
+                self.by_name(program.name) is None:  # not if its name was reused meanwhile
             shutil.rmtree(self.log_dir / program.log_folder, ignore_errors=True)
 
     def ephemeral_document(self) -> dict[str, object]:

@@ -194,3 +194,19 @@ def test_stream_ends_when_the_program_is_removed(http):
         events = read_events(http, f"{API}/programs/{i}/logs/stream", until=remove_after_hello)
     assert removed == [{"success": True, "id": i}]
     assert events[-1]["event"] == "end"
+
+
+def test_streams_end_when_pmd_shuts_down(tmp_path):
+    from tests.harness import Pmd
+
+    with Pmd(tmp_path, [program("chatty", "sh -c 'echo up; exec sleep 30'", boot=True)]) as pmd:
+        http = pmd.http
+        wait_until(lambda: http.get(f"{API}/programs/1/logs").json()["logs"] == "up")
+
+        def stop_pmd(events: list[dict]) -> bool:
+            pmd.signal(15)
+            return False  # read on: the stream must end by itself
+
+        events = read_events(http, f"{API}/programs/1/logs/stream", until=stop_pmd)
+        assert text_of(events) == ["up"]
+        assert pmd.wait(timeout=5) == 0

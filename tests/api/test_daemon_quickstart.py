@@ -268,3 +268,17 @@ def test_cleanup_when_pmd_exits(tmp_path):
     with Pmd(tmp_path, []) as again:
         assert again.http.get(QS).json()["count"] == 0
         assert_error(again.http.get(f"{QS}/{answer['temporary_id']}/status"), 404, "NOT_FOUND")
+
+
+def test_a_finished_programs_name_is_free_again(pmd, http):
+    first = quick(http, name="rerun", command="sh -c 'echo first; exec sleep 30'", wait=True)
+    assert_error(http.post(QS, json={"command": "sleep 1", "user": "root", "name": "rerun"}),
+                 409, "ALREADY_EXISTS", "name")
+    http.post(f"{QS}/{first['temporary_id']}/stop")
+    second = quick(http, name="rerun", command="sh -c 'echo second; exec sleep 30'", wait=True)
+    assert second["temporary_id"] != first["temporary_id"]
+    # the first one's purge after its grace period leaves the second one's logs alone
+    wait_until(lambda: http.get(f"{QS}/{first['temporary_id']}/status").status_code == 404,
+               timeout=5, what="the first one purged")
+    assert (pmd.log_dir / "rerun" / "stdout.log").read_text() == "first\nsecond\n"
+    assert http.get(f"{QS}/{second['temporary_id']}/logs").json()["logs"] == "first\nsecond"
