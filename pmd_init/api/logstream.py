@@ -155,7 +155,10 @@ class LogFollower:
         transport = self.request.transport
         if transport is None or transport.is_closing():
             return False
-        await self.response.send(payload)
+        try:
+            await self.response.send(payload)
+        except Exception:  # noqa: BLE001 - the client went away mid-send: the stream ends
+            return False
         return True
 
     async def _drain(self) -> bool:
