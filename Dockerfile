@@ -31,6 +31,7 @@ ARG PIP_FIND_LINKS=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
+    PIP_USE_PEP517=1 \
     DEBIAN_FRONTEND=noninteractive
 
 # python-prctl has no wheel: it compiles against libcap and the Python headers.
