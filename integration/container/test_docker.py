@@ -169,6 +169,16 @@ def test_docker_logs_prefix_each_line_with_the_program_name(container_factory) -
     assert re.search(r"^.*\btalker\b.*\btrouble in talker$", logs, re.M), logs
 
 
+def test_an_empty_config_folder_gets_the_example_config(container_factory, tmp_path) -> None:
+    config = tmp_path / "empty-config"
+    config.mkdir()
+    c = container_factory("-v", f"{config}:/etc/pmd")
+    c.wait_ready()
+    assert (config / "programs.json").exists()
+    names = [p["name"] for p in c.get("/api/v1/daemon/programs")["programs"]]
+    assert {"heartbeat", "web", "report"} <= set(names)
+
+
 @pytest.mark.parametrize("how", [("-e", "PMD_USER=pmd"), ("--user", "10001:10001")],
                          ids=["PMD_USER", "--user"])
 def test_non_root_mode(container_factory, how: tuple[str, str]) -> None:
