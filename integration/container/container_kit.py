@@ -1,6 +1,6 @@
 """Container mode of the integration suite: pmd as the PID 1 of a real container.
-This module holds what its tests share: the docker client, one container of the image under test,
-and polling.
+This module holds what its tests share: the docker client, one container of the image
+under test, and polling.
 
 Two sets of tests live here, each switched on by the environment that runs it:
 
