@@ -13,6 +13,8 @@ Writes one JSON object to the result path:
   total_s      first fork to no pending orphan
   peak_zombies the most zombies seen in any sample (every --sample forks, then each poll)
   peak_at_s    when that peak was seen, from the first fork
+  zombies_1ms  zombies at the first look 1 ms or more after the last fork (0 if none was
+               pending before then)
   left         pending orphans when we stopped looking
 """
 
@@ -80,9 +82,12 @@ def main() -> None:
     last = time.monotonic()
     done = None
     pending = 0
+    zombies_1ms = None
     while True:
         pending, zombies = count(me)
         now = time.monotonic()
+        if zombies_1ms is None and (pending == 0 or now - last >= 0.001):
+            zombies_1ms = zombies
         if zombies > peak:
             peak, peak_at = zombies, now - start
         if pending == 0:
@@ -100,6 +105,7 @@ def main() -> None:
         "total_s": None if done is None else done - start,
         "peak_zombies": peak,
         "peak_at_s": peak_at,
+        "zombies_1ms": zombies_1ms,
         "left": pending,
         "cap_s": args.cap,
     }
