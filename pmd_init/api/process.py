@@ -193,7 +193,7 @@ def detail_view(program: Program, sup: Supervisor) -> dict[str, Any]:
         "env": env,
         "cwd": spec.directory,
         "user": spec.user,
-        "autorestart": spec.autorestart,
+        "autorestart": {"true": True, "false": False}.get(spec.autorestart, spec.autorestart),
     }
     view["health_check"] = health_view(program, sup)
     view["health_status"] = health_summary(program)
