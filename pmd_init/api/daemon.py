@@ -39,7 +39,7 @@ from .models import (
     StopRequest,
 )
 from .openapi import doc
-from .stats import Sampler
+from .stats import ProcessTable, Sampler
 from .views import hms, instance_status, iso, program_status
 
 bp = Blueprint("daemon", url_prefix="/api/v1/daemon")
@@ -102,6 +102,16 @@ def _sampler(request: Request) -> Sampler:
     return sampler
 
 
+def _stats(request: Request, inst: Instance) -> dict[str, Any] | None:
+    """Stats of one instance; the scan of /proc is made once per request."""
+    if inst.pid is None:
+        return None
+    table = getattr(request.ctx, "process_table", None)
+    if table is None:
+        table = request.ctx.process_table = ProcessTable()
+    return _sampler(request).instance_stats(inst, table)
+
+
 # ---- views -------------------------------------------------------------------------
 
 def program_view(request: Request, program: Program, include_status: bool = False,
@@ -110,15 +120,14 @@ def program_view(request: Request, program: Program, include_status: bool = Fals
     if include_status or include_stats:
         view["status"] = program_status(program)
     if include_stats:
-        sampler = _sampler(request)
         if program.spec.port_range is None:
-            stats = sampler.instance_stats(program.primary)
+            stats = _stats(request, program.primary)
             if stats is not None:
                 view["stats"] = stats
         else:
             for inst, item in zip(program.instances.values(), view["status"]["instances"],
                                   strict=True):
-                stats = sampler.instance_stats(inst)
+                stats = _stats(request, inst)
                 if stats is not None:
                     item["stats"] = stats
     return view
@@ -432,7 +441,7 @@ async def status_one(request: Request, program_id: int) -> HTTPResponse:
         answer: dict[str, Any] = {"success": True,
                                   "status": {"id": program.id, **instance_status(inst)}}
         if q.include_stats:
-            stats = _sampler(request).instance_stats(inst)
+            stats = _stats(request, inst)
             if stats is not None:
                 answer["stats"] = stats
         return json(answer)

@@ -21,6 +21,47 @@ FORGET_AFTER = 300.0  # seconds without an ask before the remembered samples are
 MAX_REMEMBERED = 20000  # dead pids pile up between asks; past this, start over
 
 
+class ProcessTable:
+    """One pass over /proc per request: the parent and session of every process, so the
+    trees of many programs cost one scan, not one each."""
+
+    def __init__(self) -> None:
+        self.children: dict[int, list[int]] = {}
+        self.members: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue  # gone meanwhile
+            # the command name may hold spaces and parentheses: split after the last ')'
+            fields = data[data.rfind(b")") + 2 :].split()
+            try:
+                pid, ppid, sid = int(entry.name), int(fields[1]), int(fields[3])
+            except (IndexError, ValueError):
+                continue
+            self.children.setdefault(ppid, []).append(pid)
+            self.members.setdefault(sid, []).append(pid)
+
+    def tree(self, root: int) -> list[int]:
+        """The program's process, its descendants, and the members of its session (spawn
+        starts one per program) with theirs: a daemonizing child re-parented to pmd still
+        belongs to the program that started it."""
+        found: list[int] = []
+        seen: set[int] = set()
+        todo = [root, *self.members.get(root, [])]
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            found.append(pid)
+            todo.extend(self.children.get(pid, []))
+        return found
+
+
 class Sampler:
     def __init__(self) -> None:
         # pid -> (create_time, cpu seconds, monotonic time of the sample)
@@ -31,28 +72,6 @@ class Sampler:
         if now - self._asked > FORGET_AFTER or len(self._last) > MAX_REMEMBERED:
             self._last.clear()
         self._asked = now
-
-    def tree(self, root: int) -> list[psutil.Process]:
-        """The program's process and everything under it: its descendants, plus members of
-        its session that were re-parented to pmd (a daemonizing child stays in the session
-        pmd gave the program, since spawn starts a new one)."""
-        try:
-            top = psutil.Process(root)
-            found = {root: top}
-            for child in top.children(recursive=True):
-                found.setdefault(child.pid, child)
-        except psutil.Error:
-            return []
-        for child in psutil.Process().children():
-            if child.pid not in found:
-                try:
-                    if os.getsid(child.pid) == root:
-                        found[child.pid] = child
-                        for grandchild in child.children(recursive=True):
-                            found.setdefault(grandchild.pid, grandchild)
-                except (OSError, psutil.Error):
-                    continue
-        return list(found.values())
 
     def _cpu_percent(self, proc: psutil.Process, now: float) -> float:
         try:
@@ -68,15 +87,18 @@ class Sampler:
         alive = time.time() - created
         return max(0.0, used / alive * 100.0) if alive > 0 else 0.0
 
-    def instance_stats(self, inst: Instance) -> dict[str, Any] | None:
+    def instance_stats(self, inst: Instance, table: ProcessTable | None = None
+                       ) -> dict[str, Any] | None:
         """The stats object of the extras page, or None when nothing runs."""
         if inst.pid is None:
             return None
+        table = table or ProcessTable()
         now = time.monotonic()
         self._forget_stale(now)
         processes = []
-        for proc in self.tree(inst.pid):
+        for pid in table.tree(inst.pid):
             try:
+                proc = psutil.Process(pid)
                 with proc.oneshot():
                     name = proc.name()
                     rss = proc.memory_info().rss
