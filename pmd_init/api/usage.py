@@ -28,24 +28,28 @@ class Proc:
     rss: int  # bytes
 
 
+def read_proc(pid: int) -> Proc | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: the fields start after the last ')'
+    fields = raw[raw.rfind(b")") + 2:].split()
+    try:
+        return Proc(ppid=int(fields[1]), ticks=int(fields[11]) + int(fields[12]),
+                    start=int(fields[19]), rss=int(fields[21]) * PAGE)
+    except (IndexError, ValueError):
+        return None
+
+
 def scan() -> dict[int, Proc]:
     procs: dict[int, Proc] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        # comm may hold spaces and parentheses: the fields start after the last ')'
-        fields = raw[raw.rfind(b")") + 2:].split()
-        try:
-            procs[int(entry)] = Proc(ppid=int(fields[1]),
-                                     ticks=int(fields[11]) + int(fields[12]),
-                                     start=int(fields[19]), rss=int(fields[21]) * PAGE)
-        except (IndexError, ValueError):
-            continue
+        if entry.isdigit():
+            proc = read_proc(int(entry))
+            if proc is not None:
+                procs[int(entry)] = proc
     return procs
 
 
@@ -91,7 +95,11 @@ class UsageCache:
             return cached
         root = self._procs.get(pid)
         if root is None:
-            return 0.0, 0
+            # Started since the last scan: itself now, its children from the next scan.
+            root = read_proc(pid)
+            if root is None:
+                return 0.0, 0
+            self._procs[pid] = root
         ticks, rss = 0, 0
         stack = [pid]
         seen = set()
