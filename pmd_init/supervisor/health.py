@@ -57,6 +57,7 @@ class CheckState:
     """What the API shows of one instance's checks."""
 
     spec: HealthCheckSpec
+    pid: int | None = None  # the run being checked
     status: str = UNKNOWN
     last_check: float | None = None
     response_time: float | None = None  # milliseconds
@@ -81,17 +82,27 @@ class HealthMonitor:
     def track(self, inst: Instance) -> None:
         """The instance is RUNNING: start checking it (if its program asks for checks)."""
         spec = inst.program.spec.health_check
-        if spec is None or inst in self.checks:
+        if spec is None:
             return
-        state = self.checks[inst] = CheckState(spec)
+        old = self.checks.get(inst)
+        if old is not None:
+            if old.pid == inst.pid:
+                return
+            # A restart from the exit event itself: the previous run's cleanup is still
+            # queued behind us. End that run's checks now; this run gets its own.
+            self.untrack(inst)
+        state = self.checks[inst] = CheckState(spec, pid=inst.pid)
         self._set_status(inst, state, UNKNOWN)
-        inst.wait_state(LEFT_RUNNING).add_done_callback(lambda _: self.untrack(inst))
+        inst.wait_state(LEFT_RUNNING).add_done_callback(
+            lambda _: self.untrack(inst, state))
         self._schedule(inst, state, 0.0)
 
-    def untrack(self, inst: Instance) -> None:
-        state = self.checks.pop(inst, None)
-        if state is None:
+    def untrack(self, inst: Instance, only: CheckState | None = None) -> None:
+        """Stop checking inst (`only`: if these are still its current checks)."""
+        state = self.checks.get(inst)
+        if state is None or (only is not None and state is not only):
             return
+        del self.checks[inst]
         if state.timer is not None:
             state.timer.cancel()
         if state.task is not None:

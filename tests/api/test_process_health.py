@@ -119,3 +119,14 @@ def test_memory_limit_restarts_the_program(http):
     wait_status(http, "slim", "online")
     wait_until(lambda: process(http, "hog")["restarts"] >= 2, 15, "a second memory restart")
     assert process(http, "slim")["restarts"] == 0
+
+
+def test_checks_follow_quick_restarts(http):
+    # exits every 0.5 s and is restarted from the exit itself (min_uptime 0): each run
+    # must get its own checks, not lose them to the previous run's cleanup
+    create(http, name="flapper", script="sh", args=["-c", "sleep 0.5; exit 1"],
+           min_uptime=0, health_check={"type": "script", "command": "true",
+                                       "interval": 0.1, "retries": 1})
+    wait_until(lambda: process(http, "flapper")["restarts"] >= 2, 10, "two restarts")
+    wait_until(lambda: (p := process(http, "flapper"))["restarts"] >= 3
+               and p["health_status"] == "healthy", 10, "healthy after restarts")
