@@ -24,7 +24,7 @@ def allowed_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
 
 
 def install(app: Sanic, origins: tuple[str, ...]) -> None:
-    @app.on_request(priority=400)
+    @app.on_request(priority=400)  # type: ignore[call-arg]
     async def preflight(request: Request) -> HTTPResponse | None:
         if request.method != "OPTIONS":
             return None

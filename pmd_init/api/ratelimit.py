@@ -121,7 +121,7 @@ def install(app: Sanic, limit: int, burst: int) -> RateLimiter:
     limiter = RateLimiter(limit, burst)
     app.ctx.rate_limiter = limiter
 
-    @app.on_request(priority=300)
+    @app.on_request(priority=300)  # type: ignore[call-arg]
     async def rate_limit(request: Request) -> HTTPResponse | None:
         if not limiter.enabled or not limited_path(request.path) or over_unix_socket(request):
             return None
