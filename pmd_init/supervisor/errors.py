@@ -28,3 +28,15 @@ class Invalid(SupervisorError):
 
 class OperationFailed(SupervisorError):
     code = "OPERATION_FAILED"
+
+
+class Refused(SupervisorError):
+    """The request is valid but the program's current state does not allow it (409)."""
+
+    code = "OPERATION_REFUSED"
+
+    def __init__(self, message: str, field: str | None = None,
+                 details: dict[str, object] | None = None, code: str | None = None) -> None:
+        super().__init__(message, field, details)
+        if code is not None:
+            self.code = code

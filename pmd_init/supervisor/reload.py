@@ -24,7 +24,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import OperationFailed
+from .errors import OperationFailed, Refused
 from .instance import Instance
 from .states import ProgramState
 
@@ -71,7 +71,8 @@ def replacement_timeout(program: Program) -> float:
 async def reload_program(sup: Supervisor, program: Program,
                          timeout: float | None = None) -> ReloadReport:
     if not program.spec.enabled:
-        raise OperationFailed(f"program '{program.name}' is disabled", field="enabled")
+        raise Refused(f"program '{program.name}' is disabled", field="enabled",
+                      code="PROGRAM_DISABLED")
     if program.spec.port_range is None:
         sup.restart(program)
         return ReloadReport(mode="restart")

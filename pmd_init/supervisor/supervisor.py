@@ -21,7 +21,7 @@ from ..logs.capture import Forwarder
 from ..pid1.reaper import Reaper
 from ..store.files import atomic_write_json, read_json
 from .ephemeral import boot_identity, process_start_ticks, same_process
-from .errors import Conflict, Invalid, NotFound, OperationFailed
+from .errors import Conflict, Invalid, NotFound, OperationFailed, Refused
 from .events import EventBus, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
@@ -308,10 +308,10 @@ class Supervisor:
             defaults = self.store.read_default()
         except Exception as exc:
             raise OperationFailed(f"programs.default.json is unusable: {exc}") from None
+        self._save(defaults)  # first: if the write fails, nothing has been stopped
         futures = []
         for program in list(self.programs.values()):
             futures += self._drop(program)
-        self._save(defaults)
         if futures:
             await asyncio.wait(futures, timeout=15)
         self.load(defaults)
@@ -345,7 +345,8 @@ class Supervisor:
 
     def start(self, program: Program, port: int | None = None) -> list[Instance]:
         if not program.spec.enabled:
-            raise OperationFailed(f"program '{program.name}' is disabled", field="enabled")
+            raise Refused(f"program '{program.name}' is disabled", field="enabled",
+                          code="PROGRAM_DISABLED")
         instances = self.instances_for(program, port)
         for inst in instances:
             inst.start()
@@ -356,7 +357,8 @@ class Supervisor:
 
     def restart(self, program: Program, port: int | None = None) -> list[Instance]:
         if not program.spec.enabled:
-            raise OperationFailed(f"program '{program.name}' is disabled", field="enabled")
+            raise Refused(f"program '{program.name}' is disabled", field="enabled",
+                          code="PROGRAM_DISABLED")
         instances = self.instances_for(program, port)
         for inst in instances:
             inst.restart()
