@@ -143,6 +143,11 @@ class HealthMonitor:
         state.timer = None
         if self.checks.get(inst) is not state:
             return
+        current = inst.program.spec.health_check
+        if current is None:  # the program was edited: no more checks
+            self.untrack(inst)
+            return
+        state.spec = current  # an edited check applies from its next probe
         state.task = self.sup.loop.create_task(self._probe_once(inst, state))
 
     async def _probe_once(self, inst: Instance, state: CheckState) -> None:
