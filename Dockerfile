@@ -8,10 +8,10 @@
 # Offline builds (no package index, a local base image and a folder of wheels):
 #   docker build --network host \
 #     --build-arg BASE=my-debian-python:bookworm \
-#     --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src \
+#     --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/wheels \
 #     -t pmd-init .
 # with the wheels (and the python-prctl sdist) in .cache/wheels/ of the build context;
-# they are copied to /src beside pyproject.toml. The base needs python3 (>= 3.11); missing
+# they are copied to /src/wheels. The base needs python3 (>= 3.11); missing
 # build tools (gcc, libcap-dev, Python headers, venv) are installed with apt.
 #
 # Non-root: `docker run -e PMD_USER=pmd ...` prepares the folders as root, then runs
@@ -49,8 +49,9 @@ RUN python3 -m venv /opt/pmd/venv
 ENV PATH=/opt/pmd/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 # Dependencies first (a layer that survives source changes), read from pyproject.toml.
-# The glob copies .cache/wheels/ into /src when the context has it, and nothing otherwise.
-COPY pyproject.toml .cache/wheel[s] /src/
+# The glob copies .cache (of which .dockerignore lets only wheels/ in) to /src when the
+# context has it, and nothing otherwise: then /src/wheels holds the local wheels.
+COPY pyproject.toml .cach[e] /src/
 RUN set -eux; \
     python3 -c 'import tomllib; \
 print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
