@@ -94,8 +94,9 @@ class UsageCache:
         if cached is not None:
             return cached
         root = self._procs.get(pid)
-        if root is None:
-            # Started since the last scan: itself now, its children from the next scan.
+        if root is None or root.rss == 0:
+            # Started since the last scan (itself now, its children from the next scan),
+            # or caught in the middle of its exec, between two address spaces.
             root = read_proc(pid)
             if root is None:
                 return 0.0, 0
@@ -122,7 +123,8 @@ class UsageCache:
             percent = ticks / TICKS / age * 100.0 if age > 0 else 0.0
         self._previous[pid] = (root.start, ticks, self._uptime)
         result = (max(0.0, percent), rss)
-        self._results[pid] = result
+        if root.rss:
+            self._results[pid] = result
         return result
 
     def system_cpu(self) -> float:

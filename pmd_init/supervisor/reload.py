@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .errors import OperationFailed, Refused
 from .instance import Instance
-from .states import ProgramState
+from .states import STOPPED_STATES, ProgramState
 
 if TYPE_CHECKING:
     from .program import Program
@@ -99,21 +99,33 @@ async def _rolling(sup: Supervisor, program: Program, timeout: float) -> ReloadR
         new = Instance(program, port)
         new.stdout_log, new.stderr_log = old.stdout_log, old.stderr_log  # same files
         new.restarts = old.restarts + 1
+        sup.extra_instances.add(new)
         new.start()
         reason = await _ready(sup, new, timeout)
+        if reason is None and program.instances.get(port) is not old:
+            reason = "the program was changed during the reload"
         if reason is not None:
             log.warning("reload of %s: replacement on port %d failed: %s; the old instance "
                         "keeps serving", program.name, port, reason)
-            await _settle(new.stop(), program.spec.stop_timeout + 5)
+            await _retire(sup, new)
             report.failed_port, report.reason = port, reason
             return report
-        if program.instances.get(port) is not old:  # edited or removed meanwhile
-            await _settle(new.stop(), program.spec.stop_timeout + 5)
-            continue
         program.instances[port] = new
-        await _settle(old.stop(), program.spec.stop_timeout + 5)
+        sup.extra_instances.discard(new)
+        sup.extra_instances.add(old)
+        await _retire(sup, old)
         report.replaced.append(port)
     return report
+
+
+async def _retire(sup: Supervisor, inst: Instance) -> None:
+    """Stop an instance that is in no slot; shutdown stops it too while it is listed."""
+    await _settle(inst.stop(), inst.program.spec.stop_timeout + 5)
+    if inst.state in STOPPED_STATES:
+        sup.extra_instances.discard(inst)
+    else:  # still going after its stop timeout: forget it once it is gone
+        inst.wait_state(STOPPED_STATES).add_done_callback(
+            lambda _: sup.extra_instances.discard(inst))
 
 
 async def _ready(sup: Supervisor, new: Instance, timeout: float) -> str | None:

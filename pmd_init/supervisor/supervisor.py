@@ -96,6 +96,9 @@ class Supervisor:
         self.events.subscribe(self._pids_changed)
         self.health = HealthMonitor(self)
         self.memory = MemoryWatch(self)
+        #: Instances in no program's slot: a reload's replacement until it takes over, and
+        #: the instance it replaced while that one stops (reload.py). Shutdown stops them.
+        self.extra_instances: set[Instance] = set()
 
     # ---- lookups -------------------------------------------------------------------
 
@@ -592,7 +595,8 @@ class Supervisor:
         """Stop everything in reverse priority order, each priority group concurrently,
         within `deadline` (loop time); then SIGKILL whatever is left."""
         programs = self.all_programs()
-        everything: list[asyncio.Future[ProgramState]] = []
+        everything: list[asyncio.Future[ProgramState]] = [
+            inst.stop() for inst in list(self.extra_instances)]
         for priority in sorted({p.spec.priority for p in programs}, reverse=True):
             group = [f for p in programs if p.spec.priority == priority for f in p.stop_all()]
             everything += group
@@ -602,7 +606,7 @@ class Supervisor:
                 await asyncio.wait(pending, timeout=remaining)
             if self.loop.time() >= deadline:
                 break
-        left = [i for i in self.instances() if i.pid is not None]
+        left = [i for i in [*self.instances(), *self.extra_instances] if i.pid is not None]
         if left:
             log.warning("grace period over: SIGKILL %s", ", ".join(i.name for i in left))
             for inst in left:

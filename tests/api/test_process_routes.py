@@ -148,7 +148,9 @@ def test_port_range_program_has_one_instance_per_port(http):
                      port=port, instances=3,
                      max_memory_restart="512M", env={"MODE": "test"})
     assert created["port"] == port
-    detail = wait_status(http, "ranged", "online")
+    detail = wait_until(lambda: (p := process(http, "ranged"))["status"] == "online"
+                        and all(i["status"] == "online" for i in p["instances"]) and p,
+                        what="three instances online")
     assert [i["port"] for i in detail["instances"]] == [base, base + 1, base + 2]
     assert all(i["status"] == "online" and i["pid"] for i in detail["instances"])
     assert detail["config"]["instances"] == 3
