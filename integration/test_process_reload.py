@@ -133,3 +133,44 @@ def test_a_failed_replacement_leaves_the_old_instance_serving(tmp_path):
         conn.request("GET", "/")
         assert conn.getresponse().read().decode() == str(old[base])
         conn.close()
+
+
+def children_of(pid: int) -> set[int]:
+    kids: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids |= {int(k) for k in (task / "children").read_text().split()}
+        except OSError:
+            continue
+    return kids
+
+
+def test_shutdown_during_a_reload_stops_the_replacement_too(tmp_path):
+    base = free_ports(2)
+    pmd = Pmd(tmp_path, [], env=ENV).start()
+    try:
+        http_api = pmd.http
+        # a replacement needs 3 s to count as started: pmd is stopped before that
+        create(http_api, name="slow", script=PYTHON, args=[REUSEPORT_SERVER],
+               port=f"{base}-{base + 1}", min_uptime=3, kill_timeout=2)
+        wait_until(lambda: process(http_api, "slow")["status"] == "online", 15, "online")
+        before = children_of(pmd.pid)
+        outcome: list[object] = []
+
+        def reload() -> None:
+            try:
+                outcome.append(pmd.http.post("/api/processes/slow/reload").status_code)
+            except Exception as exc:  # noqa: BLE001 - pmd may close the connection first
+                outcome.append(exc)
+
+        reloading = threading.Thread(target=reload, daemon=True)
+        reloading.start()
+        wait_until(lambda: len(children_of(pmd.pid) - before) == 1, 10, "a replacement")
+        everyone = children_of(pmd.pid)
+        assert pmd.stop() == 0
+        reloading.join(10)
+    finally:
+        pmd.kill_all()
+    assert outcome and outcome[0] != 200  # the reload did not pretend to succeed
+    assert len(everyone) == 3
+    assert [pid for pid in everyone if alive(pid)] == []
