@@ -90,9 +90,10 @@ class Init:
         self.reaper.reap()  # exits that happened while we were starting (or exec'ing)
 
         if s.api:
-            from ..api.server import ApiServer
-
-            self.api = ApiServer(self, s)
+            # Importing the HTTP stack takes a few hundred milliseconds of CPU. Done on the
+            # loop it would hold up every SIGCHLD and restart meanwhile (hundreds of
+            # zombies in a burst); in a short-lived thread the loop keeps turning.
+            self.api = await _in_thread(lambda: _make_api(self, s))
             try:
                 await self.api.start()
             except OSError as exc:
@@ -349,6 +350,49 @@ class Init:
             mode = await self._done
             if mode == "reexec":
                 await self._reexec()
+
+
+def _make_api(init: Init, settings: Settings) -> Any:
+    from ..api.server import ApiServer
+
+    return ApiServer(init, settings)
+
+
+async def _in_thread(work: Any) -> Any:
+    """Run `work` in a thread of its own that ends with it (no idle pool left behind)."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop as is
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    thread = threading.Thread(target=run, name="pmd-import", daemon=True)
+    # A CPU-bound thread holds the GIL for the whole switch interval (5 ms): shorten it
+    # meanwhile so the loop is never kept waiting long.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    thread.start()
+    try:
+        return await done
+    finally:
+        thread.join()
+        sys.setswitchinterval(interval)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def _raise_nofile() -> None:

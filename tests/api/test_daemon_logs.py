@@ -120,7 +120,7 @@ def test_custom_log_file_and_stderr(pmd, http):
 
 
 def test_stream_follows_live_output_across_rotations(pmd, http):
-    i = start_writer(pmd, http, "streamed", 60, pad=40, pause=0.01, log_max_bytes=400,
+    i = start_writer(pmd, http, "streamed", 60, pad=40, pause=0.03, log_max_bytes=800,
                      log_backups=2)
     last = expected_line(59, 40)
     events = read_events(http, f"{API}/programs/{i}/logs/stream",
