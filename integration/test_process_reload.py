@@ -174,3 +174,23 @@ def test_shutdown_during_a_reload_stops_the_replacement_too(tmp_path):
     assert outcome and outcome[0] != 200  # the reload did not pretend to succeed
     assert len(everyone) == 3
     assert [pid for pid in everyone if alive(pid)] == []
+
+
+def test_a_program_deleted_during_its_reload_keeps_no_replacement(tmp_path):
+    base = free_ports(2)
+    with Pmd(tmp_path, [], env=ENV) as pmd:
+        http_api = pmd.http
+        create(http_api, name="going", script=PYTHON, args=[REUSEPORT_SERVER],
+               port=f"{base}-{base + 1}", min_uptime=1, kill_timeout=2)
+        wait_until(lambda: process(http_api, "going")["status"] == "online", 15, "online")
+        before = children_of(pmd.pid)
+        outcome: list[object] = []
+        reloading = threading.Thread(target=lambda: outcome.append(
+            pmd.http.post("/api/processes/going/reload")), daemon=True)
+        reloading.start()
+        wait_until(lambda: len(children_of(pmd.pid) - before) == 1, 10, "a replacement")
+        assert http_api.delete("/api/processes/going").status_code == 200
+        reloading.join(15)
+        error = pm2_error(outcome[0], 500, "OPERATION_FAILED")
+        assert "removed during the reload" in error["message"]
+        wait_until(lambda: children_of(pmd.pid) == set(), 10, "no process left")

@@ -102,8 +102,8 @@ async def _rolling(sup: Supervisor, program: Program, timeout: float) -> ReloadR
         sup.extra_instances.add(new)
         new.start()
         reason = await _ready(sup, new, timeout)
-        if reason is None and program.instances.get(port) is not old:
-            reason = "the program was changed during the reload"
+        if reason is None and not _still_wanted(sup, program, port, old):
+            reason = "the program was stopped, changed or removed during the reload"
         if reason is not None:
             log.warning("reload of %s: replacement on port %d failed: %s; the old instance "
                         "keeps serving", program.name, port, reason)
@@ -116,6 +116,15 @@ async def _rolling(sup: Supervisor, program: Program, timeout: float) -> ReloadR
         await _retire(sup, old)
         report.replaced.append(port)
     return report
+
+
+def _still_wanted(sup: Supervisor, program: Program, port: int, old: Instance) -> bool:
+    """May the replacement take over: is the old instance still the one wanted there?"""
+    if program.is_ephemeral:
+        registered = sup.ephemeral.get(program.temporary_id or "") is program
+    else:
+        registered = program.id is not None and sup.programs.get(program.id) is program
+    return registered and program.instances.get(port) is old and old.want
 
 
 async def _retire(sup: Supervisor, inst: Instance) -> None:
