@@ -30,6 +30,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pmd_init tests integration bench
+	$(BIN)/mypy pmd_init
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -51,7 +51,7 @@ def create_app(init: Init, name: str = "pmd") -> Sanic:
     app.ctx.settings = init.settings
     errors.install(app)
 
-    @app.on_request(priority=100)
+    @app.on_request(priority=100)  # type: ignore[call-arg]
     async def authenticate(request: Request) -> HTTPResponse | None:
         reason = auth.check(request, init.settings.api_key)
         if reason is not None:

@@ -373,8 +373,8 @@ class Instance:
         """Take over a live process from a previous pmd (same pid after re-exec)."""
         state = ProgramState(str(snap["state"]))
         pid = snap.get("pid")
-        self.restarts = int(snap.get("restarts") or 0)  # type: ignore[arg-type]
-        self.backoff = int(snap.get("backoff") or 0)  # type: ignore[arg-type]
+        self.restarts = int(snap.get("restarts") or 0)  # type: ignore[call-overload]
+        self.backoff = int(snap.get("backoff") or 0)  # type: ignore[call-overload]
         self.want = bool(snap.get("want"))
         self.exit_code = snap.get("exit_code")  # type: ignore[assignment]
         self.spawn_error = snap.get("spawn_error")  # type: ignore[assignment]
@@ -384,7 +384,7 @@ class Instance:
         if isinstance(uptime, (int, float)):
             self.started_mono = time.monotonic() - uptime
         self.adopted = True
-        fds = [int(fd) for fd in snap.get("capture_fds") or []]  # type: ignore[union-attr]
+        fds = [int(fd) for fd in snap.get("capture_fds") or []]  # type: ignore[attr-defined]
         if foreign and isinstance(pid, int) and self.program.spec.logs_enabled:
             fds = _reopen_pipes(pid)
         if len(fds) == 2:

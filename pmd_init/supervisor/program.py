@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from .instance import Instance
@@ -24,7 +25,7 @@ class Program:
         self.created_at: float | None = None
         self.expires_at: float | None = None
         self.finished_at: float | None = None
-        self._ttl_timer = None
+        self._ttl_timer: asyncio.TimerHandle | None = None
         self.instances: dict[int | None, Instance] = {
             port: Instance(self, port) for port in spec.ports()
         }

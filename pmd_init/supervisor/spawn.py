@@ -14,6 +14,7 @@ import pwd
 import shlex
 import subprocess
 from dataclasses import dataclass, field
+from typing import Any
 
 SHELL_PATHS = {"bash": "bash", "zsh": "zsh", "fish": "fish", "sh": "sh", "tmux": "bash"}
 
@@ -78,7 +79,7 @@ class SpawnRequest:
 
 def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
     """Fork and exec; raises SpawnError with a readable reason when exec cannot happen."""
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if req.account is not None and req.account.uid != os.geteuid():
         kwargs.update(user=req.account.uid, group=req.account.gid,
                       extra_groups=list(req.account.groups))
@@ -97,7 +98,7 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
             env=req.env,
             close_fds=True,
             restore_signals=True,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
     except FileNotFoundError as exc:
         if req.cwd and exc.filename == req.cwd:

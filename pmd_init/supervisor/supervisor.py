@@ -160,22 +160,22 @@ class Supervisor:
                 report["removed"].append(name)
         next_id = max([*used, *(s.id or 0 for s in new_specs)], default=0) + 1
         for name, spec in new_by_name.items():
-            program = old_by_name.get(name)
-            if program is None:
+            existing = old_by_name.get(name)
+            if existing is None:
                 if spec.id is None or spec.id in used or spec.id in self.programs:
                     spec = spec.model_copy(update={"id": next_id})
                     next_id += 1
                 assert spec.id is not None
-                program = self.programs[spec.id] = Program(self, spec)
+                added = self.programs[spec.id] = Program(self, spec)
                 if self._boots(spec):
-                    program.start(delay=spec.delay_seconds)
+                    added.start(delay=spec.delay_seconds)
                 report["added"].append(name)
                 continue
-            spec = spec.model_copy(update={"id": program.id})
-            if spec == program.spec:
+            spec = spec.model_copy(update={"id": existing.id})
+            if spec == existing.spec:
                 report["kept"].append(name)
                 continue
-            self._replace_spec(program, spec)
+            self._replace_spec(existing, spec)
             report["changed"].append(name)
         return report
 
@@ -411,7 +411,8 @@ class Supervisor:
         for entry in doc.get("instances") or []:
             program = by_name.get(entry.get("program"))
             inst = program.instance(entry.get("port")) if program else None
-            if inst is None or inst.pid is not None or not program.spec.enabled:
+            if program is None or inst is None or inst.pid is not None \
+                    or not program.spec.enabled:
                 continue
             if not same_process(entry.get("pid"), entry.get("start")):
                 continue
