@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sanic import Blueprint, Request
@@ -245,6 +246,7 @@ def _sup(request: Request) -> Supervisor:
 
 
 def find(sup: Supervisor, ident: str) -> Program:
+    ident = unquote(ident)  # the router leaves %20 and friends in path parameters
     program: Program | None = None
     if ident.isdigit():
         program = sup.programs.get(int(ident))

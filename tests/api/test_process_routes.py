@@ -101,6 +101,12 @@ def test_list_and_filters(http):
     assert http.get("/api/processes", params={"name": "nobody"}).json() == []
 
 
+def test_names_with_spaces(http):
+    create(http, name="my app", script="sleep 60")
+    assert process(http, "my%20app")["name"] == "my app"
+    assert http.post("/api/processes/my%20app/stop").status_code == 200
+
+
 def test_not_found_lists_available_processes(http):
     create(http, name="present", script="sleep 60")
     for method, path in (("GET", "/api/processes/invalid-id"),
