@@ -35,6 +35,7 @@ from sanic.response import HTTPResponse, json
 
 from .. import __version__
 from ..logs.capture import LogFile
+from ..logs.times import saved
 from ..supervisor.errors import Conflict, Invalid, NotFound, SupervisorError
 from ..supervisor.health import UNHEALTHY, UNKNOWN
 from ..supervisor.instance import Instance
@@ -592,7 +593,7 @@ async def process_logs(request: Request, ident: str) -> HTTPResponse:
             found, count = tail_with_offsets(path, lines)
             total += count
             for end, text in found:
-                when = times_of(logfile, end)
+                when = times_of(logfile, path, end)
                 entry: dict[str, Any] = {"timestamp": iso(when), "type": label,
                                          "message": text}
                 if inst.port is not None:
@@ -603,10 +604,11 @@ async def process_logs(request: Request, ident: str) -> HTTPResponse:
     return json({"logs": [e[2] for e in entries[-lines:]], "total_lines": total})
 
 
-def times_of(logfile: LogFile | None, end: int) -> float | None:
-    if logfile is None or logfile.times is None:
-        return None
-    return logfile.times.time_of(end)
+def times_of(logfile: LogFile | None, path: Path, end: int) -> float | None:
+    times = logfile.times if logfile is not None else None
+    if times is None:
+        times = saved(str(path))  # kept across a re-exec, not reopened since
+    return times.time_of(end) if times is not None else None
 
 
 def tail_with_offsets(path: Path, lines: int, block: int = 64 << 10

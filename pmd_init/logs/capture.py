@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from .times import LineTimes
+from .times import LineTimes, claim
 
 log = logging.getLogger("pmd.logs")
 
@@ -60,7 +60,7 @@ class LogFile:
             self._fd = open_log_path(self.path)
             self.size = os.fstat(self._fd).st_size
             if self.times is None:
-                self.times = LineTimes(self.size)
+                self.times = claim(str(self.path), self.size) or LineTimes(self.size)
             elif self.size != self.times.end:
                 self.times.reset(self.size)  # rotated, or changed behind our back
             return True

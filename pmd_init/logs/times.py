@@ -57,3 +57,44 @@ class LineTimes:
             return None
         i = bisect_left(self._ends, end)
         return self._times[min(i, len(self._ends) - 1)]
+
+
+# ---- across a re-exec ---------------------------------------------------------------------
+# The index lives in pmd's memory; a re-exec hands it to the next pmd in its snapshot. The
+# next pmd keeps each one by log path until that file is opened again (or asked about), and
+# uses it only if the file has not grown or shrunk since: same size, same bytes.
+
+_SAVED: dict[str, LineTimes] = {}
+
+
+def export(times: LineTimes | None) -> list[float] | None:
+    """start, then (end, time) pairs, flat: JSON for the re-exec snapshot."""
+    if times is None:
+        return None
+    flat: list[float] = [times._start]
+    for end, when in zip(times._ends, times._times, strict=True):
+        flat += [end, when]
+    return flat
+
+
+def remember(path: str, flat: object) -> None:
+    if not isinstance(flat, list) or len(flat) % 2 != 1:
+        return
+    try:
+        times = LineTimes(int(flat[0]))
+        for i in range(1, len(flat), 2):
+            times._ends.append(int(flat[i]))
+            times._times.append(float(flat[i + 1]))
+    except (TypeError, ValueError, OverflowError):
+        return
+    _SAVED[path] = times
+
+
+def claim(path: str, size: int) -> LineTimes | None:
+    """The saved index of this file, if the file is as it was when it was saved."""
+    times = _SAVED.pop(path, None)
+    return times if times is not None and times.end == size else None
+
+
+def saved(path: str) -> LineTimes | None:
+    return _SAVED.get(path)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..logs.capture import Capture, LogFile
+from ..logs.times import export, remember
 from .events import StateEvent
 from .spawn import (
     SpawnError,
@@ -367,6 +368,8 @@ class Instance:
             "want": self.want, "exit_code": self.exit_code, "spawn_error": self.spawn_error,
             "capture_fds": [c.fd for c in self.captures if c.fd >= 0],
             "restart_after_stop": self._restart_after_stop,
+            "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
+                          "stderr": export(self.stderr_log.times if self.stderr_log else None)},
         }
 
     def adopt(self, snap: dict[str, object], foreign: bool = False) -> None:
@@ -384,6 +387,11 @@ class Instance:
         if isinstance(uptime, (int, float)):
             self.started_mono = time.monotonic() - uptime
         self.adopted = True
+        log_times = snap.get("log_times")
+        if isinstance(log_times, dict):  # capture times of the lines already logged
+            for stream, flat in log_times.items():
+                if stream in ("stdout", "stderr") and flat:
+                    remember(str(self.log_path(stream)), flat)
         fds = [int(fd) for fd in snap.get("capture_fds") or []]  # type: ignore[attr-defined]
         if foreign and isinstance(pid, int) and self.program.spec.logs_enabled:
             fds = _reopen_pipes(pid)

@@ -142,11 +142,24 @@ def test_quick_start_and_follow(pmd):
 
 
 def test_reexec_keeps_programs(pmd):
-    ok(run(pmd, "start", "sleep 60", "--name", "survivor"))
+    ok(run(pmd, "start", "sh -c 'echo before; exec sleep 60'", "--name", "survivor"))
+    ok(run(pmd, "start", "sh -c 'echo done; sleep 1.2'", "--name", "finished",
+           "--no-autorestart"))
     pid = wait_until(lambda: listed(pmd)["survivor"]["pid"], 10, "pid")
+    wait_until(lambda: listed(pmd)["finished"]["status"] == "stopped", 10, "finished")
+
+    def stamps(name: str) -> list:
+        logs = json.loads(ok(run(pmd, "logs", name, "--json")))["logs"]
+        return [line["timestamp"] for line in logs]
+
+    before = wait_until(lambda: stamps("survivor"), 10, "a log line")
+    finished = stamps("finished")
     assert "re-execut" in ok(run(pmd, "reexec"))
     wait_until(lambda: run(pmd, "status").returncode == 0, 15, "pmd back")
     assert wait_until(lambda: listed(pmd).get("survivor", {}).get("pid"), 10) == pid
+    # the capture times of lines logged before the re-exec came along
+    assert stamps("survivor") == before and before[0] is not None
+    assert stamps("finished") == finished and finished[0] is not None
 
 
 def test_the_client_imports_no_server_code():
