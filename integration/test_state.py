@@ -147,8 +147,14 @@ def test_reexec_keeps_every_pid_and_log_stream(tmp_path):
         pmd_pid = pmd.pid
         log = pmd.log_dir / "ticker" / "stdout.log"
         size_before = log.stat().st_size
-        reply = pmd.uds.post("/api/v1/daemon/reexec")
-        assert reply.status_code == 200
+        # the operator's command: `pmd reexec` over the Unix socket
+        import subprocess
+        import sys
+
+        done = subprocess.run([sys.executable, "-m", "pmd_init.cli.pmd", "--socket",
+                               str(pmd.socket), "reexec"], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
         pmd.wait_for(lambda: "re-executed" in pmd.stderr_text(), what="re-exec")
         pmd.wait_ready()
         http = pmd.http
