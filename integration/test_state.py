@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -148,9 +150,6 @@ def test_reexec_keeps_every_pid_and_log_stream(tmp_path):
         log = pmd.log_dir / "ticker" / "stdout.log"
         size_before = log.stat().st_size
         # the operator's command: `pmd reexec` over the Unix socket
-        import subprocess
-        import sys
-
         done = subprocess.run([sys.executable, "-m", "pmd_init.cli.pmd", "--socket",
                                str(pmd.socket), "reexec"], capture_output=True, text=True,
                               timeout=30)
