@@ -103,6 +103,7 @@ def register_core_routes(app: Sanic) -> None:
             "orphans_reaped": init.reaper.orphans_reaped,
             "forward_dropped_bytes": sum(
                 f.dropped for f in init.supervisor.forwarders if f is not None),
+            "webhooks": init.supervisor.webhooks.counters(),
         })
 
     @app.post("/api/v1/daemon/reexec")

@@ -17,6 +17,7 @@ import signal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,6 +25,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from .webhooks import check_header_name, check_header_value, check_url
 
 KIT_ROOT = "/hoody/plugins"
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
@@ -59,12 +62,23 @@ class PortRange(Model):
 
 
 class WebhooksSpec(Model):
+    """The rules (https, no userinfo, public hosts, safe headers) are webhooks.py's; each
+    is checked per item so an error names it: `webhooks.urls.0`, `webhooks.headers.X`."""
+
     enabled: bool = True
-    urls: list[str] = Field(default_factory=list, max_length=20)
+    urls: list[Annotated[str, AfterValidator(check_url)]] = Field(
+        default_factory=list, max_length=20)
     events: list[Literal[WEBHOOK_EVENTS]] = Field(default_factory=lambda: ["all"])  # type: ignore[valid-type]
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[Annotated[str, AfterValidator(check_header_name)],
+                  Annotated[str, AfterValidator(check_header_value)]] = Field(
+        default_factory=dict, max_length=20)
     timeout: Annotated[int, Field(ge=1, le=60)] = 10
     retry: Annotated[int, Field(ge=0, le=5)] = 0
+
+    @field_validator("events")
+    @classmethod
+    def _events_once(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))  # duplicates are tolerated, and kept once
 
 
 class HealthCheckSpec(Model):

@@ -29,9 +29,11 @@ from .memory import MemoryWatch
 from .program import Program
 from .spec import ProgramSpec
 from .states import RUNNING_STATES, STOPPED_STATES, ProgramState
+from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
 if TYPE_CHECKING:
     from ..store.programs import ProgramStore
+    from .spec import WebhooksSpec
 
 log = logging.getLogger("pmd.supervisor")
 
@@ -96,6 +98,7 @@ class Supervisor:
         self.events.subscribe(self._pids_changed)
         self.health = HealthMonitor(self)
         self.memory = MemoryWatch(self)
+        self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for)
         #: Instances in no program's slot: a reload's replacement until it takes over, and
         #: the instance it replaced while that one stops (reload.py). Shutdown stops them.
         self.extra_instances: set[Instance] = set()
@@ -128,6 +131,11 @@ class Supervisor:
 
     def specs(self) -> list[ProgramSpec]:
         return [p.spec for p in self.programs.values()]
+
+    def _webhooks_for(self, event: StateEvent) -> WebhooksSpec | None:
+        program = self.ephemeral.get(event.temporary_id) if event.temporary_id is not None \
+            else self.programs.get(event.program_id or 0)
+        return program.spec.webhooks if program is not None else None
 
     # ---- boot and reload -----------------------------------------------------------
 
@@ -614,6 +622,9 @@ class Supervisor:
                 inst.kill_now()
             waits = [i.wait_state(STOPPED_STATES) for i in left]
             await asyncio.wait(waits, timeout=2.0)
+        # The STOPPING/STOPPED notifications just queued get what is left of the grace.
+        left_over = max(0.0, deadline - self.loop.time())
+        await self.webhooks.close(drain=min(DRAIN_SECONDS, left_over))
 
     # ---- re-exec -------------------------------------------------------------------
 

@@ -1,0 +1,490 @@
+"""Webhooks: which targets a program's webhooks may name, and the delivery of its state
+changes to them.
+
+The rules (daemon-api-extras.md, "Webhooks object"): https only, no userinfo, no private,
+loopback or otherwise non-public address, redirects not followed. They are checked twice:
+when a URL is accepted (`check_url`, from WebhooksSpec's validators) and again at every
+delivery, on every address the host name resolves to then: a name that was public when it
+was accepted may point at 127.0.0.1 today (DNS rebinding). The connection goes to the
+address that was vetted, never to the name again, with the certificate checked against the
+URL's host name.
+
+`WebhookDispatcher` is owned by the Supervisor. It subscribes to the EventBus, turns each
+matching event into one delivery per URL, and keeps them in per-URL lanes (so a receiver
+sees a program's events in order, and a slow receiver delays only itself) bounded by one
+limit for the whole dispatcher: past it, deliveries are dropped and counted. A lane's task
+lives only while the lane has work; `close` drains for a moment, then cancels and awaits
+every task. HTTP is the standard library's: one POST per connection (HTTP/1.1,
+Content-Length, Connection: close), and only the status line and headers are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from urllib.parse import SplitResult, urlsplit
+
+from .. import __version__
+from .events import EventBus, StateEvent
+
+if TYPE_CHECKING:
+    from .spec import WebhooksSpec
+
+log = logging.getLogger("pmd.webhooks")
+
+#: For tests only: "1" lets webhooks reach 127.0.0.0/8 and ::1 (never in production: a
+#: webhook is not a way to reach services inside the container).
+ALLOW_LOOPBACK_ENV = "PMD_WEBHOOK_ALLOW_LOOPBACK"
+#: A PEM file of CA certificates trusted besides the system's (a test CA).
+CA_FILE_ENV = "PMD_WEBHOOK_CA_FILE"
+
+URL_MAX = 2048
+HEADER_VALUE_MAX = 4096
+#: Deliveries waiting in all lanes together; more are dropped (and counted).
+MAX_PENDING = 1000
+#: How long shutdown waits for pending deliveries before cancelling them.
+DRAIN_SECONDS = 2.0
+#: The answer's status line and headers; a longer head is a failure.
+HEAD_LIMIT = 64 * 1024
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+#: Headers that frame the request or the connection are pmd's: a configured value would
+#: let a header smuggle a second request. X-Pmd-* are pmd's own.
+RESERVED_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
+    "trailer", "upgrade", "expect", "proxy-connection",
+})
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# ---- the rules ---------------------------------------------------------------------
+
+
+def loopback_allowed() -> bool:
+    return os.environ.get(ALLOW_LOOPBACK_ENV) == "1"
+
+
+def address_problem(address: Address) -> str | None:
+    """Why a webhook may not reach `address` ("a private address"), or None."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id:
+            return "a scoped address"
+        # An IPv4 address inside an IPv6 one is judged as the IPv4 address it reaches.
+        if address.ipv4_mapped is not None:
+            return address_problem(address.ipv4_mapped)
+        embedded = address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None and (problem := address_problem(embedded)):
+            return problem
+    if address.is_loopback:
+        return None if loopback_allowed() else "a loopback address"
+    for attribute, what in (
+        ("is_unspecified", "an unspecified address"),
+        ("is_link_local", "a link-local address"),
+        ("is_multicast", "a multicast address"),
+        ("is_private", "a private address"),
+        ("is_reserved", "a reserved address"),
+    ):
+        if getattr(address, attribute):
+            return what
+    if not address.is_global:  # 100.64.0.0/10 (carrier-grade NAT) and the like
+        return "not a public address"
+    return None
+
+
+def _ip_literal(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def check_host(host: str) -> None:
+    """A host name or IP literal a webhook may name (raises ValueError)."""
+    address = _ip_literal(host)
+    if address is not None:
+        problem = address_problem(address)
+        if problem:
+            raise ValueError(f"{host} is {problem}")
+        return
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        pass
+    else:  # "127.1", "0x7f000001", "2130706433": the resolver reads these as addresses
+        raise ValueError(f"{host} is an IPv4 address in a non-standard form")
+    name = host.removesuffix(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"{host} is not a valid host name")
+    if name == "localhost" or name.endswith(".localhost"):
+        raise ValueError(f"{host} is a loopback host name")
+
+
+def check_url(url: str) -> str:
+    """A webhook URL as the rules allow it (raises ValueError with the reason)."""
+    if len(url) > URL_MAX:
+        raise ValueError(f"must be at most {URL_MAX} characters")
+    if any(not 0x20 < ord(c) < 0x7F for c in url):
+        raise ValueError("must not contain spaces, control or non-ASCII characters "
+                         "(percent-encode them)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme != "https":
+        raise ValueError("must be an https:// URL")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain userinfo (user:password@)")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if port == 0:
+        raise ValueError("port must be 1-65535")
+    if parts.netloc.startswith("[") and not isinstance(
+            _ip_literal(parts.hostname), ipaddress.IPv6Address):
+        raise ValueError("brackets must hold an IPv6 address")
+    check_host(parts.hostname)
+    return url
+
+
+def check_header_name(name: str) -> str:
+    if not _TOKEN.fullmatch(name):
+        raise ValueError("a header name must be 1-128 token characters (letters, digits, "
+                         "!#$%&'*+-.^_`|~)")
+    lower = name.lower()
+    if lower in RESERVED_HEADERS or lower.startswith("x-pmd-"):
+        raise ValueError(f"header {name} is set by pmd")
+    return name
+
+
+def check_header_value(value: str) -> str:
+    if len(value) > HEADER_VALUE_MAX:
+        raise ValueError(f"a header value must be at most {HEADER_VALUE_MAX} characters")
+    if any(not (0x20 <= ord(c) < 0x7F or c == "\t") for c in value):
+        raise ValueError("a header value must be printable ASCII (no CR, LF or NUL)")
+    return value
+
+
+def matches(events: Iterable[str], state: str) -> bool:
+    return any(e in ("all", "*", state) for e in events)
+
+
+# ---- the payload -------------------------------------------------------------------
+
+
+def iso_utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+def payload(event: StateEvent, hostname: str) -> dict[str, object]:
+    """The JSON body of every delivery (docs/daemon-api.md, "Webhooks")."""
+    return {
+        "program_id": event.program_id,
+        "program": event.program,
+        "instance": event.instance,
+        "port": event.port,
+        "temporary_id": event.temporary_id,
+        "event": event.to_state.value,
+        "from_state": event.from_state.value,
+        "to_state": event.to_state.value,
+        "pid": event.pid,
+        "exit_code": event.exit_code,
+        "timestamp": iso_utc(event.time),
+        "hostname": hostname,
+    }
+
+
+# ---- delivery ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    url: str
+    event: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    timeout: float
+    retry: int
+    delivery_id: str
+
+
+class DeliveryFailed(Exception):
+    """One attempt failed; `retry` says whether another attempt may fare better."""
+
+    def __init__(self, reason: str, retry: bool = True) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before attempt `attempt` (1, 2, ...): 0.5, 1, 2, 4, 8."""
+    return min(8.0, 0.5 * 2 ** (attempt - 1))
+
+
+def redact(url: str) -> str:
+    """The URL for logs: the query (often a token) left out."""
+    parts = urlsplit(url)
+    return f"https://{parts.netloc}{parts.path or '/'}"
+
+
+def _host_header(parts: SplitResult) -> str:
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return host if parts.port in (None, 443) else f"{host}:{parts.port}"
+
+
+def build_request(delivery: Delivery) -> bytes:
+    parts = urlsplit(delivery.url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {
+        "Host": _host_header(parts),
+        "User-Agent": f"pmd/{__version__}",
+        "Content-Type": "application/json",
+    }
+    for name, value in delivery.headers:  # a configured User-Agent or Content-Type wins
+        for known in [k for k in headers if k.lower() == name.lower()]:
+            del headers[known]
+        headers[name] = value
+    headers.update({
+        "Content-Length": str(len(delivery.body)),
+        "Connection": "close",
+        "X-Pmd-Event": delivery.event,
+        "X-Pmd-Delivery": delivery.delivery_id,
+    })
+    head = f"POST {target} HTTP/1.1\r\n" + \
+        "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return head.encode("ascii") + delivery.body
+
+
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise DeliveryFailed(f"not an HTTP/1 answer: {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(code), headers
+
+
+class WebhookDispatcher:
+    """Delivers the state changes of programs whose spec has webhooks enabled.
+
+    `spec_for` maps an event to the webhooks of the program it is about (or None); it is
+    called in the EventBus callback, so it must be a lookup, nothing more.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, events: EventBus,
+                 spec_for: Callable[[StateEvent], WebhooksSpec | None],
+                 max_pending: int = MAX_PENDING) -> None:
+        self.loop = loop
+        self.spec_for = spec_for
+        self.max_pending = max_pending
+        self.hostname = socket.gethostname()
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        self._pending = 0
+        self._lanes: dict[str, deque[Delivery]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+        self._unsubscribe = events.subscribe(self.on_event)
+
+    def counters(self) -> dict[str, int]:
+        return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped,
+                "pending": self._pending}
+
+    # ---- intake (synchronous, from the EventBus) -----------------------------------
+
+    def on_event(self, event: StateEvent) -> None:
+        if self._closed:
+            return
+        hooks = self.spec_for(event)
+        if hooks is None or not hooks.enabled or not hooks.urls:
+            return
+        if not matches(hooks.events, event.to_state.value):
+            return
+        body = json.dumps(payload(event, self.hostname), separators=(",", ":")).encode()
+        headers = tuple(hooks.headers.items())
+        for url in dict.fromkeys(hooks.urls):
+            if self._pending >= self.max_pending:
+                self.dropped += 1
+                if self.dropped % 100 == 1:  # the first, then one line per hundred
+                    log.warning("webhook queue full (%d pending): %d deliveries dropped "
+                                "so far", self._pending, self.dropped)
+                continue
+            self._lanes.setdefault(url, deque()).append(Delivery(
+                url=url, event=event.to_state.value, body=body, headers=headers,
+                timeout=float(hooks.timeout), retry=hooks.retry,
+                delivery_id=os.urandom(8).hex()))
+            self._pending += 1
+            task = self._tasks.get(url)
+            if task is None or task.done():
+                task = self.loop.create_task(self._drain(url), name=f"webhook {redact(url)}")
+                self._tasks[url] = task
+
+    # ---- lanes ---------------------------------------------------------------------
+
+    async def _drain(self, url: str) -> None:
+        lane = self._lanes[url]
+        try:
+            while lane:
+                await self._deliver(lane[0])
+                lane.popleft()
+                self._pending -= 1
+        finally:
+            # Work is left (the delivery under way included) only when close() cancelled
+            # the lane: it counts as dropped.
+            self._pending -= len(lane)
+            self.dropped += len(lane)
+            lane.clear()
+            if self._lanes.get(url) is lane:
+                del self._lanes[url]
+            if self._tasks.get(url) is asyncio.current_task():
+                del self._tasks[url]
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        where = redact(delivery.url)
+        attempts = delivery.retry + 1
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(backoff(attempt))
+            try:
+                async with asyncio.timeout(delivery.timeout):
+                    status, headers = await self._post(delivery)
+            except DeliveryFailed as exc:
+                reason, again = str(exc), exc.retry
+            except TimeoutError:
+                reason, again = f"no answer within {delivery.timeout:g} s", True
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                reason, again = f"{type(exc).__name__}: {exc}", True
+            except asyncio.LimitOverrunError:
+                reason, again = "the answer's headers are too long", False
+            except Exception as exc:  # noqa: BLE001 - a bug here must not end the lane
+                log.exception("webhook %s: delivery failed", where)
+                reason, again = f"{type(exc).__name__}: {exc}", False
+            else:
+                if 200 <= status < 300:
+                    self.sent += 1
+                    log.debug("webhook %s %s: %d", delivery.event, where, status)
+                    return
+                if 300 <= status < 400:
+                    location = headers.get("location", "?").partition("?")[0][:200]
+                    reason, again = f"redirect {status} to {location} not followed", False
+                else:
+                    reason = f"answered {status}"
+                    again = status >= 500 or status in (408, 429)
+            last = attempt == attempts - 1
+            log.warning("webhook %s %s: %s (attempt %d of %d%s)", delivery.event, where,
+                        reason, attempt + 1, attempts,
+                        "" if last else ", will retry" if again else ", not retried")
+            if last or not again:
+                break
+        self.failed += 1
+
+    async def _post(self, delivery: Delivery) -> tuple[int, dict[str, str]]:
+        parts = urlsplit(delivery.url)
+        host = parts.hostname or ""
+        port = parts.port or 443
+        addresses = await self._resolve(host, port)
+        context = await self._context()
+        error: OSError | None = None
+        for family, address in addresses:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    address, port, family=family, ssl=context, server_hostname=host,
+                    limit=HEAD_LIMIT)
+                break
+            except OSError as exc:  # refused, unreachable, certificate: try the next one
+                error = exc
+        else:
+            raise DeliveryFailed(f"cannot connect to {host}: {error}",
+                                 retry=not isinstance(error, ssl.SSLCertVerificationError))
+        try:
+            writer.write(build_request(delivery))
+            await writer.drain()
+            while True:
+                status, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
+                if not 100 <= status < 200 or status == 101:
+                    return status, headers  # 1xx are interim: the answer follows
+        finally:
+            writer.transport.abort()  # nothing more to read or say: no TLS goodbye
+
+    async def _resolve(self, host: str, port: int) -> list[tuple[int, str]]:
+        """Every address of `host`, all of them allowed, or DeliveryFailed (no retry)."""
+        literal = _ip_literal(host)
+        if literal is not None:
+            found: list[tuple[int, str]] = [
+                (socket.AF_INET6 if literal.version == 6 else socket.AF_INET, host)]
+        else:
+            try:
+                infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                    proto=socket.IPPROTO_TCP)
+            except socket.gaierror as exc:
+                raise DeliveryFailed(f"cannot resolve {host}: {exc}") from None
+            found = list(dict.fromkeys((int(i[0]), str(i[4][0])) for i in infos))
+        for _, address in found:
+            problem = address_problem(ipaddress.ip_address(address))
+            if problem:
+                raise DeliveryFailed(f"refused: {host} resolves to {address}, {problem}",
+                                     retry=False)
+        if not found:
+            raise DeliveryFailed(f"{host} has no address")
+        return found
+
+    async def _context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            # Loading the system's CA store takes tens of milliseconds: not on the loop.
+            self._ssl = await self.loop.run_in_executor(None, _make_context)
+        return self._ssl
+
+    # ---- shutdown ------------------------------------------------------------------
+
+    async def close(self, drain: float = 0.0) -> None:
+        """Stop taking events; give pending deliveries `drain` seconds, then cancel."""
+        self._closed = True
+        self._unsubscribe()
+        tasks = list(self._tasks.values())
+        if tasks and drain > 0:
+            await asyncio.wait(tasks, timeout=drain)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # A lane whose task was cancelled before it first ran never cleaned up after itself.
+        for lane in self._lanes.values():
+            self._pending -= len(lane)
+            self.dropped += len(lane)
+        self._lanes.clear()
+        self._tasks.clear()
+        if tasks:
+            log.info("webhooks: %d sent, %d failed, %d dropped", self.sent, self.failed,
+                     self.dropped)
+
+
+def _make_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    cafile = os.environ.get(CA_FILE_ENV)
+    if cafile:
+        context.load_verify_locations(cafile=cafile)
+    return context
