@@ -354,11 +354,14 @@ class Supervisor:
                           field="port")
         return [inst]
 
-    def start(self, program: Program, port: int | None = None) -> list[Instance]:
+    def _startable(self, program: Program, port: int | None) -> list[Instance]:
         if not program.spec.enabled:
             raise Refused(f"program '{program.name}' is disabled", field="enabled",
                           code="PROGRAM_DISABLED")
-        instances = self.instances_for(program, port)
+        return self.instances_for(program, port)
+
+    def start(self, program: Program, port: int | None = None) -> list[Instance]:
+        instances = self._startable(program, port)
         for inst in instances:
             inst.start()
         return instances
@@ -367,10 +370,7 @@ class Supervisor:
         return [inst.stop() for inst in self.instances_for(program, port)]
 
     def restart(self, program: Program, port: int | None = None) -> list[Instance]:
-        if not program.spec.enabled:
-            raise Refused(f"program '{program.name}' is disabled", field="enabled",
-                          code="PROGRAM_DISABLED")
-        instances = self.instances_for(program, port)
+        instances = self._startable(program, port)
         for inst in instances:
             inst.restart()
         return instances
