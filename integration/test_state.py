@@ -192,6 +192,9 @@ def test_stale_ephemeral_entries_from_an_earlier_boot_are_cleaned(tmp_path):
     }))
     with Pmd(tmp_path, [], pid1=True) as pmd:
         assert "quick_1_1 cleaned up: earlier container boot" in pmd.stderr_text()
+        cleaned = pmd.http.get("/api/v1/daemon/health").json()["ephemeral_cleaned"]
+        assert [(c["temporary_id"], c["cleaned"]) for c in cleaned] == \
+            [("quick_1_1", "earlier container boot")]
     doc = json.loads((state_dir / "ephemeral.json").read_text())
     assert doc["programs"] == []
     assert not (tmp_path / "log" / "quick_old").exists()

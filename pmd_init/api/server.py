@@ -100,6 +100,7 @@ def register_core_routes(app: Sanic) -> None:
             "pid": os.getpid(),
             "programs": len(init.supervisor.programs),
             "config_problem": init.config_problem,
+            "ephemeral_cleaned": init.supervisor.ephemeral_report[-100:],
             "orphans_reaped": init.reaper.orphans_reaped,
             "forward_dropped_bytes": sum(
                 f.dropped for f in init.supervisor.forwarders if f is not None),
