@@ -30,7 +30,7 @@ from ..supervisor.events import StateEvent
 from ..supervisor.instance import Instance
 
 HEARTBEAT = 15.0
-CHUNK = 1 << 20
+CHUNK = 256 << 10  # per send: a stalled reader holds about this much, not more
 PARTIAL_MAX = 64 << 10  # a line longer than this is sent in pieces
 LINES_MAX = 10000
 
@@ -89,11 +89,13 @@ def _start_of_last_lines(fd: int, lines: int) -> int:
     while pos > 0:
         size = min(64 << 10, pos)
         block = os.pread(fd, size, pos - size)
-        for i in range(len(block) - 1, -1, -1):
-            if block[i] == 0x0A:
-                wanted -= 1
-                if wanted == 0:
-                    return pos - size + i + 1
+        # rfind, not a Python loop over each byte: 64 MB of long lines scanned byte by
+        # byte held the event loop for seconds (one stream of `?lines=10000`).
+        cut = len(block)
+        while (cut := block.rfind(b"\n", 0, cut)) >= 0:
+            wanted -= 1
+            if wanted == 0:
+                return pos - size + cut + 1
         pos -= size
         if end - pos > 64 << 20:
             return pos

@@ -249,7 +249,7 @@ def _sup(request: Request) -> Supervisor:
 def find(sup: Supervisor, ident: str) -> Program:
     ident = unquote(ident)  # the router leaves %20 and friends in path parameters
     program: Program | None = None
-    if ident.isdigit():
+    if ident.isascii() and ident.isdigit() and len(ident) <= 18:  # not "²", not 10**5000
         program = sup.programs.get(int(ident))
     if program is None:
         program = sup.ephemeral.get(ident)
@@ -316,7 +316,8 @@ def parse_memory(value: int | str) -> int:
     text = value.strip().upper()
     digits = text.rstrip("KMGB")
     unit = text[len(digits):]
-    if not digits.isdigit() or unit not in MEMORY_UNITS:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20 or \
+            unit not in MEMORY_UNITS:
         raise ValueError("must be bytes, or a number with K, M or G (512M)")
     return int(digits) * MEMORY_UNITS[unit]
 
@@ -324,12 +325,12 @@ def parse_memory(value: int | str) -> int:
 def parse_port(text: str | int) -> tuple[int, int]:
     """"3000" or "4000-4003" (the document's spelling)."""
     raw = str(text).strip()
-    start, sep, end = raw.partition("-")
-    try:
-        first = int(start)
-        last = int(end) if sep else first
-    except ValueError:
-        raise ValueError('must be a port ("3000") or a range ("4000-4003")') from None
+    start, sep, end = (part.strip() for part in raw.partition("-"))
+    parts = [start, end] if sep else [start]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 5 for p in parts):
+        raise ValueError('must be a port ("3000") or a range ("4000-4003")')
+    first = int(start)
+    last = int(end) if sep else first
     if not (1 <= first <= 65535 and 1 <= last <= 65535) or last < first:
         raise ValueError('must be a port ("3000") or a range ("4000-4003") within 1-65535')
     return first, last

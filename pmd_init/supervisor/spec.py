@@ -14,7 +14,9 @@ import os
 import pwd
 import re
 import signal
+import unicodedata
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -95,6 +97,20 @@ class HealthCheckSpec(Model):
     retries: Annotated[int, Field(ge=1, le=100)] = 3
     restart_on_unhealthy: bool = False
 
+    @field_validator("url", "host", "command")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        return _no_nul(value)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
     @model_validator(mode="after")
     def _complete(self) -> HealthCheckSpec:
         if self.type == "http" and not self.url:
@@ -102,6 +118,14 @@ class HealthCheckSpec(Model):
         if self.type == "script" and not self.command:
             raise ValueError("a script health check needs command")
         return self
+
+
+def _no_nul(value: str | None) -> str | None:
+    """Text that ends up in an argv, the environment or a socket call: no NUL, no line
+    break (the OS refuses the first, the second splits what it is written into)."""
+    if value is not None and any(c in value for c in "\x00\n\r"):
+        raise ValueError("must not contain NUL, newline or carriage return")
+    return value
 
 
 def _no_quotes(value: str) -> str:
@@ -156,7 +180,7 @@ class ProgramSpec(Model):
     # pmd's own
     shutdown_on_exit: bool = False
     health_check: HealthCheckSpec | None = None
-    max_memory_restart: Annotated[int, Field(ge=1)] | None = None
+    max_memory_restart: Annotated[int, Field(ge=1, le=2**60)] | None = None
 
     @field_validator("autorestart", mode="before")
     @classmethod
@@ -178,8 +202,11 @@ class ProgramSpec(Model):
     @classmethod
     def _name(cls, value: str) -> str:
         _no_quotes(value)
-        if "/" in value or value in (".", "..") or any(ord(c) < 32 for c in value):
+        if "/" in value or value in (".", "..") or any(
+                unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
             raise ValueError("must not contain '/', control characters, or be '.' or '..'")
+        if not value.strip():
+            raise ValueError("must not be blank")
         return value
 
     @field_validator("command")
@@ -204,6 +231,11 @@ class ProgramSpec(Model):
             except KeyError:
                 raise ValueError(f"user '{value}' does not exist on this system") from None
         return value
+
+    @field_validator("display", "port_param")
+    @classmethod
+    def _os_text(cls, value: str | None) -> str | None:
+        return _no_nul(value)
 
     @field_validator("directory", "stdout_logfile", "stderr_logfile")
     @classmethod

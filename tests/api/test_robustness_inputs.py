@@ -1,0 +1,109 @@
+"""Inputs that once got a 500 or were accepted and failed later: each now gets a clear 400
+(or 404) that names the field, and changes nothing."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pmd_init.api.logstream import _start_of_last_lines
+from tests.api.helpers import API, assert_error, program
+from tests.harness import Pmd
+
+
+@pytest.fixture(scope="module")
+def pmd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pmd]:
+    base: Path = tmp_path_factory.mktemp("robust-inputs")
+    with Pmd(base, [program("keep")], args=["--rate-limit", "0", "--rate-burst", "0"]) as running:
+        yield running
+
+
+def programs_of(pmd: Pmd) -> tuple[object, str]:
+    return (pmd.http.get(f"{API}/programs").json(),
+            (pmd.config_dir / "programs.json").read_text())
+
+
+@pytest.mark.parametrize("ident", ["%C2%B2", "\u00b2", "9" * 5000])
+def test_process_id_that_is_a_digit_but_not_a_number(pmd, ident):
+    # "²".isdigit() is true and int("²") raises; so does int() of 5000 digits: both were 500s.
+    for method, path in [("GET", ""), ("GET", "/logs"), ("POST", "/stop"),
+                         ("POST", "/restart"), ("DELETE", "")]:
+        r = pmd.http.request(method, f"/api/processes/{ident}{path}")
+        assert_error(r, 404, "PROCESS_NOT_FOUND")
+
+
+def test_process_memory_limit_too_large_for_programs_json(pmd):
+    before = programs_of(pmd)
+    # 10**23 GB does not fit the 64-bit integers of programs.json: it was a 500 TypeError.
+    for memory in ["99999999999999999999999G", "9" * 30, 2**61]:
+        r = pmd.http.post("/api/processes", json={"name": "big", "script": "sleep 5",
+                                                   "max_memory_restart": memory})
+        assert_error(r, 400, "INVALID_CONFIGURATION", "max_memory_restart")
+    r = pmd.http.post(f"{API}/programs/add", json=program("big", max_memory_restart=2**61))
+    assert_error(r, 400, "VALIDATION_ERROR", "max_memory_restart")
+    assert programs_of(pmd) == before
+
+
+@pytest.mark.parametrize("field,value", [("port", "\u0663\u0660\u0660\u0660"),
+                                         ("port", "3000-"), ("port", "1_000"),
+                                         ("max_memory_restart", "\u0663G")])
+def test_process_numbers_are_ascii_digits(pmd, field, value):
+    before = programs_of(pmd)
+    r = pmd.http.post("/api/processes", json={"name": "digits", "script": "sleep 5",
+                                               field: value})
+    assert_error(r, 400, "INVALID_CONFIGURATION", field)
+    assert programs_of(pmd) == before
+
+
+@pytest.mark.parametrize("fields,field", [
+    ({"display": ":0\x00"}, "display"),
+    ({"port_param": "--port\x00", "port_range": {"start": 9100, "end": 9101}}, "port_param"),
+    ({"health_check": {"type": "script", "command": "true\x00"}}, "health_check.command"),
+    ({"health_check": {"type": "tcp", "host": "local\nhost", "port": 1}},
+     "health_check.host"),
+    ({"health_check": {"type": "http", "url": "not-a-url"}}, "health_check.url"),
+    ({"health_check": {"type": "http", "url": "ftp://example.com/"}}, "health_check.url"),
+    ({"name": " "}, "name"),
+    ({"name": "a\x85b"}, "name"),
+    ({"name": "a\u2028b"}, "name"),
+])
+def test_text_that_would_fail_at_spawn_is_refused_up_front(pmd, fields, field):
+    # These were accepted, then every start failed ("embedded null byte") or every probe.
+    before = programs_of(pmd)
+    r = pmd.http.post(f"{API}/programs/add", json={**program("textual"), **fields})
+    assert_error(r, 400, "VALIDATION_ERROR", field)
+    keep = before[0]["programs"][0]["id"]  # type: ignore[index]
+    edit = {k: v for k, v in fields.items() if k != "name"} or fields
+    r = pmd.http.post(f"{API}/programs/edit/{keep}", json=edit)
+    assert r.status_code == 400 and r.json()["error"]["field"] == field, r.text
+    assert programs_of(pmd) == before
+
+
+def test_health_url_with_a_port_placeholder_is_still_accepted(pmd):
+    r = pmd.http.post(f"{API}/programs/add", json=program(
+        "placeholder", health_check={"type": "http", "url": "http://127.0.0.1:{port}/ok"}))
+    assert r.status_code == 200, r.text
+    assert pmd.http.post(f"{API}/programs/remove/{r.json()['id']}").status_code == 200
+
+
+def test_stream_start_finds_the_last_lines_without_a_byte_loop(tmp_path):
+    # 32 MB of 200 kB lines: the search for where the last 10000 lines begin went byte by
+    # byte in Python and held the event loop for seconds per stream.
+    path = tmp_path / "long.log"
+    line = b"x" * 200_000 + b"\n"
+    with open(path, "wb") as f:
+        for _ in range(160):
+            f.write(line)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        started = time.monotonic()
+        assert _start_of_last_lines(fd, 10000) == 0
+        assert _start_of_last_lines(fd, 2) == len(line) * 158
+        assert _start_of_last_lines(fd, 1) == len(line) * 159
+        assert time.monotonic() - started < 0.5
+    finally:
+        os.close(fd)
