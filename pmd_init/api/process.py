@@ -36,7 +36,7 @@ from sanic.response import HTTPResponse, json
 from .. import __version__
 from ..logs.capture import LogFile
 from ..logs.times import saved
-from ..supervisor.errors import Conflict, Invalid, NotFound, SupervisorError
+from ..supervisor.errors import Conflict, Invalid, NotFound, Refused, SupervisorError
 from ..supervisor.health import UNHEALTHY, UNKNOWN
 from ..supervisor.instance import Instance
 from ..supervisor.program import Program
@@ -279,6 +279,9 @@ def pm2_errors() -> Iterator[None]:
                        exc.details) from None
     except NotFound as exc:
         raise ApiError(404, "PROCESS_NOT_FOUND", exc.message, exc.field, exc.details) \
+            from None
+    except Refused as exc:  # valid request, but not in this state (a disabled program)
+        raise ApiError(409, "OPERATION_FAILED", exc.message, exc.field, exc.details) \
             from None
     except SupervisorError as exc:
         raise ApiError(500, "OPERATION_FAILED", exc.message, exc.field, exc.details) \

@@ -206,7 +206,7 @@ def test_operation_failed_on_a_disabled_program(http):
     created = create(http, name="disabled", script="sleep 60")
     assert http.post(f"{API}/programs/{created['id']}/disable").status_code == 200
     for action in ("restart", "reload"):
-        error = pm2_error(http.post(f"/api/processes/disabled/{action}"), 500,
+        error = pm2_error(http.post(f"/api/processes/disabled/{action}"), 409,
                           "OPERATION_FAILED")
         assert "disabled" in error["message"]
 
