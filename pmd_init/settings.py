@@ -28,6 +28,9 @@ class Settings:
     rate_limit: int = 100  # requests a minute per client address on the /api family, 0: off
     rate_burst: int = 20  # requests in 10 s per client address, 0: off
     cors_origins: tuple[str, ...] = ("*",)
+    #: How long a finished quick-start program stays queryable (the product's 10 minutes;
+    #: PMD_EPHEMERAL_GRACE shortens it, for tests).
+    ephemeral_grace: float = 600.0
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -121,6 +124,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--port must be 0-65535 (or -1 for none)")
     forward = (_env("PMD_LOG_FORWARD", "1") or "1").lower() not in ("0", "false", "no", "off")
     roots = [Path(r) for r in (args.log_roots or "").split(":") if r]
+    try:
+        ephemeral_grace = float(_env("PMD_EPHEMERAL_GRACE") or 600.0)
+    except ValueError:
+        parser.error("PMD_EPHEMERAL_GRACE must be a number of seconds")
     return Settings(
         config_dir=Path(args.config_dir).absolute(),
         state_dir=Path(args.state_dir).absolute(),
@@ -138,4 +145,5 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         rate_limit=max(0, args.rate_limit),
         rate_burst=max(0, args.rate_burst),
         cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
+        ephemeral_grace=max(0.0, ephemeral_grace),
     )

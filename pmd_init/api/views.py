@@ -37,6 +37,9 @@ def instance_status(inst: Instance) -> dict[str, Any]:
         view["exit_code"] = inst.exit_code
     if inst.spawn_error:
         view["spawn_error"] = inst.spawn_error
+    if inst.retry_at is not None:  # BACKOFF: when the next attempt comes, and why it waits
+        view["retry_at"] = iso(inst.retry_at)
+        view["backoff_reason"] = inst.backoff_reason
     dropped = sum(f.dropped for f in (inst.stdout_log, inst.stderr_log) if f is not None)
     if dropped:
         view["log_dropped_bytes"] = dropped  # a full or failing disk, reported not hidden

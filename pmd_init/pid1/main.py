@@ -31,9 +31,22 @@ FORWARDED = frozenset({
 })
 
 
+#: Never passed on to programs: pmd's own settings, and what a service manager above pmd
+#: meant for pmd itself.
+_NOT_FOR_PROGRAMS = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
+def program_base_env(environ: dict[str, str]) -> dict[str, str]:
+    """The environment every program starts from: pmd's own, less what is pmd's."""
+    return {k: v for k, v in environ.items()
+            if not k.startswith("PMD_") and k not in _NOT_FOR_PROGRAMS}
+
+
 class Init:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, base_env: dict[str, str] | None = None) -> None:
         self.settings = settings
+        #: Taken before pmd adds anything of its own to os.environ (see main()).
+        self.base_env = program_base_env(dict(os.environ) if base_env is None else base_env)
         self.started_at = time.time()
         self.exit_code = 0
         self.main_pid: int | None = None
@@ -65,11 +78,14 @@ class Init:
         from ..supervisor.supervisor import Supervisor
 
         store = ProgramStore(s.config_dir, s.state_dir)
-        self.supervisor = sup = Supervisor(loop, self.reaper, store, s.state_dir, s.log_dir,
-                                           forward=s.log_forward, log_roots=s.log_roots)
+        state = self._take_reexec_state()
+        if state is not None and isinstance(state.get("base_env"), dict):
+            self.base_env = state["base_env"]  # what programs got before, unchanged
+        self.supervisor = sup = Supervisor(
+            loop, self.reaper, store, s.state_dir, s.log_dir, self.base_env,
+            forward=s.log_forward, log_roots=s.log_roots, ephemeral_grace=s.ephemeral_grace)
         sup.on_fatal_exit = self._program_gone
         sup.events.subscribe(self._log_event)
-        state = self._take_reexec_state()
         if state is not None:
             sup.adopt(state["supervisor"])
             self._adopt_main(state.get("main"))
@@ -187,6 +203,8 @@ class Init:
         extra = f" pid {event.pid}" if event.pid else ""
         if event.exit_code is not None:
             extra += f" exit {event.exit_code}"
+        if event.reason is not None:
+            extra += f" ({event.reason})"
         log.info("%s: %s -> %s%s", event.instance, event.from_state.value,
                  event.to_state.value, extra)
 
@@ -196,7 +214,7 @@ class Init:
         from ..supervisor.spawn import SpawnError, SpawnRequest, spawn
 
         try:
-            popen = spawn(SpawnRequest(argv=self.settings.command, env=self.supervisor.base_env,
+            popen = spawn(SpawnRequest(argv=self.settings.command, env=self.base_env,
                                        stdin_devnull=False, new_session=False))
         except SpawnError as exc:
             log.error("main command: %s", exc)
@@ -279,8 +297,7 @@ class Init:
 
     def _force_kill(self) -> None:
         log.warning("second signal: killing everything now")
-        for inst in self.supervisor.instances():
-            inst.kill_now()
+        self.supervisor.kill_all()
         if self.main_pid is not None:
             try:
                 os.killpg(self.main_pid, signal.SIGKILL)
@@ -324,6 +341,7 @@ class Init:
             "supervisor": self.supervisor.snapshot(),
             "main": {"pid": self.main_pid} if self.main_pid else None,
             "started_at": self.started_at,
+            "base_env": self.base_env,
         }
         fds = self.supervisor.capture_fds()
         try:
@@ -341,7 +359,7 @@ class Init:
         except OSError as exc:
             log.error("re-exec failed: %s; carrying on", exc)
             self.signals.install()
-            for inst in self.supervisor.instances():
+            for inst in self.supervisor.everything():
                 for capture in inst.captures:
                     if capture.fd >= 0:
                         os.set_inheritable(capture.fd, False)
@@ -418,18 +436,18 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     _setup_logging()
+    base_env = dict(os.environ)
     # pydantic scans every installed distribution's entry points for plugins on the first
-    # model it builds (~15 ms here, before any program may start); pmd uses none.
-    if "PYDANTIC_DISABLE_PLUGINS" not in os.environ:
-        os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
-        os.environ["PMD_SET_PYDANTIC_DISABLE_PLUGINS"] = "1"  # not passed on to programs
+    # model it builds (~15 ms here, before any program may start); pmd uses none. Programs
+    # get the environment from before this (and a re-exec hands that same one over).
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         import prctl  # type: ignore[import-not-found]
 
         prctl.set_name("pmd_init")
     except (ImportError, OSError):
         pass
-    code = asyncio.run(Init(settings).run())
+    code = asyncio.run(Init(settings, base_env).run())
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)

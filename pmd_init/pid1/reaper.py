@@ -1,8 +1,11 @@
 """The one caller of waitpid in pmd.
 
 On every SIGCHLD the loop calls `reap()`, which collects exit statuses until waitpid says
-there are none left: one SIGCHLD may stand for many exits (signals coalesce), so a capped
-pass would leave zombies behind. Each status goes to whoever watches that pid; a pid nobody
+there are none left: one SIGCHLD may stand for many exits (signals coalesce), so a pass that
+simply stopped early would leave zombies behind. A pass handles at most `BATCH` exits and
+then continues in the next loop turn, so a storm of exits cannot keep requests, log pipes
+and timers waiting. Each status goes to whoever watches that pid (owners only change state
+there; restarts are their own callbacks, never spawned inside this loop); a pid nobody
 watches is an orphan that was reparented to us (we are PID 1 or a subreaper) and is counted.
 
 Processes that are not our children (re-adopted after pmd was killed while running as a
@@ -19,6 +22,9 @@ from collections.abc import Callable
 
 log = logging.getLogger("pmd.reaper")
 
+#: Exits handled per loop turn before the rest wait for the next turn.
+BATCH = 256
+
 ExitCallback = Callable[[int | None], None]  # the raw wait status, or None when unknown
 
 
@@ -31,6 +37,7 @@ class Reaper:
         self.children_reaped = 0
         self._early: dict[int, int] = {}
         self._expected: set[int] = set()
+        self._more: asyncio.Handle | None = None
 
     def watch(self, pid: int, on_exit: ExitCallback) -> None:
         """Route pid's exit to on_exit. If it was already reaped as an orphan in this very
@@ -74,7 +81,10 @@ class Reaper:
         self._expected = set(pids)
 
     def reap(self) -> None:
-        while True:
+        if self._more is not None:
+            self._more.cancel()
+            self._more = None
+        for _ in range(BATCH):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -95,6 +105,8 @@ class Reaper:
                 owner(status)
             except Exception:
                 log.exception("exit handler for pid %d failed", pid)
+        # A full batch: there may be more, and no new SIGCHLD will say so.
+        self._more = self._loop.call_soon(self.reap)
 
     @property
     def watched(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .states import ProgramState
 
@@ -24,6 +24,13 @@ class StateEvent:
     exit_code: int | None
     time: float
     temporary_id: str | None = None
+    #: Why, when the state alone does not say: "failed_start" or "start_limit" for
+    #: BACKOFF, "adopted" when a new pmd takes over a process it did not start.
+    reason: str | None = None
+    #: When a BACKOFF ends (wall clock).
+    retry_at: float | None = None
+    #: The instance itself: names are ambiguous while a reload runs two of one port.
+    source: object = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -37,6 +44,8 @@ class StateEvent:
             "exit_code": self.exit_code,
             "time": self.time,
             "temporary_id": self.temporary_id,
+            "reason": self.reason,
+            "retry_at": self.retry_at,
         }
 
 

@@ -198,7 +198,7 @@ class HealthMonitor:
     async def _probe_script(self, inst: Instance, command: str) -> str | None:
         pspec = inst.program.spec
         account = resolve_account(pspec.user)
-        env = program_env(self.sup.base_env, account, pspec.environment, pspec.display,
+        env = program_env(self.sup.runtime.base_env, account, pspec.environment, pspec.display,
                           inst.port)
         loop = self.sup.loop
         done: asyncio.Future[int | None] = loop.create_future()
@@ -215,7 +215,7 @@ class HealthMonitor:
             if not done.done():
                 done.set_result(None if status is None else describe_exit(status))
 
-        self.sup.reaper.watch(popen.pid, exited)
+        self.sup.runtime.children.watch(popen.pid, exited)
         try:
             code = await asyncio.shield(done)
         except asyncio.CancelledError:

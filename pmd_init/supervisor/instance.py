@@ -3,7 +3,13 @@
 Every state change goes through `_set_state`, which checks the transition against
 states.TRANSITIONS and publishes a StateEvent. The desired state (`want`) is set by the API
 and by signals; the machine acts on it. Timers (startsecs, backoff, stop timeout, boot
-delay) are the only clocks: nothing polls.
+delay) are the only clocks: nothing polls. Everything outside the process slot (clock,
+timers, spawning, signals, the reaper, logs, the event stream) comes from a `Runtime`.
+
+Restarts never happen inside the reaper's pass: an exit only changes state and schedules
+the next start as a callback of its own, so however fast programs die, each loop turn
+still serves requests, pipes and timers. A start-rate limit (systemd's StartLimitBurst)
+turns a crash loop into BACKOFF with growing delays instead of a spawn storm.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import logging
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,36 +32,40 @@ from .spawn import (
     SpawnRequest,
     build_argv,
     describe_exit,
-    killpg,
     program_env,
     resolve_account,
-    spawn,
 )
 from .states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 
 if TYPE_CHECKING:
     from .program import Program
-    from .supervisor import Supervisor
+    from .runtime import Cancellable, Child, Runtime
+    from .snapshots import InstanceSnapshot
 
 log = logging.getLogger("pmd.supervisor")
 S = ProgramState
 
+#: The longest wait of a start held back by the start-rate limit (1 s, 2 s, 4 s ... 60 s).
+START_LIMIT_BACKOFF_MAX = 60.0
+
 
 class Instance:
     __slots__ = (
-        "program", "port", "state", "pid", "popen", "started_at", "started_mono",
+        "program", "port", "rt", "state", "pid", "popen", "started_at", "started_mono",
         "stopped_at", "exit_code", "spawn_error", "backoff", "restarts", "want",
         "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
-        "state_since", "health_status", "adopted", "__weakref__",
+        "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
+        "_starts", "_limit_hits", "__weakref__",
     )
 
-    def __init__(self, program: Program, port: int | None) -> None:
+    def __init__(self, program: Program, port: int | None, runtime: Runtime) -> None:
         self.program = program
         self.port = port
+        self.rt = runtime
         self.state = S.STOPPED
-        self.state_since = time.time()
+        self.state_since = runtime.clock.time()
         self.pid: int | None = None
-        self.popen: subprocess.Popen[bytes] | None = None
+        self.popen: Child | None = None
         self.started_at: float | None = None
         self.started_mono: float | None = None
         self.stopped_at: float | None = None
@@ -64,7 +74,7 @@ class Instance:
         self.backoff = 0
         self.restarts = 0
         self.want = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._waiters: list[tuple[frozenset[ProgramState], asyncio.Future[ProgramState]]] = []
         self.stdout_log: LogFile | None = None
         self.stderr_log: LogFile | None = None
@@ -72,12 +82,14 @@ class Instance:
         self._restart_after_stop = False
         self.health_status = "unknown"
         self.adopted = False
+        #: When a BACKOFF ends (wall clock), and why the instance is waiting.
+        self.retry_at: float | None = None
+        self.backoff_reason: str | None = None
+        #: Monotonic times of the latest starts, for the start-rate limit.
+        self._starts: deque[float] = deque()
+        self._limit_hits = 0
 
     # ---- identity ------------------------------------------------------------------
-
-    @property
-    def sup(self) -> Supervisor:
-        return self.program.supervisor
 
     @property
     def name(self) -> str:
@@ -88,20 +100,24 @@ class Instance:
     def uptime(self) -> float | None:
         if self.started_mono is None or self.state not in RUNNING_STATES:
             return None
-        return max(0.0, time.monotonic() - self.started_mono)
+        return max(0.0, self.rt.clock.monotonic() - self.started_mono)
 
     # ---- the machine ---------------------------------------------------------------
 
-    def _set_state(self, new: ProgramState, exit_code: int | None = None) -> None:
+    def _set_state(self, new: ProgramState, exit_code: int | None = None,
+                   reason: str | None = None) -> None:
         old = self.state
         check_transition(old, new)
         self.state = new
-        self.state_since = time.time()
-        self.sup.events.publish(StateEvent(
+        self.state_since = self.rt.clock.time()
+        if new != S.BACKOFF:
+            self.retry_at = self.backoff_reason = None
+        self.rt.publish(StateEvent(
             program_id=self.program.id, program=self.program.name, instance=self.name,
             port=self.port, from_state=old, to_state=new, pid=self.pid,
             exit_code=exit_code, time=self.state_since,
-            temporary_id=self.program.temporary_id,
+            temporary_id=self.program.temporary_id, reason=reason,
+            retry_at=self.retry_at, source=self,
         ))
         if self._waiters:
             keep = []
@@ -116,7 +132,7 @@ class Instance:
     def wait_state(self, states: Iterable[ProgramState]) -> asyncio.Future[ProgramState]:
         """A future that resolves with the first state in `states` (now, or later)."""
         wanted = frozenset(states)
-        future: asyncio.Future[ProgramState] = self.sup.loop.create_future()
+        future: asyncio.Future[ProgramState] = self.rt.timers.create_future()
         if self.state in wanted:
             future.set_result(self.state)
         else:
@@ -128,15 +144,20 @@ class Instance:
             self._timer.cancel()
             self._timer = None
 
-    def _later(self, delay: float, callback: object) -> None:
+    def _later(self, delay: float, callback: Callable[[], None]) -> None:
         self._cancel_timer()
-        self._timer = self.sup.loop.call_later(delay, callback)  # type: ignore[arg-type]
+        self._timer = self.rt.timers.call_later(delay, callback)
+
+    def _soon(self, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = self.rt.timers.call_soon(callback)
 
     # ---- commands (desired state) --------------------------------------------------
 
     def start(self, delay: float = 0) -> None:
         """Want it running. A stopped, exited, fatal or backing-off instance spawns now
-        (or after `delay`); a stopping one starts again once it has stopped."""
+        (or after `delay`); a stopping one starts again once it has stopped. Asking
+        explicitly clears the failed-start count and the start-rate limit."""
         self.want = True
         if self.state == S.STOPPING:
             self._restart_after_stop = True
@@ -144,6 +165,8 @@ class Instance:
         if self.state in (S.STARTING, S.RUNNING):
             return
         self.backoff = 0
+        self._starts.clear()
+        self._limit_hits = 0
         if delay > 0:
             self._later(delay, self._delayed_start)
         else:
@@ -164,7 +187,7 @@ class Instance:
             self._cancel_timer()
             self._set_state(S.STOPPED)
         elif self.state in STOPPED_STATES:
-            self._cancel_timer()  # a pending boot delay
+            self._cancel_timer()  # a pending boot delay or restart
         return self.wait_state(STOPPED_STATES)
 
     def restart(self) -> None:
@@ -179,45 +202,52 @@ class Instance:
         """Shutdown's last resort: SIGKILL the group, whatever the state."""
         self.want = False
         self._restart_after_stop = False
+        self._cancel_timer()
         if self.pid is not None:
-            killpg(self.pid, signal.SIGKILL)
+            self.rt.killpg(self.pid, signal.SIGKILL)
 
     def signal(self, signum: int) -> bool:
-        return self.pid is not None and killpg(self.pid, signum)
+        return self.pid is not None and self.rt.killpg(self.pid, signum)
 
     # ---- transitions driven by the OS ----------------------------------------------
 
     def _spawn(self) -> None:
+        """Start the process now. The STARTING event carries the new pid (or none, when
+        the spawn failed and BACKOFF follows at once)."""
         self._cancel_timer()
         spec = self.program.spec
         self.spawn_error = None
         self.exit_code = None
-        self._set_state(S.STARTING)
+        now = self.rt.clock.monotonic()
+        self._starts.append(now)
+        while len(self._starts) > max(spec.start_limit_burst, 1):
+            self._starts.popleft()
         try:
-            popen = self._exec()
+            child = self._exec()
         except SpawnError as exc:
             self.spawn_error = str(exc)
             log.error("%s: spawn error: %s", self.name, exc)
+            self._set_state(S.STARTING)
             self._to_backoff()
             return
-        self.popen = popen
-        self.pid = popen.pid
-        self.started_at = time.time()
-        self.started_mono = time.monotonic()
-        self.sup.reaper.watch(popen.pid, self._exited)
-        self.sup.note_spawn(self)
+        self.popen = child
+        self.pid = child.pid
+        self.started_at = self.rt.clock.time()
+        self.started_mono = now
+        self.rt.children.watch(child.pid, self._exited)
+        self._set_state(S.STARTING)
         if spec.startsecs <= 0:
             self._running()
         else:
             self._later(spec.startsecs, self._running)
 
-    def _exec(self) -> subprocess.Popen[bytes]:
+    def _exec(self) -> Child:
         spec = self.program.spec
         account = resolve_account(spec.user)
         argv = build_argv(spec.command, spec.terminal_shell)
         if self.port is not None:
             argv += [spec.effective_port_param, str(self.port)]
-        env = program_env(self.sup.base_env, account, spec.environment, spec.display, self.port)
+        env = program_env(self.rt.base_env, account, spec.environment, spec.display, self.port)
         cwd = spec.directory
         if cwd is None and account is not None and self.program.temporary_id is not None:
             cwd = account.home if os.path.isdir(account.home) else None  # quick-start rule
@@ -227,7 +257,7 @@ class Instance:
             pipes = [Capture.make_pipe(), Capture.make_pipe()]
             out_w, err_w = pipes[0][1], pipes[1][1]
         try:
-            popen = spawn(SpawnRequest(
+            child = self.rt.spawn(SpawnRequest(
                 argv=argv, env=env, cwd=cwd, account=account,
                 stdout=out_w if out_w is not None else subprocess.DEVNULL,
                 stderr=err_w if err_w is not None else subprocess.DEVNULL,
@@ -242,7 +272,7 @@ class Instance:
             os.close(pipes[1][1])
             self._ensure_logfiles()
             self.attach_captures(pipes[0][0], pipes[1][0])
-        return popen
+        return child
 
     def _ensure_logfiles(self) -> None:
         spec = self.program.spec
@@ -254,12 +284,16 @@ class Instance:
         self.stderr_log.ensure_open()
 
     def attach_captures(self, out_fd: int, err_fd: int) -> None:
-        forward_out, forward_err = self.sup.forwarders
+        make = self.rt.capture
+        if make is None:  # a runtime without log sinks (unit tests): nobody reads
+            os.close(out_fd)
+            os.close(err_fd)
+            return
+        forward_out, forward_err = self.rt.forwarders
         prefix = f"[{self.name}] ".encode()
         for fd, logfile, forward in ((out_fd, self.stdout_log, forward_out),
                                      (err_fd, self.stderr_log, forward_err)):
-            self.captures.append(Capture(self.sup.loop, fd, logfile, forward, prefix,
-                                         on_eof=self._capture_closed))
+            self.captures.append(make(fd, logfile, forward, prefix, self._capture_closed))
 
     def _capture_closed(self, capture: Capture) -> None:
         if capture in self.captures:
@@ -273,7 +307,7 @@ class Instance:
             if self.port is not None:
                 path = path.with_name(f"{path.stem}.{self.port}{path.suffix}")
             return path
-        base = self.sup.log_dir / self.program.log_folder
+        base = self.rt.log_dir / self.program.log_folder
         if self.port is not None:
             base = base / str(self.port)
         return base / f"{stream}.log"
@@ -284,43 +318,65 @@ class Instance:
             return
         self.backoff = 0
         self._set_state(S.RUNNING)
-        self.sup.note_running(self)
 
     def _to_backoff(self) -> None:
+        """A failed start (spawn error, or an exit before startsecs): supervisord's
+        backoff, 1 s, 2 s, 3 s ..., then FATAL after startretries."""
         spec = self.program.spec
         self.backoff += 1
-        self._set_state(S.BACKOFF, self.exit_code)
         if self.backoff > spec.startretries or not self.want:
+            self._set_state(S.BACKOFF, self.exit_code)
             if self.want:
-                self._set_state(S.FATAL, self.exit_code)
                 self.want = False
-                self.sup.note_gone(self)
+                self._set_state(S.FATAL, self.exit_code)
             else:
                 self._set_state(S.STOPPED)
             return
-        # supervisord's backoff: 1 s, 2 s, 3 s ... after each failed start
-        self._later(float(self.backoff), self._delayed_start)
+        self._backoff_for(float(self.backoff), "failed_start")
+
+    def _backoff_for(self, delay: float, reason: str) -> None:
+        self.retry_at = self.rt.clock.time() + delay
+        self.backoff_reason = reason
+        self._set_state(S.BACKOFF, self.exit_code, reason=reason)
+        self._later(delay, self._delayed_start)
+
+    def _start_limit_wait(self) -> float | None:
+        """Seconds the next automatic start must wait for the start-rate limit, or None.
+        The wait doubles with each consecutive hit (1 s, 2 s, 4 s ... 60 s) and is never
+        shorter than the time until the window has room again."""
+        spec = self.program.spec
+        burst = spec.start_limit_burst
+        if burst <= 0 or len(self._starts) < burst:
+            return None
+        now = self.rt.clock.monotonic()
+        room_at = self._starts[0] + spec.start_limit_interval
+        if room_at <= now:
+            return None
+        self._limit_hits += 1
+        growing = min(START_LIMIT_BACKOFF_MAX, 2.0 ** (self._limit_hits - 1))
+        return max(growing, room_at - now)
 
     def _exited(self, status: int | None) -> None:
-        """The reaper saw our pid exit (status None: exit of an adopted non-child)."""
+        """The reaper saw our pid exit (status None: exit of an adopted non-child). Only
+        state changes here: a restart is scheduled, never spawned from the reaper's pass."""
         self._cancel_timer()
         code = describe_exit(status) if status is not None else None
         if self.popen is not None and status is not None:
             self.popen.returncode = os.waitstatus_to_exitcode(status)
         pid = self.pid
         self.exit_code = code
-        self.stopped_at = time.time()
+        self.stopped_at = self.rt.clock.time()
         spec = self.program.spec
         if self.state == S.STOPPING:
             if pid is not None:
-                killpg(pid, signal.SIGKILL)  # stragglers of the group
+                self.rt.killpg(pid, signal.SIGKILL)  # stragglers of the group
             self.pid = None
             self.popen = None
             self._set_state(S.STOPPED, code)
             if self._restart_after_stop and self.want:
                 self._restart_after_stop = False
                 self.restarts += 1
-                self._spawn()
+                self._soon(self._delayed_start)
             return
         self.pid = None
         self.popen = None
@@ -329,22 +385,34 @@ class Instance:
             return
         if self.state != S.RUNNING:
             return
-        self._set_state(S.EXITED, code)
         expected = code is not None and code < 128 and spec.expects_exit(code)
-        if self.want and (spec.autorestart == "true"
-                          or (spec.autorestart == "unexpected" and not expected)):
-            # Restart from the exit event itself: no tick, no delay after a good run.
-            self.restarts += 1
-            self._spawn()
+        again = self.want and (spec.autorestart == "true"
+                               or (spec.autorestart == "unexpected" and not expected))
+        if not again:
+            self.want = False
+        ran = self.started_mono is not None and \
+            self.rt.clock.monotonic() - self.started_mono >= spec.start_limit_interval
+        if ran:
+            self._limit_hits = 0  # a run as long as the window: the loop is broken
+        self._set_state(S.EXITED, code)
+        if not again:
             return
-        self.want = False
-        self.sup.note_gone(self)
+        self.restarts += 1
+        wait = self._start_limit_wait()
+        if wait is not None:
+            log.warning("%s: %d starts within %ss: next start in %.0f s", self.name,
+                        len(self._starts), spec.start_limit_interval, wait)
+            self._backoff_for(wait, "start_limit")
+            return
+        # Restart from the exit event itself (no tick, no delay after a good run), but in
+        # a callback of its own, after the reaper's pass.
+        self._soon(self._delayed_start)
 
     def _begin_stop(self) -> None:
         spec = self.program.spec
         self._cancel_timer()
         self._set_state(S.STOPPING)
-        if self.pid is None or not killpg(self.pid, spec.stop_signum):
+        if self.pid is None or not self.rt.killpg(self.pid, spec.stop_signum):
             return
         if spec.stop_timeout > 0:
             self._later(spec.stop_timeout, self._escalate)
@@ -356,11 +424,11 @@ class Instance:
         if self.state == S.STOPPING and self.pid is not None:
             log.warning("%s did not stop in %ss: SIGKILL", self.name,
                         self.program.spec.stop_timeout)
-            killpg(self.pid, signal.SIGKILL)
+            self.rt.killpg(self.pid, signal.SIGKILL)
 
     # ---- re-exec and adoption ------------------------------------------------------
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> InstanceSnapshot:
         return {
             "port": self.port, "state": self.state.value, "pid": self.pid,
             "started_at": self.started_at,
@@ -368,58 +436,75 @@ class Instance:
             "want": self.want, "exit_code": self.exit_code, "spawn_error": self.spawn_error,
             "capture_fds": [c.fd for c in self.captures if c.fd >= 0],
             "restart_after_stop": self._restart_after_stop,
+            "retry_at": self.retry_at, "backoff_reason": self.backoff_reason,
+            "starts": list(self._starts), "limit_hits": self._limit_hits,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
         }
 
-    def adopt(self, snap: dict[str, object], foreign: bool = False) -> None:
-        """Take over a live process from a previous pmd (same pid after re-exec)."""
-        state = ProgramState(str(snap["state"]))
+    def adopt(self, snap: InstanceSnapshot, foreign: bool = False) -> None:
+        """Take over a live process from a previous pmd: the same pid after re-exec, or
+        (foreign) a process a killed pmd started, watched through a pidfd. A fresh slot
+        goes through UNKNOWN (pmd did not start what it finds) to the snapshot's state;
+        those events carry the reason "adopted"."""
+        if self.state != S.STOPPED or self.pid is not None:
+            raise RuntimeError(f"{self.name}: only a fresh slot can adopt")
+        state = ProgramState(snap["state"])
         pid = snap.get("pid")
-        self.restarts = int(snap.get("restarts") or 0)  # type: ignore[call-overload]
-        self.backoff = int(snap.get("backoff") or 0)  # type: ignore[call-overload]
-        self.want = bool(snap.get("want"))
-        self.exit_code = snap.get("exit_code")  # type: ignore[assignment]
-        self.spawn_error = snap.get("spawn_error")  # type: ignore[assignment]
-        self.started_at = snap.get("started_at")  # type: ignore[assignment]
-        self._restart_after_stop = bool(snap.get("restart_after_stop"))
+        self.restarts = snap.get("restarts", 0)
+        self.backoff = snap.get("backoff", 0)
+        self.want = snap.get("want", False)
+        self.exit_code = snap.get("exit_code")
+        self.spawn_error = snap.get("spawn_error")
+        self.started_at = snap.get("started_at")
+        self._restart_after_stop = snap.get("restart_after_stop", False)
+        self._starts.extend(snap.get("starts", []))
+        self._limit_hits = snap.get("limit_hits", 0)
         uptime = snap.get("uptime")
-        if isinstance(uptime, (int, float)):
-            self.started_mono = time.monotonic() - uptime
+        if uptime is not None:
+            self.started_mono = self.rt.clock.monotonic() - uptime
         self.adopted = True
-        log_times = snap.get("log_times")
-        if isinstance(log_times, dict):  # capture times of the lines already logged
-            for stream, flat in log_times.items():
-                if stream in ("stdout", "stderr") and flat:
-                    remember(str(self.log_path(stream)), flat)
-        fds = [int(fd) for fd in snap.get("capture_fds") or []]  # type: ignore[attr-defined]
-        if foreign and isinstance(pid, int) and self.program.spec.logs_enabled:
+        for stream, flat in (snap.get("log_times") or {}).items():
+            if stream in ("stdout", "stderr") and flat:  # capture times of logged lines
+                remember(str(self.log_path(stream)), flat)
+        fds = list(snap.get("capture_fds", []))
+        if foreign and pid is not None and self.program.spec.logs_enabled:
             fds = _reopen_pipes(pid)
         if len(fds) == 2:
             self._ensure_logfiles()
             self.attach_captures(fds[0], fds[1])
-        if isinstance(pid, int) and state in RUNNING_STATES:
+        if pid is not None and state in RUNNING_STATES:
             self.pid = pid
-            self.state = state
-            watch = self.sup.reaper.watch_foreign if foreign else self.sup.reaper.watch
-            if foreign and not watch(pid, self._exited):
+            if foreign and not self.rt.children.watch_foreign(pid, self._exited):
                 self.pid = None
-                self.state = S.STARTING  # so that _exited's path is a failed start
+                self._adopt_state(S.STARTING)  # gone already: a failed start
                 self._exited(None)
                 return
             if not foreign:
-                watch(pid, self._exited)
+                self.rt.children.watch(pid, self._exited)
+            self._adopt_state(state)
             if state == S.STARTING:
                 self._later(self.program.spec.startsecs, self._running)
-            elif state == S.RUNNING:
-                self.sup.note_running(self)
             elif state == S.STOPPING:
                 self._later(self.program.spec.stop_timeout, self._escalate)
             return
-        self.state = state if state in STOPPED_STATES else S.STOPPED
         if state == S.BACKOFF and self.want:
-            self.state = S.BACKOFF
-            self._later(float(max(self.backoff, 1)), self._delayed_start)
+            retry_at = snap.get("retry_at")
+            delay = float(max(self.backoff, 1)) if retry_at is None else \
+                max(0.0, retry_at - self.rt.clock.time())
+            self.retry_at = retry_at
+            self.backoff_reason = snap.get("backoff_reason")
+            self._adopt_state(S.BACKOFF)
+            self._later(delay, self._delayed_start)
+        elif state in (S.EXITED, S.FATAL):
+            self._adopt_state(state)
+
+    def _adopt_state(self, state: ProgramState) -> None:
+        waiting = self.retry_at, self.backoff_reason
+        if self.state == S.STOPPED:
+            self._set_state(S.UNKNOWN, reason="adopted")
+        self.retry_at, self.backoff_reason = waiting
+        self._set_state(state, self.exit_code, reason="adopted")
 
 
 def _reopen_pipes(pid: int) -> list[int]:

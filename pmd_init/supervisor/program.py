@@ -10,16 +10,16 @@ from .spec import ProgramSpec
 from .states import ACTIVE_STATES, RUNNING_STATES, ProgramState
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from .runtime import Runtime
 
 
 class Program:
-    __slots__ = ("supervisor", "spec", "instances", "temporary_id", "created_at",
+    __slots__ = ("runtime", "spec", "instances", "temporary_id", "created_at",
                  "expires_at", "finished_at", "_ttl_timer", "__weakref__")
 
-    def __init__(self, supervisor: Supervisor, spec: ProgramSpec,
+    def __init__(self, runtime: Runtime, spec: ProgramSpec,
                  temporary_id: str | None = None) -> None:
-        self.supervisor = supervisor
+        self.runtime = runtime
         self.spec = spec
         self.temporary_id = temporary_id
         self.created_at: float | None = None
@@ -27,8 +27,12 @@ class Program:
         self.finished_at: float | None = None
         self._ttl_timer: asyncio.TimerHandle | None = None
         self.instances: dict[int | None, Instance] = {
-            port: Instance(self, port) for port in spec.ports()
+            port: Instance(self, port, runtime) for port in spec.ports()
         }
+
+    def new_instance(self, port: int | None) -> Instance:
+        """A slot's next instance: after a change of ports, or a reload's replacement."""
+        return Instance(self, port, self.runtime)
 
     @property
     def id(self) -> int | None:
@@ -76,5 +80,5 @@ class Program:
         for inst in self.instances.values():
             inst.start(delay)
 
-    def stop_all(self) -> list:
+    def stop_all(self) -> list[asyncio.Future[ProgramState]]:
         return [inst.stop() for inst in self.instances.values()]

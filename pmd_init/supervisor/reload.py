@@ -96,7 +96,7 @@ async def _rolling(sup: Supervisor, program: Program, timeout: float) -> ReloadR
             old.restart()
             report.started.append(port)
             continue
-        new = Instance(program, port)
+        new = program.new_instance(port)
         new.stdout_log, new.stderr_log = old.stdout_log, old.stderr_log  # same files
         new.restarts = old.restarts + 1
         sup.extra_instances.add(new)

@@ -13,6 +13,7 @@ import os
 import pwd
 import shlex
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,7 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
 
 
 def program_env(
-    base: dict[str, str],
+    base: Mapping[str, str],
     account: Account | None,
     extra: dict[str, str],
     display: str | None,

@@ -181,6 +181,10 @@ class ProgramSpec(Model):
     shutdown_on_exit: bool = False
     health_check: HealthCheckSpec | None = None
     max_memory_restart: Annotated[int, Field(ge=1, le=2**60)] | None = None
+    # systemd's StartLimitBurst / StartLimitIntervalSec: more starts than the burst within
+    # the interval and the next one waits in BACKOFF (0 turns the limit off)
+    start_limit_burst: Annotated[int, Field(ge=0, le=100000)] = 5
+    start_limit_interval: Annotated[float, Field(gt=0, le=86400)] = 10
 
     @field_validator("autorestart", mode="before")
     @classmethod

@@ -11,14 +11,12 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from ..logs.capture import Forwarder
-from ..pid1.reaper import Reaper
 from ..store.files import atomic_write_json, read_json
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import Conflict, Invalid, NotFound, OperationFailed, Refused
@@ -27,6 +25,8 @@ from .health import HealthMonitor
 from .instance import Instance
 from .memory import MemoryWatch
 from .program import Program
+from .runtime import ChildWatcher, Runtime
+from .snapshots import InstanceSnapshot, SupervisorSnapshot
 from .spec import ProgramSpec
 from .states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pmd.supervisor")
 
-#: How long a finished quick-start program stays queryable (the product's 10 minutes);
-#: PMD_EPHEMERAL_GRACE shortens it (tests).
-EPHEMERAL_GRACE = float(os.environ.get("PMD_EPHEMERAL_GRACE") or 600.0)
 #: Changing these restarts a running program (the issue's rule), plus what shapes the argv.
 RESTART_FIELDS = frozenset({
     "command", "user", "directory", "environment", "port_range", "port_param",
@@ -62,29 +59,26 @@ class Supervisor:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        reaper: Reaper,
+        children: ChildWatcher,
         store: ProgramStore,
         state_dir: Path,
         log_dir: Path,
+        base_env: Mapping[str, str],
         forward: bool = True,
         log_roots: Iterable[Path] = (),
+        ephemeral_grace: float = 600.0,
     ) -> None:
         self.loop = loop
-        self.reaper = reaper
         self.store = store
         self.state_dir = state_dir
         self.log_dir = log_dir
         self.log_roots = [log_dir, *log_roots]
+        self.ephemeral_grace = ephemeral_grace
         self.events = EventBus()
-        self.base_env = dict(os.environ)
-        if "PMD_SET_PYDANTIC_DISABLE_PLUGINS" in self.base_env:
-            self.base_env.pop("PYDANTIC_DISABLE_PLUGINS", None)
-        for key in list(self.base_env):
-            if key.startswith("PMD_") or key in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID"):
-                del self.base_env[key]
-        self.forwarders: tuple[Forwarder | None, Forwarder | None] = (
-            (Forwarder(loop, 1), Forwarder(loop, 2)) if forward else (None, None)
-        )
+        self.base_env = dict(base_env)
+        self.runtime = Runtime.on_loop(loop, children, self.events.publish, log_dir,
+                                       self.base_env, forward)
+        self.forwarders = self.runtime.forwarders
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
         self.ephemeral_path = state_dir / "ephemeral.json"
@@ -96,6 +90,7 @@ class Supervisor:
         self.started_at = time.time()
         self._pids_timer: asyncio.TimerHandle | None = None
         self.events.subscribe(self._pids_changed)
+        self.events.subscribe(self._follow)
         self.health = HealthMonitor(self)
         self.memory = MemoryWatch(self)
         self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for)
@@ -142,7 +137,7 @@ class Supervisor:
     def load(self, specs: list[ProgramSpec]) -> None:
         for spec in specs:
             assert spec.id is not None
-            self.programs[spec.id] = Program(self, spec)
+            self.programs[spec.id] = Program(self.runtime, spec)
 
     def boot(self) -> None:
         """Start enabled boot programs in ascending priority, each after its own delay; a
@@ -174,7 +169,7 @@ class Supervisor:
                     spec = spec.model_copy(update={"id": next_id})
                     next_id += 1
                 assert spec.id is not None
-                added = self.programs[spec.id] = Program(self, spec)
+                added = self.programs[spec.id] = Program(self.runtime, spec)
                 if self._boots(spec):
                     added.start(delay=spec.delay_seconds)
                 report["added"].append(name)
@@ -236,7 +231,7 @@ class Supervisor:
             spec = spec.model_copy(update={"id": max(self.programs, default=0) + 1})
         assert spec.id is not None
         self._save([*self.specs(), spec])
-        program = self.programs[spec.id] = Program(self, spec)
+        program = self.programs[spec.id] = Program(self.runtime, spec)
         if self._boots(spec):
             program.start()
         return program
@@ -270,7 +265,7 @@ class Supervisor:
                 inst.stop()
                 self._close_logs_later(inst)
             program.spec = spec
-            program.instances = {port: Instance(program, port) for port in spec.ports()}
+            program.instances = {port: program.new_instance(port) for port in spec.ports()}
             if spec.enabled and was_running:
                 program.start()
             return
@@ -375,10 +370,21 @@ class Supervisor:
             inst.restart()
         return instances
 
-    def note_running(self, inst: Instance) -> None:
-        """An instance reached RUNNING: health checks and memory limits apply from now."""
-        self.health.track(inst)
-        self.memory.track(inst)
+    def _follow(self, event: StateEvent) -> None:
+        """What the supervisor itself does on the event stream: a RUNNING instance gets its
+        health check and memory limit; one gone for good may end a quick-start or the
+        container; a quick-start's new pid is recorded."""
+        inst = event.source
+        if not isinstance(inst, Instance):
+            return
+        if event.to_state == ProgramState.RUNNING:
+            self.health.track(inst)
+            self.memory.track(inst)
+        elif event.to_state in (ProgramState.FATAL, ProgramState.EXITED) and not inst.want:
+            self._gone(inst)
+        elif event.to_state == ProgramState.STARTING and inst.pid is not None \
+                and inst.program.is_ephemeral:
+            self.save_ephemeral()
 
     # ---- pids.json: re-adoption after pmd itself was killed (subreaper mode) ----------
 
@@ -434,11 +440,7 @@ class Supervisor:
             log.info("re-adopted %d running program instance(s) of a previous pmd", adopted)
         return adopted
 
-    def note_spawn(self, inst: Instance) -> None:
-        if inst.program.is_ephemeral:
-            self.save_ephemeral()
-
-    def note_gone(self, inst: Instance) -> None:
+    def _gone(self, inst: Instance) -> None:
         """An instance died for good (FATAL, or exited and will not restart)."""
         program = inst.program
         if program.is_ephemeral:
@@ -460,7 +462,7 @@ class Supervisor:
         self.check_log_paths(spec)
         self._check_unique(spec)
         temporary_id = temporary_id or self.new_temporary_id()
-        program = Program(self, spec, temporary_id=temporary_id)
+        program = Program(self.runtime, spec, temporary_id=temporary_id)
         program.created_at = time.time()
         if ttl:
             program.expires_at = program.created_at + ttl
@@ -497,7 +499,7 @@ class Supervisor:
         self.save_ephemeral()
         temporary_id = program.temporary_id
         self._purge_timers[temporary_id] = self.loop.call_later(
-            EPHEMERAL_GRACE, self._purge_ephemeral, temporary_id)
+            self.ephemeral_grace, self._purge_ephemeral, temporary_id)
 
     def forget_ephemeral(self, program: Program) -> None:
         """Remove a stopped quick-start program at once, not after the grace period (the
@@ -585,7 +587,7 @@ class Supervisor:
         self.save_ephemeral()
 
     def _readopt(self, temporary_id: str, spec: ProgramSpec, entry: dict[str, Any]) -> None:
-        program = Program(self, spec, temporary_id=temporary_id)
+        program = Program(self.runtime, spec, temporary_id=temporary_id)
         program.created_at = entry.get("created_at")
         program.expires_at = entry.get("expires_at")
         self.ephemeral[temporary_id] = program
@@ -615,7 +617,7 @@ class Supervisor:
                 await asyncio.wait(pending, timeout=remaining)
             if self.loop.time() >= deadline:
                 break
-        left = [i for i in [*self.instances(), *self.extra_instances] if i.pid is not None]
+        left = [i for i in self.everything() if i.pid is not None]
         if left:
             log.warning("grace period over: SIGKILL %s", ", ".join(i.name for i in left))
             for inst in left:
@@ -628,26 +630,35 @@ class Supervisor:
 
     # ---- re-exec -------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> SupervisorSnapshot:
+        by_program: dict[int, list[InstanceSnapshot]] = {}
+        for extra in self.extra_instances:
+            by_program.setdefault(id(extra.program), []).append(extra.snapshot())
         return {
             "programs": [
                 {"key": p.key, "spec": p.spec.to_json(), "temporary_id": p.temporary_id,
                  "created_at": p.created_at, "expires_at": p.expires_at,
                  "finished_at": p.finished_at,
-                 "instances": [i.snapshot() for i in p.instances.values()]}
+                 "instances": [i.snapshot() for i in p.instances.values()],
+                 "extra_instances": by_program.get(id(p), [])}
                 for p in self.all_programs()
             ],
             "ephemeral_report": self.ephemeral_report,
         }
 
-    def adopt(self, snap: dict[str, Any]) -> None:
+    def adopt(self, raw: object) -> None:
         """After re-exec: the same processes, still our children, under the new pmd."""
-        pids = {i["pid"] for p in snap["programs"] for i in p["instances"] if i.get("pid")}
-        self.reaper.keep_early(pids)
-        for entry in snap["programs"]:
-            spec = ProgramSpec.model_validate(entry["spec"])
+        # Built here, not at import: a fresh boot should not pay for the schema.
+        snap = TypeAdapter(SupervisorSnapshot).validate_python(raw)
+        programs = snap.get("programs", [])
+        self.runtime.children.keep_early({
+            pid for p in programs
+            for i in [*p.get("instances", []), *p.get("extra_instances", [])]
+            if (pid := i.get("pid")) is not None})
+        for entry in programs:
+            spec = ProgramSpec.model_validate(entry.get("spec"))
             temporary_id = entry.get("temporary_id")
-            program = Program(self, spec, temporary_id=temporary_id)
+            program = Program(self.runtime, spec, temporary_id=temporary_id)
             program.created_at = entry.get("created_at")
             program.expires_at = entry.get("expires_at")
             program.finished_at = entry.get("finished_at")
@@ -656,20 +667,42 @@ class Supervisor:
                 if program.finished_at is None:
                     self._arm_ttl(program)
                 else:
-                    left = EPHEMERAL_GRACE - (time.time() - program.finished_at)
+                    left = self.ephemeral_grace - (time.time() - program.finished_at)
                     self._purge_timers[temporary_id] = self.loop.call_later(
                         max(0.0, left), self._purge_ephemeral, temporary_id)
             else:
                 assert spec.id is not None
                 self.programs[spec.id] = program
-            for inst_snap in entry["instances"]:
+            for inst_snap in entry.get("instances", []):
                 inst = program.instance(inst_snap.get("port"))
                 if inst is not None:
                     inst.adopt(inst_snap)
+            for inst_snap in entry.get("extra_instances", []):
+                self._adopt_extra(program, inst_snap)
         self.ephemeral_report = list(snap.get("ephemeral_report") or [])
 
+    def _adopt_extra(self, program: Program, snap: InstanceSnapshot) -> None:
+        """A reload was under way when pmd re-executed: its replacement never took over (or
+        the instance it replaced was still stopping). The reload did not survive the exec,
+        so the instance outside the slots is stopped, and shutdown waits for it meanwhile."""
+        inst = program.new_instance(snap.get("port"))
+        inst.adopt(snap)
+        if inst.pid is None:
+            return
+        self.extra_instances.add(inst)
+        inst.stop().add_done_callback(lambda _: self.extra_instances.discard(inst))
+
+    def everything(self) -> list[Instance]:
+        """Every instance with a process, or about to have one: the slots' and the extras'."""
+        return [*self.instances(), *self.extra_instances]
+
+    def kill_all(self) -> None:
+        """A second TERM during shutdown: SIGKILL every group at once."""
+        for inst in self.everything():
+            inst.kill_now()
+
     def capture_fds(self) -> list[int]:
-        return [c.fd for i in self.instances() for c in i.captures if c.fd >= 0]
+        return [c.fd for i in self.everything() for c in i.captures if c.fd >= 0]
 
     def describe_event(self, event: StateEvent) -> str:
         return f"{event.instance}: {event.from_state} -> {event.to_state}"

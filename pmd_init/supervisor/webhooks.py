@@ -318,7 +318,7 @@ class WebhookDispatcher:
     # ---- intake (synchronous, from the EventBus) -----------------------------------
 
     def on_event(self, event: StateEvent) -> None:
-        if self._closed:
+        if self._closed or event.reason == "adopted":  # pmd changed hands, not the program
             return
         hooks = self.spec_for(event)
         if hooks is None or not hooks.enabled or not hooks.urls:

@@ -1,0 +1,50 @@
+"""The shapes pmd hands to its next self across a re-exec (typed, checked on the way in).
+
+Written by `Supervisor.snapshot()` and read back by `Supervisor.adopt()` in the new process
+image. Monotonic times (`starts`) stay meaningful: the clock is the kernel's, and a re-exec
+keeps the boot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typing_extensions import TypedDict  # pydantic validates it on Python < 3.12
+
+
+class InstanceSnapshot(TypedDict, total=False):
+    port: int | None
+    state: str
+    pid: int | None
+    started_at: float | None
+    uptime: float | None
+    restarts: int
+    backoff: int
+    want: bool
+    exit_code: int | None
+    spawn_error: str | None
+    capture_fds: list[int]
+    restart_after_stop: bool
+    retry_at: float | None
+    backoff_reason: str | None
+    starts: list[float]
+    limit_hits: int
+    log_times: dict[str, list[float] | None]
+
+
+class ProgramSnapshot(TypedDict, total=False):
+    key: str
+    spec: dict[str, Any]
+    temporary_id: str | None
+    created_at: float | None
+    expires_at: float | None
+    finished_at: float | None
+    instances: list[InstanceSnapshot]
+    #: Instances in no slot when pmd re-executed: a reload's replacement, or the instance
+    #: it replaced while that one stops. Adopted too, so that nothing runs unwatched.
+    extra_instances: list[InstanceSnapshot]
+
+
+class SupervisorSnapshot(TypedDict, total=False):
+    programs: list[ProgramSnapshot]
+    ephemeral_report: list[dict[str, Any]]
