@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..logs.capture import Capture, LogFile
 from ..logs.times import export, remember
+from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 from .events import StateEvent
 from .spawn import (
     SpawnError,
@@ -31,7 +32,6 @@ from .spawn import (
     resolve_account,
     spawn,
 )
-from .states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 
 if TYPE_CHECKING:
     from .program import Program

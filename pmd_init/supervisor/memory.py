@@ -12,7 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from .states import ProgramState
+from ..model.states import ProgramState
 
 if TYPE_CHECKING:
     import asyncio

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ..logs.capture import Forwarder
+from ..model.spec import ProgramSpec
+from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..pid1.reaper import Reaper
 from ..store.files import atomic_write_json, read_json
 from .ephemeral import boot_identity, process_start_ticks, same_process
@@ -27,13 +29,11 @@ from .health import HealthMonitor
 from .instance import Instance
 from .memory import MemoryWatch
 from .program import Program
-from .spec import ProgramSpec
-from .states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
 if TYPE_CHECKING:
+    from ..model.spec import WebhooksSpec
     from ..store.programs import ProgramStore
-    from .spec import WebhooksSpec
 
 log = logging.getLogger("pmd.supervisor")
 
