@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pmd_init.supervisor.spec import ProgramSpec
+from pmd_init.model.spec import ProgramSpec
 
 
 def field_of(exc: ValidationError) -> str:

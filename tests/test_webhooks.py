@@ -16,17 +16,16 @@ import pytest
 from pydantic import ValidationError
 
 from pmd_init import __version__
+from pmd_init.model.spec import ProgramSpec, WebhooksSpec
+from pmd_init.model.states import ProgramState
+from pmd_init.model.webhook_rules import ALLOW_LOOPBACK_ENV, address_problem
 from pmd_init.supervisor import webhooks
 from pmd_init.supervisor.events import EventBus, StateEvent
-from pmd_init.supervisor.spec import ProgramSpec, WebhooksSpec
-from pmd_init.supervisor.states import ProgramState
 from pmd_init.supervisor.supervisor import validation_to_invalid
 from pmd_init.supervisor.webhooks import (
-    ALLOW_LOOPBACK_ENV,
     Delivery,
     DeliveryFailed,
     WebhookDispatcher,
-    address_problem,
     build_request,
     parse_head,
 )

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ValidationError
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from ..model.spec import ProgramSpec
+from ..model.states import STOPPED_STATES, ProgramState
 from ..supervisor.instance import Instance
 from ..supervisor.program import Program
-from ..supervisor.spec import ProgramSpec
-from ..supervisor.states import STOPPED_STATES, ProgramState
 from ..supervisor.supervisor import Supervisor
 from .errors import ApiError
 from .logstream import LINES_MAX, LogFollower, tail_rotated

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
 
-from ..supervisor.spec import ProgramSpec
+from ..model.spec import ProgramSpec
 
 
 class Request(BaseModel):

@@ -36,13 +36,13 @@ from sanic.response import HTTPResponse, json
 from .. import __version__
 from ..logs.capture import LogFile
 from ..logs.times import saved
+from ..model.spec import USER_RE, HealthCheckSpec, PortRange, ProgramSpec, current_user
+from ..model.states import ProgramState
 from ..supervisor.errors import Conflict, Invalid, NotFound, Refused, SupervisorError
 from ..supervisor.health import UNHEALTHY, UNKNOWN
-from ..supervisor.instance import Instance
+from ..supervisor.instance import Instance, Slot
 from ..supervisor.program import Program
 from ..supervisor.reload import reload_program
-from ..supervisor.spec import USER_RE, HealthCheckSpec, PortRange, ProgramSpec, current_user
-from ..supervisor.states import ProgramState
 from ..supervisor.supervisor import Supervisor, validation_to_invalid
 from .errors import ApiError
 from .usage import STATS
@@ -102,7 +102,7 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def process_id(program: Program) -> int | str | None:
+def process_id(program: Slot) -> int | str | None:
     return program.temporary_id if program.is_ephemeral else program.id
 
 

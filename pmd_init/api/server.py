@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from sanic import Request, Sanic
@@ -24,19 +24,42 @@ from . import auth, errors
 from .errors import error_response
 
 if TYPE_CHECKING:
-    from ..pid1.main import Init
     from ..settings import Settings
+    from ..supervisor.supervisor import Supervisor
 
 log = logging.getLogger("pmd.api")
 
 BODY_LIMIT = 1 << 20  # 1 MB JSON bodies (daemon-api-extras.md)
 
 
+class OrphanCount(Protocol):
+    @property
+    def orphans_reaped(self) -> int: ...
+
+
+class Owner(Protocol):
+    """What the API needs of the init that serves it (pid1's Init). pid1 starts the API,
+    so the API names what it uses here instead of importing pid1."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def supervisor(self) -> Supervisor: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def config_problem(self) -> str | None: ...
+    @property
+    def reaper(self) -> OrphanCount: ...
+
+    def request_reexec(self) -> bool: ...
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def create_app(init: Init, name: str = "pmd") -> Sanic:
+def create_app(init: Owner, name: str = "pmd") -> Sanic:
     app = Sanic(name, dumps=_dumps, loads=orjson.loads, configure_logging=False)
     app.config.MOTD = False
     app.config.AUTO_EXTEND = False
@@ -78,7 +101,7 @@ def create_app(init: Init, name: str = "pmd") -> Sanic:
 
 
 def register_core_routes(app: Sanic) -> None:
-    init: Init = app.ctx.init
+    init: Owner = app.ctx.init
 
     @app.get("/api/status")
     async def status(request: Request) -> HTTPResponse:
@@ -160,7 +183,7 @@ def bind_unix(path: os.PathLike[str] | str) -> socket.socket:
 
 
 class ApiServer:
-    def __init__(self, init: Init, settings: Settings) -> None:
+    def __init__(self, init: Owner, settings: Settings) -> None:
         self.init = init
         self.settings = settings
         self.app = create_app(init)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..supervisor.spec import ProgramSpec
+from ..model.spec import ProgramSpec
 from .files import atomic_write_bytes, atomic_write_json, read_json
 
 log = logging.getLogger("pmd.store")

@@ -1,15 +1,13 @@
-"""Programs, their states, spawning, restart policy, boot order, quick-start and TTLs."""
+"""Programs, their state machines, spawning, restart policy, boot order, quick-start and
+TTLs. What a program is (ProgramSpec) and its states (ProgramState) are pmd_init.model's."""
 
 from .errors import Conflict, Invalid, NotFound, OperationFailed, SupervisorError
 from .events import EventBus, StateEvent
 from .instance import Instance
 from .program import Program
-from .spec import HealthCheckSpec, PortRange, ProgramSpec, WebhooksSpec
-from .states import ProgramState
 from .supervisor import Supervisor, validation_to_invalid
 
 __all__ = [
-    "Conflict", "EventBus", "HealthCheckSpec", "Instance", "Invalid", "NotFound",
-    "OperationFailed", "PortRange", "Program", "ProgramSpec", "ProgramState", "StateEvent",
-    "Supervisor", "SupervisorError", "WebhooksSpec", "validation_to_invalid",
+    "Conflict", "EventBus", "Instance", "Invalid", "NotFound", "OperationFailed", "Program",
+    "StateEvent", "Supervisor", "SupervisorError", "validation_to_invalid",
 ]

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .states import ProgramState
+from ..model.states import ProgramState
 
 log = logging.getLogger("pmd.events")
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..model.states import ProgramState
 from .spawn import (
     SpawnError,
     SpawnRequest,
@@ -35,11 +36,10 @@ from .spawn import (
     resolve_account,
     spawn,
 )
-from .states import ProgramState
 
 if TYPE_CHECKING:
+    from ..model.spec import HealthCheckSpec
     from .instance import Instance
-    from .spec import HealthCheckSpec
     from .supervisor import Supervisor
 
 log = logging.getLogger("pmd.health")

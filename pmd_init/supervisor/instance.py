@@ -22,10 +22,11 @@ import subprocess
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..logs.capture import Capture, LogFile
 from ..logs.times import export, remember
+from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 from .events import StateEvent
 from .spawn import (
     SpawnError,
@@ -35,12 +36,33 @@ from .spawn import (
     program_env,
     resolve_account,
 )
-from .states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 
 if TYPE_CHECKING:
-    from .program import Program
+    from ..model.spec import ProgramSpec
     from .runtime import Cancellable, Child, Runtime
     from .snapshots import InstanceSnapshot
+
+
+class Slot(Protocol):
+    """What an instance knows of the program it belongs to (a `Program`)."""
+
+    @property
+    def spec(self) -> ProgramSpec: ...
+
+    @property
+    def id(self) -> int | None: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def log_folder(self) -> str: ...
+
+    @property
+    def is_ephemeral(self) -> bool: ...
+
+    temporary_id: str | None
+
 
 log = logging.getLogger("pmd.supervisor")
 S = ProgramState
@@ -58,7 +80,7 @@ class Instance:
         "_starts", "_limit_hits", "__weakref__",
     )
 
-    def __init__(self, program: Program, port: int | None, runtime: Runtime) -> None:
+    def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
         self.program = program
         self.port = port
         self.rt = runtime

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from .states import ProgramState
+from ..model.states import ProgramState
 
 if TYPE_CHECKING:
     import asyncio
 
     from .instance import Instance
-    from .supervisor import Supervisor
 
 log = logging.getLogger("pmd.memory")
 
@@ -43,8 +42,15 @@ def tree_rss(pid: int) -> int | None:
     return total
 
 
+class Owner(Protocol):
+    """What MemoryWatch needs of the Supervisor that owns it: the loop its timer runs on."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+
 class MemoryWatch:
-    def __init__(self, sup: Supervisor, interval: float | None = None) -> None:
+    def __init__(self, sup: Owner, interval: float | None = None) -> None:
         self.sup = sup
         if interval is None:
             try:

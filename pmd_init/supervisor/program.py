@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ..model.spec import ProgramSpec
+from ..model.states import ACTIVE_STATES, RUNNING_STATES, ProgramState
 from .instance import Instance
-from .spec import ProgramSpec
-from .states import ACTIVE_STATES, RUNNING_STATES, ProgramState
 
 if TYPE_CHECKING:
     from .runtime import Runtime

@@ -24,9 +24,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..model.states import STOPPED_STATES, ProgramState
 from .errors import OperationFailed, Refused
 from .instance import Instance
-from .states import STOPPED_STATES, ProgramState
 
 if TYPE_CHECKING:
     from .program import Program

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..model.spec import ProgramSpec
+from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.files import atomic_write_json, read_json
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import Conflict, Invalid, NotFound, OperationFailed, Refused
@@ -27,13 +29,11 @@ from .memory import MemoryWatch
 from .program import Program
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
-from .spec import ProgramSpec
-from .states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
 if TYPE_CHECKING:
+    from ..model.spec import WebhooksSpec
     from ..store.programs import ProgramStore
-    from .spec import WebhooksSpec
 
 log = logging.getLogger("pmd.supervisor")
 
@@ -442,12 +442,13 @@ class Supervisor:
 
     def _gone(self, inst: Instance) -> None:
         """An instance died for good (FATAL, or exited and will not restart)."""
-        program = inst.program
-        if program.is_ephemeral:
-            if all(i.state in STOPPED_STATES for i in program.instances.values()):
+        if inst.program.is_ephemeral:
+            program = self.ephemeral.get(inst.program.temporary_id or "")
+            if program is not None and \
+                    all(i.state in STOPPED_STATES for i in program.instances.values()):
                 self._finish_ephemeral(program)
             return
-        if program.spec.shutdown_on_exit and self.on_fatal_exit is not None:
+        if inst.program.spec.shutdown_on_exit and self.on_fatal_exit is not None:
             self.on_fatal_exit(inst)
 
     # ---- quick-start (ephemeral) programs ------------------------------------------

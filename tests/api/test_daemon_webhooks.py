@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 
 from pmd_init import __version__
+from pmd_init.model import webhook_rules
+from pmd_init.model.spec import WebhooksSpec
+from pmd_init.model.states import ProgramState
 from pmd_init.supervisor import webhooks
 from pmd_init.supervisor.events import EventBus, StateEvent
-from pmd_init.supervisor.spec import WebhooksSpec
-from pmd_init.supervisor.states import ProgramState
 from tests.api.helpers import API, assert_error, program, wait_until
 from tests.harness import Pmd
 
@@ -291,7 +292,7 @@ def test_the_vetted_address_is_dialled_and_the_certificate_checked_on_the_name(
     """A name is resolved once (here by a fake resolver: no DNS), the address it gave is
     the one connected to, and TLS checks the certificate against the name: hook.test is in
     the certificate, other.test is not."""
-    monkeypatch.setenv(webhooks.ALLOW_LOOPBACK_ENV, "1")
+    monkeypatch.setenv(webhook_rules.ALLOW_LOOPBACK_ENV, "1")
     monkeypatch.setenv(webhooks.CA_FILE_ENV, str(cert / "cert.pem"))
     resolved: list[str] = []
 

@@ -10,7 +10,7 @@ import pytest
 from pmd_init.api import process as api
 from pmd_init.api.errors import ApiError
 from pmd_init.logs.times import CAPACITY, LineTimes
-from pmd_init.supervisor.states import ProgramState as S
+from pmd_init.model.states import ProgramState as S
 
 
 def spec_of(**body):  # noqa: ANN003, ANN201

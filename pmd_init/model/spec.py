@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from .webhooks import check_header_name, check_header_value, check_url
+from .webhook_rules import check_header_name, check_header_value, check_url
 
 KIT_ROOT = "/hoody/plugins"
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
@@ -64,7 +64,7 @@ class PortRange(Model):
 
 
 class WebhooksSpec(Model):
-    """The rules (https, no userinfo, public hosts, safe headers) are webhooks.py's; each
+    """The rules (https, no userinfo, public hosts, safe headers) are webhook_rules.py's; each
     is checked per item so an error names it: `webhooks.urls.0`, `webhooks.headers.X`."""
 
     enabled: bool = True
