@@ -77,7 +77,7 @@ class Instance:
         "stopped_at", "exit_code", "spawn_error", "backoff", "restarts", "want",
         "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
         "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
-        "_starts", "_limit_hits", "__weakref__",
+        "_starts", "_limit_hits", "_restart_pending", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -110,6 +110,8 @@ class Instance:
         #: Monotonic times of the latest starts, for the start-rate limit.
         self._starts: deque[float] = deque()
         self._limit_hits = 0
+        #: A restart is decided and scheduled; `restarts` counts it when it spawns.
+        self._restart_pending = False
 
     # ---- identity ------------------------------------------------------------------
 
@@ -189,6 +191,7 @@ class Instance:
         self.backoff = 0
         self._starts.clear()
         self._limit_hits = 0
+        self._restart_pending = False
         if delay > 0:
             self._later(delay, self._delayed_start)
         else:
@@ -240,6 +243,9 @@ class Instance:
         spec = self.program.spec
         self.spawn_error = None
         self.exit_code = None
+        if self._restart_pending:
+            self._restart_pending = False
+            self.restarts += 1
         now = self.rt.clock.monotonic()
         self._starts.append(now)
         while len(self._starts) > max(spec.start_limit_burst, 1):
@@ -397,7 +403,7 @@ class Instance:
             self._set_state(S.STOPPED, code)
             if self._restart_after_stop and self.want:
                 self._restart_after_stop = False
-                self.restarts += 1
+                self._restart_pending = True
                 self._soon(self._delayed_start)
             return
         self.pid = None
@@ -419,7 +425,7 @@ class Instance:
         self._set_state(S.EXITED, code)
         if not again:
             return
-        self.restarts += 1
+        self._restart_pending = True
         wait = self._start_limit_wait()
         if wait is not None:
             log.warning("%s: %d starts within %ss: next start in %.0f s", self.name,
@@ -460,6 +466,7 @@ class Instance:
             "restart_after_stop": self._restart_after_stop,
             "retry_at": self.retry_at, "backoff_reason": self.backoff_reason,
             "starts": list(self._starts), "limit_hits": self._limit_hits,
+            "restart_pending": self._restart_pending,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
         }
@@ -482,6 +489,7 @@ class Instance:
         self._restart_after_stop = snap.get("restart_after_stop", False)
         self._starts.extend(snap.get("starts", []))
         self._limit_hits = snap.get("limit_hits", 0)
+        self._restart_pending = snap.get("restart_pending", False)
         uptime = snap.get("uptime")
         if uptime is not None:
             self.started_mono = self.rt.clock.monotonic() - uptime
@@ -520,6 +528,8 @@ class Instance:
             self._later(delay, self._delayed_start)
         elif state in (S.EXITED, S.FATAL):
             self._adopt_state(state)
+        if self._restart_pending and self.want and self.state in STOPPED_STATES:
+            self._soon(self._delayed_start)  # decided by the previous pmd, not yet done
 
     def _adopt_state(self, state: ProgramState) -> None:
         waiting = self.retry_at, self.backoff_reason

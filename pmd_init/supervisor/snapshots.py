@@ -29,6 +29,7 @@ class InstanceSnapshot(TypedDict, total=False):
     backoff_reason: str | None
     starts: list[float]
     limit_hits: int
+    restart_pending: bool
     log_times: dict[str, list[float] | None]
 
 
