@@ -112,6 +112,22 @@ def test_main_command_missing_is_127(tmp_path):
         pmd.kill_all()
 
 
+def test_main_command_not_executable_is_126(tmp_path):
+    # in a folder named like the other case: the code must come from errno, not the text
+    folder = tmp_path / "not found"
+    folder.mkdir()
+    script = folder / "script"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    pmd = Pmd(tmp_path, [], pid1=True, command=[str(script)])
+    pmd.start(wait=False)
+    try:
+        assert pmd.wait(timeout=15) == 126
+    finally:
+        pmd.kill_all()
+    assert "permission denied" in pmd.stderr_text()
+
+
 def test_remap_exit(tmp_path):
     pmd = Pmd(tmp_path, [], pid1=True, command=["sh", "-c", "kill -TERM $$"],
               args=["--remap-exit", "143:0"])

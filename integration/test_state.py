@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +33,13 @@ open(sys.argv[1], "w").write(f"{total} {h.hexdigest()}")
 """
 
 
+def captured(folder: Path) -> int:
+    try:
+        return sum(os.path.getsize(p) for p in folder.glob("stdout.log*"))
+    except OSError:  # rotated away between the listing and the look
+        return 0
+
+
 def test_50mb_is_rotated_into_backups_without_losing_a_byte(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -43,8 +50,11 @@ def test_50mb_is_rotated_into_backups_without_losing_a_byte(tmp_path):
     with Pmd(tmp_path, programs, pid1=True, env={"PMD_LOG_FORWARD": "0"}) as pmd:
         http = pmd.http
         pmd.wait_for(lambda: state(http, 1) == "EXITED", timeout=60)
-        time.sleep(0.2)
-    folder = pmd.log_dir / "chatty"
+        # EXITED comes from the reap, which may be ahead of the last reads of the pipe
+        folder = pmd.log_dir / "chatty"
+        written = int(pmd.wait_for(lambda: digest.exists() and digest.read_text().split(),
+                                   what="the digest")[0])
+        pmd.wait_for(lambda: captured(folder) >= written, what="every byte captured")
     files = sorted(folder.glob("stdout.log*"), key=lambda p: (len(p.name), p.name))
     # 50 MB in 5 MB files: the live file and 9 or 10 backups, all kept (log_backups 20)
     assert 10 <= len(files) <= 11
@@ -200,6 +210,14 @@ def test_stale_ephemeral_entries_from_an_earlier_boot_are_cleaned(tmp_path):
     assert not (tmp_path / "log" / "quick_old").exists()
 
 
+def pids_running(pmd: Pmd) -> set[int]:
+    try:
+        doc = json.loads((pmd.state_dir / "pids.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {e["pid"] for e in doc["instances"] if e["state"] == "RUNNING"}
+
+
 def test_subreaper_killed_and_restarted_readopts_live_programs(tmp_path):
     go = tmp_path / "go"
     programs = [
@@ -213,9 +231,10 @@ def test_subreaper_killed_and_restarted_readopts_live_programs(tmp_path):
     with pmd:
         http = pmd.http
         pmd.wait_for(lambda: state(http, 1) == "RUNNING" and state(http, 2) == "RUNNING")
-        time.sleep(0.3)  # pids.json is written shortly after a change
         survivor = status(http, 1)["pid"]
         crasher = status(http, 2)["pid"]
+        # pids.json is written a moment after a change: wait for it to show both running
+        pmd.wait_for(lambda: pids_running(pmd) == {survivor, crasher}, what="pids.json")
         os.kill(pmd.pid, signal.SIGKILL)
         pmd.wait()
         pmd.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -13,16 +12,14 @@ from tests.harness import Pmd, can_unshare
 pytestmark = pytest.mark.skipif(not can_unshare(), reason="needs unshare --pid (root)")
 
 
-STAMP = "import sys, time\nopen(sys.argv[1], 'a').write(f'{sys.argv[2]} {time.time()}\\n')\n"
-
-
 def test_boot_follows_priority_and_delays_do_not_hold_others(tmp_path):
     record = tmp_path / "starts"
-    script = tmp_path / "stamp.py"
-    script.write_text(STAMP)
 
+    # Each program stamps its own start with `date` rather than a Python start-up, whose
+    # cost on a cold machine, with pmd importing its HTTP stack alongside, would blur the
+    # interval measured below.
     def cmd(name: str) -> str:
-        return f"sh -c 'python3 {script} {record} {name}; exec sleep 100'"
+        return f"sh -c 'echo {name} $(date +%s.%N) >> {record}; exec sleep 100'"
 
     programs = [
         {"name": "late", "command": cmd("late"), "boot": True, "priority": 1,
@@ -37,8 +34,9 @@ def test_boot_follows_priority_and_delays_do_not_hold_others(tmp_path):
     with Pmd(tmp_path, programs, pid1=True) as pmd:
         pmd.wait_for(lambda: record.exists() and len(record.read_text().splitlines()) >= 4,
                      what="four starts")
-        time.sleep(0.3)
-        log = pmd.stderr_text()
+        # a program may stamp its start before pmd has logged the spawn
+        log = pmd.wait_for(lambda: (text := pmd.stderr_text()).count("STOPPED -> STARTING")
+                           >= 4 and text, what="four spawns logged")
     lines = [line.split() for line in record.read_text().splitlines()]
     names = [n for n, _ in lines]
     times = {n: float(t) for n, t in lines}
@@ -77,15 +75,20 @@ def test_autorestart_policies(tmp_path):
 
 
 def test_startsecs_backoff_then_fatal(tmp_path):
-    programs = [{"name": "flappy", "command": "sh -c 'exit 1'", "boot": True,
-                 "startsecs": 1, "startretries": 2}]
+    # Each attempt stamps its own start: the API answers only some time after the boot
+    # programs start, so an interval timed from a poll would be off by that much.
+    starts = tmp_path / "starts"
+    programs = [{"name": "flappy", "command": f"sh -c 'date +%s.%N >> {starts}; exit 1'",
+                 "boot": True, "startsecs": 1, "startretries": 2}]
     with Pmd(tmp_path, programs, pid1=True) as pmd:
         http = pmd.http
-        pmd.wait_for(lambda: state(http, 1) == "BACKOFF", what="BACKOFF")
-        begin = time.monotonic()
         pmd.wait_for(lambda: state(http, 1) == "FATAL", timeout=10, what="FATAL")
-        # supervisord's delays: 1 s then 2 s between the three attempts
-        assert time.monotonic() - begin >= 2.5
+    stamps = [float(line) for line in starts.read_text().split()]
+    assert len(stamps) == 3  # the first attempt and startretries (2) retries
+    # supervisord's delays: 1 s then 2 s between the three attempts
+    first, second = stamps[1] - stamps[0], stamps[2] - stamps[1]
+    assert 0.7 <= first < 1.7, stamps
+    assert 1.7 <= second < 2.7, stamps
     log = pmd.stderr_text()
     assert log.count("flappy: STOPPED -> STARTING") == 1
     assert log.count("flappy: BACKOFF -> STARTING") == 2

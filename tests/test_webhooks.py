@@ -365,10 +365,11 @@ def test_full_queue_drops_and_counts_without_blocking():
         bus, d = dispatcher_for(WebhooksSpec(urls=["https://a.example.com/",
                                                    "https://b.example.com/"]),
                                 rec, max_pending=5)
-        started = time.monotonic()
         for _ in range(10):
             bus.publish(event())
-        assert time.monotonic() - started < 0.1  # the state machine was not held up
+        # The state machine was not held up: every publish returned before any delivery
+        # began (an order, not a duration, so a busy machine cannot fail it).
+        assert rec.calls == []
         assert d.counters() == {"sent": 0, "failed": 0, "dropped": 15, "pending": 5}
         await settle(d)
         assert d.sent == 5 and len(rec.calls) == 5

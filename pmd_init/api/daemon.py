@@ -74,11 +74,14 @@ def validate(model: type[M], data: Any, check_accounts: bool = False) -> M:
         raise _invalid(exc) from None
 
 
-def body(request: Request, model: type[M], check_accounts: bool = False) -> M:
-    """The JSON body as `model`; an empty body is `{}` (all of whose fields may default)."""
-    data = request.json if request.body else {}
-    if data is None:
-        data = {}
+def body(request: Request, model: type[M], check_accounts: bool = False,
+         optional: bool = False) -> M:
+    """The JSON body as `model`. An `optional` body may be left out and is then `{}` (all
+    of whose fields default); elsewhere a missing body is refused like any other that is
+    not an object, or an edit without one would succeed and change nothing."""
+    if not request.body and optional:
+        return validate(model, {}, check_accounts)
+    data = request.json if request.body else None  # not JSON: sanic's 400, INVALID_JSON
     if not isinstance(data, dict):
         raise ApiError(400, "INVALID_BODY", "the request body must be a JSON object")
     return validate(model, data, check_accounts)
@@ -332,12 +335,12 @@ async def reset_programs(request: Request) -> HTTPResponse:
 # ---- control -----------------------------------------------------------------------
 
 @bp.post("/programs/<program_id:int>/start")
-@doc("Start a program (a port-range program: one port)", body=StartRequest,
+@doc("Start a program (a port-range program: one port)", body=StartRequest, body_optional=True,
      response="`{success, already_running, instance: {port, instance_name, status, pid, "
               "uptime}}`")
 async def start_program(request: Request, program_id: int) -> HTTPResponse:
     program = _sup(request).get(program_id)
-    req = body(request, StartRequest)
+    req = body(request, StartRequest, optional=True)
     inst = _one_instance(program, req.port, "start")
     if inst.state in (S.STARTING, S.RUNNING):
         if req.if_not_running:
@@ -358,11 +361,12 @@ async def start_program(request: Request, program_id: int) -> HTTPResponse:
 
 @bp.post("/programs/<program_id:int>/restart")
 @doc("Restart a program, or one port of it (pmd's addition)", body=RestartRequest,
+     body_optional=True,
      response="`{success, instances: [instance]}`")
 async def restart_program(request: Request, program_id: int) -> HTTPResponse:
     sup = _sup(request)
     program = sup.get(program_id)
-    req = body(request, RestartRequest)
+    req = body(request, RestartRequest, optional=True)
     _require_enabled(program)
     instances = sup.restart(program, req.port)
     if req.wait:
@@ -375,11 +379,12 @@ async def restart_program(request: Request, program_id: int) -> HTTPResponse:
 
 @bp.post("/programs/<program_id:int>/stop")
 @doc("Stop a program, one port of it, or all its ports; answers once stopped",
-     body=StopRequest, response="`{success, stopped: [instance_name], status}`")
+     body=StopRequest, body_optional=True,
+     response="`{success, stopped: [instance_name], status}`")
 async def stop_program(request: Request, program_id: int) -> HTTPResponse:
     sup = _sup(request)
     program = sup.get(program_id)
-    req = body(request, StopRequest)
+    req = body(request, StopRequest, optional=True)
     if req.all and req.port is not None:
         raise ApiError(400, "VALIDATION_ERROR", "all: give either port or all, not both",
                        field="all")

@@ -41,11 +41,12 @@ ERROR_SCHEMA = {
 
 def doc(summary: str, body: type[BaseModel] | None = None,
         query: type[BaseModel] | None = None, response: str = "",
-        content_type: str = "application/json") -> Callable[[F], F]:
+        content_type: str = "application/json", body_optional: bool = False
+        ) -> Callable[[F], F]:
     def mark(handler: F) -> F:
         handler.__openapi__ = {  # type: ignore[attr-defined]
             "summary": summary, "body": body, "query": query, "response": response,
-            "content_type": content_type,
+            "content_type": content_type, "body_optional": body_optional,
         }
         return handler
     return mark
@@ -103,8 +104,8 @@ def build(app: Sanic) -> dict[str, Any]:
             if info.get("query") is not None:
                 op["parameters"] += _query_parameters(info["query"])
             if info.get("body") is not None:
-                op["requestBody"] = {"required": method == "POST" and bool(
-                    info["body"].model_json_schema().get("required")),
+                op["requestBody"] = {"required": method == "POST"
+                                     and not info.get("body_optional"),
                     "content": {"application/json": {
                         "schema": _schema(info["body"], components)}}}
             if not raw.endswith("/health") and raw != "/":

@@ -218,8 +218,7 @@ class Init:
                                        stdin_devnull=False, new_session=False))
         except SpawnError as exc:
             log.error("main command: %s", exc)
-            # tini's codes: 127 not found, 126 found but not executable
-            self.main_exit = 127 if "not found" in str(exc) else 126
+            self.main_exit = exc.exit_code
             self.request_shutdown(self.main_exit)
             return
         self.main_pid = popen.pid

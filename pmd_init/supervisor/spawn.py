@@ -15,13 +15,25 @@ import shlex
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from errno import ENOENT
 from typing import Any
 
 SHELL_PATHS = {"bash": "bash", "zsh": "zsh", "fish": "fish", "sh": "sh", "tmux": "bash"}
 
 
 class SpawnError(Exception):
-    """The program could not be executed; the message is shown in its status."""
+    """The program could not be executed; the message is shown in its status. `errno` is
+    the OS's reason when there is one (exec or chdir failed), None for pmd's own refusals."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    @property
+    def exit_code(self) -> int:
+        """A shell's and tini's code for a command that could not run: 127 when it does
+        not exist, 126 when it exists but cannot be executed (or for any other reason)."""
+        return 127 if self.errno == ENOENT else 126
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +115,16 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         )
     except FileNotFoundError as exc:
         if req.cwd and exc.filename == req.cwd:
-            raise SpawnError(f"directory '{req.cwd}' does not exist") from None
-        raise SpawnError(f"command not found: {req.argv[0]}") from None
+            raise SpawnError(f"directory '{req.cwd}' does not exist", exc.errno) from None
+        raise SpawnError(f"command not found: {req.argv[0]}", exc.errno) from None
     except PermissionError as exc:
         what = exc.filename or req.argv[0]
-        raise SpawnError(f"permission denied: {what}") from None
+        raise SpawnError(f"permission denied: {what}", exc.errno) from None
     except NotADirectoryError as exc:
-        raise SpawnError(f"not a directory: {exc.filename or req.cwd}") from None
+        raise SpawnError(f"not a directory: {exc.filename or req.cwd}", exc.errno) from None
     except OSError as exc:
-        raise SpawnError(f"cannot execute {req.argv[0]}: {exc.strerror or exc}") from None
+        raise SpawnError(f"cannot execute {req.argv[0]}: {exc.strerror or exc}",
+                         exc.errno) from None
     except (ValueError, KeyError, subprocess.SubprocessError) as exc:
         raise SpawnError(f"cannot execute {req.argv[0]}: {exc}") from None
 

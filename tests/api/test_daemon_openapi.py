@@ -42,6 +42,15 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
     assert quick["properties"]["timeout"]["maximum"] == 300
     edit = body_schema("post", "/programs/edit/{program_id}")
     assert "required" not in edit and edit["additionalProperties"] is False
+    required = {(method, path): op["requestBody"]["required"]
+                for path, ops in paths.items() for method, op in ops.items()
+                if "requestBody" in op}
+    # an edit must have a body even though none of its fields is required
+    assert required == {
+        ("post", API + path): path.split("/")[-1] not in ("start", "restart", "stop")
+        for path in ("/programs/add", "/programs/edit/{program_id}", "/quick-start",
+                     "/programs/{program_id}/start", "/programs/{program_id}/restart",
+                     "/programs/{program_id}/stop")}
     start = body_schema("post", "/programs/{program_id}/start")
     assert set(start["properties"]) == {"port", "wait", "timeout", "if_not_running"}
     params = {p["name"]: p for p in paths[API + "/programs"]["get"]["parameters"]}

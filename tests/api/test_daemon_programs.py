@@ -247,7 +247,8 @@ def test_body_shapes(pmd, http):
     before_disk = (pmd.config_dir / "programs.json").read_bytes()
     assert_error(http.post(f"{API}/programs/add", content=b"{not json"), 400, "INVALID_JSON")
     assert_error(http.post(f"{API}/programs/add", json=[1, 2]), 400, "INVALID_BODY")
-    assert_error(http.post(f"{API}/programs/add", content=b""), 400, "MISSING_FIELD")
+    assert_error(http.post(f"{API}/programs/add", content=b""), 400, "INVALID_BODY")
+    assert_error(http.post(f"{API}/programs/add", content=b"null"), 400, "INVALID_BODY")
     big = program("big", description="x", environment={"PAD": "y" * (1 << 20)})
     response = http.post(f"{API}/programs/add", json=big)
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
@@ -311,6 +312,33 @@ def test_edit_rejections_change_nothing(pmd, http):
         assert_error(response, status, code, field)
     assert (pmd.config_dir / "programs.json").read_bytes() == before_disk
     assert http.get(f"{API}/programs/{target}").json() == before
+
+
+@pytest.mark.parametrize("content, code", [
+    (b"", "INVALID_BODY"), (b"null", "INVALID_BODY"), (b"[]", "INVALID_BODY"),
+    (b"{not json", "INVALID_JSON"), (b"\x00\xff", "INVALID_JSON"),
+])
+def test_edit_needs_a_json_object(pmd, http, content, code):
+    # an edit without a body is a client's mistake, not an edit that changes nothing
+    target = add(http, program(f"edit-body-{len(content)}-{code}"))["id"]
+    before_disk = (pmd.config_dir / "programs.json").read_bytes()
+    response = http.post(f"{API}/programs/edit/{target}", content=content)
+    assert_error(response, 400, code)
+    assert (pmd.config_dir / "programs.json").read_bytes() == before_disk
+
+
+@pytest.mark.parametrize("path", ["/programs/add", "/quick-start"])
+def test_routes_that_need_a_body_refuse_an_empty_one(http, path):
+    assert_error(http.post(f"{API}{path}", content=b""), 400, "INVALID_BODY")
+
+
+def test_start_stop_restart_take_an_empty_body_as_defaults(http):
+    target = add(http, program("empty-body-actions"))["id"]
+    for action in ("start", "restart", "stop"):
+        response = http.post(f"{API}/programs/{target}/{action}", content=b"")
+        assert response.status_code == 200, response.text
+    assert_error(http.post(f"{API}/programs/{target}/start", content=b"null"), 400,
+                 "INVALID_BODY")
 
 
 def test_edit_restarts_a_running_program_only_when_what_it_runs_changed(pmd, http):

@@ -3,6 +3,7 @@ codes of pmdaemon-rest-api.txt."""
 
 from __future__ import annotations
 
+import calendar
 import re
 import time
 from collections.abc import Iterator
@@ -224,8 +225,8 @@ def test_logs_with_capture_times(http):
     for line in body["logs"]:
         assert set(line) == {"timestamp", "type", "message"}
         assert ISO.match(line["timestamp"])
-        stamp = time.mktime(time.strptime(line["timestamp"], "%Y-%m-%dT%H:%M:%SZ")) \
-            - time.timezone
+        # UTC read as UTC: mktime minus timezone is an hour off while summer time is on
+        stamp = calendar.timegm(time.strptime(line["timestamp"], "%Y-%m-%dT%H:%M:%SZ"))
         assert began - 1 <= stamp <= time.time() + 1
     assert body["logs"][-1]["message"] in ("err-2", "out-30")
     out = http.get("/api/processes/talker/logs", params={"type": "out", "lines": 5}).json()

@@ -128,14 +128,18 @@ def test_quick_start_and_follow(pmd):
     assert temporary_id.startswith("quick_")
     assert json.loads(ok(run(pmd, "show", temporary_id, "--json")))["name"] == "quick-cli"
     full = {**os.environ, "PMD_SOCKET": str(pmd.socket), "PYTHONPATH": str(ROOT)}
-    follower = subprocess.Popen([*command(), "logs", "quick-cli", "-f", "--interval", "0.2"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=full)
+    followed = pmd.base / "followed"
+    with open(followed, "w") as sink:
+        follower = subprocess.Popen([*command(), "logs", "quick-cli", "-f", "--interval",
+                                     "0.2"], stdout=sink, stderr=subprocess.DEVNULL, env=full)
     try:
-        time.sleep(2.0)
+        # until the follower shows the second line, however long its own start-up takes
+        wait_until(lambda: "] two" in followed.read_text(), timeout=15, what="two followed")
+        time.sleep(0.6)  # three more polls, in which nothing may be shown twice
     finally:
         follower.terminate()
-        out, _ = follower.communicate(timeout=10)
+        follower.wait(timeout=10)
+    out = followed.read_text()
     messages = [line.split("] ", 1)[1] for line in out.splitlines() if "] " in line]
     assert messages == ["one", "two"]
     ok(run(pmd, "delete", temporary_id))

@@ -1,0 +1,53 @@
+"""spawn's errors, from real execs: what failed, and the exit code a shell (and tini)
+gives a command that could not run."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from pmd_init.supervisor.spawn import SpawnError, SpawnRequest, spawn
+
+
+def spawn_error(argv: list[str]) -> SpawnError:
+    with pytest.raises(SpawnError) as caught:
+        spawn(SpawnRequest(argv=argv, env=dict(os.environ)))
+    return caught.value
+
+
+def test_a_missing_binary_is_enoent_and_127(tmp_path: Path) -> None:
+    error = spawn_error([str(tmp_path / "no-such-binary")])
+    assert (error.errno, error.exit_code) == (errno.ENOENT, 127)
+    assert "command not found" in str(error)
+
+
+def test_a_file_without_execute_permission_is_eacces_and_126(tmp_path: Path) -> None:
+    # a folder whose name reads like the other case: the code comes from errno, not text
+    folder = tmp_path / "not found"
+    folder.mkdir()
+    script = folder / "script"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    if os.geteuid() == 0 and os.access(script, os.X_OK):
+        pytest.skip("root with execute permission everywhere")
+    error = spawn_error([str(script)])
+    assert (error.errno, error.exit_code) == (errno.EACCES, 126)
+
+
+def test_an_executable_that_is_no_program_is_enoexec_and_126(tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x00\x01 not a program\n")
+    junk.chmod(0o755)
+    error = spawn_error([str(junk)])
+    assert (error.errno, error.exit_code) == (errno.ENOEXEC, 126)
+
+
+@pytest.mark.parametrize("number, code", [
+    (errno.ENOENT, 127), (errno.EACCES, 126), (errno.ENOEXEC, 126), (errno.ENOTDIR, 126),
+    (errno.EISDIR, 126), (None, 126),
+])
+def test_exit_code_follows_errno(number: int | None, code: int) -> None:
+    assert SpawnError("whatever the text says: not found", number).exit_code == code
