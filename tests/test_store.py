@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
 
-from pmd_init.store.files import atomic_write_json, read_json
+from pmd_init.store.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    remove_stale_temps,
+)
 from pmd_init.store.programs import ConfigError, ProgramStore, parse_programs
+from tests.tmpfs import fill, temp_files, tmpfs
 
 
 def test_ids_are_assigned_after_the_highest_given():
@@ -73,3 +80,30 @@ def test_missing_programs_json_boots_from_default(tmp_path):
     store = ProgramStore(config, tmp_path / "s")
     assert [s.name for s in store.load()] == ["d"]
     assert store.report.source == "default"
+
+
+def test_a_failed_write_leaves_no_temp_file_and_the_old_content(tmp_path):
+    with tmpfs(tmp_path / "disk") as disk:
+        path = disk / "programs.json"
+        atomic_write_json(path, {"old": True})
+        fill(disk)
+        before = sorted(p.name for p in disk.iterdir())
+        with pytest.raises(OSError) as caught:
+            atomic_write_bytes(path, b"x" * (32 << 10))
+        assert caught.value.errno == errno.ENOSPC
+        assert sorted(p.name for p in disk.iterdir()) == before
+        assert temp_files(disk) == []
+        assert read_json(path) == {"old": True}
+
+
+def test_only_pmds_own_temp_files_are_removed_at_start(tmp_path):
+    names = [".programs.json.123.tmp", ".ephemeral.json.1.tmp", ".x.tmp",
+             ".programs.json.abc.tmp", "programs.json", "notes.123.tmp", ".a.b.42.tmp"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".dir.7.tmp").mkdir()
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == [".a.b.42.tmp", ".ephemeral.json.1.tmp",
+                               ".programs.json.123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".dir.7.tmp", ".x.tmp", ".programs.json.abc.tmp", "programs.json", "notes.123.tmp"])
