@@ -65,6 +65,9 @@ class Init:
         from ..supervisor.supervisor import Supervisor
 
         store = ProgramStore(s.config_dir, s.state_dir)
+        # Before anything writes: every write is synchronous, so a temp file now is one
+        # that a killed pmd left behind, whatever pid it names (ours too, after a re-exec).
+        store.storage.remove_stale_temps()
         self.supervisor = sup = Supervisor(loop, self.reaper, store, s.state_dir, s.log_dir,
                                            forward=s.log_forward, log_roots=s.log_roots)
         sup.on_fatal_exit = self._program_gone
@@ -312,8 +315,6 @@ class Init:
     async def _reexec(self) -> None:
         """Replace this process image with a new pmd, same pid: children stay ours, their
         log pipes stay open (the read ends are handed over by number), timers resume."""
-        from ..store.files import atomic_write_json
-
         log.info("re-executing pmd in place")
         if self.api is not None:
             self.api.close()
@@ -327,7 +328,7 @@ class Init:
         }
         fds = self.supervisor.capture_fds()
         try:
-            atomic_write_json(self._reexec_path, state)
+            self.supervisor.storage.write_json(self._reexec_path, state)
             for fd in fds:
                 self.loop.remove_reader(fd)
                 os.set_inheritable(fd, True)
