@@ -238,7 +238,7 @@ def test_kill_9_during_api_writes_loses_no_answered_write(tmp_path):
             assert not list(pmd.config_dir.glob("programs.json.bad-*"))
 
             pid = pmd.pid
-            killer = threading.Timer(rng.uniform(0.05, 0.5), os.kill, (pid, signal.SIGKILL))
+            killer = threading.Timer(rng.uniform(0.02, 0.3), os.kill, (pid, signal.SIGKILL))
             killer.start()
             try:
                 with httpx.Client(base_url=pmd.url, timeout=5) as client:
