@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
 
-from pmd_init.store.files import atomic_write_json, read_json
+from pmd_init.store.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    remove_stale_temps,
+)
 from pmd_init.store.programs import ConfigError, ProgramStore, parse_programs
+from pmd_init.store.storage import Storage, StorageError
+from tests.tmpfs import fill, remount, temp_files, tmpfs
 
 
 def test_ids_are_assigned_after_the_highest_given():
@@ -73,3 +81,62 @@ def test_missing_programs_json_boots_from_default(tmp_path):
     store = ProgramStore(config, tmp_path / "s")
     assert [s.name for s in store.load()] == ["d"]
     assert store.report.source == "default"
+
+
+def test_a_failed_write_leaves_no_temp_file_and_the_old_content(tmp_path):
+    with tmpfs(tmp_path / "disk") as disk:
+        path = disk / "programs.json"
+        atomic_write_json(path, {"old": True})
+        fill(disk)
+        before = sorted(p.name for p in disk.iterdir())
+        with pytest.raises(OSError) as caught:
+            atomic_write_bytes(path, b"x" * (32 << 10))
+        assert caught.value.errno == errno.ENOSPC
+        assert sorted(p.name for p in disk.iterdir()) == before
+        assert temp_files(disk) == []
+        assert read_json(path) == {"old": True}
+
+
+def test_storage_names_the_dir_and_why_and_recovers_on_the_next_write(tmp_path):
+    state = tmp_path / "state"
+    with tmpfs(tmp_path / "config") as config:
+        storage = Storage(config, state)
+        path = config / "programs.json"
+        storage.write_json(path, {"n": 1})
+        filler = fill(config)
+        with pytest.raises(StorageError) as caught:
+            storage.write_bytes(path, b"x" * (32 << 10))
+        assert caught.value.code == "STORAGE_FULL"
+        assert str(config) in caught.value.message and "full" in caught.value.message
+        view = storage.view()["config"]
+        assert view["ok"] is False and view["code"] == "STORAGE_FULL"
+        assert view["failures"] == 1 and view["last_error"]["file"] == "programs.json"
+        assert storage.view()["state"]["ok"] is True and temp_files(config) == []
+
+        filler.unlink()
+        remount(config, "ro")
+        try:
+            with pytest.raises(StorageError) as caught:
+                storage.write_json(path, {"n": 2})
+            assert caught.value.code == "STORAGE_READ_ONLY"
+            assert storage.view()["config"]["code"] == "STORAGE_READ_ONLY"
+        finally:
+            remount(config, "rw")
+        storage.write_json(path, {"n": 3})
+        view = storage.view()["config"]
+        assert view["ok"] is True and view["code"] is None and view["error"] is None
+        assert view["last_error"]["code"] == "STORAGE_READ_ONLY" and view["failures"] == 2
+        assert read_json(path) == {"n": 3}
+
+
+def test_only_pmds_own_temp_files_are_removed_at_start(tmp_path):
+    names = [".programs.json.123.tmp", ".ephemeral.json.1.tmp", ".x.tmp",
+             ".programs.json.abc.tmp", "programs.json", "notes.123.tmp", ".a.b.42.tmp"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".dir.7.tmp").mkdir()
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == [".a.b.42.tmp", ".ephemeral.json.1.tmp",
+                               ".programs.json.123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".dir.7.tmp", ".x.tmp", ".programs.json.abc.tmp", "programs.json", "notes.123.tmp"])

@@ -16,7 +16,14 @@ from sanic.exceptions import SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse, json
 
-from ..supervisor.errors import Conflict, Invalid, NotFound, Refused, SupervisorError
+from ..supervisor.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    Refused,
+    StorageFailed,
+    SupervisorError,
+)
 from ..supervisor.supervisor import validation_to_invalid
 
 log = logging.getLogger("pmd.api")
@@ -46,7 +53,7 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return json({"success": False, "error": error}, status=status, headers=headers)
 
 
-STATUS_OF = {NotFound: 404, Conflict: 409, Refused: 409, Invalid: 400}
+STATUS_OF = {NotFound: 404, Conflict: 409, Refused: 409, Invalid: 400, StorageFailed: 507}
 
 SANIC_CODES = {
     400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",

@@ -12,7 +12,9 @@ and UNKNOWN are `errored`.
 Errors use the document's codes: PROCESS_NOT_FOUND (404, with available_processes),
 PROCESS_ALREADY_EXISTS (409), INVALID_CONFIGURATION (400, for any invalid body or query),
 PERMISSION_DENIED (401 without a valid key, 403 for a user pmd may not run as),
-OPERATION_FAILED (500) and RATE_LIMITED (429).
+OPERATION_FAILED (500) and RATE_LIMITED (429); and, shared with the Daemon API,
+STORAGE_FULL / STORAGE_READ_ONLY / STORAGE_FAILED (507) when the change could not be
+written to the config or state dir (nothing was changed).
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from ..logs.capture import LogFile
 from ..logs.times import saved
 from ..model.spec import USER_RE, HealthCheckSpec, PortRange, ProgramSpec, current_user
 from ..model.states import ProgramState
-from ..supervisor.errors import Conflict, Invalid, NotFound, Refused, SupervisorError
+from ..supervisor.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    Refused,
+    StorageFailed,
+    SupervisorError,
+)
 from ..supervisor.health import UNHEALTHY, UNKNOWN
 from ..supervisor.instance import Instance, Slot
 from ..supervisor.program import Program
@@ -283,6 +292,8 @@ def pm2_errors() -> Iterator[None]:
     except Refused as exc:  # valid request, but not in this state (a disabled program)
         raise ApiError(409, "OPERATION_FAILED", exc.message, exc.field, exc.details) \
             from None
+    except StorageFailed as exc:  # nothing was done: the same code as the daemon family's
+        raise ApiError(507, exc.code, exc.message, exc.field, exc.details) from None
     except SupervisorError as exc:
         raise ApiError(500, "OPERATION_FAILED", exc.message, exc.field, exc.details) \
             from None

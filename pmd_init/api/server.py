@@ -128,6 +128,7 @@ def register_core_routes(app: Sanic) -> None:
             "forward_dropped_bytes": sum(
                 f.dropped for f in init.supervisor.forwarders if f is not None),
             "webhooks": init.supervisor.webhooks.counters(),
+            "storage": init.supervisor.storage.view(),
         })
 
     @app.post("/api/v1/daemon/reexec")

@@ -78,6 +78,9 @@ class Init:
         from ..supervisor.supervisor import Supervisor
 
         store = ProgramStore(s.config_dir, s.state_dir)
+        # Before anything writes: every write is synchronous, so a temp file now is one
+        # that a killed pmd left behind, whatever pid it names (ours too, after a re-exec).
+        store.storage.remove_stale_temps()
         state = self._take_reexec_state()
         if state is not None and isinstance(state.get("base_env"), dict):
             self.base_env = state["base_env"]  # what programs got before, unchanged
@@ -328,8 +331,6 @@ class Init:
     async def _reexec(self) -> None:
         """Replace this process image with a new pmd, same pid: children stay ours, their
         log pipes stay open (the read ends are handed over by number), timers resume."""
-        from ..store.files import atomic_write_json
-
         log.info("re-executing pmd in place")
         if self.api is not None:
             self.api.close()
@@ -344,7 +345,7 @@ class Init:
         }
         fds = self.supervisor.capture_fds()
         try:
-            atomic_write_json(self._reexec_path, state)
+            self.supervisor.storage.write_json(self._reexec_path, state)
             for fd in fds:
                 self.loop.remove_reader(fd)
                 os.set_inheritable(fd, True)

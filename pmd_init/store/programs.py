@@ -16,7 +16,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..model.spec import ProgramSpec
-from .files import atomic_write_bytes, atomic_write_json, read_json
+from .files import read_json
+from .storage import Storage
 
 log = logging.getLogger("pmd.store")
 
@@ -94,7 +95,9 @@ def dump_programs(specs: list[ProgramSpec]) -> dict[str, object]:
 
 
 class ProgramStore:
-    def __init__(self, config_dir: Path, state_dir: Path) -> None:
+    def __init__(self, config_dir: Path, state_dir: Path,
+                 storage: Storage | None = None) -> None:
+        self.storage = storage or Storage(config_dir, state_dir)
         self.path = config_dir / "programs.json"
         self.default_path = config_dir / "programs.default.json"
         self.last_good_path = state_dir / "programs.last-good.json"
@@ -143,7 +146,9 @@ class ProgramStore:
         return self._read(self.default_path)
 
     def save(self, specs: list[ProgramSpec]) -> None:
-        atomic_write_json(self.path, dump_programs(specs))
+        """Raises StorageError when programs.json could not be written (it is unchanged);
+        the last good copy in the state dir is a convenience and may fail on its own."""
+        self.storage.write_json(self.path, dump_programs(specs))
         self._remember_good()
 
     def _fall_back(self, problem: str) -> list[ProgramSpec]:
@@ -168,12 +173,12 @@ class ProgramStore:
     def _snapshot_default(self) -> None:
         if not self.default_path.exists():
             try:
-                atomic_write_bytes(self.default_path, self.path.read_bytes())
+                self.storage.write_bytes(self.default_path, self.path.read_bytes())
             except OSError as exc:  # a read-only config dir is allowed
                 log.warning("could not write %s: %s", self.default_path, exc)
 
     def _remember_good(self) -> None:
         try:
-            atomic_write_bytes(self.last_good_path, self.path.read_bytes())
+            self.storage.write_bytes(self.last_good_path, self.path.read_bytes())
         except OSError as exc:
             log.warning("could not write %s: %s", self.last_good_path, exc)

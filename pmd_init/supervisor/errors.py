@@ -40,3 +40,15 @@ class Refused(SupervisorError):
         super().__init__(message, field, details)
         if code is not None:
             self.code = code
+
+
+class StorageFailed(SupervisorError):
+    """What the request asked for could not be written to disk, so it was not done (507):
+    the config or state dir is full, read-only or failing. `code` says which."""
+
+    code = "STORAGE_FULL"
+
+    def __init__(self, message: str, code: str, details: dict[str, object] | None = None
+                 ) -> None:
+        super().__init__(message, None, details)
+        self.code = code

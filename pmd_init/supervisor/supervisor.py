@@ -1,6 +1,9 @@
 """The supervisor: every program pmd runs, persistent or quick-start, and the operations
 the API and signals ask for. It knows nothing of HTTP: it validates meaning (names, ids,
 port ranges), persists, then changes the desired state of instances.
+
+Persisting comes first: an operation whose file (programs.json, ephemeral.json) cannot be
+written raises StorageFailed and changes nothing, so an answered change is a durable one.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
-from ..store.files import atomic_write_json, read_json
+from ..store.files import read_json
+from ..store.storage import StorageError
 from .ephemeral import boot_identity, process_start_ticks, same_process
-from .errors import Conflict, Invalid, NotFound, OperationFailed, Refused
+from .errors import Conflict, Invalid, NotFound, OperationFailed, Refused, StorageFailed
 from .events import EventBus, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
@@ -55,6 +59,10 @@ def validation_to_invalid(exc: ValidationError) -> Invalid:
                        for e in exc.errors()]})
 
 
+def storage_failed(exc: StorageError) -> StorageFailed:
+    return StorageFailed(exc.message, exc.code, exc.details())
+
+
 class Supervisor:
     def __init__(
         self,
@@ -70,6 +78,7 @@ class Supervisor:
     ) -> None:
         self.loop = loop
         self.store = store
+        self.storage = store.storage
         self.state_dir = state_dir
         self.log_dir = log_dir
         self.log_roots = [log_dir, *log_roots]
@@ -202,6 +211,8 @@ class Supervisor:
     def _save(self, specs: list[ProgramSpec]) -> None:
         try:
             self.store.save(specs)
+        except StorageError as exc:
+            raise storage_failed(exc) from None
         except OSError as exc:
             raise OperationFailed(f"could not write programs.json: {exc}") from None
 
@@ -406,8 +417,9 @@ class Supervisor:
             for p in self.programs.values() for i in p.instances.values() if i.pid
         ]
         try:
-            atomic_write_json(self.pids_path, {"boot": boot_identity(), "instances": entries},
-                              durable=False)
+            self.storage.write_json(self.pids_path,
+                                    {"boot": boot_identity(), "instances": entries},
+                                    durable=False)
         except OSError as exc:
             log.warning("could not write %s: %s", self.pids_path, exc)
 
@@ -467,10 +479,19 @@ class Supervisor:
         program.created_at = time.time()
         if ttl:
             program.expires_at = program.created_at + ttl
-            program._ttl_timer = self.loop.call_later(ttl, self._expire, temporary_id)
+        # Written before the spawn, with no pid yet: a launch that is answered is one that a
+        # pmd restarted after a crash knows of, and one that cannot be written never runs.
         self.ephemeral[temporary_id] = program
+        try:
+            self.storage.write_json(self.ephemeral_path, self.ephemeral_document())
+        except OSError as exc:
+            del self.ephemeral[temporary_id]
+            if isinstance(exc, StorageError):
+                raise storage_failed(exc) from None
+            raise OperationFailed(f"could not write {self.ephemeral_path}: {exc}") from None
+        if ttl:
+            program._ttl_timer = self.loop.call_later(ttl, self._expire, temporary_id)
         program.start(delay=spec.delay_seconds)
-        self.save_ephemeral()
         return program
 
     def _expire(self, temporary_id: str) -> None:
@@ -545,8 +566,11 @@ class Supervisor:
         return {"version": 1, "boot": boot_identity(), "programs": entries}
 
     def save_ephemeral(self) -> None:
+        """For changes that are not launches (a pid, a finished program): a failure is
+        logged and shown in /health, and the file stays as it was. What it then says wrongly
+        is a pid missing or a program that is gone, both cleaned up at the next start."""
         try:
-            atomic_write_json(self.ephemeral_path, self.ephemeral_document())
+            self.storage.write_json(self.ephemeral_path, self.ephemeral_document())
         except OSError as exc:
             log.error("could not write %s: %s", self.ephemeral_path, exc)
 
