@@ -21,6 +21,14 @@ def test_defaults_are_the_documented_ones():
     assert (spec.stop_signal, spec.stop_timeout, spec.lazy_load) == ("TERM", 10, False)
 
 
+
+def test_an_expected_exit_is_a_listed_code_from_a_process_that_exited_by_itself():
+    spec = ProgramSpec(name="a", command="sleep 1", exitcodes=[0, 3, 143])
+    assert spec.expects_exit(0) and spec.expects_exit(3)
+    assert not spec.expects_exit(1)
+    assert not spec.expects_exit(143)  # SIGTERM's 128+15: a signal, even when listed
+    assert not spec.expects_exit(None)  # an exit nobody could wait for
+
 @pytest.mark.parametrize("fields,field", [
     ({"name": 'we"b'}, "name"),
     ({"name": "we'b"}, "name"),

@@ -77,9 +77,7 @@ def pm2_status(state: ProgramState, expected_exit: bool = True) -> str:
 
 
 def instance_pm2_status(inst: Instance) -> str:
-    code = inst.exit_code
-    expected = code is not None and code < 128 and inst.program.spec.expects_exit(code)
-    return pm2_status(inst.state, expected)
+    return pm2_status(inst.state, inst.program.spec.expects_exit(inst.exit_code))
 
 
 def program_pm2_status(program: Program) -> str:

@@ -52,6 +52,9 @@ def state_message(sup: Supervisor, event: StateEvent) -> dict[str, Any]:
     program = (sup.ephemeral.get(event.temporary_id) if event.temporary_id
                else sup.programs.get(event.program_id) if event.program_id is not None
                else None)
+    # The instance that changed knows the exitcodes it ran with, even once it is removed.
+    inst = event.source if isinstance(event.source, Instance) else None
+    expected = inst is not None and inst.program.spec.expects_exit(event.exit_code)
     return {
         "type": "state_change",
         "id": event.temporary_id or event.program_id,
@@ -60,7 +63,7 @@ def state_message(sup: Supervisor, event: StateEvent) -> dict[str, Any]:
         "port": event.port,
         "from": event.from_state.value,
         "to": event.to_state.value,
-        "status": pm2_status(event.to_state, event.exit_code in (None, 0)),
+        "status": pm2_status(event.to_state, expected),
         "process_status": program_pm2_status(program) if program is not None else None,
         "pid": event.pid,
         "exit_code": event.exit_code,

@@ -283,8 +283,13 @@ class ProgramSpec(Model):
     def ports(self) -> list[int | None]:
         return list(self.port_range.ports()) if self.port_range else [None]
 
-    def expects_exit(self, code: int) -> bool:
-        return code in self.exitcodes
+    def expects_exit(self, code: int | None) -> bool:
+        """The one rule for an expected exit, which decides an "unexpected" restart and
+        what both API families call a clean stop: a code listed in `exitcodes`, from a
+        process that exited by itself. A death by signal N is reported as 128+N, so 128
+        and above is never expected, even when listed; an exit whose code is unknown (a
+        process pmd adopted and could not wait for) is not expected either."""
+        return code is not None and code < 128 and code in self.exitcodes
 
     def to_json(self) -> dict[str, Any]:
         """The stored and served form: defaults included, None fields left out."""

@@ -413,9 +413,9 @@ class Instance:
             return
         if self.state != S.RUNNING:
             return
-        expected = code is not None and code < 128 and spec.expects_exit(code)
         again = self.want and (spec.autorestart == "true"
-                               or (spec.autorestart == "unexpected" and not expected))
+                               or (spec.autorestart == "unexpected"
+                                   and not spec.expects_exit(code)))
         if not again:
             self.want = False
         ran = self.started_mono is not None and \

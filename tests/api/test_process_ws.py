@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from tests.api.helpers import API, program
 from tests.api.process_helpers import ENV, create, wait_status
 from tests.harness import Pmd
 
@@ -85,3 +86,28 @@ def test_listeners_go_away_with_their_connection(pmd):
     assert http.get("/api/processes").status_code == 200
     assert "subscriber failed" not in pmd.stderr_text()
     assert "Traceback" not in pmd.stderr_text()
+
+
+def test_ws_and_the_list_agree_on_expected_exits(pmd):
+    """One rule for both: a code in exitcodes is a clean stop, a death by signal never is
+    (137 is listed, but it is SIGKILL's 128+9)."""
+    http = pmd.http
+    commands = {"exits-listed": "sh -c 'sleep 0.5; exit 3'",
+                "killed-listed": "sh -c 'sleep 0.5; kill -KILL $$'"}
+    with connect(f"ws://127.0.0.1:{pmd.port}/ws", open_timeout=5) as ws:
+        assert json.loads(ws.recv(timeout=5))["type"] == "snapshot"
+        for name, command in commands.items():
+            response = http.post(f"{API}/programs/add", json=program(
+                name, command, boot=True, autorestart="false", exitcodes=[0, 3, 137],
+                startsecs=0.2))
+            assert response.status_code in (200, 201), response.text
+        exits = {}
+        while len(exits) < len(commands):
+            message, _ = receive_until(ws, lambda m: m.get("to") == "EXITED")
+            exits[message["name"]] = message
+    assert exits["exits-listed"]["exit_code"] == 3
+    assert exits["killed-listed"]["exit_code"] == 137
+    listed = {p["name"]: p for p in http.get("/api/processes").json()}
+    assert exits["exits-listed"]["status"] == listed["exits-listed"]["status"] == "stopped"
+    assert exits["killed-listed"]["status"] == listed["killed-listed"]["status"] == "errored"
+    assert exits["exits-listed"]["process_status"] == "stopped"
