@@ -39,8 +39,7 @@ from .models import (
     StopRequest,
 )
 from .openapi import doc
-from .stats import ProcessTable, Sampler
-from .views import hms, instance_status, iso, program_status
+from .views import hms, instance_status, iso, program_status, stats_view
 
 bp = Blueprint("daemon", url_prefix="/api/v1/daemon")
 S = ProgramState
@@ -98,23 +97,6 @@ def _sup(request: Request) -> Supervisor:
     return request.app.ctx.supervisor
 
 
-def _sampler(request: Request) -> Sampler:
-    sampler = getattr(request.app.ctx, "stats_sampler", None)
-    if sampler is None:
-        sampler = request.app.ctx.stats_sampler = Sampler()
-    return sampler
-
-
-def _stats(request: Request, inst: Instance) -> dict[str, Any] | None:
-    """Stats of one instance; the scan of /proc is made once per request."""
-    if inst.pid is None:
-        return None
-    table = getattr(request.ctx, "process_table", None)
-    if table is None:
-        table = request.ctx.process_table = ProcessTable()
-    return _sampler(request).instance_stats(inst, table)
-
-
 # ---- views -------------------------------------------------------------------------
 
 def program_view(request: Request, program: Program, include_status: bool = False,
@@ -124,13 +106,13 @@ def program_view(request: Request, program: Program, include_status: bool = Fals
         view["status"] = program_status(program)
     if include_stats:
         if program.spec.port_range is None:
-            stats = _stats(request, program.primary)
+            stats = stats_view(program.primary)
             if stats is not None:
                 view["stats"] = stats
         else:
             for inst, item in zip(program.instances.values(), view["status"]["instances"],
                                   strict=True):
-                stats = _stats(request, inst)
+                stats = stats_view(inst)
                 if stats is not None:
                     item["stats"] = stats
     return view
@@ -446,7 +428,7 @@ async def status_one(request: Request, program_id: int) -> HTTPResponse:
         answer: dict[str, Any] = {"success": True,
                                   "status": {"id": program.id, **instance_status(inst)}}
         if q.include_stats:
-            stats = _stats(request, inst)
+            stats = stats_view(inst)
             if stats is not None:
                 answer["stats"] = stats
         return json(answer)

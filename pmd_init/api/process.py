@@ -50,11 +50,11 @@ from ..supervisor.errors import (
 )
 from ..supervisor.health import UNHEALTHY, UNKNOWN
 from ..supervisor.instance import Instance, Slot
+from ..supervisor.proctree import SAMPLER
 from ..supervisor.program import Program
 from ..supervisor.reload import reload_program
 from ..supervisor.supervisor import Supervisor, validation_to_invalid
 from .errors import ApiError
-from .usage import STATS
 
 bp = Blueprint("process")
 S = ProgramState
@@ -143,7 +143,7 @@ def process_view(program: Program) -> dict[str, Any]:
     running = [i for i in instances if i.pid is not None]
     cpu, memory = 0.0, 0
     for inst in running:
-        sample = STATS.sample(inst.pid)  # type: ignore[arg-type]
+        sample = SAMPLER.usage(inst.pid)  # type: ignore[arg-type]
         cpu += sample[0]
         memory += sample[1]
     uptimes = [u for u in (i.uptime() for i in instances) if u is not None]
@@ -165,7 +165,7 @@ def process_view(program: Program) -> dict[str, Any]:
 
 
 def instance_view(inst: Instance) -> dict[str, Any]:
-    cpu, memory = STATS.sample(inst.pid) if inst.pid is not None else (0.0, 0)
+    cpu, memory = SAMPLER.usage(inst.pid) if inst.pid is not None else (0.0, 0)
     return {
         "port": inst.port,
         "status": instance_pm2_status(inst),
@@ -704,7 +704,7 @@ async def system(request: Request) -> HTTPResponse:
         "platform": platform.system().lower(),
         "arch": platform.machine(),
         "uptime": duration(uptime, with_seconds=False),
-        "cpu": {"cores": os.cpu_count() or 1, "usage": round(STATS.system_cpu(), 1),
+        "cpu": {"cores": os.cpu_count() or 1, "usage": round(SAMPLER.system_cpu(), 1),
                 "load_average": [round(x, 2) for x in os.getloadavg()]},
         "memory": {"total": memory.total, "used": used, "free": memory.available,
                    "usage_percent": round(used / memory.total * 100, 1) if memory.total

@@ -1,5 +1,5 @@
-"""Serialized views of supervisor objects, built from in-memory state only (no psutil
-unless stats are asked for)."""
+"""Serialized views of supervisor objects, built from in-memory state only (/proc is read
+only when stats are asked for)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ..supervisor.instance import Instance
+from ..supervisor.proctree import SAMPLER
 from ..supervisor.program import Program
 
 
@@ -62,4 +63,26 @@ def program_status(program: Program) -> dict[str, Any]:
                                  if i.state.value == "RUNNING"),
         "total_instances": len(instances),
         "instances": instances,
+    }
+
+
+def stats_view(inst: Instance) -> dict[str, Any] | None:
+    """The stats object of the extras page (include_stats), or None when nothing runs: the
+    instance's process group, as supervisor/proctree.py defines a program's processes."""
+    if inst.pid is None:
+        return None
+    group = SAMPLER.group(inst.pid)
+    if group is None:
+        return None
+    # The total is the sum of the shown parts, so that they add up for a reader.
+    cpu = [round(p.cpu_percent, 1) for p in group.processes]
+    return {
+        "pid": inst.pid,
+        "started_at": iso(inst.started_at),
+        "cpu_percent": round(sum(cpu), 1),
+        "memory_rss_bytes": group.rss,
+        "process_count": len(group.processes),
+        "processes": [{"pid": p.pid, "name": p.name, "cpu_percent": percent,
+                       "memory_rss_bytes": p.rss}
+                      for p, percent in zip(group.processes, cpu, strict=True)],
     }

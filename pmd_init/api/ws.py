@@ -26,8 +26,9 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from ..supervisor.events import StateEvent
 from ..supervisor.instance import Instance
+from ..supervisor.proctree import SAMPLER
 from ..supervisor.supervisor import Supervisor
-from .process import STATS, iso, pm2_status, process_id, process_view, program_pm2_status
+from .process import iso, pm2_status, process_id, process_view, program_pm2_status
 
 log = logging.getLogger("pmd.api")
 
@@ -84,14 +85,14 @@ def metrics_message(sup: Supervisor) -> dict[str, Any]:
         cpu, memory = 0.0, 0
         for inst in program.instances.values():
             if inst.pid is not None:
-                c, m = STATS.sample(inst.pid)
+                c, m = SAMPLER.usage(inst.pid)
                 cpu += c
                 memory += m
         processes.append({"id": process_id(program), "name": program.name,
                           "status": program_pm2_status(program),
                           "cpu_usage": round(cpu, 1), "memory_usage": memory})
     return {"type": "metrics", "time": iso(time.time()), "processes": processes,
-            "system": {"cpu_usage": round(STATS.system_cpu(), 1),
+            "system": {"cpu_usage": round(SAMPLER.system_cpu(), 1),
                        "load_average": [round(x, 2) for x in os.getloadavg()]}}
 
 

@@ -2,8 +2,8 @@
 program allows.
 
 Only RUNNING instances of programs with a limit are sampled, by one timer that runs only
-while there is at least one of them (PMD_MEMORY_INTERVAL seconds apart, default 5). The
-tree is the program's process and all its descendants; their resident set sizes add up.
+while there is at least one of them (PMD_MEMORY_INTERVAL seconds apart, default 5). What
+counts is the program's process group, as the shared sampler (proctree) measures it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Protocol
 
 from ..model.states import ProgramState
+from .proctree import SAMPLER
 
 if TYPE_CHECKING:
     import asyncio
@@ -22,24 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pmd.memory")
 
 DEFAULT_INTERVAL = 5.0
-
-
-def tree_rss(pid: int) -> int | None:
-    """Resident bytes of pid and its descendants; None when pid is gone."""
-    import psutil  # imported on first use: most pmds never sample memory
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
 
 
 class Owner(Protocol):
@@ -76,7 +59,7 @@ class MemoryWatch:
             if limit is None or inst.state != ProgramState.RUNNING or inst.pid is None:
                 self.watched.discard(inst)
                 continue
-            rss = tree_rss(inst.pid)
+            rss = SAMPLER.rss(inst.pid)
             if rss is not None and rss > limit:
                 log.warning("%s uses %d bytes, over max_memory_restart %d: restarting",
                             inst.name, rss, limit)
