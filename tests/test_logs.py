@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+from pmd_init.logs import tail
 from pmd_init.logs.capture import LogFile
-from pmd_init.logs.tail import tail_lines
+from pmd_init.logs.tail import capture_times, count_lines, last_lines, tail_lines
+from pmd_init.logs.times import LineTimes
 
 
 def test_no_file_grows_past_max_bytes_and_nothing_is_lost(tmp_path):
@@ -68,3 +72,88 @@ def test_tail_reads_the_last_lines(tmp_path):
     assert tail_lines(tmp_path / "missing", 5) == []
     path.write_text("a\nb")
     assert tail_lines(path, 5) == ["a", "b"]
+
+
+@pytest.mark.parametrize("block", [5, 16, 64 << 10])
+def test_last_lines_carry_their_offsets(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(tail, "BLOCK", block)
+    path = tmp_path / "out.log"
+    path.write_bytes(b"one\ntwo\nthree\nfour")
+    found = last_lines(path, 3)
+    assert [(t.text, t.start, t.end) for t in found] == \
+        [("two", 4, 8), ("three", 8, 14), ("four", 14, 18)]
+    assert [t.text for t in last_lines(path, 10)] == ["one", "two", "three", "four"]
+    assert count_lines(path) == 4
+    path.write_bytes(b"".join(b"line %d\n" % i for i in range(1000)))
+    found = last_lines(path, 2)
+    assert [t.text for t in found] == ["line 998", "line 999"]
+    assert found[-1].end == path.stat().st_size and count_lines(path) == 1000
+    assert last_lines(tmp_path / "missing", 5) == [] and count_lines(tmp_path / "missing") == 0
+
+
+def written(log: LogFile, count: int) -> list[str]:
+    texts = [f"line {i:04d}" for i in range(count)]
+    for text in texts:
+        log.write(text.encode() + b"\n")
+    return texts
+
+
+@pytest.mark.parametrize("block", [7, 64 << 10])
+def test_a_tail_goes_on_into_the_rotated_files_in_order(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(tail, "BLOCK", block)
+    path = tmp_path / "out.log"
+    log = LogFile(path, max_bytes=100, backups=3)  # 10 lines of 10 bytes a file
+    texts = written(log, 33)  # .3 is 0-2 (pushed out), .2 10 lines, .1 10, current 3
+    log.close()
+    assert [p.name for p in sorted(tmp_path.iterdir())] == \
+        ["out.log", "out.log.1", "out.log.2", "out.log.3"]
+    found = last_lines(path, 8, backups=3)
+    assert [t.text for t in found] == texts[-8:]
+    assert [t.backup for t in found] == [1] * 5 + [0] * 3
+    assert (found[0].start, found[0].end) == (50, 60)  # offsets within out.log.1
+    assert tail_lines(path, 25, backups=3) == texts[-25:]
+    assert tail_lines(path, 100, backups=3) == texts
+    assert tail_lines(path, 100, backups=1) == texts[-13:]  # as far as it is asked to go
+    assert tail_lines(path, 2, backups=3) == texts[-2:]
+
+
+def test_a_missing_current_file_is_empty_and_a_missing_backup_ends_the_log(tmp_path):
+    path = tmp_path / "out.log"
+    (tmp_path / "out.log.1").write_text("a\nb\n")
+    (tmp_path / "out.log.3").write_text("old\n")
+    assert tail_lines(path, 5, backups=3) == ["a", "b"]
+
+
+def test_a_line_cut_by_rotation_is_one_line(tmp_path):
+    path = tmp_path / "out.log"
+    log = LogFile(path, max_bytes=10, backups=5)
+    log.write(b"first\n" + b"x" * 25 + b"\nlast\n")
+    log.close()
+    # out.log.4 "first\n", .3 and .2 ten x each, .1 "xxxxx\n", out.log "last\n"
+    assert tail_lines(path, 2, backups=5) == ["x" * 25, "last"]
+    assert tail_lines(path, 3, backups=5) == ["first", "x" * 25, "last"]
+    assert tail_lines(path, 1, backups=5) == ["last"]
+
+
+def test_a_tail_reads_no_more_than_its_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(tail, "BLOCK", 10)
+    path = tmp_path / "out.log"
+    (tmp_path / "out.log.1").write_text("older\n")
+    path.write_text("a" * 100 + "\nb\n")
+    assert [t.text for t in last_lines(path, 5, backups=1, max_bytes=50)] == ["b"]
+
+
+def test_lines_carry_capture_times_across_a_rotation(tmp_path):
+    path = tmp_path / "out.log"
+    log = LogFile(path, max_bytes=20, backups=2)
+    log.write(b"0123456789\n")  # 11 bytes: the next line starts a new file
+    log.write(b"abcdefghij\n")
+    assert log.rotated_times is not None and log.times is not None
+    found = last_lines(path, 2, backups=2, times=capture_times(log, path))
+    log.close()
+    assert [t.text for t in found] == ["0123456789", "abcdefghij"]
+    assert [t.backup for t in found] == [1, 0]
+    assert all(t.time is not None for t in found)
+    # an index that does not reach a line leaves its time unknown
+    bare = last_lines(path, 2, backups=2, times=(LineTimes(start=100),))
+    assert [t.time for t in bare] == [None, None]

@@ -18,13 +18,14 @@ from pydantic import BaseModel, ValidationError
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from ..logs.tail import tail_lines
 from ..model.spec import ProgramSpec
 from ..model.states import STOPPED_STATES, ProgramState
 from ..supervisor.instance import Instance
 from ..supervisor.program import Program
 from ..supervisor.supervisor import Supervisor
 from .errors import ApiError
-from .logstream import LINES_MAX, LogFollower, tail_rotated
+from .logstream import LINES_MAX, LogFollower
 from .models import (
     AddProgramRequest,
     EditProgramRequest,
@@ -224,7 +225,7 @@ def _logs_answer(program: Program, inst: Instance, q: LogsQuery) -> HTTPResponse
                        f"logs_enabled: '{program.name}' keeps no log files", field="logs_enabled")
     lines = min(q.lines, LINES_MAX)
     path = inst.log_path(q.type)
-    text = "\n".join(tail_rotated(path, lines, program.spec.log_backups))
+    text = "\n".join(tail_lines(path, lines, program.spec.log_backups))
     return json({"success": True, "logs": text, "type": q.type, "lines": lines,
                  "log_file": str(path)})
 

@@ -1,5 +1,5 @@
-"""Program logs for the API: the last N lines (continued into rotated backups) and a
-Server-Sent Events stream that follows the file through rotations.
+"""A Server-Sent Events stream of a program's log that follows the file through rotations;
+it starts with the last lines, as logs/tail.py reads them.
 
 The stream's cursor is a byte offset into the current log file; each event's `id` is the
 offset just after the lines it carries, so a client reconnecting with Last-Event-ID (or
@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from sanic.request import Request
 
-from ..logs.tail import tail_lines
+from ..logs.tail import backup_path, last_lines
 from ..supervisor.events import StateEvent
 from ..supervisor.instance import Instance
 
@@ -35,71 +35,11 @@ PARTIAL_MAX = 64 << 10  # a line longer than this is sent in pieces
 LINES_MAX = 10000
 
 
-def _backup(path: Path, index: int) -> Path:
-    return path.with_name(f"{path.name}.{index}")
-
-
-def _ends_without_newline(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        size = os.fstat(fd).st_size
-        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-    finally:
-        os.close(fd)
-
-
-def tail_rotated(path: Path, lines: int, backups: int) -> list[str]:
-    """The last `lines` lines of a log, continued into `<file>.1`, `<file>.2` ... when the
-    current file (just rotated) holds fewer."""
-    result = tail_lines(path, lines)
-    newer = path
-    for index in range(1, max(0, backups) + 1):
-        if len(result) >= lines:
-            break
-        older = _backup(path, index)
-        if not older.exists():
-            break
-        # Rotation cuts at a size, not at a newline: glue the two halves of a cut line.
-        cut = _ends_without_newline(older) and bool(result) and newer.exists()
-        more = tail_lines(older, lines - len(result) + (1 if cut else 0))
-        if cut and more:
-            result[0] = more.pop() + result[0]
-        result = more + result
-        newer = older
-    return result[-lines:] if lines > 0 else []
-
-
 def _open(path: Path) -> int | None:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return None
-
-
-def _start_of_last_lines(fd: int, lines: int) -> int:
-    """The offset where the last `lines` lines of the open file begin."""
-    end = os.fstat(fd).st_size
-    if lines <= 0 or end == 0:
-        return end
-    pos = end
-    wanted = lines + (1 if os.pread(fd, 1, end - 1) == b"\n" else 0)
-    while pos > 0:
-        size = min(64 << 10, pos)
-        block = os.pread(fd, size, pos - size)
-        # rfind, not a Python loop over each byte: 64 MB of long lines scanned byte by
-        # byte held the event loop for seconds (one stream of `?lines=10000`).
-        cut = len(block)
-        while (cut := block.rfind(b"\n", 0, cut)) >= 0:
-            wanted -= 1
-            if wanted == 0:
-                return pos - size + cut + 1
-        pos -= size
-        if end - pos > 64 << 20:
-            return pos
-    return 0
 
 
 def sse_event(data: str | None = None, event: str | None = None,
@@ -226,17 +166,40 @@ class LogFollower:
 
     # ---- the stream ----------------------------------------------------------------
 
+    async def _send_backup_lines(self, texts: list[str]) -> bool:
+        """Lines of a rotated file, in events of about CHUNK bytes. Their id is 0: after
+        them, the cursor is at the start of the current file."""
+        batch: list[str] = []
+        size = 0
+        for text in texts:
+            batch.append(text)
+            size += len(text) + 1
+            if size >= CHUNK:
+                if not await self._send(sse_event("\n".join(batch), event_id=0)):
+                    return False
+                batch, size = [], 0
+        return not batch or await self._send(sse_event("\n".join(batch), event_id=0))
+
     async def _start(self, path: Path, backups: int, offset: int | None, lines: int) -> bool:
         self.fd = _open(path)
         if offset is None:
-            self.pos = _start_of_last_lines(self.fd, lines) if self.fd is not None else 0
+            # The same tail as the logs route (into the backups when the current file is
+            # short), then the current file from its first line in that tail.
+            tail = last_lines(path, lines, backups, current=self.fd)
+            if not await self._send_backup_lines([t.text for t in tail if t.backup]):
+                return False
+            first = next((t.start for t in tail if not t.backup), None)
+            if first is not None:
+                self.pos = first
+            else:
+                self.pos = os.fstat(self.fd).st_size if self.fd is not None else 0
             return True
         size = os.fstat(self.fd).st_size if self.fd is not None else 0
         if offset <= size:
             self.pos = offset
             return True
         # The cursor is past the end: the file was rotated under it.
-        older = _open(_backup(path, 1)) if backups > 0 else None
+        older = _open(backup_path(path, 1)) if backups > 0 else None
         if older is not None:
             current, self.fd, self.pos = self.fd, older, offset
             try:

@@ -43,7 +43,7 @@ class LogFile:
     """A size-rotated log file: `name`, `name.1` ... `name.<backups>`."""
 
     __slots__ = ("path", "max_bytes", "backups", "_fd", "size", "dropped", "rotations",
-                 "times")
+                 "times", "rotated_times")
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self.path = path
@@ -54,6 +54,7 @@ class LogFile:
         self.dropped = 0
         self.rotations = 0
         self.times: LineTimes | None = None  # capture times, from the first write on
+        self.rotated_times: LineTimes | None = None  # those of `name.1`, since it rotated
 
     def _open(self) -> bool:
         try:
@@ -129,6 +130,9 @@ class LogFile:
                         os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
                 if self.path.exists():
                     os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                    # its index moves with it: a tail that reaches into name.1 keeps
+                    # its times (the older backups' are let go, at 2 KiB a file)
+                    self.rotated_times, self.times = self.times, None
         except OSError as exc:
             log.warning("rotation of %s failed: %s", self.path, exc)
         self._open()
@@ -136,6 +140,7 @@ class LogFile:
     def reopen(self) -> None:
         """SIGUSR1: an outside rotator moved the file away; start a new one."""
         self.close()
+        self.rotated_times = None  # whatever name.1 is now, pmd did not write it
         self._open()
 
     def close(self) -> None:

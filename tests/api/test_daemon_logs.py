@@ -179,6 +179,21 @@ def test_stream_cursor_past_a_rotation(pmd, http):
     assert text_of(events[kinds.index("reset"):]) == current.decode().splitlines()
 
 
+def test_stream_starts_with_a_tail_across_a_rotation(pmd, http):
+    i = start_writer(pmd, http, "tail-streamed", 60, log_max_bytes=500, log_backups=2)
+    log = pmd.log_dir / "tail-streamed" / "stdout.log"
+    wait_until(lambda: expected_line(59) in log.read_text(), what="all lines written")
+    current = log.read_text().splitlines()
+    assert 0 < len(current) < 15
+    events = read_events(http, f"{API}/programs/{i}/logs/stream",
+                         until=lambda ev: expected_line(59) in text_of(ev),
+                         params={"lines": 15})
+    assert text_of(events) == [expected_line(n) for n in range(45, 60)]
+    # the lines of stdout.log.1 leave the cursor at the start of the current file
+    older = [e for e in events if e["id"] == "0"]
+    assert sum(len(e["data"].split("\n")) for e in older) == 15 - len(current)
+    assert events[-1]["id"] == str(log.stat().st_size)
+
 def test_stream_ends_when_the_program_is_removed(http):
     i = http.post(f"{API}/programs/add", json=program(
         "vanishing", "sh -c 'echo hello; exec sleep 30'")).json()["id"]

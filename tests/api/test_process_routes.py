@@ -242,6 +242,28 @@ def test_logs_with_capture_times(http):
                   "INVALID_CONFIGURATION")
 
 
+def test_logs_reach_into_the_rotated_files(pmd, http):
+    # 50 lines of 8 bytes into files of at most 200: out.log.1 holds the first 25
+    created = http.post(f"{API}/programs/add", json={
+        "name": "rotator", "user": "root", "boot": True, "startsecs": 0.1,
+        "log_max_bytes": 200, "log_backups": 3,
+        "command": "sh -c 'for i in $(seq 10 59); do echo line-$i; done; exec sleep 60'"})
+    assert created.status_code in (200, 201), created.text
+    logs = pmd.log_dir / "rotator"
+    wait_until(lambda: (logs / "stdout.log").exists()
+               and (logs / "stdout.log").read_text().endswith("line-59\n"), what="59 lines")
+    assert (logs / "stdout.log.1").exists() and (logs / "stdout.log").stat().st_size <= 200
+    body = http.get("/api/processes/rotator/logs", params={"type": "out", "lines": 40}).json()
+    assert [line["message"] for line in body["logs"]] == [f"line-{i}" for i in range(20, 60)]
+    assert all(ISO.match(line["timestamp"]) for line in body["logs"])  # .1's times kept
+    everything = http.get("/api/processes/rotator/logs", params={"lines": 1000}).json()
+    assert [line["message"] for line in everything["logs"]] == \
+        [f"line-{i}" for i in range(10, 60)]
+    # the daemon API's tail reads the same way
+    daemon = http.get(f"{API}/programs/{created.json()['id']}/logs",
+                      params={"lines": 40}).json()
+    assert daemon["logs"].split("\n") == [f"line-{i}" for i in range(20, 60)]
+
 def test_quick_start_programs_by_temporary_id(http):
     started = http.post(f"{API}/quick-start", json={"command": "sleep 60", "user": "root",
                                                    "name": "quick-one", "wait": True})

@@ -75,20 +75,6 @@ def test_durations():
         "5d 12h 30m"
 
 
-def test_tail_with_offsets(tmp_path):
-    path = tmp_path / "out.log"
-    path.write_bytes(b"one\ntwo\nthree\nfour")
-    lines, total = api.tail_with_offsets(path, 3)
-    assert lines == [(8, "two"), (14, "three"), (18, "four")] and total == 4
-    lines, total = api.tail_with_offsets(path, 10, block=5)
-    assert [t for _, t in lines] == ["one", "two", "three", "four"] and total == 4
-    path.write_bytes(b"".join(b"line %d\n" % i for i in range(1000)))
-    lines, total = api.tail_with_offsets(path, 2, block=16)
-    assert [t for _, t in lines] == ["line 998", "line 999"] and total == 1000
-    assert lines[-1][0] == path.stat().st_size
-    assert api.tail_with_offsets(tmp_path / "missing", 5) == ([], 0)
-
-
 def test_line_times():
     times = LineTimes(start=100)
     assert times.time_of(50) is None  # before pmd watched the file
