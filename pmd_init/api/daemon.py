@@ -40,7 +40,7 @@ from .models import (
     StopRequest,
 )
 from .openapi import doc
-from .views import hms, instance_status, iso, program_status, stats_view
+from .views import hms, instance_status, instance_view, iso, program_status, stats_view
 
 bp = Blueprint("daemon", url_prefix="/api/v1/daemon")
 S = ProgramState
@@ -117,12 +117,6 @@ def program_view(request: Request, program: Program, include_status: bool = Fals
                 if stats is not None:
                     item["stats"] = stats
     return view
-
-
-def instance_view(inst: Instance) -> dict[str, Any]:
-    """The `instance` object of a start answer."""
-    return {"port": inst.port, "instance_name": inst.name, "status": inst.state.value,
-            "pid": inst.pid, "uptime": hms(inst.uptime())}
 
 
 def quick_view(program: Program) -> dict[str, Any]:

@@ -158,11 +158,12 @@ def process_view(program: Program) -> dict[str, Any]:
         "health_status": health_summary(program),
     }
     if program.spec.port_range is not None:
-        view["instances"] = [instance_view(i) for i in instances]
+        view["instances"] = [pm2_instance_view(i) for i in instances]
     return view
 
 
-def instance_view(inst: Instance) -> dict[str, Any]:
+def pm2_instance_view(inst: Instance) -> dict[str, Any]:
+    """One port's entry in `instances` of a port-range process."""
     cpu, memory = SAMPLER.usage(inst.pid) if inst.pid is not None else (0.0, 0)
     return {
         "port": inst.port,

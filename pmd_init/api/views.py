@@ -49,6 +49,15 @@ def instance_status(inst: Instance) -> dict[str, Any]:
     return view
 
 
+def instance_view(inst: Instance) -> dict[str, Any]:
+    """The `instance` object of a start or restart answer, in the extras page's shape: the
+    status object's port, status, pid and uptime, each present even when null, and the
+    instance's name. Built from `instance_status` so that the two never disagree."""
+    status = instance_status(inst)
+    return {"port": inst.port, "instance_name": inst.name, "status": status["status"],
+            "pid": status.get("pid"), "uptime": status.get("uptime")}
+
+
 def program_status(program: Program) -> dict[str, Any]:
     """One program's status object: flat for a single instance, the port-range form
     (daemon-api-extras.md) for a port-range program."""
