@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cwd", help="working directory")
     p.add_argument("--user", help="run as this user (pmd must be root)")
     p.add_argument("--max-memory-restart", dest="max_memory_restart",
-                   help="restart when the process tree uses more, e.g. 512M")
+                   help="restart when the process group uses more, e.g. 512M")
     p.add_argument("--no-autorestart", action="store_true",
                    help="do not restart the process when it exits")
     for name, help_text in (("stop", "stop a process"), ("restart", "restart a process"),

@@ -1,4 +1,4 @@
-"""max_memory_restart: restart an instance whose process tree uses more memory than its
+"""max_memory_restart: restart an instance whose process group uses more memory than its
 program allows.
 
 Only RUNNING instances of programs with a limit are sampled, by one timer that runs only
