@@ -16,7 +16,6 @@ from pmd_init.supervisor.events import StateEvent
 from pmd_init.supervisor.runtime import ExitCallback, Runtime
 from pmd_init.supervisor.spawn import SpawnError, SpawnRequest
 
-
 EPOCH = 1_700_000_000.0
 
 
