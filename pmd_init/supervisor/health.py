@@ -54,6 +54,7 @@ HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
 UNKNOWN = "unknown"
 
+
 @dataclass(slots=True)
 class CheckState:
     """What the API shows of one instance's checks."""
