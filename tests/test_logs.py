@@ -1,8 +1,13 @@
-"""Rotating log files and tails, on real files."""
+"""Rotating log files, tails and capture listeners, on real files and pipes."""
 
 from __future__ import annotations
 
-from pmd_init.logs.capture import LogFile
+import asyncio
+import os
+import time
+from collections.abc import Callable
+
+from pmd_init.logs.capture import Capture, LogFile
 from pmd_init.logs.tail import tail_lines
 
 
@@ -68,3 +73,35 @@ def test_tail_reads_the_last_lines(tmp_path):
     assert tail_lines(tmp_path / "missing", 5) == []
     path.write_text("a\nb")
     assert tail_lines(path, 5) == ["a", "b"]
+
+
+def test_capture_listeners_subscribe_and_unsubscribe(tmp_path):
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        capture = Capture(loop, r, LogFile(tmp_path / "out.log", 0, 0), None, b"")
+        first: list[bytes] = []
+        second: list[bytes] = []
+        stop_first = capture.subscribe(first.append)
+        stop_second = capture.subscribe(second.append)
+        os.write(w, b"one\n")
+        await wait_for(lambda: second == [b"one\n"])
+        stop_first()
+        stop_first()  # twice is harmless
+        os.write(w, b"two\n")
+        await wait_for(lambda: second == [b"one\n", b"two\n"])
+        assert first == [b"one\n"] and capture.listener_count == 1
+        stop_second()
+        assert capture.listener_count == 0
+        os.close(w)
+        await wait_for(lambda: capture.fd < 0)
+        assert (tmp_path / "out.log").read_bytes() == b"one\ntwo\n"
+
+    asyncio.run(scenario())
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
