@@ -247,8 +247,9 @@ def test_subreaper_killed_and_restarted_readopts_live_programs(tmp_path):
         out = pmd.log_dir / "survivor" / "stdout.log"
         pmd.wait_for(lambda: out.read_text() == "first\nsecond\n", what="second line")
         # the adopted crasher's exit is seen (through its pidfd) and the policy restarts it
+        # (it then exits at once each time, so the start-rate limit may hold it in BACKOFF)
         pmd.wait_for(lambda: status(http, 2)["restarts"] >= 1, what="crasher restarted")
-        assert status(http, 2)["pid"] != crasher
+        assert status(http, 2).get("pid") != crasher
 
 
 def test_a_full_disk_never_blocks_a_program_and_the_loss_is_reported(tmp_path):

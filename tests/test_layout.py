@@ -40,11 +40,7 @@ ALLOWED: dict[str, set[str]] = {
 #: named beside it; the set only shrinks. A pair of rooms is a room edge, a pair of dotted
 #: module names (relative to pmd_init) a module edge. An edge listed here that the code no
 #: longer has fails `test_pending_edges_still_exist`: strike it in the same change.
-PENDING: set[tuple[str, str]] = {
-    # HealthMonitor uses the Supervisor for the loop, the runtime and its events: it
-    # should subscribe to the event stream with what it needs handed to it instead.
-    ("supervisor.health", "supervisor.supervisor"),
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 # ---- reading the imports -------------------------------------------------------------

@@ -1,11 +1,16 @@
-"""Rotating log files and tails, on real files."""
+"""Rotating log files, tails and capture listeners, on real files and pipes."""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
 
 import pytest
 
 from pmd_init.logs import tail
-from pmd_init.logs.capture import LogFile
+from pmd_init.logs.capture import Capture, LogFile
 from pmd_init.logs.tail import capture_times, count_lines, last_lines, tail_lines
 from pmd_init.logs.times import LineTimes
 
@@ -103,7 +108,7 @@ def test_a_tail_goes_on_into_the_rotated_files_in_order(tmp_path, monkeypatch, b
     monkeypatch.setattr(tail, "BLOCK", block)
     path = tmp_path / "out.log"
     log = LogFile(path, max_bytes=100, backups=3)  # 10 lines of 10 bytes a file
-    texts = written(log, 33)  # .3 is 0-2 (pushed out), .2 10 lines, .1 10, current 3
+    texts = written(log, 33)  # .3 holds 0-9, .2 10-19, .1 20-29, out.log 30-32
     log.close()
     assert [p.name for p in sorted(tmp_path.iterdir())] == \
         ["out.log", "out.log.1", "out.log.2", "out.log.3"]
@@ -157,3 +162,35 @@ def test_lines_carry_capture_times_across_a_rotation(tmp_path):
     # an index that does not reach a line leaves its time unknown
     bare = last_lines(path, 2, backups=2, times=(LineTimes(start=100),))
     assert [t.time for t in bare] == [None, None]
+
+
+def test_capture_listeners_subscribe_and_unsubscribe(tmp_path):
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        capture = Capture(loop, r, LogFile(tmp_path / "out.log", 0, 0), None, b"")
+        first: list[bytes] = []
+        second: list[bytes] = []
+        stop_first = capture.subscribe(first.append)
+        stop_second = capture.subscribe(second.append)
+        os.write(w, b"one\n")
+        await wait_for(lambda: second == [b"one\n"])
+        stop_first()
+        stop_first()  # twice is harmless
+        os.write(w, b"two\n")
+        await wait_for(lambda: second == [b"one\n", b"two\n"])
+        assert first == [b"one\n"] and capture.listener_count == 1
+        stop_second()
+        assert capture.listener_count == 0
+        os.close(w)
+        await wait_for(lambda: capture.fd < 0)
+        assert (tmp_path / "out.log").read_bytes() == b"one\ntwo\n"
+
+    asyncio.run(scenario())
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from sanic.request import Request
 
+from ..logs.capture import Capture
 from ..logs.tail import backup_path, last_lines
 from ..supervisor.events import StateEvent
 from ..supervisor.instance import Instance
@@ -66,7 +67,8 @@ class LogFollower:
         self.wake = asyncio.Event()
         self.fd: int | None = None
         self.pos = 0
-        self.hooked: list[Any] = []
+        #: The captures listened to, each with its unsubscribe.
+        self.hooked: dict[Capture, Callable[[], None]] = {}
         self.response: Any = None
 
     # ---- wake-ups ------------------------------------------------------------------
@@ -79,17 +81,14 @@ class LogFollower:
         logfile = inst.stdout_log if self.stream == "stdout" else inst.stderr_log
         for capture in inst.captures:
             if capture.logfile is logfile and capture not in self.hooked:
-                if capture.listeners is None:
-                    capture.listeners = []
-                capture.listeners.append(self._poke)
-                self.hooked.append(capture)
-        self.hooked = [c for c in self.hooked if c.fd >= 0 or c in inst.captures]
+                self.hooked[capture] = capture.subscribe(self._poke)
+        for capture in [c for c in self.hooked if c.fd < 0 and c not in inst.captures]:
+            self.hooked.pop(capture)()
 
     def _unhook(self) -> None:
-        for capture in self.hooked:
-            if capture.listeners and self._poke in capture.listeners:
-                capture.listeners.remove(self._poke)
-        self.hooked = []
+        for unsubscribe in self.hooked.values():
+            unsubscribe()
+        self.hooked = {}
 
     # ---- output --------------------------------------------------------------------
 

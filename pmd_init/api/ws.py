@@ -1,9 +1,9 @@
 """/ws: a live stream of the processes, for dashboards.
 
 On connect: one `snapshot` message with every process (the GET /api/processes view).
-Then a `state_change` message for every state change of any instance (from the
-supervisor's event stream, as it happens), a `health` message when an instance's health
-status changes, and a `metrics` message every `interval` seconds (default 5, `?interval=`
+Then, from the supervisor's event stream as it happens, a `state_change` message for every
+state change of any instance and a `health` message when an instance's health status
+changes; and a `metrics` message every `interval` seconds (default 5, `?interval=`
 between 0.2 and 300) while the connection is open: nobody listening, nothing sampled.
 The format is documented in docs/process-api.md.
 
@@ -24,7 +24,7 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from ..supervisor.events import StateEvent
+from ..supervisor.events import Event, HealthEvent, StateEvent
 from ..supervisor.instance import Instance
 from ..supervisor.proctree import SAMPLER
 from ..supervisor.supervisor import Supervisor
@@ -73,10 +73,16 @@ def state_message(sup: Supervisor, event: StateEvent) -> dict[str, Any]:
     }
 
 
-def health_message(inst: Instance, old: str, new: str) -> dict[str, Any]:
-    return {"type": "health", "id": process_id(inst.program), "name": inst.program.name,
-            "instance": inst.name, "port": inst.port, "from": old, "to": new,
-            "time": iso(time.time())}
+def health_message(event: HealthEvent) -> dict[str, Any]:
+    return {"type": "health", "id": event.temporary_id or event.program_id,
+            "name": event.program, "instance": event.instance, "port": event.port,
+            "from": event.from_status, "to": event.to_status, "time": iso(event.time)}
+
+
+def event_message(sup: Supervisor, event: Event) -> dict[str, Any]:
+    if isinstance(event, HealthEvent):
+        return health_message(event)
+    return state_message(sup, event)
 
 
 def metrics_message(sup: Supervisor) -> dict[str, Any]:
@@ -119,9 +125,7 @@ async def stream(request: Request, ws: WebsocketImplProtocol) -> None:
         except asyncio.QueueFull:
             dropped += 1
 
-    unsubscribe = sup.events.subscribe(lambda event: put(state_message(sup, event)))
-    on_health = lambda inst, old, new: put(health_message(inst, old, new))  # noqa: E731
-    sup.health.listeners.append(on_health)
+    unsubscribe = sup.events.subscribe(lambda event: put(event_message(sup, event)))
     reader = asyncio.get_running_loop().create_task(_drain(ws))
     try:
         await ws.send(_dumps(snapshot(sup)))
@@ -149,8 +153,6 @@ async def stream(request: Request, ws: WebsocketImplProtocol) -> None:
         log.debug("ws closed: %s", exc)
     finally:
         unsubscribe()
-        with contextlib.suppress(ValueError):
-            sup.health.listeners.remove(on_health)
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader

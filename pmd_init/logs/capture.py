@@ -215,11 +215,15 @@ class Forwarder:
             self._loop.remove_writer(self._fd)
 
 
+DataListener = Callable[[bytes], None]
+
+
 class Capture:
-    """Reads one pipe until EOF. `on_data` lets the API's log streams and timestamps hook in."""
+    """Reads one pipe until EOF. Whoever wants to know of new output as it arrives (the
+    API's log streams) subscribes to it and unsubscribes when done."""
 
     __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_partial", "_on_eof",
-                 "bytes_read", "listeners")
+                 "bytes_read", "_listeners")
 
     def __init__(
         self,
@@ -238,9 +242,31 @@ class Capture:
         self._partial = b""
         self._on_eof = on_eof
         self.bytes_read = 0
-        self.listeners: list[Callable[[bytes], None]] | None = None
+        self._listeners: list[DataListener] | None = None  # a list only while someone listens
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._readable)
+
+    def subscribe(self, listener: DataListener) -> Callable[[], None]:
+        """Call `listener` with every chunk read, once it is in the log file, until the
+        function returned is called."""
+        if self._listeners is None:
+            self._listeners = []
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners or []
+            for index, known in enumerate(listeners):
+                if known is listener:
+                    del listeners[index]
+                    break
+            if not listeners:
+                self._listeners = None
+
+        return unsubscribe
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners) if self._listeners is not None else 0
 
     @staticmethod
     def make_pipe() -> tuple[int, int]:
@@ -267,8 +293,8 @@ class Capture:
             self.logfile.write(data)
         if self._forward is not None:
             self._forward_lines(data)
-        if self.listeners:
-            for listener in tuple(self.listeners):
+        if self._listeners:
+            for listener in tuple(self._listeners):
                 listener(data)
 
     def _forward_lines(self, data: bytes) -> None:

@@ -203,6 +203,11 @@ class Init:
         self.request_shutdown(code)
 
     def _log_event(self, event: Any) -> None:
+        # Not at the top: pmd_init.supervisor is imported only once the signal handlers are in.
+        from ..supervisor.events import StateEvent
+
+        if not isinstance(event, StateEvent):
+            return  # health verdicts: the health monitor logs the ones that matter
         extra = f" pid {event.pid}" if event.pid else ""
         if event.exit_code is not None:
             extra += f" exit {event.exit_code}"

@@ -2,12 +2,13 @@
 TTLs. What a program is (ProgramSpec) and its states (ProgramState) are pmd_init.model's."""
 
 from .errors import Conflict, Invalid, NotFound, OperationFailed, SupervisorError
-from .events import EventBus, StateEvent
+from .events import Event, EventBus, HealthEvent, StateEvent
 from .instance import Instance
 from .program import Program
 from .supervisor import Supervisor, validation_to_invalid
 
 __all__ = [
-    "Conflict", "EventBus", "Instance", "Invalid", "NotFound", "OperationFailed", "Program",
-    "StateEvent", "Supervisor", "SupervisorError", "validation_to_invalid",
+    "Conflict", "Event", "EventBus", "HealthEvent", "Instance", "Invalid", "NotFound",
+    "OperationFailed", "Program", "StateEvent", "Supervisor", "SupervisorError",
+    "validation_to_invalid",
 ]

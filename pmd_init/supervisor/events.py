@@ -1,9 +1,13 @@
-"""The one stream of state changes. The API, WebSocket, webhooks and metrics subscribe here
-instead of polling the supervisor."""
+"""The one stream of what happens to instances: state changes (`StateEvent`) and health
+verdict changes (`HealthEvent`). The supervisor's own bookkeeping, the health and memory
+watchers, webhooks, the WebSocket and the log streams subscribe here instead of polling the
+supervisor or calling each other; each subscriber handles the event types it wants and
+ignores the rest."""
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,16 +53,41 @@ class StateEvent:
         }
 
 
-Subscriber = Callable[[StateEvent], None]
+@dataclass(frozen=True, slots=True)
+class HealthEvent:
+    """An instance's health verdict changed: `unknown`, `healthy` or `unhealthy`."""
+
+    program_id: int | None
+    program: str
+    instance: str
+    port: int | None
+    from_status: str
+    to_status: str
+    time: float
+    temporary_id: str | None = None
+    #: The instance itself, as in StateEvent.
+    source: object = field(default=None, compare=False, repr=False)
+
+
+Event = StateEvent | HealthEvent
+Subscriber = Callable[[Event], None]
 
 
 class EventBus:
-    """Synchronous fan-out: subscribers must be cheap (put on a queue, set a future)."""
+    """Synchronous fan-out: subscribers must be cheap (put on a queue, set a future).
 
-    __slots__ = ("_subscribers",)
+    An event published by a subscriber (a watcher reacting to a state change) waits until
+    the one being delivered has reached every subscriber: delivered at once, it would reach
+    the subscribers after the publishing one before the event that caused it, and they
+    would see the two in the wrong order.
+    """
+
+    __slots__ = ("_subscribers", "_queue", "_delivering")
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self._queue: deque[Event] = deque()
+        self._delivering = False
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         self._subscribers.append(callback)
@@ -69,9 +98,18 @@ class EventBus:
 
         return unsubscribe
 
-    def publish(self, event: StateEvent) -> None:
-        for callback in tuple(self._subscribers):
-            try:
-                callback(event)
-            except Exception:  # a broken subscriber must not break the state machine
-                log.exception("event subscriber failed")
+    def publish(self, event: Event) -> None:
+        self._queue.append(event)
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while self._queue:
+                current = self._queue.popleft()
+                for callback in tuple(self._subscribers):
+                    try:
+                        callback(current)
+                    except Exception:  # a broken subscriber must not break the state machine
+                        log.exception("event subscriber failed")
+        finally:
+            self._delivering = False

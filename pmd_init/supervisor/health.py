@@ -7,6 +7,11 @@ a row fail (`unhealthy`); it goes back to `unknown` whenever it leaves RUNNING. 
 probe runs as soon as the instance is RUNNING, so a reload waiting for health does not wait
 a whole interval; a server still binding its port just costs one of the retries.
 
+`HealthMonitor` follows the EventBus: it starts checking an instance on its RUNNING event and
+stops when a later event takes it out of RUNNING. Verdict changes are published on the same
+bus as `HealthEvent`s. It owns its timers and probe tasks; `close` (at shutdown) cancels and
+awaits every one of them.
+
 Nothing polls: one timer per checked instance, armed again after each probe finishes.
 Script probes are spawned through `spawn.spawn` and their exit comes from the reaper like
 every other child (pmd has a single waitpid owner, so no subprocess.run here).
@@ -21,12 +26,14 @@ import signal
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..model.states import ProgramState
+from .events import Event, EventBus, HealthEvent, StateEvent
+from .instance import Instance
 from .spawn import (
     SpawnError,
     SpawnRequest,
@@ -39,8 +46,7 @@ from .spawn import (
 
 if TYPE_CHECKING:
     from ..model.spec import HealthCheckSpec
-    from .instance import Instance
-    from .supervisor import Supervisor
+    from .runtime import ChildWatcher
 
 log = logging.getLogger("pmd.health")
 
@@ -48,16 +54,12 @@ HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
 UNKNOWN = "unknown"
 
-#: The states an instance can move to from RUNNING: each ends its checks.
-LEFT_RUNNING = frozenset(ProgramState) - {ProgramState.RUNNING}
-
 
 @dataclass(slots=True)
 class CheckState:
     """What the API shows of one instance's checks."""
 
     spec: HealthCheckSpec
-    pid: int | None = None  # the run being checked
     status: str = UNKNOWN
     last_check: float | None = None
     response_time: float | None = None  # milliseconds
@@ -68,41 +70,48 @@ class CheckState:
     waiters: list[asyncio.Future[bool]] = field(default_factory=list)
 
 
-HealthListener = Callable[["Instance", str, str], None]  # instance, old status, new status
-
-
 class HealthMonitor:
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
+    """Runs the health checks of RUNNING instances. `restart` is how an instance whose
+    program has `restart_on_unhealthy` is restarted."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, events: EventBus,
+                 children: ChildWatcher, base_env: Mapping[str, str],
+                 restart: Callable[[Instance], None]) -> None:
+        self.loop = loop
+        self.events = events
+        self.children = children
+        self.base_env = base_env
+        self.restart = restart
         self.checks: dict[Instance, CheckState] = {}
-        self.listeners: list[HealthListener] = []
+        #: Every probe under way, cancelled ones included until they end: close awaits them.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
 
     # ---- tracking ------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):
+            return
+        if event.to_state == ProgramState.RUNNING:
+            self.track(event.source)
+        elif event.from_state == ProgramState.RUNNING:
+            self.untrack(event.source)
 
     def track(self, inst: Instance) -> None:
         """The instance is RUNNING: start checking it (if its program asks for checks)."""
         spec = inst.program.spec.health_check
         if spec is None:
             return
-        old = self.checks.get(inst)
-        if old is not None:
-            if old.pid == inst.pid:
-                return
-            # A restart from the exit event itself: the previous run's cleanup is still
-            # queued behind us. End that run's checks now; this run gets its own.
-            self.untrack(inst)
-        state = self.checks[inst] = CheckState(spec, pid=inst.pid)
+        self.untrack(inst)  # a new run gets checks of its own
+        state = self.checks[inst] = CheckState(spec)
         self._set_status(inst, state, UNKNOWN)
-        inst.wait_state(LEFT_RUNNING).add_done_callback(
-            lambda _: self.untrack(inst, state))
         self._schedule(inst, state, 0.0)
 
-    def untrack(self, inst: Instance, only: CheckState | None = None) -> None:
-        """Stop checking inst (`only`: if these are still its current checks)."""
-        state = self.checks.get(inst)
-        if state is None or (only is not None and state is not only):
+    def untrack(self, inst: Instance) -> None:
+        """Stop checking inst: its verdict goes back to unknown."""
+        state = self.checks.pop(inst, None)
+        if state is None:
             return
-        del self.checks[inst]
         if state.timer is not None:
             state.timer.cancel()
         if state.task is not None:
@@ -116,7 +125,7 @@ class HealthMonitor:
     def wait_healthy(self, inst: Instance) -> asyncio.Future[bool]:
         """True once the instance is healthy; False when it turns unhealthy or stops
         being RUNNING. An instance without a health check is healthy while RUNNING."""
-        future: asyncio.Future[bool] = self.sup.loop.create_future()
+        future: asyncio.Future[bool] = self.loop.create_future()
         state = self.checks.get(inst)
         if state is None:
             future.set_result(inst.program.spec.health_check is None
@@ -128,16 +137,19 @@ class HealthMonitor:
         return future
 
     async def close(self) -> None:
-        tasks = [s.task for s in self.checks.values() if s.task is not None]
+        """Stop following the bus, end every check and wait for the probes under way."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         for inst in list(self.checks):
             self.untrack(inst)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ---- the probe cycle -----------------------------------------------------------
 
     def _schedule(self, inst: Instance, state: CheckState, delay: float) -> None:
-        state.timer = self.sup.loop.call_later(delay, self._fire, inst, state)
+        state.timer = self.loop.call_later(delay, self._fire, inst, state)
 
     def _fire(self, inst: Instance, state: CheckState) -> None:
         state.timer = None
@@ -148,7 +160,10 @@ class HealthMonitor:
             self.untrack(inst)
             return
         state.spec = current  # an edited check applies from its next probe
-        state.task = self.sup.loop.create_task(self._probe_once(inst, state))
+        task = state.task = self.loop.create_task(self._probe_once(inst, state),
+                                                  name=f"health {inst.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _probe_once(self, inst: Instance, state: CheckState) -> None:
         spec = state.spec
@@ -179,7 +194,7 @@ class HealthMonitor:
                 self._wake(state, False)
                 if spec.restart_on_unhealthy and inst.want:
                     log.warning("%s: restarting (restart_on_unhealthy)", inst.name)
-                    inst.restart()  # leaves RUNNING: untrack() ends this cycle
+                    self.restart(inst)  # leaves RUNNING: untrack() ends this cycle
                     return
         if self.checks.get(inst) is state:
             self._schedule(inst, state, spec.interval)
@@ -198,10 +213,9 @@ class HealthMonitor:
     async def _probe_script(self, inst: Instance, command: str) -> str | None:
         pspec = inst.program.spec
         account = resolve_account(pspec.user)
-        env = program_env(self.sup.runtime.base_env, account, pspec.environment, pspec.display,
+        env = program_env(self.base_env, account, pspec.environment, pspec.display,
                           inst.port)
-        loop = self.sup.loop
-        done: asyncio.Future[int | None] = loop.create_future()
+        done: asyncio.Future[int | None] = self.loop.create_future()
         try:
             popen = spawn(SpawnRequest(argv=["/bin/sh", "-c", command], env=env,
                                        cwd=pspec.directory, account=account,
@@ -215,7 +229,7 @@ class HealthMonitor:
             if not done.done():
                 done.set_result(None if status is None else describe_exit(status))
 
-        self.sup.runtime.children.watch(popen.pid, exited)
+        self.children.watch(popen.pid, exited)
         try:
             code = await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -231,11 +245,11 @@ class HealthMonitor:
         state.status = status
         inst.health_status = status
         if old != status:
-            for listener in tuple(self.listeners):
-                try:
-                    listener(inst, old, status)
-                except Exception:
-                    log.exception("health listener failed")
+            program = inst.program
+            self.events.publish(HealthEvent(
+                program_id=program.id, program=program.name, instance=inst.name,
+                port=inst.port, from_status=old, to_status=status, time=time.time(),
+                temporary_id=program.temporary_id, source=inst))
 
     @staticmethod
     def _wake(state: CheckState, healthy: bool) -> None:

@@ -4,37 +4,39 @@ program allows.
 Only RUNNING instances of programs with a limit are sampled, by one timer that runs only
 while there is at least one of them (PMD_MEMORY_INTERVAL seconds apart, default 5). What
 counts is the program's process group, as the shared sampler (proctree) measures it.
+
+`MemoryWatch` follows the EventBus: an instance is watched from its RUNNING event until an
+event takes it out of RUNNING. `close` (at shutdown) cancels the timer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..model.states import ProgramState
+from .events import Event, EventBus, StateEvent
+from .instance import Instance
 from .proctree import SAMPLER
 
 if TYPE_CHECKING:
-    import asyncio
-
-    from .instance import Instance
+    from .runtime import Cancellable, Timers
 
 log = logging.getLogger("pmd.memory")
 
 DEFAULT_INTERVAL = 5.0
 
 
-class Owner(Protocol):
-    """What MemoryWatch needs of the Supervisor that owns it: the loop its timer runs on."""
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-
 class MemoryWatch:
-    def __init__(self, sup: Owner, interval: float | None = None) -> None:
-        self.sup = sup
+    """Samples the RUNNING instances of programs with a limit; `restart` is how one over
+    its limit is restarted."""
+
+    def __init__(self, timers: Timers, events: EventBus, restart: Callable[[Instance], None],
+                 interval: float | None = None) -> None:
+        self.timers = timers
+        self.restart = restart
         if interval is None:
             try:
                 interval = float(os.environ.get("PMD_MEMORY_INTERVAL") or DEFAULT_INTERVAL)
@@ -43,14 +45,29 @@ class MemoryWatch:
         self.interval = max(0.05, interval)
         self.watched: set[Instance] = set()
         self.restarts = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
+        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):
+            return
+        if event.to_state == ProgramState.RUNNING:
+            self.track(event.source)
+        elif event.from_state == ProgramState.RUNNING:
+            self.untrack(event.source)
 
     def track(self, inst: Instance) -> None:
         if inst.program.spec.max_memory_restart is None:
             return
         self.watched.add(inst)
         if self._timer is None:
-            self._timer = self.sup.loop.call_later(self.interval, self._sample)
+            self._timer = self.timers.call_later(self.interval, self._sample)
+
+    def untrack(self, inst: Instance) -> None:
+        self.watched.discard(inst)
+        if not self.watched and self._timer is not None:  # nothing to sample: no timer
+            self._timer.cancel()
+            self._timer = None
 
     def _sample(self) -> None:
         self._timer = None
@@ -65,11 +82,15 @@ class MemoryWatch:
                             inst.name, rss, limit)
                 self.watched.discard(inst)  # tracked again once it is RUNNING again
                 self.restarts += 1
-                inst.restart()
-        if self.watched:
-            self._timer = self.sup.loop.call_later(self.interval, self._sample)
+                self.restart(inst)
+        if self.watched and self._timer is None:
+            self._timer = self.timers.call_later(self.interval, self._sample)
 
     def close(self) -> None:
+        """Stop following the bus and sampling."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -26,7 +26,7 @@ from ..store.files import read_json
 from ..store.storage import StorageError
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import Conflict, Invalid, NotFound, OperationFailed, Refused, StorageFailed
-from .events import EventBus, StateEvent
+from .events import Event, EventBus, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
 from .memory import MemoryWatch
@@ -100,8 +100,10 @@ class Supervisor:
         self._pids_timer: asyncio.TimerHandle | None = None
         self.events.subscribe(self._pids_changed)
         self.events.subscribe(self._follow)
-        self.health = HealthMonitor(self)
-        self.memory = MemoryWatch(self)
+        # The watchers subscribe to the events themselves; shutdown closes each of them.
+        self.health = HealthMonitor(loop, self.events, children, self.base_env,
+                                    restart=Instance.restart)
+        self.memory = MemoryWatch(loop, self.events, restart=Instance.restart)
         self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for)
         #: Instances in no program's slot: a reload's replacement until it takes over, and
         #: the instance it replaced while that one stops (reload.py). Shutdown stops them.
@@ -381,17 +383,15 @@ class Supervisor:
             inst.restart()
         return instances
 
-    def _follow(self, event: StateEvent) -> None:
-        """What the supervisor itself does on the event stream: a RUNNING instance gets its
-        health check and memory limit; one gone for good may end a quick-start or the
-        container; a quick-start's new pid is recorded."""
+    def _follow(self, event: Event) -> None:
+        """What the supervisor itself does on the event stream: an instance gone for good
+        may end a quick-start or the container; a quick-start's new pid is recorded."""
+        if not isinstance(event, StateEvent):
+            return
         inst = event.source
         if not isinstance(inst, Instance):
             return
-        if event.to_state == ProgramState.RUNNING:
-            self.health.track(inst)
-            self.memory.track(inst)
-        elif event.to_state in (ProgramState.FATAL, ProgramState.EXITED) and not inst.want:
+        if event.to_state in (ProgramState.FATAL, ProgramState.EXITED) and not inst.want:
             self._gone(inst)
         elif event.to_state == ProgramState.STARTING and inst.pid is not None \
                 and inst.program.is_ephemeral:
@@ -403,9 +403,9 @@ class Supervisor:
     def pids_path(self) -> Path:
         return self.state_dir / "pids.json"
 
-    def _pids_changed(self, event: StateEvent) -> None:
+    def _pids_changed(self, event: Event) -> None:
         # One write per burst of changes, never a timer while idle.
-        if self._pids_timer is None:
+        if isinstance(event, StateEvent) and self._pids_timer is None:
             self._pids_timer = self.loop.call_later(0.1, self.write_pids)
 
     def write_pids(self) -> None:
@@ -629,7 +629,11 @@ class Supervisor:
 
     async def shutdown(self, deadline: float) -> None:
         """Stop everything in reverse priority order, each priority group concurrently,
-        within `deadline` (loop time); then SIGKILL whatever is left."""
+        within `deadline` (loop time); then SIGKILL whatever is left. Every watcher is
+        closed, its tasks and timers cancelled and awaited."""
+        # Watchers first: a probe or a memory sample must not restart what is stopping.
+        self.memory.close()
+        await self.health.close()
         programs = self.all_programs()
         everything: list[asyncio.Future[ProgramState]] = [
             inst.stop() for inst in list(self.extra_instances)]
@@ -652,6 +656,9 @@ class Supervisor:
         # The STOPPING/STOPPED notifications just queued get what is left of the grace.
         left_over = max(0.0, deadline - self.loop.time())
         await self.webhooks.close(drain=min(DRAIN_SECONDS, left_over))
+        if self._pids_timer is not None:  # the burst of stops is written now, not never
+            self._pids_timer.cancel()
+            self.write_pids()
 
     # ---- re-exec -------------------------------------------------------------------
 

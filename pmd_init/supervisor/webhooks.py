@@ -35,7 +35,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from .. import __version__
 from ..model.webhook_rules import address_problem, ip_literal
-from .events import EventBus, StateEvent
+from .events import Event, EventBus, StateEvent
 
 if TYPE_CHECKING:
     from ..model.spec import WebhooksSpec
@@ -164,7 +164,8 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 
 class WebhookDispatcher:
-    """Delivers the state changes of programs whose spec has webhooks enabled.
+    """Delivers the state changes of programs whose spec has webhooks enabled (health
+    verdicts are not webhook events: the `events` a spec may name are states).
 
     `spec_for` maps an event to the webhooks of the program it is about (or None); it is
     called in the EventBus callback, so it must be a lookup, nothing more.
@@ -193,7 +194,9 @@ class WebhookDispatcher:
 
     # ---- intake (synchronous, from the EventBus) -----------------------------------
 
-    def on_event(self, event: StateEvent) -> None:
+    def on_event(self, event: Event) -> None:
+        if not isinstance(event, StateEvent):
+            return
         if self._closed or event.reason == "adopted":  # pmd changed hands, not the program
             return
         hooks = self.spec_for(event)
