@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pmd_init.api.logstream import _start_of_last_lines
+from pmd_init.logs.tail import last_lines
 from tests.api.helpers import API, assert_error, program
 from tests.harness import Pmd
 
@@ -98,12 +97,8 @@ def test_stream_start_finds_the_last_lines_without_a_byte_loop(tmp_path):
     with open(path, "wb") as f:
         for _ in range(160):
             f.write(line)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        started = time.monotonic()
-        assert _start_of_last_lines(fd, 10000) == 0
-        assert _start_of_last_lines(fd, 2) == len(line) * 158
-        assert _start_of_last_lines(fd, 1) == len(line) * 159
-        assert time.monotonic() - started < 0.5
-    finally:
-        os.close(fd)
+    started = time.monotonic()
+    assert last_lines(path, 10000)[0].start == 0
+    assert last_lines(path, 2)[0].start == len(line) * 158
+    assert last_lines(path, 1)[0].start == len(line) * 159
+    assert time.monotonic() - started < 0.5
