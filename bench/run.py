@@ -17,11 +17,14 @@ Scenarios:
             Logs go to /dev/shm when it is a tmpfs (--capture-dir to change), so that the
             figure is the init's and not the disk's write-back; tini's column is the
             program writing straight to a file (no capture at all: the floor)
+  reexec    pmd only: 5 `pmd reexec` while a client connects to the TCP port every 2 ms
+            and asks for /api/v1/daemon/health; refused connections and the longest wait
 
 Times are from the bench's own exec of `unshare` (a few ms, the same for every init).
 The full run takes about 6 minutes, --quick about 100 s.
 
-Usage: .venv/bin/python bench/run.py [--quick] [--reps N] [--only reap,gap,fleet,capture]
+Usage: .venv/bin/python bench/run.py [--quick] [--reps N]
+                                     [--only reap,gap,fleet,capture,reexec]
                                      [--inits pmd,tini,supervisord] [--keep]
 Needs: unshare (util-linux) and root or user namespaces; tini and supervisord for the
 anchors (Debian: apt-get install tini supervisor); cc for the crash program.
@@ -31,14 +34,17 @@ Output: the table on stdout, every raw figure in bench/results/bench-<time>.json
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -320,6 +326,61 @@ def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "
         run.terminate(15)
 
 
+def http_get(address: tuple[str, int] | str, path: str, method: str = "GET",
+             timeout: float = 30.0) -> bytes:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: pmd\r\nContent-Length: 0\r\n"
+                     f"Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def run_reexec(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """Re-execs under a client that never stops asking: the listening sockets go through
+    the exec, so nothing should be refused; the wait is the new pmd's start-up."""
+    run = launch(kind, base, [Prog("sleeper", ["sleep", "1000"])]).start()
+    try:
+        if not wait_until(lambda: pmd_api_ready(base), 15):
+            raise RuntimeError(f"pmd API not ready\n{run.stderr_tail()}")
+        port = json.loads((base / "state" / "api.json").read_text())["port"]
+        halt = threading.Event()
+        counts = {"refused": 0, "failed": 0, "answered": 0}
+        waits: list[float] = []
+
+        def client() -> None:
+            while not halt.is_set():
+                t0 = time.monotonic()
+                try:
+                    answer = http_get(("127.0.0.1", port), "/api/v1/daemon/health")
+                except OSError as exc:
+                    counts["refused" if exc.errno == errno.ECONNREFUSED else "failed"] += 1
+                else:
+                    counts["answered" if answer.startswith(b"HTTP/1.1 200") else "failed"] += 1
+                    waits.append(time.monotonic() - t0)
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        ready = run.stderr_tail(1 << 20).count("API on")
+        for _ in range(opts.reexecs):
+            http_get(str(base / "pmd.sock"), "/api/v1/daemon/reexec", "POST")
+            ready += 1
+            if not wait_until(lambda n=ready: run.stderr_tail(1 << 20).count("API on") >= n,
+                              30, 0.01):
+                raise RuntimeError(f"pmd did not come back\n{run.stderr_tail()}")
+            time.sleep(0.1)  # some ordinary traffic between re-execs
+        halt.set()
+        thread.join(30)
+        return {"reexecs": opts.reexecs, **counts, "longest_wait_s": max(waits, default=None)}
+    finally:
+        run.terminate(10)
+
+
 # ---- orchestration -----------------------------------------------------------------
 
 class Bench:
@@ -365,7 +426,8 @@ class Bench:
 
     def run(self) -> None:
         o = self.opts
-        only = set(o.only.split(",")) if o.only else {"reap", "gap", "fleet", "capture"}
+        only = set(o.only.split(",")) if o.only else {"reap", "gap", "fleet", "capture",
+                                                      "reexec"}
         inits = self.inits
         if "reap" in only:
             log(f"reap: {o.orphans} double-forked orphans")
@@ -384,6 +446,9 @@ class Bench:
             if "pmd" in inits:
                 self.rounds("capture_fwd", ["pmd"], run_capture, o.capture_fwd_reps,
                             source="lines", forward=True)
+        if "reexec" in only and "pmd" in inits:
+            log(f"reexec: {o.reexecs} re-execs of pmd under a client connecting every 2 ms")
+            self.rounds("reexec", ["pmd"], run_reexec, 1)
 
     def cleanup(self) -> None:
         kill_all_live()
@@ -508,6 +573,12 @@ def extras(raw: dict[str, Any]) -> list[str]:
             "pmd capture with forwarding on (256 MiB of 100-byte lines, PMD_LOG_FORWARD=1): "
             f"{statistics.median(r['mib_per_s'] for r in fwd):.0f} MiB/s, "
             f"{statistics.median(r['init_cpu_s'] for r in fwd):.2f} init cpu-s")
+    for r in raw.get("reexec", {}).get("pmd", []):
+        wait = r["longest_wait_s"]
+        notes.append(f"pmd re-exec x{r['reexecs']} under a client connecting every 2 ms: "
+                     f"{r['refused']} refused, {r['failed']} failed, {r['answered']} "
+                     "answered, longest wait "
+                     + (f"{wait:.2f} s" if wait is not None else "n/a"))
     for kind, runs in raw.get("gap", {}).items():
         rates = [r["restarts_per_s"] for r in runs]
         notes.append(f"{kind} restarts per second in the gap test: {statistics.median(rates):.1f}")
@@ -530,7 +601,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="one round, shorter windows (under 2 minutes)")
     ap.add_argument("--reps", type=int, default=None, help="rounds per scenario (default 3)")
-    ap.add_argument("--only", default="", help="comma list of reap,gap,fleet,capture")
+    ap.add_argument("--only", default="",
+                    help="comma list of reap,gap,fleet,capture,reexec")
     ap.add_argument("--inits", default=",".join(INITS), help="comma list of pmd,tini,supervisord")
     ap.add_argument("--capture-dir", default=default_capture_dir(),
                     help="where the capture logs go (default /dev/shm when it is a tmpfs)")
@@ -549,6 +621,7 @@ def main() -> None:
     o.settle = 1.5 if quick else 2.0
     o.capture_bytes = 256 * MiB
     o.capture_fwd_reps = 1 if quick else 2
+    o.reexecs = 5
 
     wanted = [k for k in o.inits.split(",") if k]
     inits, problems = check_prerequisites(wanted)

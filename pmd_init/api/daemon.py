@@ -460,6 +460,14 @@ async def _end_log_streams(app: Any) -> None:
         event.set()
 
 
+@bp.after_server_start
+async def _open_log_streams(app: Any) -> None:
+    """Streams may run again: the server starts, or serves on after a failed re-exec."""
+    event = getattr(app.ctx, "log_streams_closing", None)
+    if event is not None:
+        event.clear()
+
+
 @bp.get("/programs/<program_id:int>/logs/stream")
 @doc("Follow a program's log as Server-Sent Events; `id` is a byte cursor, a `reset` event "
      "says the file was rotated", query=LogStreamQuery,

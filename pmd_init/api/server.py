@@ -1,7 +1,8 @@
 """The Sanic app and its life cycle on pmd's own loop.
 
-pmd binds its sockets itself (TCP, and a Unix socket created under a umask and chmod 0600)
-and drives Sanic's server through create_server(start_serving=False) and the lifecycle calls.
+pmd binds its sockets itself (listeners.py: TCP, and a Unix socket created under a umask
+and chmod 0600, or those an earlier pmd handed over across re-exec) and drives Sanic's
+server through create_server(start_serving=False) and the lifecycle calls.
 `app.run()` is unusable here (its own loop, SIGINT/SIGTERM ignored, inherited by children)
 and `app.stop()` would stop pmd's loop.
 """
@@ -11,17 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from sanic import Request, Sanic
+from sanic.http.constants import Stage
 from sanic.response import HTTPResponse, json
 
 from .. import __version__
 from . import auth, errors
 from .errors import error_response
+from .listeners import BACKLOG, Listener, open_listeners, set_inheritable
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pmd.api")
 
 BODY_LIMIT = 1 << 20  # 1 MB JSON bodies (daemon-api-extras.md)
+#: Before a re-exec, how long accepted requests may take to finish...
+DRAIN_SECONDS = 1.0
+#: ...and how long a connection accepted just before may take to send its first request.
+FIRST_REQUEST_SECONDS = 0.25
 
 
 class OrphanCount(Protocol):
@@ -154,73 +161,52 @@ def _open_fds() -> int:
         return 0
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def bind_unix(path: os.PathLike[str] | str) -> socket.socket:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-    try:
-        os.unlink(path)  # a stale socket from an earlier run
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # never world-connectable, not even for an instant
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 class ApiServer:
-    def __init__(self, init: Owner, settings: Settings) -> None:
+    """The Sanic servers on pmd's listeners. pmd keeps each listening socket and gives
+    Sanic a duplicate: asyncio's Server.close() closes the sockets it serves, and the
+    original must outlive the servers when it goes along through a re-exec."""
+
+    def __init__(self, init: Owner, settings: Settings,
+                 handed_over: Iterable[Listener] = ()) -> None:
         self.init = init
         self.settings = settings
         self.app = create_app(init)
         self.servers: list[Any] = []
-        self.sockets: list[socket.socket] = []
+        self.listeners: list[Listener] = []
         self.tcp_address: tuple[str, int] | None = None
+        self._handed_over = list(handed_over)
 
     async def start(self) -> None:
         s = self.settings
-        if s.port >= 0:
-            tcp = bind_tcp(s.host, s.port)
-            self.sockets.append(tcp)
-            self.tcp_address = tcp.getsockname()[:2]
-        if s.socket is not None:
-            self.sockets.append(bind_unix(s.socket))
-        first = True
-        for sock in self.sockets:
-            server = await self.app.create_server(
-                sock=sock, return_asyncio_server=True,
-                asyncio_server_kwargs={"start_serving": False},
-            )
-            assert server is not None  # create_server already awaited it: .server is bound
-            if first:
-                await server.startup()
-                await server.before_start()
-            self.servers.append(server)
-            first = False
+        self.listeners = open_listeners(s, self._handed_over)
+        kept = sum(1 for x in self.listeners if x in self._handed_over)
+        self._handed_over = []
+        if not self.listeners:  # --port -1 and --socket ''
+            return
+        for listener in self.listeners:
+            if listener.kind == "tcp":
+                self.tcp_address = listener.sock.getsockname()[:2]
+        await self._create_servers()
+        await self.servers[0].startup()
+        await self.servers[0].before_start()
         for server in self.servers:
             await server.start_serving()
-        if self.servers:
-            await self.servers[0].after_start()
+        await self.servers[0].after_start()
         where = [f"http://{a[0]}:{a[1]}" for a in [self.tcp_address] if a]
         if s.socket is not None:
             where.append(f"unix:{s.socket}")
-        log.info("API on %s", ", ".join(where))
+        log.info("API on %s%s", ", ".join(where),
+                 f" ({kept} listening socket(s) kept across re-exec)" if kept else "")
         self._write_port_file()
+
+    async def _create_servers(self) -> None:
+        for listener in self.listeners:
+            server = await self.app.create_server(
+                sock=listener.sock.dup(), backlog=BACKLOG, return_asyncio_server=True,
+                asyncio_server_kwargs={"start_serving": False},
+            )
+            assert server is not None  # create_server already awaited it: .server is bound
+            self.servers.append(server)
 
     def _write_port_file(self) -> None:
         """The bound address, for tests and tools that start pmd on port 0."""
@@ -235,42 +221,105 @@ class ApiServer:
         except OSError:
             pass
 
-    def close(self) -> None:
-        """Stop accepting connections (in-flight requests go on)."""
+    async def close(self, keep_listening: bool = False) -> None:
+        """Stop accepting connections; in-flight requests go on. With `keep_listening`
+        (a re-exec) the listening sockets stay open and connections from now on wait in
+        their backlog for the next pmd; without (shutdown) they are refused from now on.
+
+        The reader goes first and asyncio's Server.close() only a few loop turns later: a
+        socket accepted in this turn becomes a transport in the next, and a transport
+        made for a closed Server (3.11) fails an assertion and leaves its socket open
+        and unserved (reset at the exec, measured)."""
         for server in self.servers:
-            if server.server is not None and server.server.is_serving():
-                server.server.close()
+            if server.server is not None:
+                for sock in server.server.sockets:
+                    server.loop.remove_reader(sock.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        for server in self.servers:
+            if server.server is not None:
+                server.server.close()  # Sanic's duplicates
+        if not keep_listening:
+            for listener in self.listeners:
+                listener.sock.close()
 
     async def stop(self, timeout: float = 1.0) -> None:
-        if not self.servers:
-            return
-        try:
-            await asyncio.wait_for(self.servers[0].before_stop(), timeout)
-        except (TimeoutError, Exception):  # noqa: BLE001 - listeners must not block exit
-            pass
-        self.close()
-        for server in self.servers:
-            for conn in list(server.connections):
-                conn.close_if_idle()
-        waits = [s.wait_closed() for s in self.servers if s.server is not None]
-        if waits:
-            try:
-                await asyncio.wait_for(asyncio.gather(*waits), timeout)
-            except TimeoutError:
-                for server in self.servers:
-                    for conn in list(server.connections):
-                        conn.abort()
-        try:
-            await asyncio.wait_for(self.servers[0].after_stop(), timeout)
-        except (TimeoutError, Exception):  # noqa: BLE001
-            pass
-        for sock in self.sockets:
-            sock.close()
+        """The end: no more connections, finish what was accepted."""
+        await self._wind_down(timeout, keep_listening=False)
+        self.listeners = []
         (self.settings.state_dir / "api.json").unlink(missing_ok=True)
         if self.settings.socket is not None:
             try:
                 os.unlink(self.settings.socket)
             except OSError:
                 pass
+
+    async def hand_over(self) -> list[dict[str, Any]]:
+        """Before a re-exec: finish what was accepted but keep the listening sockets.
+        Returns their descriptions for the re-exec state; the caller makes them
+        inheritable for the exec itself."""
+        await self._wind_down(DRAIN_SECONDS, keep_listening=True)
+        return [listener.describe() for listener in self.listeners]
+
+    async def take_back(self) -> None:
+        """The exec failed: serve again, on the same listening sockets."""
+        set_inheritable(self.listeners, False)
+        if not self.listeners:
+            return
+        await self._create_servers()
+        for server in self.servers:
+            await server.start_serving()
+        await self.servers[0].after_start()
+        log.info("API serving again after the failed re-exec")
+
+    async def _wind_down(self, timeout: float, keep_listening: bool) -> None:
+        if not self.servers:
+            if not keep_listening:
+                for listener in self.listeners:
+                    listener.sock.close()
+            return
+        try:
+            await asyncio.wait_for(self.servers[0].before_stop(), timeout)
+        except (TimeoutError, Exception):  # noqa: BLE001 - listeners must not block exit
+            pass
+        await self.close(keep_listening)
+        await self._drain(timeout, min(timeout, FIRST_REQUEST_SECONDS))
+        try:
+            await asyncio.wait_for(self.servers[0].after_stop(), timeout)
+        except (TimeoutError, Exception):  # noqa: BLE001
+            pass
         self.servers = []
-        self.sockets = []
+
+    async def _drain(self, timeout: float, first_request: float) -> None:
+        """Close each connection as soon as it is between requests; abort what is left
+        after `timeout`. Not asyncio's Server.wait_closed(): on 3.11 it returns at once
+        when the server is already closed, whatever is still in flight."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            waited = loop.time() - start
+            connections = [c for server in self.servers for c in server.connections]
+            if not connections:
+                return
+            if waited >= timeout:
+                for conn in connections:
+                    conn.abort()
+                return
+            for conn in connections:
+                if getattr(conn, "websocket", None) is not None:
+                    conn.close_if_idle()  # a close frame, 1001 "going away"
+                elif _between_requests(conn, waited >= first_request):
+                    conn.close()
+            await asyncio.sleep(0.005)
+
+
+def _between_requests(conn: Any, patience_over: bool) -> bool:
+    """Closing this connection now loses no request. One that has not sent its first
+    request yet may belong to a client that connected just before close(): it gets a
+    moment to send it (a local client sends within microseconds)."""
+    http = conn.http
+    if http is None:  # accepted, its task not started yet
+        return patience_over
+    if http.stage is not Stage.IDLE or conn.recv_buffer:
+        return False
+    return patience_over or conn.state.get("requests_count", 0) > 0

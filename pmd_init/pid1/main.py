@@ -82,6 +82,11 @@ class Init:
         # that a killed pmd left behind, whatever pid it names (ours too, after a re-exec).
         store.storage.remove_stale_temps()
         state = self._take_reexec_state()
+        handed_over: list[Any] = []
+        if state is not None:
+            from ..api.listeners import take_handed_over
+
+            handed_over = take_handed_over(state.get("listeners"))
         if state is not None and isinstance(state.get("base_env"), dict):
             self.base_env = state["base_env"]  # what programs got before, unchanged
         self.supervisor = sup = Supervisor(
@@ -112,12 +117,17 @@ class Init:
             # Importing the HTTP stack takes a few hundred milliseconds of CPU. Done on the
             # loop it would hold up every SIGCHLD and restart meanwhile (hundreds of
             # zombies in a burst); in a short-lived thread the loop keeps turning.
-            self.api = await _in_thread(lambda: _make_api(self, s))
+            self.api = await _in_thread(lambda: _make_api(self, s, handed_over))
             try:
                 await self.api.start()
             except OSError as exc:
                 log.error("HTTP API not started: %s", exc)
                 self.api = None
+        for listener in handed_over:
+            # Not served after all (no API, or it failed): refuse clients rather than
+            # leave them waiting in a backlog nobody reads. A no-op for those in use.
+            if self.api is None or listener not in self.api.listeners:
+                listener.sock.close()
         mode = await self._done
         if mode == "reexec":
             await self._reexec()  # returns only if exec failed
@@ -272,7 +282,7 @@ class Init:
         loop = self.loop
         deadline = loop.time() + self.settings.grace
         if self.api is not None:
-            self.api.close()  # stop accepting; in-flight requests finish below
+            await self.api.close()  # refuse new connections; in-flight requests finish below
         await self.supervisor.shutdown(deadline)
         if self.main_pid is not None:
             waiter = loop.create_future()
@@ -335,18 +345,21 @@ class Init:
 
     async def _reexec(self) -> None:
         """Replace this process image with a new pmd, same pid: children stay ours, their
-        log pipes stay open (the read ends are handed over by number), timers resume."""
+        log pipes and the API's listening sockets stay open (handed over by number),
+        timers resume."""
         log.info("re-executing pmd in place")
+        listeners: list[dict[str, Any]] = []
         if self.api is not None:
-            self.api.close()
-            await self.api.stop(timeout=1.0)
-            self.api = None
+            # Accepted requests are answered first; the listening sockets go along, so
+            # clients arriving from now on wait in the backlog for the next pmd.
+            listeners = await self.api.hand_over()
         self.reaper.reap()
         state = {
             "supervisor": self.supervisor.snapshot(),
             "main": {"pid": self.main_pid} if self.main_pid else None,
             "started_at": self.started_at,
             "base_env": self.base_env,
+            "listeners": listeners,
         }
         fds = self.supervisor.capture_fds()
         try:
@@ -354,6 +367,8 @@ class Init:
             for fd in fds:
                 self.loop.remove_reader(fd)
                 os.set_inheritable(fd, True)
+            for listener in listeners:  # nobody is spawned from here to the exec
+                os.set_inheritable(listener["fd"], True)
             sys.stdout.flush()
             sys.stderr.flush()
             self.signals.restore()
@@ -369,16 +384,18 @@ class Init:
                     if capture.fd >= 0:
                         os.set_inheritable(capture.fd, False)
                         self.loop.add_reader(capture.fd, capture._readable)
+            if self.api is not None:
+                await self.api.take_back()
             self._done = self.loop.create_future()
             mode = await self._done
             if mode == "reexec":
                 await self._reexec()
 
 
-def _make_api(init: Init, settings: Settings) -> Any:
+def _make_api(init: Init, settings: Settings, handed_over: list[Any]) -> Any:
     from ..api.server import ApiServer
 
-    return ApiServer(init, settings)
+    return ApiServer(init, settings, handed_over)
 
 
 async def _in_thread(work: Any) -> Any:
