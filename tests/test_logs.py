@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pmd_init.logs.capture import LogFile
+import asyncio
+import os
+
+from pmd_init.logs.capture import Capture, LogFile
 from pmd_init.logs.tail import tail_lines
 
 
@@ -68,3 +71,37 @@ def test_tail_reads_the_last_lines(tmp_path):
     assert tail_lines(tmp_path / "missing", 5) == []
     path.write_text("a\nb")
     assert tail_lines(path, 5) == ["a", "b"]
+
+
+def test_drain_logs_what_an_ended_run_left_and_closes_its_pipe(tmp_path):
+    """Before a program's next run: the last output is logged, the pipe closed at once
+    (a crash loop must not hold two runs' pipes), and the EOF callback says so."""
+    loop = asyncio.new_event_loop()
+    try:
+        log = LogFile(tmp_path / "out.log", max_bytes=0, backups=0)
+        closed = []
+        r, w = Capture.make_pipe()
+        capture = Capture(loop, r, log, None, b"[p] ", on_eof=closed.append)
+        os.write(w, b"last words\n")
+        os.close(w)
+        assert capture.drain() is True
+        assert capture.fd == -1 and closed == [capture]
+        assert (tmp_path / "out.log").read_bytes() == b"last words\n"
+    finally:
+        loop.close()
+
+
+def test_drain_keeps_a_pipe_that_a_leftover_process_still_holds(tmp_path):
+    loop = asyncio.new_event_loop()
+    try:
+        log = LogFile(tmp_path / "out.log", max_bytes=0, backups=0)
+        r, w = Capture.make_pipe()
+        capture = Capture(loop, r, log, None, b"[p] ")
+        os.write(w, b"still here\n")
+        assert capture.drain() is False  # empty for now, not at EOF: no wait, no close
+        assert capture.fd == r
+        assert (tmp_path / "out.log").read_bytes() == b"still here\n"
+        os.close(w)
+        assert capture.drain() is True
+    finally:
+        loop.close()
