@@ -273,7 +273,7 @@ def main() -> None:
         print(f"- target: pmd status p99 under {TARGET_P99_MS:g} ms during the storm: "
               f"{p99:.2f} ms, {'met' if p99 < TARGET_P99_MS else 'NOT met'}")
     print("- pmd: its default start-rate limit (5 starts in 10 s, then BACKOFF); pmd-nolimit: "
-          "start_limit_burst 0; supervisord: no such limit (it restarts about once a second)")
+          "start_limit_burst 0; supervisord: no such limit")
     for e in errors:
         print(f"! {e}")
     for p in problems:
