@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_DIR := .run
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration lint bench clean system-deps
+.PHONY: run test unit integration lint bench chaos clean system-deps
 
 $(STAMP): pyproject.toml
 	@./scripts/system-deps
@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+## A crash storm (20 programs exiting at once) for 20 s, pmd beside supervisord.
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .pytest_cache

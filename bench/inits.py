@@ -17,8 +17,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from procfs import children
 
@@ -39,6 +41,8 @@ class Prog:
     autorestart: bool = False
     log_max_bytes: int | None = None  # None: the init's default rotation size
     env: dict[str, str] = field(default_factory=dict)
+    startretries: int | None = None  # None: the init's default
+    pmd: dict[str, object] = field(default_factory=dict)  # pmd-only fields (start limit ...)
 
 
 class Launch:
@@ -127,6 +131,16 @@ class Launch:
             LIVE.remove(self)
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.002) -> Any:
+    """Poll predicate until it is true or timeout passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
 def kill_all_live() -> None:
     for launch in list(LIVE):
         launch.kill()
@@ -149,6 +163,9 @@ def pmd_launch(base: Path, progs: list[Prog], main: list[str] | None = None,
             spec.update(log_max_bytes=p.log_max_bytes, log_backups=0)
         if p.env:
             spec["environment"] = p.env
+        if p.startretries is not None:
+            spec["startretries"] = p.startretries
+        spec.update(p.pmd)
         programs.append(spec)
     (config / "programs.json").write_text(json.dumps({"version": 1, "programs": programs}))
     argv = [pmd_python(), "-m", "pmd_init", "--config-dir", str(config),
@@ -172,15 +189,27 @@ def pmd_api_ready(base: Path) -> bool:
     return (base / "state" / "api.json").exists()
 
 
+def pmd_socket(base: Path) -> Path:
+    return base / "pmd.sock"
+
+
 # ---- supervisord -------------------------------------------------------------------
 
-def supervisord_launch(base: Path, progs: list[Prog]) -> Launch:
+def supervisord_launch(base: Path, progs: list[Prog], rpc: bool = False) -> Launch:
+    """rpc: serve XML-RPC (what supervisorctl uses) on a Unix socket, supervisord_socket()."""
     logs = base / "log"
     logs.mkdir(parents=True, exist_ok=True)
     lines = [
         "[supervisord]", "nodaemon=true", f"logfile={base / 'supervisord.log'}",
         f"pidfile={base / 'supervisord.pid'}", f"childlogdir={logs}", "",
     ]
+    if rpc:
+        lines += [
+            "[unix_http_server]", f"file={supervisord_socket(base)}", "chmod=0600", "",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "",
+        ]
     for p in progs:
         command = shlex.join(p.argv).replace("%", "%%")
         maxbytes = p.log_max_bytes if p.log_max_bytes is not None else "50MB"
@@ -188,6 +217,7 @@ def supervisord_launch(base: Path, progs: list[Prog]) -> Launch:
             f"[program:{p.name}]", f"command={command}", "autostart=true",
             f"autorestart={'true' if p.autorestart else 'false'}",
             f"startsecs={p.startsecs:g}",
+            *([f"startretries={p.startretries}"] if p.startretries is not None else []),
             f"stdout_logfile={logs / (p.name + '.out')}",
             f"stdout_logfile_maxbytes={maxbytes}",
             f"stdout_logfile_backups={0 if p.log_max_bytes is not None else 10}",
@@ -207,6 +237,10 @@ def supervisord_log_path(base: Path, name: str) -> Path:
     return base / "log" / f"{name}.out"
 
 
+def supervisord_socket(base: Path) -> Path:
+    return base / "supervisor.sock"
+
+
 # ---- tini --------------------------------------------------------------------------
 
 def tini_launch(base: Path, progs: list[Prog], main: list[str] | None = None) -> Launch:
@@ -224,3 +258,26 @@ def tini_launch(base: Path, progs: list[Prog], main: list[str] | None = None) ->
 
 def tini_log_path(base: Path, name: str) -> Path:
     return base / "log" / f"{name}.out"
+
+
+# ---- the crash program -------------------------------------------------------------
+
+def build_crasher(workdir: Path) -> list[str]:
+    """bench/crasher.c built with the system's cc: argv of a program that appends a
+    CLOCK_MONOTONIC stamp (ns) to the file named by its one argument and exits 1."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        sys.exit("bench: no C compiler (cc) to build bench/crasher.c; "
+                 "Debian: apt-get install gcc")
+    binary = workdir / "crasher"
+    subprocess.run([cc, "-O2", "-o", str(binary), str(ROOT / "bench" / "crasher.c")],
+                   check=True)
+    return [str(binary)]
+
+
+def read_stamps(path: Path) -> list[int]:
+    """The crash program's start stamps (CLOCK_MONOTONIC ns, as time.monotonic_ns())."""
+    try:
+        return [int(x) for x in path.read_text().split()]
+    except OSError:
+        return []

@@ -9,7 +9,10 @@ Scenarios:
   reap      3000 double-forked orphans made by the main command (a program under
             supervisord): time, tail after the last fork, peak zombies
   gap       crash to restart: a C program appends a CLOCK_MONOTONIC stamp and exits 1;
-            autorestart true, startsecs 0; tini runs a bash `while true` loop (the floor)
+            autorestart true, startsecs 0; tini runs a bash `while true` loop (the floor).
+            pmd keeps its default start-rate limit (5 starts in 10 s, then BACKOFF): its
+            figure pools the gaps within rounds of 5 starts, each round started through
+            the API while the program waits; the waits are excluded and counted
   fleet     100 `sleep` programs: exec to 100 running, RSS, idle context switches and CPU,
             then SIGTERM to exit; and the same with 1 program for the per-program RSS
   capture   a program writes 256 MiB to stdout (`head -c N /dev/zero`); time and init
@@ -19,12 +22,16 @@ Scenarios:
             program writing straight to a file (no capture at all: the floor)
   reexec    pmd only: 5 `pmd reexec` while a client connects to the TCP port every 2 ms
             and asks for /api/v1/daemon/health; refused connections and the longest wait
+  storm     20 programs exiting at once (the gap's C program, startsecs 0, autorestart
+            true): status p50/p99 over the init's Unix socket while they churn, pmd
+            (defaults) against supervisord (XML-RPC getAllProcessInfo); bench/chaos.py
+            (`make chaos`) has the whole picture
 
 Times are from the bench's own exec of `unshare` (a few ms, the same for every init).
 The full run takes about 6 minutes, --quick about 100 s.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--reps N]
-                                     [--only reap,gap,fleet,capture,reexec]
+                                     [--only reap,gap,fleet,capture,storm,reexec]
                                      [--inits pmd,tini,supervisord] [--keep]
 Needs: unshare (util-linux) and root or user namespaces; tini and supervisord for the
 anchors (Debian: apt-get install tini supervisor); cc for the crash program.
@@ -34,6 +41,7 @@ Output: the table on stdout, every raw figure in bench/results/bench-<time>.json
 from __future__ import annotations
 
 import argparse
+import bisect
 import errno
 import json
 import os
@@ -53,23 +61,31 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procfs  # noqa: E402
+from chaos import run_storm, storm_rows  # noqa: E402
+from clients import PMD_STATUS, pmd_get, pmd_post  # noqa: E402
 from inits import (  # noqa: E402
     ROOT,
     Launch,
     Prog,
+    build_crasher,
     kill_all_live,
     pmd_api_ready,
     pmd_launch,
     pmd_log_path,
     pmd_python,
+    pmd_socket,
+    read_stamps,
     supervisord_launch,
     supervisord_log_path,
     tini_launch,
     tini_log_path,
+    wait_until,
 )
+from table import med, percentile, pooled, render  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 INITS = ("pmd", "tini", "supervisord")
+SCENARIOS = ("reap", "gap", "fleet", "capture", "storm", "reexec")
 MiB = 1 << 20
 
 
@@ -122,16 +138,6 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def build_crasher(workdir: Path) -> list[str]:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        sys.exit("bench: no C compiler (cc) to build bench/crasher.c; "
-                 "Debian: apt-get install gcc")
-    binary = workdir / "crasher"
-    subprocess.run([cc, "-O2", "-o", str(binary), str(BENCH / "crasher.c")], check=True)
-    return [str(binary)]
-
-
 # ---- helpers -----------------------------------------------------------------------
 
 def launch(kind: str, base: Path, progs: list[Prog], main: list[str] | None = None,
@@ -150,21 +156,8 @@ def log_path(kind: str, base: Path, name: str) -> Path:
             "supervisord": supervisord_log_path}[kind](base, name)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.002) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class SleepCounter:
@@ -205,6 +198,13 @@ def run_reap(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_gap(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """Crash to restart. supervisord and tini: one crasher for the window, every gap counts.
+    pmd in its default configuration lets a crash loop start 5 times in 10 s and then holds
+    it in BACKOFF ("start_limit"): the window is made of rounds, each a start asked through
+    the API (which clears the limit, as an operator's start does) followed by pmd's own
+    restarts up to the limit. The gaps within a round are pmd's crash→restart path; the gap
+    that spans a start the bench asked for is the deliberate start-limit wait, excluded
+    and counted."""
     stamps = base / "stamps"
     crash = [*opts.crasher, str(stamps)]
     if kind == "tini":
@@ -212,6 +212,8 @@ def run_gap(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
                                            f"while true; do {' '.join(crash)}; done"]).start()
     else:
         run = launch(kind, base, [Prog("crash", crash, startsecs=0, autorestart=True)]).start()
+    asked: list[int] = []  # monotonic ns of each start the bench asked pmd for
+    rounds: dict[str, Any] = {}
     try:
         # steady state: after pmd's API is up (its import blocks the loop once), and after
         # the first restart for every init
@@ -223,23 +225,72 @@ def run_gap(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
         fds0, rss0 = procfs.fd_count(run.pid), procfs.rss_kib(run.pid)
         begin = time.monotonic_ns()
         duration = opts.gap_seconds_slow if kind == "supervisord" else opts.gap_seconds
-        time.sleep(duration)
+        if kind == "pmd":
+            rounds = pmd_gap_rounds(base, stamps, duration, asked)
+        else:
+            time.sleep(duration)
         end = time.monotonic_ns()
         fds1, rss1 = procfs.fd_count(run.pid), procfs.rss_kib(run.pid)
     finally:
         run.terminate(15)
-    values = [int(x) for x in stamps.read_text().split()]
-    gaps = [(b - a) / 1e6 for a, b in zip(values, values[1:], strict=False)
-            if a >= begin and b <= end]
-    early = [(b - a) / 1e6 for a, b in zip(values, values[1:], strict=False) if a < begin]
+    values = read_stamps(stamps)
+    pairs = list(zip(values, values[1:], strict=False))
+    inside = [(a, b) for a, b in pairs if a >= begin and b <= end]
+
+    def spans_a_request(a: int, b: int) -> bool:
+        i = bisect.bisect_right(asked, a)
+        return i < len(asked) and asked[i] < b
+
+    gaps = [(b - a) / 1e6 for a, b in inside if not spans_a_request(a, b)]
+    if asked:  # starts in each round: the limit's burst, if pmd kept to its rule
+        per_round = [sum(1 for v in values if x < v < y) for x, y in zip(asked, asked[1:],
+                                                                           strict=False)]
+        rounds["starts_per_round"] = sorted(set(per_round))
+    waits = [(b - a) / 1e6 for a, b in inside if spans_a_request(a, b)]
+    early = [(b - a) / 1e6 for a, b in pairs if b < begin]
     return {
         "gaps_ms": gaps, "n": len(gaps), "p50_ms": percentile(gaps, 50),
         "p99_ms": percentile(gaps, 99), "max_ms": max(gaps) if gaps else None,
         "restarts_per_s": len(gaps) / (duration or 1),
+        "waits_excluded": len(waits), "waits_ms": waits, **rounds,
         "warmup_max_ms": max(early) if early else None, "warmup_n": len(early),
         # leak watch: the init's open files and RSS before and after the measured restarts
         "fds_before": fds0, "fds_after": fds1, "rss_before_kib": rss0, "rss_after_kib": rss1,
     }
+
+
+def pmd_gap_rounds(base: Path, stamps: Path, duration: float,
+                   asked: list[int]) -> dict[str, Any]:
+    """Rounds of pmd's own restarts up to its start-rate limit (see run_gap). The API is
+    asked only while the program waits in BACKOFF, never during a round's restarts."""
+    sock = pmd_socket(base)
+    program_id = pmd_get(sock, PMD_STATUS)["statuses"][0]["id"]
+    spec = pmd_get(sock, f"/api/v1/daemon/programs/{program_id}")["program"]
+    burst = int(spec["start_limit_burst"])
+    if burst <= 0:
+        raise RuntimeError("pmd: the start-rate limit is off; the gap figure is for defaults")
+
+    def limited() -> bool:
+        status = pmd_get(sock, f"{PMD_STATUS}/{program_id}")["status"]
+        return status["status"] == "BACKOFF" and status.get("backoff_reason") == "start_limit"
+
+    def round_done(target: int) -> bool:
+        return len(read_stamps(stamps)) >= target
+
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        if not wait_until(limited, 15, 0.002):
+            raise RuntimeError("pmd: the crash loop did not reach BACKOFF (start_limit)")
+        target = len(read_stamps(stamps)) + burst
+        asked.append(time.monotonic_ns())
+        pmd_post(sock, f"/api/v1/daemon/programs/{program_id}/start")
+        # the round's restarts: watch the stamps, not the API, so as not to slow pmd down
+        if not wait_until(lambda t=target: round_done(t), 10, 0.001):
+            raise RuntimeError(f"pmd: fewer than {burst} starts after a start request")
+    if not wait_until(limited, 15, 0.002):  # the last round is over too
+        raise RuntimeError("pmd: the crash loop did not reach BACKOFF (start_limit)")
+    asked.append(time.monotonic_ns())
+    return {"rounds": len(asked) - 1, "burst": burst}
 
 
 def fleet_progs(n: int) -> list[Prog]:
@@ -426,16 +477,20 @@ class Bench:
 
     def run(self) -> None:
         o = self.opts
-        only = set(o.only.split(",")) if o.only else {"reap", "gap", "fleet", "capture",
-                                                      "reexec"}
+        only = set(o.only.split(",")) if o.only else set(SCENARIOS)
         inits = self.inits
         if "reap" in only:
             log(f"reap: {o.orphans} double-forked orphans")
             self.rounds("reap", inits, run_reap, o.reap_reps)
-        if "gap" in only:
+        if "gap" in only or "storm" in only:
             o.crasher = build_crasher(self.tmp)
+        if "gap" in only:
             log("gap: crash to restart")
             self.rounds("gap", inits, run_gap, o.reps)
+        if "storm" in only:
+            log(f"storm: {o.storm_programs} programs exiting at once, status requests "
+                f"for {o.storm_seconds:g} s")
+            self.rounds("storm", [k for k in inits if k != "tini"], run_storm, o.reps)
         if "fleet" in only:
             log(f"fleet: {o.programs} programs (boot, RSS, idle, stop), then 1 program (RSS)")
             self.rounds("fleet", inits, run_fleet, o.reps, o.programs, o.idle_window)
@@ -459,15 +514,8 @@ class Bench:
 
 # ---- the table ---------------------------------------------------------------------
 
-def med(raw: dict[str, Any], scenario: str, kind: str, key: str) -> float | None:
-    runs = raw.get(scenario, {}).get(kind, [])
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(values) if values else None
 
 
-def pooled(raw: dict[str, Any], scenario: str, kind: str, key: str, q: float) -> float | None:
-    values = [v for r in raw.get(scenario, {}).get(kind, []) for v in r.get(key, [])]
-    return percentile(values, q)
 
 
 def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
@@ -500,6 +548,9 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
     row("crash→restart gap p99 (pooled)", "ms", lambda k: pooled(raw, "gap", k, "gaps_ms", 99))
     row("crash→restart: gaps measured", "", lambda k: sum(r["n"] for r in runs_of("gap", k))
         if runs_of("gap", k) else None, fmt="{:.0f}", better="higher")
+    row("crash→restart: start-limit waits excluded", "",
+        lambda k: sum(r["waits_excluded"] for r in runs_of("gap", k))
+        if k == "pmd" and runs_of("gap", k) else None, fmt="{:.0f}")
     row("exec → 100 programs running", "s", lambda k: med(raw, "fleet", k, "boot_s"))
     row("exec → first program running", "s", lambda k: med(raw, "fleet", k, "first_s"))
     row("SIGTERM → exit, 100 programs", "s", lambda k: med(raw, "fleet", k, "stop_s"))
@@ -516,42 +567,14 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
     row("capture 256 MiB of stdout", "MiB/s", lambda k: med(raw, "capture", k, "mib_per_s"),
         better="higher")
     row("capture: init CPU", "cpu-s", lambda k: med(raw, "capture", k, "init_cpu_s"))
+    rows += storm_rows(raw, inits, short=True)
     return rows
 
 
-def ratio(pmd: float | None, anchor: float | None) -> str:
-    if pmd is None or anchor is None:
-        return "-"
-    if anchor == 0:
-        return "=" if pmd == 0 else "∞"
-    return f"{pmd / anchor:.2f}"
 
 
-def fmt_value(value: float | None, fmt: str) -> str:
-    if value is None:
-        return "-"
-    if value != 0 and abs(value) < 0.01 and fmt == "{:.3g}":
-        return f"{value:.2g}"
-    return fmt.format(value)
 
 
-def render(rows: list[dict[str, Any]], inits: list[str]) -> str:
-    anchors = [k for k in inits if k != "pmd"]
-    head = ["figure", "unit", *inits, *(f"pmd/{a}" for a in anchors)]
-    body = []
-    for r in rows:
-        cells = [r["figure"], r["unit"]]
-        cells += [fmt_value(r["values"].get(k), r["fmt"]) for k in inits]
-        cells += [ratio(r["values"].get("pmd"), r["values"].get(a)) for a in anchors]
-        body.append(cells)
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=False)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    for cells in body:
-        lines.append("| " + " | ".join(
-            (c.ljust(w) if i < 2 else c.rjust(w))
-            for i, (c, w) in enumerate(zip(cells, widths, strict=False))) + " |")
-    return "\n".join(lines)
 
 
 def extras(raw: dict[str, Any]) -> list[str]:
@@ -579,9 +602,27 @@ def extras(raw: dict[str, Any]) -> list[str]:
                      f"{r['refused']} refused, {r['failed']} failed, {r['answered']} "
                      "answered, longest wait "
                      + (f"{wait:.2f} s" if wait is not None else "n/a"))
+    gap_pmd = raw.get("gap", {}).get("pmd", [])
+    if gap_pmd:
+        per_round = sorted({n for r in gap_pmd for n in r.get("starts_per_round", [])})
+        notes.append(
+            "pmd crash→restart gaps are those within bursts of its default start-rate limit "
+            f"({gap_pmd[0].get('burst')} starts in 10 s): "
+            f"{sum(r['rounds'] for r in gap_pmd)} rounds, each a start asked through the "
+            f"API while the program waited in BACKOFF start_limit; "
+            f"{sum(r['n'] for r in gap_pmd)} gaps measured, "
+            f"{sum(r['waits_excluded'] for r in gap_pmd)} start-limit waits excluded; "
+            f"starts per round: {per_round}. supervisord and tini: every gap in the window")
     for kind, runs in raw.get("gap", {}).items():
         rates = [r["restarts_per_s"] for r in runs]
-        notes.append(f"{kind} restarts per second in the gap test: {statistics.median(rates):.1f}")
+        what = "measured gaps per second" if kind == "pmd" else "restarts per second"
+        notes.append(f"{kind} {what} in the gap test: {statistics.median(rates):.1f}")
+    for kind, runs in raw.get("storm", {}).items():
+        starts = statistics.median(r["starts_median"] for r in runs)
+        notes.append(f"crash storm, {kind}: {starts:.0f} starts per program in "
+                     f"{statistics.median(r['window_s'] for r in runs):.0f} s, status p99 "
+                     f"{statistics.median(r['p99_ms'] for r in runs):.1f} ms (details: "
+                     f"make chaos)")
     return notes
 
 
@@ -601,8 +642,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="one round, shorter windows (under 2 minutes)")
     ap.add_argument("--reps", type=int, default=None, help="rounds per scenario (default 3)")
-    ap.add_argument("--only", default="",
-                    help="comma list of reap,gap,fleet,capture,reexec")
+    ap.add_argument("--only", default="", help="comma list of " + ",".join(SCENARIOS))
     ap.add_argument("--inits", default=",".join(INITS), help="comma list of pmd,tini,supervisord")
     ap.add_argument("--capture-dir", default=default_capture_dir(),
                     help="where the capture logs go (default /dev/shm when it is a tmpfs)")
@@ -622,6 +662,9 @@ def main() -> None:
     o.capture_bytes = 256 * MiB
     o.capture_fwd_reps = 1 if quick else 2
     o.reexecs = 5
+    # long enough to hold a burst of pmd's start limit after its first 10 s wait
+    o.storm_programs, o.storm_seconds, o.storm_rate, o.storm_settle = \
+        20, 10.0 if quick else 20.0, 50.0, 0.5
 
     wanted = [k for k in o.inits.split(",") if k]
     inits, problems = check_prerequisites(wanted)

@@ -194,3 +194,37 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.005)
+
+
+def test_drain_logs_what_an_ended_run_left_and_closes_its_pipe(tmp_path):
+    """Before a program's next run: the last output is logged, the pipe closed at once
+    (a crash loop must not hold two runs' pipes), and the EOF callback says so."""
+    loop = asyncio.new_event_loop()
+    try:
+        log = LogFile(tmp_path / "out.log", max_bytes=0, backups=0)
+        closed = []
+        r, w = Capture.make_pipe()
+        capture = Capture(loop, r, log, None, b"[p] ", on_eof=closed.append)
+        os.write(w, b"last words\n")
+        os.close(w)
+        assert capture.drain() is True
+        assert capture.fd == -1 and closed == [capture]
+        assert (tmp_path / "out.log").read_bytes() == b"last words\n"
+    finally:
+        loop.close()
+
+
+def test_drain_keeps_a_pipe_that_a_leftover_process_still_holds(tmp_path):
+    loop = asyncio.new_event_loop()
+    try:
+        log = LogFile(tmp_path / "out.log", max_bytes=0, backups=0)
+        r, w = Capture.make_pipe()
+        capture = Capture(loop, r, log, None, b"[p] ")
+        os.write(w, b"still here\n")
+        assert capture.drain() is False  # empty for now, not at EOF: no wait, no close
+        assert capture.fd == r
+        assert (tmp_path / "out.log").read_bytes() == b"still here\n"
+        os.close(w)
+        assert capture.drain() is True
+    finally:
+        loop.close()

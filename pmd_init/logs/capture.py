@@ -279,15 +279,32 @@ class Capture:
         return r, w
 
     def _readable(self) -> None:
+        self._read()
+
+    def drain(self) -> bool:
+        """Read what the pipe holds now, without waiting; True once it reached EOF (and is
+        closed). Called before a program's next run: the last output of the run that ended
+        is logged before the new run's, and its pipe is closed before new ones are made, so
+        a crash loop holds one pair of pipes per program and not two. A process left behind
+        by the run that still holds the write end keeps the capture open (reads stop when
+        the pipe is empty)."""
+        for _ in range(PIPE_SIZE // READ_SIZE + 1):
+            if self.fd < 0 or self._read() == 0:
+                break
+        return self.fd < 0
+
+    def _read(self) -> int:
+        """One read into the sinks: bytes read, 0 when the pipe is empty for now, -1 at EOF
+        (the capture is then closed)."""
         try:
             data = os.read(self.fd, READ_SIZE)
         except BlockingIOError:
-            return
+            return 0
         except OSError:
             data = b""
         if not data:
             self.close()
-            return
+            return -1
         self.bytes_read += len(data)
         if self.logfile is not None:
             self.logfile.write(data)
@@ -296,6 +313,7 @@ class Capture:
         if self._listeners:
             for listener in tuple(self._listeners):
                 listener(data)
+        return len(data)
 
     def _forward_lines(self, data: bytes) -> None:
         assert self._forward is not None

@@ -240,6 +240,8 @@ class Instance:
         """Start the process now. The STARTING event carries the new pid (or none, when
         the spawn failed and BACKOFF follows at once)."""
         self._cancel_timer()
+        for capture in tuple(self.captures):  # the previous run's pipes, at EOF by now
+            capture.drain()
         spec = self.program.spec
         self.spawn_error = None
         self.exit_code = None

@@ -1,0 +1,311 @@
+"""A crash storm, pmd beside supervisord (`make chaos`).
+
+20 programs that exit at once, with startsecs 0 and autorestart true: the crash program of
+bench/crasher.c, which appends a CLOCK_MONOTONIC stamp to a file of its own and exits 1.
+supervisord gets startretries=1000 (with startsecs 0 it never counts a failed start anyway).
+Each init runs as PID 1 of its own PID namespace. pmd runs in its default configuration
+(log forwarding on, the start-rate limit of 5 starts in 10 s); the column "pmd-nolimit" is
+pmd with `start_limit_burst: 0`, where only its scheduling (restarts after the reaper's
+pass) keeps it serving.
+
+For --seconds (20) the storm goes on while a client asks for every program's status at a
+steady rate (50 a second) over the init's Unix socket, one connection a request, as
+`pmd list` and `supervisorctl status` do: pmd GET /api/v1/daemon/status, supervisord
+XML-RPC supervisor.getAllProcessInfo. Only the round trip is timed. Figures:
+  API up          exec to the first good status answer (the storm runs from boot)
+  status p50/p99  round trips in the window (and the longest, and failed requests)
+  init CPU        utime + stime of the init over the window, from /proc/<pid>/stat
+  init fds        the most open files seen (sampled before each request)
+  starts          starts per program within the window, from the stamps
+  SIGTERM         to the init's exit, in the middle of the storm
+The issue's target: pmd's status p99 under 20 ms.
+
+Usage: .venv/bin/python bench/chaos.py [--seconds 20] [--programs 20] [--rate 50]
+                                       [--inits pmd,pmd-nolimit,supervisord] [--keep]
+Needs: unshare, cc, and supervisord for its column (Debian: apt-get install supervisor).
+Output: the table on stdout, every raw figure in bench/results/chaos-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procfs  # noqa: E402
+from clients import (  # noqa: E402
+    pmd_status_raw,
+    pmd_statuses,
+    supervisord_status_raw,
+    supervisord_statuses,
+)
+from inits import (  # noqa: E402
+    ROOT,
+    Launch,
+    Prog,
+    build_crasher,
+    kill_all_live,
+    pmd_launch,
+    pmd_python,
+    pmd_socket,
+    read_stamps,
+    supervisord_launch,
+    supervisord_socket,
+    wait_until,
+)
+from table import med, percentile, pooled, render  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+KINDS = ("pmd", "pmd-nolimit", "supervisord")
+TARGET_P99_MS = 20.0
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def storm_progs(stamps: Path, crasher: list[str], n: int, limit: bool) -> list[Prog]:
+    return [Prog(f"crash{i:02d}", [*crasher, str(stamps / f"crash{i:02d}")], startsecs=0,
+                 autorestart=True, startretries=1000,
+                 pmd={} if limit else {"start_limit_burst": 0})
+            for i in range(n)]
+
+
+def run_storm(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """One init through one crash storm. kind: pmd, pmd-nolimit or supervisord.
+    opts: crasher, storm_programs, storm_seconds, storm_rate, storm_settle."""
+    n = opts.storm_programs
+    stamps = base / "stamps"
+    stamps.mkdir()
+    progs = storm_progs(stamps, opts.crasher, n, limit=kind != "pmd-nolimit")
+    ask: Callable[..., tuple[int, bytes]]
+    parse: Callable[[bytes], list[dict[str, Any]]]
+    run: Launch
+    if kind.startswith("pmd"):
+        run, sock = pmd_launch(base, progs).start(), pmd_socket(base)
+        ask, parse = pmd_status_raw, pmd_statuses
+    else:
+        run, sock = supervisord_launch(base, progs, rpc=True).start(), supervisord_socket(base)
+        ask, parse = supervisord_status_raw, supervisord_statuses
+    assert run.pid is not None
+    pid = run.pid
+    result: dict[str, Any] = {"programs": n}
+
+    def answered() -> bool:
+        try:
+            status, raw = ask(sock, timeout=5)
+        except OSError:
+            return False
+        return status == 200 and len(parse(raw)) == n
+
+    try:
+        if not wait_until(answered, 60, 0.005):
+            raise RuntimeError(f"{kind}: no status answer in 60 s\n{run.stderr_tail()}")
+        result["api_up_s"] = time.monotonic() - run.t_exec
+        time.sleep(opts.storm_settle)
+        latencies: list[float] = []
+        fds: list[int] = []
+        failed = wrong = 0
+        period = 1.0 / opts.storm_rate
+        cpu0 = procfs.cpu_seconds(pid) or 0.0
+        begin = time.monotonic_ns()
+        t_begin = time.monotonic()
+        next_at, end_at = t_begin, t_begin + opts.storm_seconds
+        while (now := time.monotonic()) < end_at:
+            if next_at > now:
+                time.sleep(next_at - now)
+            fds.append(procfs.fd_count(pid) or 0)
+            t0 = time.perf_counter()
+            try:
+                status, raw = ask(sock, timeout=10)
+            except OSError:
+                status, raw = 0, b""
+            t1 = time.perf_counter()
+            if status != 200:
+                failed += 1
+            else:
+                latencies.append((t1 - t0) * 1e3)
+                if len(parse(raw)) != n:
+                    wrong += 1
+            next_at = max(next_at + period, time.monotonic())  # behind: never a burst
+        end = time.monotonic_ns()
+        cpu1 = procfs.cpu_seconds(pid) or cpu0
+        window = (end - begin) / 1e9
+        result.update(
+            window_s=window, latencies_ms=latencies, requests=len(latencies),
+            failed=failed, wrong_count=wrong,
+            p50_ms=statistics.median(latencies) if latencies else None,
+            p99_ms=percentile(latencies, 99), max_ms=max(latencies) if latencies else None,
+            cpu_s=cpu1 - cpu0, fds_max=max(fds) if fds else None,
+            fds_median=statistics.median(fds) if fds else None,
+            rss_kib=procfs.rss_kib(pid),
+        )
+        result["stop_s"] = run.terminate(30)
+    finally:
+        run.kill()
+    starts = [sum(1 for v in read_stamps(stamps / p.name) if begin <= v <= end) for p in progs]
+    result.update(starts_per_program=starts, starts_median=statistics.median(starts),
+                  starts_min=min(starts), starts_max=max(starts),
+                  starts_per_s=sum(starts) / (window or 1))
+    return result
+
+
+def storm_rows(raw: dict[str, Any], kinds: list[str], scenario: str = "storm",
+               short: bool = False) -> list[dict[str, Any]]:
+    """Table rows for the storm (medians over runs, latency percentiles pooled).
+    short: the two rows bench/run.py shows."""
+    rows: list[dict[str, Any]] = []
+    n = next((r["programs"] for runs in raw.get(scenario, {}).values() for r in runs), 20)
+
+    def row(label: str, unit: str, get: Callable[[str], float | None], fmt: str = "{:.3g}",
+            better: str = "lower") -> None:
+        values = {k: get(k) for k in kinds}
+        if any(v is not None for v in values.values()):
+            rows.append({"figure": label, "unit": unit, "values": values, "fmt": fmt,
+                         "better": better})
+
+    def total(key: str) -> Callable[[str], float | None]:
+        def get(kind: str) -> float | None:
+            runs = raw.get(scenario, {}).get(kind, [])
+            return sum(r[key] for r in runs) if runs else None
+        return get
+
+    row(f"crash storm ({n} programs): status p50", "ms",
+        lambda k: pooled(raw, scenario, k, "latencies_ms", 50))
+    row(f"crash storm ({n} programs): status p99", "ms",
+        lambda k: pooled(raw, scenario, k, "latencies_ms", 99))
+    if short:
+        return rows
+    row("crash storm: status, longest", "ms",
+        lambda k: pooled(raw, scenario, k, "latencies_ms", 100))
+    row("crash storm: status answers", "", total("requests"), fmt="{:.0f}", better="higher")
+    row("crash storm: failed status requests", "", total("failed"), fmt="{:.0f}")
+    row("crash storm: exec → API answering", "s", lambda k: med(raw, scenario, k, "api_up_s"))
+    row("crash storm: init CPU over the window", "cpu-s",
+        lambda k: med(raw, scenario, k, "cpu_s"))
+    row("crash storm: init open fds, most seen", "", lambda k: med(raw, scenario, k, "fds_max"),
+        fmt="{:.0f}")
+    row("crash storm: init RSS at the end", "MiB",
+        lambda k: None if (v := med(raw, scenario, k, "rss_kib")) is None else v / 1024)
+    row("crash storm: starts per program in the window", "",
+        lambda k: med(raw, scenario, k, "starts_median"), fmt="{:.0f}", better="higher")
+    row("crash storm: SIGTERM → exit", "s", lambda k: med(raw, scenario, k, "stop_s"))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=20.0, help="the storm's window")
+    ap.add_argument("--programs", type=int, default=20)
+    ap.add_argument("--rate", type=float, default=50.0, help="status requests a second")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--inits", default=",".join(KINDS),
+                    help="comma list of pmd,pmd-nolimit,supervisord")
+    ap.add_argument("--keep", action="store_true", help="keep the run folders")
+    ap.add_argument("--out", default=None, help="JSON result path")
+    o = ap.parse_args()
+    o.storm_seconds, o.storm_programs, o.storm_rate = o.seconds, o.programs, o.rate
+    o.storm_settle = 0.5
+
+    if shutil.which("unshare") is None:
+        sys.exit("chaos: `unshare` (util-linux) is missing")
+    kinds = [k for k in o.inits.split(",") if k in KINDS]
+    problems = []
+    if "supervisord" in kinds and shutil.which("supervisord") is None:
+        problems.append("supervisord is not installed (Debian: apt-get install supervisor); "
+                        "its column is left empty")
+        kinds.remove("supervisord")
+    tmp = Path(tempfile.mkdtemp(prefix="pmd-chaos-"))
+    o.crasher = build_crasher(tmp)
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {"storm": {}}
+    errors: list[str] = []
+    started = time.time()
+    try:
+        for rep in range(o.reps):
+            order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]
+            for kind in order:
+                base = tmp / f"{rep:02d}-{kind}"
+                base.mkdir()
+                t0 = time.monotonic()
+                try:
+                    result = run_storm(kind, base, o)
+                except Exception as exc:  # one failed run must not lose the others
+                    errors.append(f"{kind}: {exc}")
+                    log(f"  storm {kind:<12} FAILED: {exc}")
+                    kill_all_live()
+                    continue
+                finally:
+                    if not o.keep:
+                        shutil.rmtree(base, ignore_errors=True)
+                raw["storm"].setdefault(kind, []).append(result)
+                brief = {k: (round(v, 4) if isinstance(v, float) else v)
+                         for k, v in result.items() if not isinstance(v, list)}
+                log(f"  storm {kind:<12} {time.monotonic() - t0:5.1f}s {brief}")
+    except KeyboardInterrupt:
+        log("interrupted: stopping what was started")
+    finally:
+        kill_all_live()
+        if not o.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    pairs = [(k, "supervisord") for k in kinds if k != "supervisord"] \
+        if "supervisord" in kinds else []
+    rows = storm_rows(raw, kinds)
+    print()
+    print(f"crash storm on {platform.node() or 'this machine'}: {os.cpu_count()} cpus, "
+          f"Linux {platform.release()}, {o.programs} programs exiting at once, "
+          f"{o.seconds:g} s window, {o.rate:g} status requests/s, {o.reps} round(s), "
+          f"{time.time() - started:.0f} s")
+    print(render(rows, kinds, pairs))
+    p99 = pooled(raw, "storm", "pmd", "latencies_ms", 99)
+    if p99 is not None:
+        print(f"- target: pmd status p99 under {TARGET_P99_MS:g} ms during the storm: "
+              f"{p99:.2f} ms, {'met' if p99 < TARGET_P99_MS else 'NOT met'}")
+    print("- pmd: its default start-rate limit (5 starts in 10 s, then BACKOFF); pmd-nolimit: "
+          "start_limit_burst 0; supervisord: no such limit")
+    for e in errors:
+        print(f"! {e}")
+    for p in problems:
+        print(f"! {p}")
+    results = BENCH / "results"
+    results.mkdir(exist_ok=True)
+    out = Path(o.out) if o.out else results / time.strftime("chaos-%Y%m%d-%H%M%S.json")
+    doc = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": o.seconds,
+        "programs": o.programs, "rate": o.rate, "reps": o.reps,
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                    "python": platform.python_version(), "loadavg": os.getloadavg()},
+        "versions": versions(), "kinds": kinds, "problems": problems, "errors": errors,
+        "table": [{k: v for k, v in r.items() if k != "fmt"} for r in rows], "raw": raw,
+    }
+    out.write_text(json.dumps(doc, indent=1))
+    print(f"raw figures: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    sys.exit(1 if errors else 0)
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name, argv in (("supervisord", ["supervisord", "--version"]),
+                       ("pmd", [pmd_python(), "-m", "pmd_init", "--version"])):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            found[name] = (out.stdout or out.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return found
+
+
+if __name__ == "__main__":
+    main()
