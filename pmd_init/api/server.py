@@ -24,6 +24,7 @@ from . import auth, errors
 from .errors import error_response
 
 if TYPE_CHECKING:
+    from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
 
@@ -45,6 +46,8 @@ class Owner(Protocol):
     def settings(self) -> Settings: ...
     @property
     def supervisor(self) -> Supervisor: ...
+    @property
+    def service(self) -> Service: ...
     @property
     def started_at(self) -> float: ...
     @property
@@ -71,6 +74,7 @@ def create_app(init: Owner, name: str = "pmd") -> Sanic:
     app.config.ACCESS_LOG = False
     app.ctx.init = init
     app.ctx.supervisor = init.supervisor
+    app.ctx.service = init.service
     app.ctx.settings = init.settings
     errors.install(app)
 

@@ -24,6 +24,12 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def instance_view(inst: Instance) -> dict[str, Any]:
+    """The `instance` object of a start answer."""
+    return {"port": inst.port, "instance_name": inst.name, "status": inst.state.value,
+            "pid": inst.pid, "uptime": hms(inst.uptime())}
+
+
 def instance_status(inst: Instance) -> dict[str, Any]:
     view: dict[str, Any] = {"status": inst.state.value}
     if inst.port is not None:

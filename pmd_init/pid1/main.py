@@ -58,6 +58,7 @@ class Init:
         self._force = False
         self.api: Any = None
         self.supervisor: Any = None
+        self.service: Any = None
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -74,6 +75,7 @@ class Init:
         for folder in (s.state_dir, s.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
+        from ..service import Service
         from ..store.programs import ProgramStore
         from ..supervisor.supervisor import Supervisor
 
@@ -88,6 +90,7 @@ class Init:
             loop, self.reaper, store, s.state_dir, s.log_dir, self.base_env,
             forward=s.log_forward, log_roots=s.log_roots, ephemeral_grace=s.ephemeral_grace)
         sup.on_fatal_exit = self._program_gone
+        self.service = Service(sup)
         sup.events.subscribe(self._log_event)
         if state is not None:
             sup.adopt(state["supervisor"])
@@ -268,6 +271,8 @@ class Init:
         deadline = loop.time() + self.settings.grace
         if self.api is not None:
             self.api.close()  # stop accepting; in-flight requests finish below
+        # Operations under way (a reload, a reset) end here; stopping everything follows.
+        await self.service.tasks.close()
         await self.supervisor.shutdown(deadline)
         if self.main_pid is not None:
             waiter = loop.create_future()
@@ -332,6 +337,9 @@ class Init:
         """Replace this process image with a new pmd, same pid: children stay ours, their
         log pipes stay open (the read ends are handed over by number), timers resume."""
         log.info("re-executing pmd in place")
+        # A reset cut off by the exec would leave the defaults saved and not running; a
+        # reload cut off is undone by the new pmd (its replacement is stopped).
+        await self.service.tasks.settle(self.settings.grace)
         if self.api is not None:
             self.api.close()
             await self.api.stop(timeout=1.0)

@@ -5,9 +5,9 @@ from .errors import Conflict, Invalid, NotFound, OperationFailed, SupervisorErro
 from .events import EventBus, StateEvent
 from .instance import Instance
 from .program import Program
-from .supervisor import Supervisor, validation_to_invalid
+from .supervisor import Supervisor
 
 __all__ = [
     "Conflict", "EventBus", "Instance", "Invalid", "NotFound", "OperationFailed", "Program",
-    "StateEvent", "Supervisor", "SupervisorError", "validation_to_invalid",
+    "StateEvent", "Supervisor", "SupervisorError",
 ]
