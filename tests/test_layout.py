@@ -30,8 +30,9 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"model"},
     "settings": {"__init__"},
     "supervisor": {"__init__", "model", "logs", "store"},
-    "api": {"__init__", "model", "logs", "settings", "supervisor"},
-    "pid1": {"__init__", "model", "logs", "settings", "store", "supervisor", "api"},
+    "service": {"model", "logs", "store", "supervisor"},  # the operations both APIs share
+    "api": {"__init__", "model", "logs", "settings", "supervisor", "service"},
+    "pid1": {"__init__", "model", "logs", "settings", "store", "supervisor", "service", "api"},
     "__main__": {"pid1"},
     "cli": set(),  # the `pmd` client: the standard library only, so that it starts fast
 }

@@ -2,16 +2,13 @@
 daemon-api-extras.md): programs, control, status, logs and quick-start.
 
 Handlers are thin: validate the whole request first (a rejection changes nothing), call one
-supervisor method, serialize. Errors become JSON in errors.py. Decisions where the spec is
-silent are written down in docs/daemon-api.md.
+method of the service (pmd_init.service), serialize. Errors become JSON in errors.py.
+Decisions where the spec is silent are written down in docs/daemon-api.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import shlex
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -20,10 +17,10 @@ from sanic.response import HTTPResponse, json
 
 from ..logs.tail import tail_lines
 from ..model.spec import ProgramSpec
-from ..model.states import STOPPED_STATES, ProgramState
+from ..service import Service
+from ..supervisor.errors import Invalid
 from ..supervisor.instance import Instance
 from ..supervisor.program import Program
-from ..supervisor.supervisor import Supervisor
 from .errors import ApiError
 from .logstream import LINES_MAX, LogFollower
 from .models import (
@@ -43,35 +40,16 @@ from .openapi import doc
 from .views import hms, instance_status, instance_view, iso, program_status, stats_view
 
 bp = Blueprint("daemon", url_prefix="/api/v1/daemon")
-S = ProgramState
 M = TypeVar("M", bound=BaseModel)
 
 # ---- request parsing ---------------------------------------------------------------
-
-ERROR_CODES = {"extra_forbidden": "UNKNOWN_FIELD", "missing": "MISSING_FIELD"}
-
-
-def _invalid(exc: ValidationError, prefix: str = "") -> ApiError:
-    errors = exc.errors()
-    first = errors[0]
-    field = prefix + ".".join(str(p) for p in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    return ApiError(
-        400, ERROR_CODES.get(first["type"], "VALIDATION_ERROR"),
-        f"{field}: {message}" if field else message, field=field or None,
-        details={"errors": [{"field": prefix + ".".join(str(p) for p in e["loc"]),
-                             "type": e["type"],
-                             "message": e["msg"].removeprefix("Value error, ")}
-                            for e in errors]})
 
 
 def validate(model: type[M], data: Any, check_accounts: bool = False) -> M:
     try:
         return model.model_validate(data, context={"check_accounts": check_accounts})
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise Invalid.from_validation(exc, data) from None
 
 
 def body(request: Request, model: type[M], check_accounts: bool = False,
@@ -94,8 +72,8 @@ def query(request: Request, model: type[M]) -> M:
     return validate(model, args)
 
 
-def _sup(request: Request) -> Supervisor:
-    return request.app.ctx.supervisor
+def _service(request: Request) -> Service:
+    return request.app.ctx.service
 
 
 # ---- views -------------------------------------------------------------------------
@@ -154,65 +132,6 @@ def quick_view(program: Program) -> dict[str, Any]:
 
 # ---- shared steps --------------------------------------------------------------------
 
-def _one_instance(program: Program, port: int | None, what: str) -> Instance:
-    """The instance a request means: a port-range program must name its port."""
-    if port is None:
-        if program.spec.port_range is not None:
-            raise ApiError(400, "VALIDATION_ERROR",
-                           f"port: '{program.name}' has a port range "
-                           f"({program.spec.port_range.start}-{program.spec.port_range.end}); "
-                           f"name the port to {what}", field="port")
-        return program.primary
-    inst = program.instance(port)
-    if inst is None:
-        raise ApiError(400, "VALIDATION_ERROR",
-                       f"port: {port} is not in the port range of '{program.name}'",
-                       field="port")
-    return inst
-
-
-def _require_enabled(program: Program) -> None:
-    if not program.spec.enabled:
-        raise ApiError(400, "PROGRAM_DISABLED",
-                       f"enabled: program '{program.name}' is disabled; enable it first",
-                       field="enabled")
-
-
-async def await_running(inst: Instance, timeout: float) -> ProgramState:
-    """Until RUNNING, or until it gave up (FATAL, or stopped and no longer wanted). A
-    STOPPED on the way (a restart, a start delay) or a BACKOFF (a retry) is not the end."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        state = inst.state
-        if state == S.RUNNING:
-            return state
-        if state == S.FATAL or (state in STOPPED_STATES and not inst.want):
-            return state
-        change = inst.wait_state(set(ProgramState) - {state})
-        try:
-            await asyncio.wait_for(change, max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            raise ApiError(504, "WAIT_TIMEOUT",
-                           f"timeout: '{inst.name}' did not reach RUNNING within {timeout:g} s "
-                           f"(now {inst.state.value}); it keeps trying",
-                           field="timeout", details={"status": inst.state.value}) from None
-
-
-def _start_failed(inst: Instance, state: ProgramState, **details: Any) -> ApiError:
-    reason = inst.spawn_error or (f"exit code {inst.exit_code}"
-                                  if inst.exit_code is not None else state.value)
-    return ApiError(500, "START_FAILED", f"'{inst.name}' did not start: {reason}",
-                    details={"status": state.value, "exit_code": inst.exit_code,
-                             "spawn_error": inst.spawn_error, **details})
-
-
-async def _await_stopped(futures: list[asyncio.Future[ProgramState]], timeout: float) -> None:
-    pending = [f for f in futures if not f.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=timeout)
-
-
 def _logs_answer(program: Program, inst: Instance, q: LogsQuery) -> HTTPResponse:
     if not program.spec.logs_enabled:
         raise ApiError(400, "LOGS_DISABLED",
@@ -247,22 +166,19 @@ async def list_programs(request: Request) -> HTTPResponse:
     q = query(request, ProgramsQuery)
     if (q.port_from is None) != (q.port_to is None):
         missing = "port_to" if q.port_to is None else "port_from"
-        raise ApiError(400, "VALIDATION_ERROR",
-                       f"{missing}: port_from and port_to must be used together", field=missing)
+        raise Invalid(f"{missing}: port_from and port_to must be used together", field=missing)
     if q.port_from is not None and q.port_to is not None and q.port_from > q.port_to:
-        raise ApiError(400, "VALIDATION_ERROR", "port_to: must not be below port_from",
-                       field="port_to")
-    programs = sorted(_sup(request).programs.values(), key=lambda p: p.id or 0)
+        raise Invalid("port_to: must not be below port_from", field="port_to")
     return json({"programs": [
         program_view(request, p, q.include_status, q.include_stats)
-        for p in programs if _filter(q, p.spec)
+        for p in _service(request).programs() if _filter(q, p.spec)
     ]})
 
 
 @bp.get("/programs/<program_id:int>")
 @doc("One program's configuration", query=ProgramQuery, response="`{success, program}`")
 async def get_program(request: Request, program_id: int) -> HTTPResponse:
-    program = _sup(request).get(program_id)
+    program = _service(request).program(program_id)
     q = query(request, ProgramQuery)
     return json({"success": True,
                  "program": program_view(request, program, q.include_status, q.include_stats)})
@@ -273,7 +189,7 @@ async def get_program(request: Request, program_id: int) -> HTTPResponse:
 async def add_program(request: Request) -> HTTPResponse:
     req = body(request, AddProgramRequest, check_accounts=True)
     spec = ProgramSpec.model_validate(req.model_dump(exclude_unset=True, exclude={"hoody_kit"}))
-    program = _sup(request).add(spec)
+    program = await _service(request).add(spec)
     return json({"success": True, "id": program.id, "program": program_view(request, program)})
 
 
@@ -281,22 +197,18 @@ async def add_program(request: Request) -> HTTPResponse:
 @doc("Change some fields of a program; a running one restarts when what it runs changed",
      body=EditProgramRequest, response="`{success, program}`")
 async def edit_program(request: Request, program_id: int) -> HTTPResponse:
-    sup = _sup(request)
-    sup.get(program_id)
+    service = _service(request)
+    service.program(program_id)  # an unknown id is a 404 whatever the body
     req = body(request, EditProgramRequest)
     changes = req.model_dump(mode="json", exclude_unset=True, exclude={"hoody_kit"})
-    for required in ("user", "name", "command"):
-        if required in changes and changes[required] is None:
-            raise ApiError(400, "VALIDATION_ERROR", f"{required}: cannot be removed",
-                           field=required)
-    program = sup.edit(program_id, changes)
+    program = await service.edit(program_id, changes)
     return json({"success": True, "program": program_view(request, program)})
 
 
 @bp.post("/programs/remove/<program_id:int>")
 @doc("Remove a program (stopped first)", response="`{success, id}`")
 async def remove_program(request: Request, program_id: int) -> HTTPResponse:
-    await _sup(request).remove(program_id)
+    await _service(request).remove(program_id)
     return json({"success": True, "id": program_id})
 
 
@@ -304,9 +216,8 @@ async def remove_program(request: Request, program_id: int) -> HTTPResponse:
 @doc("Back to programs.default.json: stop all, re-apply the default boot programs",
      response="`{success, count}`")
 async def reset_programs(request: Request) -> HTTPResponse:
-    sup = _sup(request)
-    await sup.reset()
-    return json({"success": True, "count": len(sup.programs)})
+    count = await _service(request).reset()
+    return json({"success": True, "count": count})
 
 
 # ---- control -----------------------------------------------------------------------
@@ -316,24 +227,13 @@ async def reset_programs(request: Request) -> HTTPResponse:
      response="`{success, already_running, instance: {port, instance_name, status, pid, "
               "uptime}}`")
 async def start_program(request: Request, program_id: int) -> HTTPResponse:
-    program = _sup(request).get(program_id)
+    service = _service(request)
+    program = service.program(program_id)
     req = body(request, StartRequest, optional=True)
-    inst = _one_instance(program, req.port, "start")
-    if inst.state in (S.STARTING, S.RUNNING):
-        if req.if_not_running:
-            return json({"success": True, "already_running": True,
-                         "instance": instance_view(inst)})
-        raise ApiError(400, "ALREADY_RUNNING",
-                       f"'{inst.name}' is already {inst.state.value}; "
-                       "use if_not_running: true, or restart", field="if_not_running",
-                       details={"instance": instance_view(inst)})
-    _require_enabled(program)
-    _sup(request).start(program, inst.port)
-    if req.wait:
-        state = await await_running(inst, req.timeout)
-        if state != S.RUNNING:
-            raise _start_failed(inst, state, instance=instance_view(inst))
-    return json({"success": True, "already_running": False, "instance": instance_view(inst)})
+    inst, already = await service.start(program, req.port, wait=req.wait, timeout=req.timeout,
+                                        if_not_running=req.if_not_running)
+    return json({"success": True, "already_running": already,
+                 "instance": instance_view(inst)})
 
 
 @bp.post("/programs/<program_id:int>/restart")
@@ -341,16 +241,10 @@ async def start_program(request: Request, program_id: int) -> HTTPResponse:
      body_optional=True,
      response="`{success, instances: [instance]}`")
 async def restart_program(request: Request, program_id: int) -> HTTPResponse:
-    sup = _sup(request)
-    program = sup.get(program_id)
+    service = _service(request)
+    program = service.program(program_id)
     req = body(request, RestartRequest, optional=True)
-    _require_enabled(program)
-    instances = sup.restart(program, req.port)
-    if req.wait:
-        for inst in instances:
-            state = await await_running(inst, req.timeout)
-            if state != S.RUNNING:
-                raise _start_failed(inst, state, instance=instance_view(inst))
+    instances = await service.restart(program, req.port, wait=req.wait, timeout=req.timeout)
     return json({"success": True, "instances": [instance_view(i) for i in instances]})
 
 
@@ -359,25 +253,17 @@ async def restart_program(request: Request, program_id: int) -> HTTPResponse:
      body=StopRequest, body_optional=True,
      response="`{success, stopped: [instance_name], status}`")
 async def stop_program(request: Request, program_id: int) -> HTTPResponse:
-    sup = _sup(request)
-    program = sup.get(program_id)
+    service = _service(request)
+    program = service.program(program_id)
     req = body(request, StopRequest, optional=True)
     if req.all and req.port is not None:
-        raise ApiError(400, "VALIDATION_ERROR", "all: give either port or all, not both",
-                       field="all")
-    instances = sup.instances_for(program, req.port)
-    was_running = [i.name for i in instances if i.state not in STOPPED_STATES or i.want]
-    futures = sup.stop(program, req.port)
-    await _await_stopped(futures, program.spec.stop_timeout + 2)
-    return json({"success": True, "stopped": was_running, "status": program_status(program)})
+        raise Invalid("all: give either port or all, not both", field="all")
+    stopped = await service.stop(program, req.port)
+    return json({"success": True, "stopped": stopped, "status": program_status(program)})
 
 
 async def _set_enabled(request: Request, program_id: int, enabled: bool) -> HTTPResponse:
-    sup = _sup(request)
-    program = sup.set_enabled(program_id, enabled)
-    if not enabled:
-        await _await_stopped([i.wait_state(STOPPED_STATES) for i in program.instances.values()],
-                             program.spec.stop_timeout + 2)
+    program = await _service(request).set_enabled(program_id, enabled)
     return json({"success": True, "id": program_id, "enabled": program.spec.enabled,
                  "status": program_status(program)})
 
@@ -401,13 +287,12 @@ async def disable_program(request: Request, program_id: int) -> HTTPResponse:
 @doc("The status of every program", response="`{success, statuses: [{id, name, enabled, "
                                               "status}]}`")
 async def statuses(request: Request) -> HTTPResponse:
-    sup = _sup(request)
     return json({
         "success": True,
         "statuses": [
             {"id": p.id, "name": p.name, "enabled": p.spec.enabled,
              "status": program_status(p)}
-            for p in sorted(sup.programs.values(), key=lambda p: p.id or 0)
+            for p in _service(request).programs()
         ],
     })
 
@@ -416,10 +301,11 @@ async def statuses(request: Request) -> HTTPResponse:
 @doc("One program's status (port-range form for a port-range program)", query=StatusQuery,
      response="`{success, status, stats?}`")
 async def status_one(request: Request, program_id: int) -> HTTPResponse:
-    program = _sup(request).get(program_id)
+    service = _service(request)
+    program = service.program(program_id)
     q = query(request, StatusQuery)
     if q.port is not None:
-        inst = _one_instance(program, q.port, "query")
+        inst = service.instance(program, q.port, "query")
         answer: dict[str, Any] = {"success": True,
                                   "status": {"id": program.id, **instance_status(inst)}}
         if q.include_stats:
@@ -440,9 +326,10 @@ async def status_one(request: Request, program_id: int) -> HTTPResponse:
 @doc("The last lines of a program's stdout or stderr (continued into rotated files)",
      query=LogsQuery, response="`{success, logs, type, lines, log_file}`")
 async def program_logs(request: Request, program_id: int) -> HTTPResponse:
-    program = _sup(request).get(program_id)
+    service = _service(request)
+    program = service.program(program_id)
     q = query(request, LogsQuery)
-    return _logs_answer(program, _one_instance(program, q.port, "read"), q)
+    return _logs_answer(program, service.instance(program, q.port, "read"), q)
 
 
 def _closing(request: Request) -> asyncio.Event:
@@ -473,10 +360,10 @@ async def _open_log_streams(app: Any) -> None:
      "says the file was rotated", query=LogStreamQuery,
      response="text/event-stream", content_type="text/event-stream")
 async def program_log_stream(request: Request, program_id: int) -> None:
-    sup = _sup(request)
-    program = sup.get(program_id)
+    service = _service(request)
+    program = service.program(program_id)
     q = query(request, LogStreamQuery)
-    inst = _one_instance(program, q.port, "follow")
+    inst = service.instance(program, q.port, "follow")
     if not program.spec.logs_enabled:
         raise ApiError(400, "LOGS_DISABLED",
                        f"logs_enabled: '{program.name}' keeps no log files", field="logs_enabled")
@@ -487,16 +374,15 @@ async def program_log_stream(request: Request, program_id: int) -> None:
             try:
                 offset = int(header)
             except ValueError:
-                raise ApiError(400, "VALIDATION_ERROR",
-                               "Last-Event-ID: must be a byte offset", field="Last-Event-ID") \
-                    from None
+                raise Invalid("Last-Event-ID: must be a byte offset",
+                              field="Last-Event-ID") from None
             if offset < 0:
-                raise ApiError(400, "VALIDATION_ERROR",
-                               "Last-Event-ID: must not be negative", field="Last-Event-ID")
+                raise Invalid("Last-Event-ID: must not be negative", field="Last-Event-ID")
     port = inst.port
+    programs = service.supervisor.programs
 
     def resolve() -> Instance | None:
-        current = sup.programs.get(program_id)
+        current = programs.get(program_id)
         return current.instance(port) if current is not None else None
 
     follower = LogFollower(request, resolve, q.type, _closing(request))
@@ -505,21 +391,11 @@ async def program_log_stream(request: Request, program_id: int) -> None:
 
 # ---- quick-start -------------------------------------------------------------------
 
-def _command_word(command: str) -> str:
-    try:
-        first = shlex.split(command)[0]
-    except (ValueError, IndexError):
-        first = command.split()[0] if command.split() else "program"
-    word = re.sub(r"[^A-Za-z0-9_-]", "", os.path.basename(first))
-    return word[:32] or "program"
-
-
 @bp.get("/quick-start")
 @doc("Quick-start programs: running ones, and finished ones for their grace period",
      response="`{success, count, ephemeral_programs: [entry]}`")
 async def quick_list(request: Request) -> HTTPResponse:
-    entries = [quick_view(p) for p in
-               sorted(_sup(request).ephemeral.values(), key=lambda p: p.created_at or 0)]
+    entries = [quick_view(p) for p in _service(request).quick_starts()]
     return json({"success": True, "count": len(entries), "ephemeral_programs": entries})
 
 
@@ -527,34 +403,25 @@ async def quick_list(request: Request) -> HTTPResponse:
 @doc("Start a temporary program (never saved to programs.json)", body=QuickStartRequest,
      response="`{success, temporary_id, name, status, pid?, uptime?, created_at, expires_at?}`")
 async def quick_start(request: Request) -> HTTPResponse:
-    sup = _sup(request)
     req = body(request, QuickStartRequest)
     fields = {k: v for k, v in req.model_dump(exclude_unset=True).items()
               if k not in ("ttl", "wait", "timeout") and v is not None}
-    temporary_id = sup.new_temporary_id()
-    fields.setdefault(
-        "name", f"quick_{_command_word(req.command)}_{temporary_id.removeprefix('quick_')}")
-    spec = validate(ProgramSpec, fields, check_accounts=True)
-    program = sup.quick_start(spec, ttl=req.ttl, temporary_id=temporary_id)
-    if req.wait:
-        inst = program.primary
-        state = await await_running(inst, req.timeout)
-        if state != S.RUNNING:
-            raise _start_failed(inst, state, temporary_id=temporary_id)
+    program = await _service(request).quick_start(fields, req.ttl, wait=req.wait,
+                                                  timeout=req.timeout)
     return json({"success": True, **quick_view(program)})
 
 
 @bp.get("/quick-start/<temporary_id:str>/status")
 @doc("A quick-start program's status", response="`{success, temporary_id, name, status, ...}`")
 async def quick_status(request: Request, temporary_id: str) -> HTTPResponse:
-    return json({"success": True, **quick_view(_sup(request).get_ephemeral(temporary_id))})
+    return json({"success": True, **quick_view(_service(request).quick(temporary_id))})
 
 
 @bp.get("/quick-start/<temporary_id:str>/logs")
 @doc("The last lines of a quick-start program's log", query=LogsQuery,
      response="`{success, logs, type, lines, log_file}`")
 async def quick_logs(request: Request, temporary_id: str) -> HTTPResponse:
-    program = _sup(request).get_ephemeral(temporary_id)
+    program = _service(request).quick(temporary_id)
     q = query(request, LogsQuery)
     return _logs_answer(program, program.primary, q)
 
@@ -563,14 +430,11 @@ async def quick_logs(request: Request, temporary_id: str) -> HTTPResponse:
 @doc("Stop a quick-start program and remove it (it cannot be restarted)",
      response="`{success, temporary_id, cleaned_up, message}`")
 async def quick_stop(request: Request, temporary_id: str) -> HTTPResponse:
-    sup = _sup(request)
-    program = sup.get_ephemeral(temporary_id)
-    if program.finished_at is not None:
+    service = _service(request)
+    program = service.quick(temporary_id)
+    if await service.stop_quick(program):
         message = "Program had already stopped; configuration removed"
     else:
-        futures = sup.stop_ephemeral(program)
-        await _await_stopped(futures, program.spec.stop_timeout + 2)
         message = "Program stopped and configuration removed"
     return json({"success": True, "temporary_id": temporary_id, "cleaned_up": True,
                  "message": message, "status": program.primary.state.value.lower()})
-

@@ -2,12 +2,19 @@
 
     {"success": false, "error": {"code", "message", "field"?, "details"}}
 
-No request ever gets an HTML page or a bare 500 trace.
+The supervisor and the service raise their own errors (pmd_init.supervisor.errors), which
+know nothing of HTTP; each family turns them into a status and a code through its one
+table below, chosen by the path (`/api/v1/...` is the Daemon API, the rest the PM2-style
+process API, as for authentication). A handler raises ApiError only for what is about
+HTTP itself (a body that is not an object, a query that does not parse). No request ever
+gets an HTML page or a bare 500 trace.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,14 +24,18 @@ from sanic.request import Request
 from sanic.response import HTTPResponse, json
 
 from ..supervisor.errors import (
+    AlreadyRunning,
     Conflict,
+    Disabled,
     Invalid,
     NotFound,
     Refused,
+    StartFailed,
     StorageFailed,
     SupervisorError,
+    WaitTimeout,
 )
-from ..supervisor.supervisor import validation_to_invalid
+from .views import instance_view
 
 log = logging.getLogger("pmd.api")
 
@@ -53,7 +64,56 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return json({"success": False, "error": error}, status=status, headers=headers)
 
 
-STATUS_OF = {NotFound: 404, Conflict: 409, Refused: 409, Invalid: 400, StorageFailed: 507}
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    #: The family's code; None keeps the error's own (VALIDATION_ERROR, STORAGE_FULL...).
+    code: str | None = None
+    #: More details from the error, in this family's views.
+    details: Callable[[Any], dict[str, Any]] | None = None
+
+
+def _instance(exc: AlreadyRunning | StartFailed) -> dict[str, Any]:
+    return {"instance": instance_view(exc.instance)}
+
+
+#: The Daemon Management API (docs/daemon-api.md, Errors): the errors' own codes.
+DAEMON: dict[type[SupervisorError], Answer] = {
+    NotFound: Answer(404),  # NOT_FOUND
+    Conflict: Answer(409),  # ALREADY_EXISTS
+    Invalid: Answer(400),  # VALIDATION_ERROR, UNKNOWN_FIELD, MISSING_FIELD
+    AlreadyRunning: Answer(400, details=_instance),  # as supervisorctl's "already started"
+    Disabled: Answer(409),  # PROGRAM_DISABLED
+    Refused: Answer(409),
+    StartFailed: Answer(500, details=_instance),
+    WaitTimeout: Answer(504),
+    StorageFailed: Answer(507),  # STORAGE_FULL, STORAGE_READ_ONLY, STORAGE_FAILED
+    SupervisorError: Answer(500),  # OPERATION_FAILED
+}
+
+#: The PM2-style process API (docs/process-api.md, Errors): its document's codes.
+PROCESS: dict[type[SupervisorError], Answer] = {
+    NotFound: Answer(404, "PROCESS_NOT_FOUND"),
+    Conflict: Answer(409, "PROCESS_ALREADY_EXISTS"),
+    Invalid: Answer(400, "INVALID_CONFIGURATION"),
+    Refused: Answer(409, "OPERATION_FAILED"),  # a disabled program, a reload under way
+    StorageFailed: Answer(507),  # the Daemon API's codes: nothing was done
+    SupervisorError: Answer(500, "OPERATION_FAILED"),
+}
+
+
+def table_for(request: Request) -> dict[type[SupervisorError], Answer]:
+    return DAEMON if request.path.startswith("/api/v1/") else PROCESS
+
+
+def answer(table: dict[type[SupervisorError], Answer], exc: SupervisorError) -> HTTPResponse:
+    found = next(table[t] for t in type(exc).__mro__ if t in table)
+    details = dict(exc.details)
+    if found.details is not None:
+        details.update(found.details(exc))
+    return error_response(found.status, found.code or exc.code, exc.message, exc.field,
+                          details)
+
 
 SANIC_CODES = {
     400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -70,14 +130,13 @@ def install(app: Sanic) -> None:
 
     @app.exception(SupervisorError)
     async def supervisor_error(request: Request, exc: SupervisorError) -> HTTPResponse:
-        status = next((s for t, s in STATUS_OF.items() if isinstance(exc, t)), 500)
-        return error_response(status, exc.code, exc.message, exc.field, exc.details)
+        return answer(table_for(request), exc)
 
     @app.exception(ValidationError)
     async def validation_error(request: Request, exc: ValidationError) -> HTTPResponse:
-        invalid = validation_to_invalid(exc)
-        return error_response(400, invalid.code, invalid.message, invalid.field,
-                              invalid.details)
+        # Handlers validate with the data at hand (Invalid.from_validation); this is the
+        # net for a model validated anywhere else.
+        return answer(table_for(request), Invalid.from_validation(exc))
 
     @app.exception(SanicException)
     async def sanic_error(request: Request, exc: SanicException) -> HTTPResponse:

@@ -27,6 +27,7 @@ from .errors import error_response
 from .listeners import BACKLOG, Listener, open_listeners, set_inheritable
 
 if TYPE_CHECKING:
+    from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
 
@@ -53,6 +54,8 @@ class Owner(Protocol):
     @property
     def supervisor(self) -> Supervisor: ...
     @property
+    def service(self) -> Service: ...
+    @property
     def started_at(self) -> float: ...
     @property
     def config_problem(self) -> str | None: ...
@@ -78,6 +81,7 @@ def create_app(init: Owner, name: str = "pmd") -> Sanic:
     app.config.ACCESS_LOG = False
     app.ctx.init = init
     app.ctx.supervisor = init.supervisor
+    app.ctx.service = init.service
     app.ctx.settings = init.settings
     errors.install(app)
 

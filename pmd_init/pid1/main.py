@@ -58,6 +58,7 @@ class Init:
         self._force = False
         self.api: Any = None
         self.supervisor: Any = None
+        self.service: Any = None
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -74,6 +75,7 @@ class Init:
         for folder in (s.state_dir, s.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
+        from ..service import Service
         from ..store.programs import ProgramStore
         from ..supervisor.supervisor import Supervisor
 
@@ -93,6 +95,7 @@ class Init:
             loop, self.reaper, store, s.state_dir, s.log_dir, self.base_env,
             forward=s.log_forward, log_roots=s.log_roots, ephemeral_grace=s.ephemeral_grace)
         sup.on_fatal_exit = self._program_gone
+        self.service = Service(sup)
         sup.events.subscribe(self._log_event)
         if state is not None:
             sup.adopt(state["supervisor"])
@@ -283,6 +286,8 @@ class Init:
         deadline = loop.time() + self.settings.grace
         if self.api is not None:
             await self.api.close()  # refuse new connections; in-flight requests finish below
+        # Operations under way (a reload, a reset) end here; stopping everything follows.
+        await self.service.tasks.close()
         await self.supervisor.shutdown(deadline)
         if self.main_pid is not None:
             waiter = loop.create_future()
@@ -349,6 +354,9 @@ class Init:
         timers resume."""
         log.info("re-executing pmd in place")
         listeners: list[dict[str, Any]] = []
+        # A reset cut off by the exec would leave the defaults saved and not running; a
+        # reload cut off is undone by the new pmd (its replacement is stopped).
+        await self.service.tasks.settle(self.settings.grace)
         if self.api is not None:
             # Accepted requests are answered first; the listening sockets go along, so
             # clients arriving from now on wait in the backlog for the next pmd.

@@ -5,10 +5,9 @@ from .errors import Conflict, Invalid, NotFound, OperationFailed, SupervisorErro
 from .events import Event, EventBus, HealthEvent, StateEvent
 from .instance import Instance
 from .program import Program
-from .supervisor import Supervisor, validation_to_invalid
+from .supervisor import Supervisor
 
 __all__ = [
     "Conflict", "Event", "EventBus", "HealthEvent", "Instance", "Invalid", "NotFound",
     "OperationFailed", "Program", "StateEvent", "Supervisor", "SupervisorError",
-    "validation_to_invalid",
 ]

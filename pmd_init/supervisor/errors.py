@@ -1,6 +1,19 @@
-"""What the supervisor refuses, and why. The API maps these to HTTP in one place."""
+"""What the supervisor and the service layer refuse, and why. No HTTP here: each API family
+turns these into answers in one table (pmd_init/api/errors.py).
+
+`Invalid.from_validation` is the one reading of a pydantic ValidationError, for both
+families: a field is named by its path in what the client sent, dot-joined.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from .instance import Instance
 
 
 class SupervisorError(Exception):
@@ -22,8 +35,67 @@ class Conflict(SupervisorError):
     code = "ALREADY_EXISTS"
 
 
+#: The kinds of validation error a client may want to tell apart; the rest is one kind.
+VALIDATION_CODES = {"extra_forbidden": "UNKNOWN_FIELD", "missing": "MISSING_FIELD"}
+
+
 class Invalid(SupervisorError):
     code = "VALIDATION_ERROR"
+
+    def __init__(self, message: str, field: str | None = None,
+                 details: dict[str, object] | None = None, code: str | None = None) -> None:
+        super().__init__(message, field, details)
+        if code is not None:
+            self.code = code
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, data: object = None,
+                        rename: Mapping[str, str] | None = None) -> Invalid:
+        """The first error names the field and the code; `details.errors` lists one error
+        per field, each `{field, type, message}`. `data` is what was validated: with it,
+        the names pydantic gives to the members of a union (`port.str`) are left out.
+        `rename` maps a top-level field of the validated model to the name the client
+        used for it."""
+        errors: list[dict[str, object]] = []
+        seen = set()
+        for error in exc.errors():
+            path = _path(error["loc"], data)
+            if path and rename:
+                path[0] = rename.get(path[0]) or path[0]
+            field = ".".join(path)
+            if field in seen:  # a union tried each member: the first one speaks for all
+                continue
+            seen.add(field)
+            errors.append({"field": field, "type": error["type"],
+                           "message": error["msg"].removeprefix("Value error, ")})
+        first = errors[0]
+        kind = str(first["type"])
+        message = "unknown field" if kind == "extra_forbidden" else str(first["message"])
+        named = str(first["field"])
+        return cls(f"{named}: {message}" if named else message, field=named or None,
+                   details={"errors": errors}, code=VALIDATION_CODES.get(kind))
+
+
+def _path(loc: tuple[int | str, ...], data: object) -> list[str]:
+    """`loc` without the union members' tags, found by walking `data` along it: a step
+    that is neither a key nor an index of what is there is a tag. The last step may be
+    a key that is absent (a missing field)."""
+    if data is None:
+        return [str(step) for step in loc]
+    path: list[str] = []
+    node: Any = data
+    for index, step in enumerate(loc):
+        if isinstance(node, Mapping) and step in node:
+            node = node[step]
+        elif isinstance(node, list | tuple) and isinstance(step, int) \
+                and 0 <= step < len(node):
+            node = node[step]
+        elif isinstance(node, Mapping) and index == len(loc) - 1:
+            node = None
+        else:
+            continue
+        path.append(str(step))
+    return path
 
 
 class OperationFailed(SupervisorError):
@@ -31,7 +103,7 @@ class OperationFailed(SupervisorError):
 
 
 class Refused(SupervisorError):
-    """The request is valid but the program's current state does not allow it (409)."""
+    """The request is valid but the program's current state does not allow it."""
 
     code = "OPERATION_REFUSED"
 
@@ -42,9 +114,46 @@ class Refused(SupervisorError):
             self.code = code
 
 
+class Disabled(Refused):
+    """A start, restart or reload of a program that is disabled."""
+
+    code = "PROGRAM_DISABLED"
+
+    def __init__(self, program_name: str) -> None:
+        super().__init__(f"enabled: program '{program_name}' is disabled; enable it first",
+                         field="enabled")
+
+
+class AlreadyRunning(Refused):
+    """A start of an instance that is already STARTING or RUNNING."""
+
+    code = "ALREADY_RUNNING"
+
+    def __init__(self, message: str, instance: Instance, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.instance = instance
+
+
+class StartFailed(SupervisorError):
+    """A start that was waited for gave up (FATAL, or stopped and no longer wanted)."""
+
+    code = "START_FAILED"
+
+    def __init__(self, message: str, instance: Instance,
+                 details: dict[str, object] | None = None) -> None:
+        super().__init__(message, None, details)
+        self.instance = instance
+
+
+class WaitTimeout(SupervisorError):
+    """A start that was waited for is not RUNNING yet; it goes on trying."""
+
+    code = "WAIT_TIMEOUT"
+
+
 class StorageFailed(SupervisorError):
-    """What the request asked for could not be written to disk, so it was not done (507):
-    the config or state dir is full, read-only or failing. `code` says which."""
+    """What the request asked for could not be written to disk, so it was not done: the
+    config or state dir is full, read-only or failing. `code` says which."""
 
     code = "STORAGE_FULL"
 

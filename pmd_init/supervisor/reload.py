@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..model.states import STOPPED_STATES, ProgramState
-from .errors import OperationFailed, Refused
+from .errors import Disabled
 from .instance import Instance
+from .waits import until_running
 
 if TYPE_CHECKING:
     from .program import Program
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pmd.reload")
 S = ProgramState
 
-#: Where a starting replacement can end up; anything but RUNNING is a failure.
-SETTLED = frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPED})
-#: Programs with a reload under way: a second reload of the same program is refused.
-_RELOADING: weakref.WeakSet[Program] = weakref.WeakSet()
 
 
 @dataclass(slots=True)
@@ -70,19 +66,15 @@ def replacement_timeout(program: Program) -> float:
 
 async def reload_program(sup: Supervisor, program: Program,
                          timeout: float | None = None) -> ReloadReport:
+    """One reload. The caller keeps two of the same program from overlapping (the
+    service does), and owns the task it runs in: cancelled half way, it leaves the
+    replacement in `extra_instances`, which shutdown and re-exec stop."""
     if not program.spec.enabled:
-        raise Refused(f"program '{program.name}' is disabled", field="enabled",
-                      code="PROGRAM_DISABLED")
+        raise Disabled(program.name)
     if program.spec.port_range is None:
         sup.restart(program)
         return ReloadReport(mode="restart")
-    if program in _RELOADING:
-        raise OperationFailed(f"program '{program.name}' is already being reloaded")
-    _RELOADING.add(program)
-    try:
-        return await _rolling(sup, program, timeout or replacement_timeout(program))
-    finally:
-        _RELOADING.discard(program)
+    return await _rolling(sup, program, timeout or replacement_timeout(program))
 
 
 async def _rolling(sup: Supervisor, program: Program, timeout: float) -> ReloadReport:
@@ -141,7 +133,7 @@ async def _ready(sup: Supervisor, new: Instance, timeout: float) -> str | None:
     """None once the replacement may take over, else why it may not."""
     deadline = time.monotonic() + timeout
     try:
-        state = await asyncio.wait_for(new.wait_state(SETTLED), timeout)
+        state = await until_running(new, timeout, retries=False)
     except TimeoutError:
         return f"not RUNNING after {timeout:g}s"
     if state != S.RUNNING:

@@ -25,7 +25,7 @@ from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.files import read_json
 from ..store.storage import StorageError
 from .ephemeral import boot_identity, process_start_ticks, same_process
-from .errors import Conflict, Invalid, NotFound, OperationFailed, Refused, StorageFailed
+from .errors import Conflict, Disabled, Invalid, NotFound, OperationFailed, StorageFailed
 from .events import Event, EventBus, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
@@ -46,17 +46,6 @@ RESTART_FIELDS = frozenset({
     "command", "user", "directory", "environment", "port_range", "port_param",
     "terminal_shell", "display", "stdout_logfile", "stderr_logfile", "logs_enabled",
 })
-
-
-def validation_to_invalid(exc: ValidationError) -> Invalid:
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or None
-    message = first["msg"].removeprefix("Value error, ")
-    return Invalid(f"{field}: {message}" if field else message, field=field,
-                   details={"errors": [
-                       {"field": ".".join(str(p) for p in e["loc"]),
-                        "message": e["msg"].removeprefix("Value error, ")}
-                       for e in exc.errors()]})
 
 
 def storage_failed(exc: StorageError) -> StorageFailed:
@@ -254,6 +243,9 @@ class Supervisor:
         program = self.get(program_id)
         if "id" in changes and changes["id"] != program_id:
             raise Invalid("id cannot be changed", field="id")
+        for required in ("user", "name", "command"):
+            if required in changes and changes[required] is None:
+                raise Invalid(f"{required}: cannot be removed", field=required)
         merged = program.spec.model_dump(mode="json", exclude_none=True)
         merged.update(changes)
         merged["id"] = program_id
@@ -261,7 +253,7 @@ class Supervisor:
         try:
             spec = ProgramSpec.model_validate(merged, context={"check_accounts": True})
         except ValidationError as exc:
-            raise validation_to_invalid(exc) from None
+            raise Invalid.from_validation(exc, merged) from None
         self.check_log_paths(spec, old=program.spec)
         self._check_unique(spec, ignore=program)
         self._save([spec if s.id == program_id else s for s in self.specs()])
@@ -315,14 +307,16 @@ class Supervisor:
             self.programs.pop(program.id, None)
         return futures
 
-    async def remove(self, program_id: int) -> None:
+    def remove(self, program_id: int) -> list[asyncio.Future[ProgramState]]:
+        """Saved without it, then stopped: the futures say when its instances are gone."""
         program = self.get(program_id)
         self._save([s for s in self.specs() if s.id != program_id])
-        futures = self._drop(program)
-        if futures:
-            await asyncio.wait(futures, timeout=program.spec.stop_timeout + 5)
+        return self._drop(program)
 
     async def reset(self) -> None:
+        """Back to programs.default.json: saved, everything stopped, the defaults booted.
+        Cancelled half way it leaves the defaults saved and not running, so its caller
+        must let it finish (the service runs it in a task of its own)."""
         try:
             defaults = self.store.read_default()
         except Exception as exc:
@@ -364,8 +358,7 @@ class Supervisor:
 
     def _startable(self, program: Program, port: int | None) -> list[Instance]:
         if not program.spec.enabled:
-            raise Refused(f"program '{program.name}' is disabled", field="enabled",
-                          code="PROGRAM_DISABLED")
+            raise Disabled(program.name)
         return self.instances_for(program, port)
 
     def start(self, program: Program, port: int | None = None) -> list[Instance]:

@@ -93,8 +93,8 @@ def test_start_rejections(http, body, code, field):
 
 def test_disabled_program_cannot_start(http):
     i = add(http, program("off", enabled=False))
-    assert_error(http.post(f"{API}/programs/{i}/start"), 400, "PROGRAM_DISABLED", "enabled")
-    assert_error(http.post(f"{API}/programs/{i}/restart"), 400, "PROGRAM_DISABLED", "enabled")
+    assert_error(http.post(f"{API}/programs/{i}/start"), 409, "PROGRAM_DISABLED", "enabled")
+    assert_error(http.post(f"{API}/programs/{i}/restart"), 409, "PROGRAM_DISABLED", "enabled")
     assert status_of(http, i)["status"] == "STOPPED"
 
 

@@ -7,71 +7,73 @@ import os
 
 import pytest
 
-from pmd_init.api import process as api
+from pmd_init.api import process_requests, process_views
 from pmd_init.api.errors import ApiError
+from pmd_init.api.process_views import pm2_status
 from pmd_init.logs.times import CAPACITY, LineTimes
 from pmd_init.model.states import ProgramState as S
+from pmd_init.supervisor.errors import Invalid
 
 
 def spec_of(**body):  # noqa: ANN003, ANN201
-    return api.CreateProcess.model_validate(body).to_spec()
+    return process_requests.CreateProcess.model_validate(body).to_spec()
 
 
 def test_script_and_args_become_one_quoted_command():
     assert spec_of(name="a", script="node", args=["server.js"]).command == "node server.js"
     spec = spec_of(name="a", script="sh", args=["-c", "echo 'hi there'; sleep 1"])
-    assert api.script_and_args(spec.command) == ("sh", ["-c", "echo 'hi there'; sleep 1"])
+    assert process_views.script_and_args(spec.command) == ("sh", ["-c", "echo 'hi there'; sleep 1"])
     assert spec_of(name="a", script="node server.js --x").command == "node server.js --x"
 
 
 def test_ports_map_to_port_or_range():
     one = spec_of(name="a", script="x", port="3000")
     assert one.port_range is None and one.environment["PORT"] == "3000"
-    assert api.port_text(one) == "3000"
+    assert process_views.port_text(one) == "3000"
     many = spec_of(name="a", script="x", port="4000-4003", instances=4)
     assert (many.port_range.start, many.port_range.end) == (4000, 4003)
-    assert api.port_text(many) == "4000-4003" and "PORT" not in many.environment
-    with pytest.raises(ApiError) as wrong:
+    assert process_views.port_text(many) == "4000-4003" and "PORT" not in many.environment
+    with pytest.raises(Invalid) as wrong:
         spec_of(name="a", script="x", port="4000-4003", instances=2)
-    assert wrong.value.status == 400 and wrong.value.code == "INVALID_CONFIGURATION"
+    assert wrong.value.field == "instances"
     for bad in ("0", "70000", "5-3", "x-y", ""):
         with pytest.raises(ValueError):
-            api.parse_port(bad)
+            process_requests.parse_port(bad)
 
 
 def test_memory_sizes():
-    assert api.parse_memory("512M") == 512 << 20
-    assert api.parse_memory("1G") == 1 << 30
-    assert api.parse_memory("300k") == 300 << 10
-    assert api.parse_memory(1234) == 1234
+    assert process_requests.parse_memory("512M") == 512 << 20
+    assert process_requests.parse_memory("1G") == 1 << 30
+    assert process_requests.parse_memory("300k") == 300 << 10
+    assert process_requests.parse_memory(1234) == 1234
     for bad in ("lots", "12X", "M"):
         with pytest.raises(ValueError):
-            api.parse_memory(bad)
+            process_requests.parse_memory(bad)
 
 
 def test_another_user_needs_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 4242)
-    monkeypatch.setattr(api, "current_user", lambda: "someone")
+    monkeypatch.setattr(process_requests, "current_user", lambda: "someone")
     with pytest.raises(ApiError) as denied:
         spec_of(name="a", script="x", user="root")
     assert denied.value.status == 403 and denied.value.code == "PERMISSION_DENIED"
 
 
 def test_status_names():
-    assert api.pm2_status(S.RUNNING) == "online"
-    assert api.pm2_status(S.STARTING) == api.pm2_status(S.BACKOFF) == "launching"
-    assert api.pm2_status(S.STOPPING) == "stopping"
-    assert api.pm2_status(S.STOPPED) == api.pm2_status(S.EXITED, True) == "stopped"
-    assert api.pm2_status(S.EXITED, False) == api.pm2_status(S.FATAL) == "errored"
-    assert api.pm2_status(S.UNKNOWN) == "errored"
+    assert pm2_status(S.RUNNING) == "online"
+    assert pm2_status(S.STARTING) == pm2_status(S.BACKOFF) == "launching"
+    assert pm2_status(S.STOPPING) == "stopping"
+    assert pm2_status(S.STOPPED) == pm2_status(S.EXITED, True) == "stopped"
+    assert pm2_status(S.EXITED, False) == pm2_status(S.FATAL) == "errored"
+    assert pm2_status(S.UNKNOWN) == "errored"
 
 
 def test_durations():
-    assert api.duration(0) == "0s"
-    assert api.duration(8130) == "2h 15m 30s"
-    assert api.duration(59) == "59s"
-    assert api.duration(3 * 86400 + 5) == "3d 5s"
-    assert api.duration(5 * 86400 + 12 * 3600 + 30 * 60 + 9, with_seconds=False) == \
+    assert process_views.duration(0) == "0s"
+    assert process_views.duration(8130) == "2h 15m 30s"
+    assert process_views.duration(59) == "59s"
+    assert process_views.duration(3 * 86400 + 5) == "3d 5s"
+    assert process_views.duration(5 * 86400 + 12 * 3600 + 30 * 60 + 9, with_seconds=False) == \
         "5d 12h 30m"
 
 

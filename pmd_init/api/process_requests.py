@@ -1,0 +1,177 @@
+"""What the PM2-style process API reads from its requests: a JSON body, PM2's spellings of
+ports and memory sizes, and the body of POST /api/processes as a ProgramSpec."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sanic import Request
+
+from ..model.spec import USER_RE, HealthCheckSpec, PortRange, ProgramSpec, current_user
+from ..supervisor.errors import Invalid
+from .errors import ApiError
+
+#: ProgramSpec's fields by the names this API gives them, for the errors it reports.
+PM2_NAMES = {"command": "script", "environment": "env", "directory": "cwd",
+             "startretries": "max_restarts", "startsecs": "min_uptime",
+             "stop_timeout": "kill_timeout", "port_range": "port"}
+
+
+def bad_request(message: str, field: str | None = None) -> Invalid:
+    """Raised like the service's own refusals, so one table answers both."""
+    return Invalid(message, field)
+
+
+def json_body(request: Request) -> dict[str, Any]:
+    if not request.body:
+        return {}
+    try:
+        body = request.json
+    except Exception:  # noqa: BLE001 - sanic raises its own BadRequest
+        raise bad_request("the request body is not valid JSON") from None
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    return body
+
+
+MEMORY_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+                "G": 1 << 30, "GB": 1 << 30}
+
+
+def parse_memory(value: int | str) -> int:
+    """512M, 1G, 300K (PM2's spelling) or a number of bytes."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper()
+    digits = text.rstrip("KMGB")
+    unit = text[len(digits):]
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20 or \
+            unit not in MEMORY_UNITS:
+        raise ValueError("must be bytes, or a number with K, M or G (512M)")
+    return int(digits) * MEMORY_UNITS[unit]
+
+
+def parse_port(text: str | int) -> tuple[int, int]:
+    """"3000" or "4000-4003" (the document's spelling)."""
+    raw = str(text).strip()
+    start, sep, end = (part.strip() for part in raw.partition("-"))
+    parts = [start, end] if sep else [start]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 5 for p in parts):
+        raise ValueError('must be a port ("3000") or a range ("4000-4003")')
+    first = int(start)
+    last = int(end) if sep else first
+    if not (1 <= first <= 65535 and 1 <= last <= 65535) or last < first:
+        raise ValueError('must be a port ("3000") or a range ("4000-4003") within 1-65535')
+    return first, last
+
+
+class CreateProcess(BaseModel):
+    """POST /api/processes: the document's curl example, plus the knobs PM2 users expect."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    script: Annotated[str, Field(min_length=1, max_length=65536)]
+    args: list[str] = Field(default_factory=list)
+    port: str | int | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    instances: Annotated[int, Field(ge=1, le=1024)] | None = None
+    cwd: str | None = None
+    user: str | None = None
+    autorestart: bool = True
+    max_memory_restart: int | str | None = None
+    health_check: HealthCheckSpec | None = None
+    max_restarts: Annotated[int, Field(ge=0, le=1000)] | None = None
+    min_uptime: Annotated[float, Field(ge=0, le=3600)] | None = None
+    kill_timeout: Annotated[float, Field(ge=0, le=3600)] | None = None
+    description: Annotated[str, Field(max_length=500)] | None = None
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # {"PORT": 3000} is common: numbers become text
+            return {k: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    else v for k, v in value.items()}
+        return value
+
+    def command(self) -> str:
+        if not self.args and any(c.isspace() for c in self.script):
+            return self.script  # a whole command line, as `pmd start "node server.js"`
+        return shlex.join([self.script, *self.args])
+
+    def to_spec(self) -> ProgramSpec:
+        env = dict(self.env)
+        port_range = None
+        if self.port is not None:
+            try:
+                first, last = parse_port(self.port)
+            except ValueError as exc:
+                raise bad_request(f"port: {exc}", "port") from None
+            if first == last and (self.instances or 1) == 1:
+                env["PORT"] = str(first)  # one port: the PORT variable, argv untouched
+            else:
+                port_range = PortRange(start=first, end=last)
+        count = 1 if port_range is None else port_range.end - port_range.start + 1
+        if self.instances is not None and self.instances != count:
+            raise bad_request(f"instances: {self.instances} instances need a port range of "
+                              f"{self.instances} ports (one port each)", "instances")
+        memory = None
+        if self.max_memory_restart is not None:
+            try:
+                memory = parse_memory(self.max_memory_restart)
+            except ValueError as exc:
+                raise bad_request(f"max_memory_restart: {exc}", "max_memory_restart") \
+                    from None
+        user = self.user or default_user()
+        if user is not None and os.geteuid() != 0 and user != current_user():
+            raise ApiError(403, "PERMISSION_DENIED",
+                           f"pmd does not run as root: it cannot start programs as '{user}'",
+                           "user")
+        fields: dict[str, Any] = {
+            "name": self.name, "command": self.command(), "user": user,
+            "directory": self.cwd, "environment": env, "port_range": port_range,
+            "autorestart": "true" if self.autorestart else "false",
+            "max_memory_restart": memory, "health_check": self.health_check,
+            "description": self.description, "boot": True, "enabled": True,
+        }
+        if self.max_restarts is not None:
+            fields["startretries"] = self.max_restarts
+        if self.min_uptime is not None:
+            fields["startsecs"] = self.min_uptime
+        if self.kill_timeout is not None:
+            fields["stop_timeout"] = self.kill_timeout
+        fields = {k: v for k, v in fields.items() if v is not None}
+        try:
+            return ProgramSpec.model_validate(fields, context={"check_accounts": True})
+        except ValidationError as exc:
+            raise Invalid.from_validation(exc, fields, rename=PM2_NAMES) from None
+
+
+def parse_create(body: dict[str, Any]) -> ProgramSpec:
+    """The body of POST /api/processes, as the program it creates."""
+    try:
+        request = CreateProcess.model_validate(body)
+    except ValidationError as exc:
+        raise Invalid.from_validation(exc, body) from None
+    return request.to_spec()
+
+
+def parse_move(body: dict[str, Any]) -> tuple[int, int] | None:
+    """The `port` of a restart or reload body: the ports the program moves to."""
+    if body.get("port") is None:
+        return None
+    try:
+        return parse_port(body["port"])
+    except ValueError as exc:
+        raise bad_request(f"port: {exc}", "port") from None
+
+
+def default_user() -> str | None:
+    """pmd's own user, by name, when it has one a program spec can name."""
+    name = current_user()
+    return name if USER_RE.match(name) else None
