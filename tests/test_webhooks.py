@@ -20,8 +20,8 @@ from pmd_init.model.spec import ProgramSpec, WebhooksSpec
 from pmd_init.model.states import ProgramState
 from pmd_init.model.webhook_rules import ALLOW_LOOPBACK_ENV, address_problem
 from pmd_init.supervisor import webhooks
+from pmd_init.supervisor.errors import Invalid
 from pmd_init.supervisor.events import EventBus, StateEvent
-from pmd_init.supervisor.supervisor import validation_to_invalid
 from pmd_init.supervisor.webhooks import (
     Delivery,
     DeliveryFailed,
@@ -40,9 +40,10 @@ def no_escape_hatch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def refusal(body: dict[str, Any]) -> tuple[str, str]:
     """(field, message) of the first error of a program with these webhooks."""
+    data = {"name": "w", "command": "true", "webhooks": body}
     with pytest.raises(ValidationError) as info:
-        ProgramSpec.model_validate({"name": "w", "command": "true", "webhooks": body})
-    invalid = validation_to_invalid(info.value)
+        ProgramSpec.model_validate(data)
+    invalid = Invalid.from_validation(info.value, data)
     assert invalid.field is not None
     return invalid.field, str(invalid)
 
@@ -152,14 +153,14 @@ def test_address_policy_on_public_addresses():
     ({"X-Ok": "a\x00b"}, "webhooks.headers.X-Ok", "NUL"),
     ({"X-Ok": "é"}, "webhooks.headers.X-Ok", "ASCII"),
     ({"X-Ok": "v" * 4097}, "webhooks.headers.X-Ok", "4096"),
-    ({"X-Bad\r\nX-Evil": "1"}, "webhooks.headers.X-Bad\r\nX-Evil.[key]", "token"),
-    ({"X Bad": "1"}, "webhooks.headers.X Bad.[key]", "token"),
-    ({"X-Bad:": "1"}, "webhooks.headers.X-Bad:.[key]", "token"),
-    ({"": "1"}, "webhooks.headers..[key]", "token"),
-    ({"Host": "evil.example.com"}, "webhooks.headers.Host.[key]", "set by pmd"),
-    ({"content-length": "0"}, "webhooks.headers.content-length.[key]", "set by pmd"),
-    ({"Transfer-Encoding": "chunked"}, "webhooks.headers.Transfer-Encoding.[key]", "pmd"),
-    ({"X-Pmd-Event": "FATAL"}, "webhooks.headers.X-Pmd-Event.[key]", "set by pmd"),
+    ({"X-Bad\r\nX-Evil": "1"}, "webhooks.headers.X-Bad\r\nX-Evil", "token"),
+    ({"X Bad": "1"}, "webhooks.headers.X Bad", "token"),
+    ({"X-Bad:": "1"}, "webhooks.headers.X-Bad:", "token"),
+    ({"": "1"}, "webhooks.headers.", "token"),
+    ({"Host": "evil.example.com"}, "webhooks.headers.Host", "set by pmd"),
+    ({"content-length": "0"}, "webhooks.headers.content-length", "set by pmd"),
+    ({"Transfer-Encoding": "chunked"}, "webhooks.headers.Transfer-Encoding", "pmd"),
+    ({"X-Pmd-Event": "FATAL"}, "webhooks.headers.X-Pmd-Event", "set by pmd"),
 ])
 def test_bad_headers_are_refused(headers, field, reason):
     got_field, message = refusal({"headers": headers})
