@@ -173,8 +173,9 @@ class Instance:
         self._timer = self.rt.timers.call_later(delay, callback)
 
     def _soon(self, callback: Callable[[], None]) -> None:
+        """Run `callback` in a later loop turn, in the runtime's queue of starts."""
         self._cancel_timer()
-        self._timer = self.rt.timers.call_soon(callback)
+        self._timer = self.rt.starts.push(callback)
 
     # ---- commands (desired state) --------------------------------------------------
 

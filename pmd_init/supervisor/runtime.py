@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,62 @@ class SystemClock:
         return time.monotonic()
 
 
+class StartQueue:
+    """Restarts wait here for their turn: each loop turn runs at most `per_turn` of them.
+
+    A spawn costs a few milliseconds (fork, exec, pipes). When many programs die at once
+    (a crash storm with the start-rate limit off), starting them all in one turn would keep
+    requests, log pipes and timers waiting for the whole batch; a few per turn lets the
+    loop poll for I/O between them.
+    """
+
+    __slots__ = ("_timers", "_per_turn", "_queue", "_scheduled")
+
+    def __init__(self, timers: Timers, per_turn: int = 4) -> None:
+        self._timers = timers
+        self._per_turn = per_turn
+        self._queue: deque[_Queued] = deque()
+        self._scheduled = False
+
+    def push(self, callback: Callable[[], None]) -> Cancellable:
+        entry = _Queued(callback)
+        self._queue.append(entry)
+        if not self._scheduled:
+            self._scheduled = True
+            self._timers.call_soon(self._run)
+        return entry
+
+    def _run(self) -> None:
+        started = 0
+        try:
+            while self._queue and started < self._per_turn:
+                entry = self._queue.popleft()
+                if entry.cancelled:
+                    continue
+                entry.cancelled = True  # done: a later cancel() is a no-op
+                entry.callback()
+                started += 1
+        finally:
+            if self._queue:
+                self._timers.call_soon(self._run)
+            else:
+                self._scheduled = False
+
+    def __len__(self) -> int:
+        return sum(1 for entry in self._queue if not entry.cancelled)
+
+
+class _Queued:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 CaptureFactory = Callable[[int, "LogFile | None", "Forwarder | None", bytes,
                            Callable[[Capture], None]], Capture]
 
@@ -90,6 +147,11 @@ class Runtime:
     base_env: Mapping[str, str] = field(default_factory=dict)
     forwarders: tuple[Forwarder | None, Forwarder | None] = (None, None)
     capture: CaptureFactory | None = None
+    #: Where scheduled restarts wait for their turn (built from `timers`).
+    starts: StartQueue = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.starts = StartQueue(self.timers)
 
     @classmethod
     def on_loop(cls, loop: asyncio.AbstractEventLoop, children: ChildWatcher,
