@@ -108,7 +108,7 @@ def test_a_failed_exec_serves_again_on_the_same_sockets(tmp_path: Path) -> None:
 
     Sanic.test_mode = True  # other tests of this process may have made an app named pmd
     s = settings(tmp_path)
-    init = SimpleNamespace(settings=s, supervisor=None, started_at=time.time())
+    init = SimpleNamespace(settings=s, supervisor=None, service=None, started_at=time.time())
 
     async def main() -> None:
         api = ApiServer(init, s)  # type: ignore[arg-type]
