@@ -16,16 +16,16 @@ PUBLIC_PATHS = frozenset({"/", "/api/v1/daemon/health"})
 
 
 def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+    header: str | None = request.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() in ("bearer", "apikey") and value.strip():
             return value.strip()
-    key = request.headers.get("x-api-key")
+    key: str | None = request.headers.get("x-api-key")
     if key:
         return key.strip()
     if request.path == "/ws":
-        token = request.args.get("token")
+        token: str | None = request.args.get("token")
         if token:
             return token
     return None

@@ -5,8 +5,10 @@ before authentication, which it never carries."""
 
 from __future__ import annotations
 
-from sanic import Request, Sanic
-from sanic.response import HTTPResponse, empty
+from sanic import Request
+from sanic.response import BaseHTTPResponse, HTTPResponse, empty
+
+from .context import PmdApp
 
 METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 HEADERS = "Content-Type, Authorization, X-API-Key, Last-Event-ID"
@@ -23,8 +25,7 @@ def allowed_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
     return None
 
 
-def install(app: Sanic, origins: tuple[str, ...]) -> None:
-    @app.on_request(priority=400)  # type: ignore[call-arg]
+def install(app: PmdApp, origins: tuple[str, ...]) -> None:
     async def preflight(request: Request) -> HTTPResponse | None:
         if request.method != "OPTIONS":
             return None
@@ -34,8 +35,7 @@ def install(app: Sanic, origins: tuple[str, ...]) -> None:
                    "Allow": METHODS}
         return empty(status=204, headers=headers)
 
-    @app.on_response(priority=400)
-    async def cors_headers(request: Request, response: HTTPResponse) -> None:
+    async def cors_headers(request: Request, response: BaseHTTPResponse) -> None:
         allow = allowed_origin(origins, request.headers.get("origin"))
         if allow is None:
             return
@@ -43,3 +43,6 @@ def install(app: Sanic, origins: tuple[str, ...]) -> None:
         response.headers["Access-Control-Expose-Headers"] = EXPOSE
         if allow != "*":
             response.headers["Vary"] = "Origin"
+
+    app.middleware(preflight, "request", priority=400)
+    app.middleware(cors_headers, "response", priority=400)

@@ -21,6 +21,7 @@ from ..service import Service
 from ..supervisor.errors import Invalid
 from ..supervisor.instance import Instance
 from ..supervisor.program import Program
+from .context import PmdApp, context
 from .errors import ApiError
 from .logstream import LINES_MAX, LogFollower
 from .models import (
@@ -73,7 +74,7 @@ def query(request: Request, model: type[M]) -> M:
 
 
 def _service(request: Request) -> Service:
-    return request.app.ctx.service
+    return context(request).service
 
 
 # ---- views -------------------------------------------------------------------------
@@ -333,26 +334,24 @@ async def program_logs(request: Request, program_id: int) -> HTTPResponse:
 
 
 def _closing(request: Request) -> asyncio.Event:
-    event = getattr(request.app.ctx, "log_streams_closing", None)
-    if event is None:
-        event = request.app.ctx.log_streams_closing = asyncio.Event()
-    return event
+    ctx = context(request)
+    if ctx.log_streams_closing is None:
+        ctx.log_streams_closing = asyncio.Event()
+    return ctx.log_streams_closing
 
 
 @bp.before_server_stop
-async def _end_log_streams(app: Any) -> None:
+async def _end_log_streams(app: PmdApp) -> None:
     """Streams end at shutdown and re-exec instead of holding the server open."""
-    event = getattr(app.ctx, "log_streams_closing", None)
-    if event is not None:
-        event.set()
+    if app.ctx.log_streams_closing is not None:
+        app.ctx.log_streams_closing.set()
 
 
 @bp.after_server_start
-async def _open_log_streams(app: Any) -> None:
+async def _open_log_streams(app: PmdApp) -> None:
     """Streams may run again: the server starts, or serves on after a failed re-exec."""
-    event = getattr(app.ctx, "log_streams_closing", None)
-    if event is not None:
-        event.clear()
+    if app.ctx.log_streams_closing is not None:
+        app.ctx.log_streams_closing.clear()
 
 
 @bp.get("/programs/<program_id:int>/logs/stream")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sanic import Sanic
 from sanic.exceptions import SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse, json
@@ -35,6 +34,7 @@ from ..supervisor.errors import (
     SupervisorError,
     WaitTimeout,
 )
+from .context import PmdApp
 from .views import instance_view
 
 log = logging.getLogger("pmd.api")
@@ -122,7 +122,7 @@ SANIC_CODES = {
 }
 
 
-def install(app: Sanic) -> None:
+def install(app: PmdApp) -> None:
     @app.exception(ApiError)
     async def api_error(request: Request, exc: ApiError) -> HTTPResponse:
         return error_response(exc.status, exc.code, exc.message, exc.field, exc.details,

@@ -29,6 +29,7 @@ from ..logs.capture import Capture
 from ..logs.tail import backup_path, last_lines
 from ..supervisor.events import StateEvent
 from ..supervisor.instance import Instance
+from .context import context
 
 HEARTBEAT = 15.0
 CHUNK = 256 << 10  # per send: a stalled reader holds about this much, not more
@@ -211,7 +212,7 @@ class LogFollower:
         return await self._reset(path, "rotated")
 
     async def run(self, path: Path, backups: int, offset: int | None, lines: int) -> None:
-        sup = self.request.app.ctx.supervisor
+        sup = context(self.request).supervisor
         inst = self.resolve()
         if inst is None:
             return

@@ -71,10 +71,10 @@ class AddProgramRequest(ProgramSpec):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="AddProgramRequest")
 
-    user: str  # type: ignore[assignment]
+    user: str
 
 
-_EditBase = create_model(  # type: ignore[call-overload]
+_EditBase = create_model(
     "_EditBase", __base__=Request, **_spec_fields(optional=True))
 
 
@@ -96,7 +96,7 @@ QUICK_START_FIELDS = [
     "exitcodes", "startsecs", "startretries", "stop_signal", "stop_timeout",
 ]
 
-_QuickBase = create_model(  # type: ignore[call-overload]
+_QuickBase = create_model(
     "_QuickBase", __base__=Request,
     **{k: v for k, v in _spec_fields(QUICK_START_FIELDS).items()
        if k in ("command", "user")},

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from .. import __version__
+from .context import PmdApp, app_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,7 +77,7 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     return params
 
 
-def build(app: Sanic) -> dict[str, Any]:
+def build(app: PmdApp) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     components: dict[str, Any] = {"ErrorResponse": ERROR_SCHEMA}
     for route in sorted(app.router.routes, key=lambda r: r.path):
@@ -133,7 +134,8 @@ bp = Blueprint("openapi")
 @bp.get("/api/openapi.json")
 @doc("This document")
 async def openapi_json(request: Request) -> HTTPResponse:
-    document = getattr(request.app.ctx, "openapi_document", None)
+    app = app_of(request)
+    document = app.ctx.openapi_document
     if document is None:  # the route table is fixed once serving: build it once
-        document = request.app.ctx.openapi_document = build(request.app)
+        document = app.ctx.openapi_document = build(app)
     return json(document)

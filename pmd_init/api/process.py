@@ -38,10 +38,9 @@ from ..logs.tail import capture_times, count_lines, last_lines
 from ..service import Service
 from ..supervisor.proctree import SAMPLER
 from ..supervisor.program import Program
+from .context import context
 from .process_requests import bad_request, json_body, parse_create, parse_move
 from .process_views import detail_view, duration, iso, process_view, program_pm2_status
-from .process_views import pm2_status as pm2_status  # ws.py's names, from where it finds them
-from .process_views import process_id as process_id
 
 bp = Blueprint("process")
 
@@ -49,7 +48,7 @@ LINES_MAX = 10000
 
 
 def _service(request: Request) -> Service:
-    return request.app.ctx.service
+    return context(request).service
 
 
 def find(request: Request, ident: str) -> Program:

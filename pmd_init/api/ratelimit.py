@@ -17,10 +17,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from sanic import Request, Sanic
-from sanic.response import HTTPResponse
+from sanic import Request
+from sanic.response import BaseHTTPResponse, HTTPResponse
 
 from .auth import over_unix_socket
+from .context import PmdApp
 from .errors import error_response
 
 WINDOW = 60.0
@@ -117,11 +118,10 @@ def client_of(request: Request) -> str:
     return request.ip or "unknown"
 
 
-def install(app: Sanic, limit: int, burst: int) -> RateLimiter:
+def install(app: PmdApp, limit: int, burst: int) -> RateLimiter:
     limiter = RateLimiter(limit, burst)
     app.ctx.rate_limiter = limiter
 
-    @app.on_request(priority=300)  # type: ignore[call-arg]
     async def rate_limit(request: Request) -> HTTPResponse | None:
         if not limiter.enabled or not limited_path(request.path) or over_unix_socket(request):
             return None
@@ -137,8 +137,7 @@ def install(app: Sanic, limit: int, burst: int) -> RateLimiter:
                      "retry_after": decision.retry_after},
             headers={"Retry-After": str(decision.retry_after)})
 
-    @app.on_response(priority=300)
-    async def rate_limit_headers(request: Request, response: HTTPResponse) -> None:
+    async def rate_limit_headers(request: Request, response: BaseHTTPResponse) -> None:
         decision = getattr(request.ctx, "rate_limit", None)
         if decision is None:
             if not limiter.enabled or not limited_path(request.path) \
@@ -148,4 +147,6 @@ def install(app: Sanic, limit: int, burst: int) -> RateLimiter:
         for key, value in decision.headers().items():
             response.headers[key] = value
 
+    app.middleware(rate_limit, "request", priority=300)
+    app.middleware(rate_limit_headers, "response", priority=300)
     return limiter

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sanic import Request, Sanic
@@ -23,13 +23,12 @@ from sanic.response import HTTPResponse, json
 
 from .. import __version__
 from . import auth, errors
+from .context import AppContext, Owner, PmdApp
 from .errors import error_response
 from .listeners import BACKLOG, Listener, open_listeners, set_inheritable
 
 if TYPE_CHECKING:
-    from ..service import Service
     from ..settings import Settings
-    from ..supervisor.supervisor import Supervisor
 
 log = logging.getLogger("pmd.api")
 
@@ -40,37 +39,15 @@ DRAIN_SECONDS = 1.0
 FIRST_REQUEST_SECONDS = 0.25
 
 
-class OrphanCount(Protocol):
-    @property
-    def orphans_reaped(self) -> int: ...
-
-
-class Owner(Protocol):
-    """What the API needs of the init that serves it (pid1's Init). pid1 starts the API,
-    so the API names what it uses here instead of importing pid1."""
-
-    @property
-    def settings(self) -> Settings: ...
-    @property
-    def supervisor(self) -> Supervisor: ...
-    @property
-    def service(self) -> Service: ...
-    @property
-    def started_at(self) -> float: ...
-    @property
-    def config_problem(self) -> str | None: ...
-    @property
-    def reaper(self) -> OrphanCount: ...
-
-    def request_reexec(self) -> bool: ...
-
-
 def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def create_app(init: Owner, name: str = "pmd") -> Sanic:
-    app = Sanic(name, dumps=_dumps, loads=orjson.loads, configure_logging=False)
+def create_app(init: Owner, name: str = "pmd") -> PmdApp:
+    ctx = AppContext(init=init, supervisor=init.supervisor, service=init.service,
+                     settings=init.settings)
+    app: PmdApp = Sanic(name, ctx=ctx, dumps=_dumps, loads=orjson.loads,
+                        configure_logging=False)
     app.config.MOTD = False
     app.config.AUTO_EXTEND = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
@@ -79,13 +56,8 @@ def create_app(init: Owner, name: str = "pmd") -> Sanic:
     # wait=true may take up to 300 s (timeout's upper bound); log streams send keep-alives.
     app.config.RESPONSE_TIMEOUT = 330
     app.config.ACCESS_LOG = False
-    app.ctx.init = init
-    app.ctx.supervisor = init.supervisor
-    app.ctx.service = init.service
-    app.ctx.settings = init.settings
     errors.install(app)
 
-    @app.on_request(priority=100)  # type: ignore[call-arg]
     async def authenticate(request: Request) -> HTTPResponse | None:
         reason = auth.check(request, init.settings.api_key)
         if reason is not None:
@@ -96,6 +68,7 @@ def create_app(init: Owner, name: str = "pmd") -> Sanic:
                                   headers={"WWW-Authenticate": 'Bearer realm="pmd"'})
         return None
 
+    app.middleware(authenticate, "request", priority=100)
     from . import cors, ratelimit
 
     cors.install(app, init.settings.cors_origins)
@@ -111,8 +84,8 @@ def create_app(init: Owner, name: str = "pmd") -> Sanic:
     return app
 
 
-def register_core_routes(app: Sanic) -> None:
-    init: Owner = app.ctx.init
+def register_core_routes(app: PmdApp) -> None:
+    init = app.ctx.init
 
     @app.get("/api/status")
     async def status(request: Request) -> HTTPResponse:

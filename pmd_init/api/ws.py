@@ -28,7 +28,8 @@ from ..supervisor.events import Event, HealthEvent, StateEvent
 from ..supervisor.instance import Instance
 from ..supervisor.proctree import SAMPLER
 from ..supervisor.supervisor import Supervisor
-from .process import iso, pm2_status, process_id, process_view, program_pm2_status
+from .context import context
+from .process_views import iso, pm2_status, process_id, process_view, program_pm2_status
 
 log = logging.getLogger("pmd.api")
 
@@ -111,9 +112,9 @@ def _interval(request: Request) -> float:
     return min(300.0, max(0.2, value))
 
 
-@bp.websocket("/ws")
+@bp.websocket("/ws")  # type: ignore[untyped-decorator]  # sanic leaves it unannotated
 async def stream(request: Request, ws: WebsocketImplProtocol) -> None:
-    sup: Supervisor = request.app.ctx.supervisor
+    sup = context(request).supervisor
     interval = _interval(request)
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_MAX)
     dropped = 0

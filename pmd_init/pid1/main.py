@@ -140,7 +140,7 @@ class Init:
         if os.getpid() == 1:
             return
         try:
-            import prctl  # type: ignore[import-not-found]
+            import prctl
 
             prctl.set_child_subreaper(True)
         except (ImportError, OSError) as exc:
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     # get the environment from before this (and a re-exec hands that same one over).
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
-        import prctl  # type: ignore[import-not-found]
+        import prctl
 
         prctl.set_name("pmd_init")
     except (ImportError, OSError):

@@ -110,7 +110,7 @@ class DeliveryFailed(Exception):
 
 def backoff(attempt: int) -> float:
     """Seconds before attempt `attempt` (1, 2, ...): 0.5, 1, 2, 4, 8."""
-    return min(8.0, 0.5 * 2 ** (attempt - 1))
+    return min(8.0, 0.5 * 2.0 ** (attempt - 1))
 
 
 def redact(url: str) -> str:

@@ -1,0 +1,71 @@
+"""What every handler may reach, typed: the init that serves the API (`Owner`), and the
+app's context (`AppContext`) built from it once, when the app is made.
+
+Sanic types `request.app.ctx` as whatever the app was given; handlers take it through
+`context(request)` so that the supervisor and the service are never `Any` to the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from sanic import Request, Sanic
+from sanic.config import Config
+
+if TYPE_CHECKING:
+    from ..service import Service
+    from ..settings import Settings
+    from ..supervisor.supervisor import Supervisor
+
+
+class OrphanCount(Protocol):
+    @property
+    def orphans_reaped(self) -> int: ...
+
+
+class Owner(Protocol):
+    """What the API needs of the init that serves it (pid1's Init). pid1 starts the API,
+    so the API names what it uses here instead of importing pid1."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def supervisor(self) -> Supervisor: ...
+    @property
+    def service(self) -> Service: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def config_problem(self) -> str | None: ...
+    @property
+    def reaper(self) -> OrphanCount: ...
+
+    def request_reexec(self) -> bool: ...
+
+
+@dataclass
+class AppContext:
+    init: Owner
+    supervisor: Supervisor
+    service: Service
+    settings: Settings
+    #: The rate limiter's state (ratelimit.py), the OpenAPI document once built
+    #: (openapi.py), and the event that ends every log stream at shutdown (daemon.py).
+    rate_limiter: object | None = None
+    openapi_document: dict[str, Any] | None = None
+    log_streams_closing: asyncio.Event | None = None
+
+
+PmdApp = Sanic[Config, AppContext]
+
+
+def app_of(request: Request) -> PmdApp:
+    # Handlers take Sanic's plain Request, whose app is typed with a namespace for ctx;
+    # every app pmd serves is made by server.create_app with an AppContext.
+    return cast(PmdApp, request.app)
+
+
+def context(request: Request) -> AppContext:
+    return app_of(request).ctx
