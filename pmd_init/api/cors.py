@@ -1,7 +1,8 @@
 """CORS for browsers calling the API: configurable origins (default all), the methods of
-the PM2-compatible document, and allowed headers that include X-API-Key (a browser cannot
-send a header a preflight did not allow). A preflight (OPTIONS) is answered here with 204,
-before authentication, which it never carries."""
+the route asked about (those of the PM2-compatible document on a path with no route), and
+allowed headers that include X-API-Key (a browser cannot send a header a preflight did not
+allow). A preflight (OPTIONS) is answered here with 204, before authentication, which it
+never carries; its Allow header is the route's methods, as on a 405."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sanic import Request
 from sanic.response import BaseHTTPResponse, HTTPResponse, empty
 
 from .context import PmdApp
+from .errors import allowed_methods
 
 METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 HEADERS = "Content-Type, Authorization, X-API-Key, Last-Event-ID"
@@ -29,10 +31,11 @@ def install(app: PmdApp, origins: tuple[str, ...]) -> None:
     async def preflight(request: Request) -> HTTPResponse | None:
         if request.method != "OPTIONS":
             return None
-        headers = {"Access-Control-Allow-Methods": METHODS,
+        methods = ", ".join(allowed_methods(app, request.path)) or METHODS
+        headers = {"Access-Control-Allow-Methods": methods,
                    "Access-Control-Allow-Headers": HEADERS,
                    "Access-Control-Max-Age": MAX_AGE,
-                   "Allow": METHODS}
+                   "Allow": methods}
         return empty(status=204, headers=headers)
 
     async def cors_headers(request: Request, response: BaseHTTPResponse) -> None:

@@ -23,6 +23,7 @@ from ..supervisor.instance import Instance
 from ..supervisor.program import Program
 from .context import PmdApp, context
 from .errors import ApiError
+from .jsondata import exact_numbers
 from .logstream import LINES_MAX, LogFollower
 from .models import (
     AddProgramRequest,
@@ -46,9 +47,15 @@ M = TypeVar("M", bound=BaseModel)
 # ---- request parsing ---------------------------------------------------------------
 
 
-def validate(model: type[M], data: Any, check_accounts: bool = False) -> M:
+def validate(model: type[M], data: Any, check_accounts: bool = False,
+             strict: bool = False) -> M:
+    """`strict` for JSON bodies: a JSON value of another type than the field's is refused
+    (pydantic's lax mode took `0` for false and `false` for 0, which the OpenAPI document,
+    generated from the same models, says are invalid); query strings are text and stay
+    lax."""
     try:
-        return model.model_validate(data, context={"check_accounts": check_accounts})
+        return model.model_validate(data, strict=strict or None,
+                                    context={"check_accounts": check_accounts})
     except ValidationError as exc:
         raise Invalid.from_validation(exc, data) from None
 
@@ -63,7 +70,7 @@ def body(request: Request, model: type[M], check_accounts: bool = False,
     data = request.json if request.body else None  # not JSON: sanic's 400, INVALID_JSON
     if not isinstance(data, dict):
         raise ApiError(400, "INVALID_BODY", "the request body must be a JSON object")
-    return validate(model, data, check_accounts)
+    return validate(model, exact_numbers(data), check_accounts, strict=True)
 
 
 def query(request: Request, model: type[M]) -> M:
@@ -154,8 +161,11 @@ def _filter(q: ProgramsQuery, spec: ProgramSpec) -> bool:
     ports = spec.port_range
     if q.port is not None and (ports is None or not ports.start <= q.port <= ports.end):
         return False
+    # port_to below port_from: an empty range, which no program overlaps (no error: the
+    # OpenAPI document cannot say that one query value must not be below another)
     if q.port_from is not None and q.port_to is not None and (
-            ports is None or ports.start > q.port_to or q.port_from > ports.end):
+            ports is None or q.port_from > q.port_to or ports.start > q.port_to
+            or q.port_from > ports.end):
         return False
     return True
 
@@ -168,8 +178,6 @@ async def list_programs(request: Request) -> HTTPResponse:
     if (q.port_from is None) != (q.port_to is None):
         missing = "port_to" if q.port_to is None else "port_from"
         raise Invalid(f"{missing}: port_from and port_to must be used together", field=missing)
-    if q.port_from is not None and q.port_to is not None and q.port_from > q.port_to:
-        raise Invalid("port_to: must not be below port_from", field="port_to")
     return json({"programs": [
         program_view(request, p, q.include_status, q.include_stats)
         for p in _service(request).programs() if _filter(q, p.spec)

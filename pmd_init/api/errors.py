@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sanic.exceptions import SanicException
+from sanic.exceptions import MethodNotAllowed, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse, json
 
@@ -122,6 +122,26 @@ SANIC_CODES = {
 }
 
 
+#: The methods pmd's routes use; OPTIONS is answered on every route (cors.py's preflight).
+ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(app: PmdApp, path: str) -> list[str]:
+    """The methods `path` has a route for, plus OPTIONS; [] when no route matches it.
+
+    Sanic's router reports them with a 405 only for static paths: on a path with
+    parameters its generated matcher raises a bare NoMethod, and the 405 goes out
+    without the Allow header RFC 9110 requires (found by schemathesis)."""
+    found = []
+    for method in ROUTE_METHODS:
+        try:
+            app.router.resolve(path, method=method)
+        except Exception:  # noqa: BLE001 - sanic_routing's NotFound / NoMethod: not this one
+            continue
+        found.append(method)
+    return [*found, "OPTIONS"] if found else []
+
+
 def install(app: PmdApp) -> None:
     @app.exception(ApiError)
     async def api_error(request: Request, exc: ApiError) -> HTTPResponse:
@@ -145,7 +165,12 @@ def install(app: PmdApp) -> None:
         message = str(exc) or code.replace("_", " ").lower()
         if status == 400 and "JSON" in message.upper():
             code = "INVALID_JSON"
-        return error_response(status, code, message, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if isinstance(exc, MethodNotAllowed):
+            allow = allowed_methods(app, request.path)
+            if allow:
+                headers["Allow"] = ", ".join(allow)
+        return error_response(status, code, message, headers=headers)
 
     @app.exception(Exception)
     async def unexpected(request: Request, exc: Exception) -> HTTPResponse:

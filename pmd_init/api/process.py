@@ -39,7 +39,17 @@ from ..service import Service
 from ..supervisor.proctree import SAMPLER
 from ..supervisor.program import Program
 from .context import context
-from .process_requests import bad_request, json_body, parse_create, parse_move
+from .openapi import doc
+from .process_requests import (
+    CreateProcess,
+    MoveRequest,
+    ProcessesQuery,
+    ProcessLogsQuery,
+    bad_request,
+    json_body,
+    parse_create,
+    parse_move,
+)
 from .process_views import detail_view, duration, iso, process_view, program_pm2_status
 
 bp = Blueprint("process")
@@ -59,6 +69,7 @@ def find(request: Request, ident: str) -> Program:
 # ---- routes --------------------------------------------------------------------------
 
 @bp.get("/")
+@doc("What this server is, and where its APIs are")
 async def root(request: Request) -> HTTPResponse:
     return json({
         "name": "pmd",
@@ -76,6 +87,7 @@ async def root(request: Request) -> HTTPResponse:
 
 
 @bp.get("/api/processes")
+@doc("Every process, PM2's way (filters: status, name)", query=ProcessesQuery)
 async def list_processes(request: Request) -> HTTPResponse:
     service = _service(request)
     status = request.args.get("status")
@@ -91,6 +103,8 @@ async def list_processes(request: Request) -> HTTPResponse:
 
 
 @bp.post("/api/processes")
+@doc("Create and start a process", body=CreateProcess,
+     responses={"201": {"description": "`{success, message, id, process}`"}})
 async def create_process(request: Request) -> HTTPResponse:
     service = _service(request)
     spec = parse_create(json_body(request))
@@ -101,17 +115,20 @@ async def create_process(request: Request) -> HTTPResponse:
 
 
 @bp.get("/api/processes/<ident:str>")
+@doc("One process: its id, temporary id or name")
 async def get_process(request: Request, ident: str) -> HTTPResponse:
     return json(detail_view(find(request, ident), _service(request).supervisor))
 
 
 @bp.post("/api/processes/<ident:str>/stop")
+@doc("Stop a process")
 async def stop_process(request: Request, ident: str) -> HTTPResponse:
     await _service(request).stop(find(request, ident))
     return json({"success": True, "message": "Process stopped successfully"})
 
 
 @bp.post("/api/processes/<ident:str>/restart")
+@doc("Restart a process, to other ports with `port`", body=MoveRequest, body_optional=True)
 async def restart_process(request: Request, ident: str) -> HTTPResponse:
     program = find(request, ident)
     move_to = parse_move(json_body(request))
@@ -120,6 +137,8 @@ async def restart_process(request: Request, ident: str) -> HTTPResponse:
 
 
 @bp.post("/api/processes/<ident:str>/reload")
+@doc("Reload a process without downtime (new instances first)", body=MoveRequest,
+     body_optional=True)
 async def reload_process(request: Request, ident: str) -> HTTPResponse:
     program = find(request, ident)
     move_to = parse_move(json_body(request))
@@ -129,12 +148,14 @@ async def reload_process(request: Request, ident: str) -> HTTPResponse:
 
 
 @bp.delete("/api/processes/<ident:str>")
+@doc("Stop and remove a process")
 async def delete_process(request: Request, ident: str) -> HTTPResponse:
     await _service(request).delete(find(request, ident))
     return json({"success": True, "message": "Process deleted successfully"})
 
 
 @bp.get("/api/processes/<ident:str>/logs")
+@doc("The last lines of a process's logs, by capture time", query=ProcessLogsQuery)
 async def process_logs(request: Request, ident: str) -> HTTPResponse:
     program = find(request, ident)
     raw = request.args.get("lines", "20")
@@ -173,6 +194,7 @@ async def process_logs(request: Request, ident: str) -> HTTPResponse:
 
 
 @bp.get("/api/system")
+@doc("The host: cpu, memory, disk, and counts of processes by status")
 async def system(request: Request) -> HTTPResponse:
     import psutil
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sanic import Request
@@ -13,6 +13,7 @@ from sanic import Request
 from ..model.spec import USER_RE, HealthCheckSpec, PortRange, ProgramSpec, current_user
 from ..supervisor.errors import Invalid
 from .errors import ApiError
+from .jsondata import exact_numbers
 
 #: ProgramSpec's fields by the names this API gives them, for the errors it reports.
 PM2_NAMES = {"command": "script", "environment": "env", "directory": "cwd",
@@ -152,10 +153,42 @@ class CreateProcess(BaseModel):
             raise Invalid.from_validation(exc, fields, rename=PM2_NAMES) from None
 
 
+#: A port or a range of ports as text, each 1-65535 (leading zeros allowed, five ASCII
+#: digits at most), as parse_port reads it.
+_PORT = (r"(?=[0-9]{1,5}(?![0-9]))0*"
+         r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])")
+PORT_TEXT = rf"^\s*{_PORT}\s*(?:-\s*{_PORT}\s*)?$"
+
+
+class MoveRequest(BaseModel):
+    """The body of POST /api/processes/{id}/restart and /reload, for the OpenAPI document:
+    `port` moves the program to other ports; other fields are ignored (parse_move)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    port: Annotated[int, Field(ge=1, le=65535)] | Annotated[
+        str, Field(json_schema_extra={"pattern": PORT_TEXT})] | None = None
+
+
+class ProcessesQuery(BaseModel):
+    """GET /api/processes, for the OpenAPI document: both filters are exact matches."""
+
+    status: str | None = None
+    name: str | None = None
+
+
+class ProcessLogsQuery(BaseModel):
+    """GET /api/processes/{id}/logs, for the OpenAPI document (the handler reads the
+    same two parameters with the same limits)."""
+
+    lines: Annotated[int, Field(ge=1, le=10000)] = 20
+    type: Literal["out", "error", "all"] = "all"
+
+
 def parse_create(body: dict[str, Any]) -> ProgramSpec:
     """The body of POST /api/processes, as the program it creates."""
-    try:
-        request = CreateProcess.model_validate(body)
+    try:  # strict, as the Daemon API's bodies: a JSON value of the field's own type
+        request = CreateProcess.model_validate(exact_numbers(body), strict=True)
     except ValidationError as exc:
         raise Invalid.from_validation(exc, body) from None
     return request.to_spec()

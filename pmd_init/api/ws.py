@@ -29,6 +29,7 @@ from ..supervisor.instance import Instance
 from ..supervisor.proctree import SAMPLER
 from ..supervisor.supervisor import Supervisor
 from .context import context
+from .openapi import doc
 from .process_views import iso, pm2_status, process_id, process_view, program_pm2_status
 
 log = logging.getLogger("pmd.api")
@@ -112,7 +113,28 @@ def _interval(request: Request) -> float:
     return min(300.0, max(0.2, value))
 
 
+def _header(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": True, "schema": schema}
+
+
+#: A WebSocket handshake (RFC 6455); anything else is answered 426 Upgrade Required.
+HANDSHAKE = [
+    _header("Upgrade", {"type": "string", "enum": ["websocket"]}),
+    _header("Connection", {"type": "string", "enum": ["Upgrade"]}),
+    _header("Sec-WebSocket-Key", {"type": "string", "pattern": "^[A-Za-z0-9+/]{21}[AQgw]==$"}),
+    _header("Sec-WebSocket-Version", {"type": "string", "enum": ["13"]}),
+    {"name": "interval", "in": "query", "required": False,
+     "schema": {"type": "string", "description": "seconds between metrics messages, "
+                "0.2-300 (others are clamped, what is not a number is the default, 5)"}},
+    {"name": "token", "in": "query", "required": False,
+     "schema": {"type": "string", "description": "the API key, for browsers"}},
+]
+
+
 @bp.websocket("/ws")  # type: ignore[untyped-decorator]  # sanic leaves it unannotated
+@doc("Live events and metrics over a WebSocket (a snapshot first)", parameters=HANDSHAKE,
+     responses={"101": {"description": "the WebSocket protocol from here on (426 Upgrade "
+                               "Required without a handshake)"}})
 async def stream(request: Request, ws: WebsocketImplProtocol) -> None:
     sup = context(request).supervisor
     interval = _interval(request)

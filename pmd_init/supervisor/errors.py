@@ -35,6 +35,13 @@ class Conflict(SupervisorError):
     code = "ALREADY_EXISTS"
 
 
+class PortConflict(Conflict):
+    """A port range that overlaps another program's: a clash with what exists, like a
+    name already taken, not a malformed request."""
+
+    code = "PORT_CONFLICT"
+
+
 #: The kinds of validation error a client may want to tell apart; the rest is one kind.
 VALIDATION_CODES = {"extra_forbidden": "UNKNOWN_FIELD", "missing": "MISSING_FIELD"}
 

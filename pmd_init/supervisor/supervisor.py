@@ -25,7 +25,15 @@ from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.files import read_json
 from ..store.storage import StorageError
 from .ephemeral import boot_identity, process_start_ticks, same_process
-from .errors import Conflict, Disabled, Invalid, NotFound, OperationFailed, StorageFailed
+from .errors import (
+    Conflict,
+    Disabled,
+    Invalid,
+    NotFound,
+    OperationFailed,
+    PortConflict,
+    StorageFailed,
+)
 from .events import Event, EventBus, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
@@ -194,7 +202,7 @@ class Supervisor:
                 raise Conflict(f"a program with id {spec.id} already exists", field="id")
             if spec.port_range and program.spec.port_range and \
                     spec.port_range.overlaps(program.spec.port_range):
-                raise Invalid(
+                raise PortConflict(
                     f"port_range {spec.port_range.start}-{spec.port_range.end} overlaps "
                     f"'{program.name}' ({program.spec.port_range.start}-"
                     f"{program.spec.port_range.end})", field="port_range")
