@@ -1,12 +1,12 @@
-"""A crash storm, pmd beside supervisord (`make chaos`).
+"""A crash storm and the fault suite, pmd beside supervisord (`make chaos`).
 
-20 programs that exit at once, with startsecs 0 and autorestart true: the crash program of
-bench/crasher.c, which appends a CLOCK_MONOTONIC stamp to a file of its own and exits 1.
-supervisord gets startretries=1000 (with startsecs 0 it never counts a failed start anyway).
-Each init runs as PID 1 of its own PID namespace. pmd runs in its default configuration
-(log forwarding on, the start-rate limit of 5 starts in 10 s); the column "pmd-nolimit" is
-pmd with `start_limit_burst: 0`, where only its scheduling (restarts after the reaper's
-pass) keeps it serving.
+storm: 20 programs that exit at once, with startsecs 0 and autorestart true: the crash
+program of bench/crasher.c, which appends a CLOCK_MONOTONIC stamp to a file of its own and
+exits 1. supervisord gets startretries=1000 (with startsecs 0 it never counts a failed
+start anyway). Each init runs as PID 1 of its own PID namespace. pmd runs in its default
+configuration (log forwarding on, the start-rate limit of 5 starts in 10 s); the column
+"pmd-nolimit" is pmd with `start_limit_burst: 0`, where only its scheduling (restarts after
+the reaper's pass) keeps it serving.
 
 For --seconds (20) the storm goes on while a client asks for every program's status at a
 steady rate (50 a second) over the init's Unix socket, one connection a request, as
@@ -20,9 +20,17 @@ XML-RPC supervisor.getAllProcessInfo. Only the round trip is timed. Figures:
   SIGTERM         to the init's exit, in the middle of the storm
 The issue's target: pmd's status p99 under 20 ms.
 
+The fault scenarios (bench/faults.py says what each measures): crashloop (the storm with
+100 programs), fleet (1000 programs), flood (a log flood), stalled (stalled clients),
+kill9 (SIGKILL during API writes, 50 rounds), fulldisk (a full state tmpfs).
+
 Usage: .venv/bin/python bench/chaos.py [--seconds 20] [--programs 20] [--rate 50]
+                                       [--only storm,crashloop,fleet,flood,stalled,
+                                               kill9,fulldisk]
+                                       [--rounds 50] [--fleet 1000]
                                        [--inits pmd,pmd-nolimit,supervisord] [--keep]
-Needs: unshare, cc, and supervisord for its column (Debian: apt-get install supervisor).
+Needs: unshare, cc, and supervisord for its column (Debian: apt-get install supervisor);
+root for fulldisk's tmpfs. The whole run takes about 8 minutes.
 Output: the table on stdout, every raw figure in bench/results/chaos-<time>.json.
 """
 
@@ -44,6 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import faults  # noqa: E402
 import procfs  # noqa: E402
 from clients import (  # noqa: E402
     pmd_status_raw,
@@ -148,8 +157,10 @@ def run_storm(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]
             failed=failed, wrong_count=wrong,
             p50_ms=statistics.median(latencies) if latencies else None,
             p99_ms=percentile(latencies, 99), max_ms=max(latencies) if latencies else None,
-            cpu_s=cpu1 - cpu0, fds_max=max(fds) if fds else None,
+            cpu_s=cpu1 - cpu0, cpu_share=(cpu1 - cpu0) / window if window else None,
+            fds_max=max(fds) if fds else None,
             fds_median=statistics.median(fds) if fds else None,
+            fds_before=fds[0] if fds else None, fds_after=procfs.fd_count(pid),
             rss_kib=procfs.rss_kib(pid),
         )
         result["stop_s"] = run.terminate(30)
@@ -163,7 +174,7 @@ def run_storm(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]
 
 
 def storm_rows(raw: dict[str, Any], kinds: list[str], scenario: str = "storm",
-               short: bool = False) -> list[dict[str, Any]]:
+               short: bool = False, title: str = "crash storm") -> list[dict[str, Any]]:
     """Table rows for the storm (medians over runs, latency percentiles pooled).
     short: the two rows bench/run.py shows."""
     rows: list[dict[str, Any]] = []
@@ -182,27 +193,114 @@ def storm_rows(raw: dict[str, Any], kinds: list[str], scenario: str = "storm",
             return sum(r[key] for r in runs) if runs else None
         return get
 
-    row(f"crash storm ({n} programs): status p50", "ms",
+    row(f"{title} ({n} programs): status p50", "ms",
         lambda k: pooled(raw, scenario, k, "latencies_ms", 50))
-    row(f"crash storm ({n} programs): status p99", "ms",
+    row(f"{title} ({n} programs): status p99", "ms",
         lambda k: pooled(raw, scenario, k, "latencies_ms", 99))
     if short:
         return rows
-    row("crash storm: status, longest", "ms",
+    row(f"{title}: status, longest", "ms",
         lambda k: pooled(raw, scenario, k, "latencies_ms", 100))
-    row("crash storm: status answers", "", total("requests"), fmt="{:.0f}", better="higher")
-    row("crash storm: failed status requests", "", total("failed"), fmt="{:.0f}")
-    row("crash storm: exec → API answering", "s", lambda k: med(raw, scenario, k, "api_up_s"))
-    row("crash storm: init CPU over the window", "cpu-s",
+    row(f"{title}: status answers", "", total("requests"), fmt="{:.0f}", better="higher")
+    row(f"{title}: failed status requests", "", total("failed"), fmt="{:.0f}")
+    row(f"{title}: exec → API answering", "s", lambda k: med(raw, scenario, k, "api_up_s"))
+    row(f"{title}: init CPU over the window", "cpu-s",
         lambda k: med(raw, scenario, k, "cpu_s"))
-    row("crash storm: init open fds, most seen", "", lambda k: med(raw, scenario, k, "fds_max"),
+    row(f"{title}: init CPU share", "%",
+        lambda k: None if (v := med(raw, scenario, k, "cpu_share")) is None else 100 * v)
+    row(f"{title}: init open fds, before", "",
+        lambda k: med(raw, scenario, k, "fds_before"), fmt="{:.0f}")
+    row(f"{title}: init open fds, after", "",
+        lambda k: med(raw, scenario, k, "fds_after"), fmt="{:.0f}")
+    row(f"{title}: init open fds, most seen", "", lambda k: med(raw, scenario, k, "fds_max"),
         fmt="{:.0f}")
-    row("crash storm: init RSS at the end", "MiB",
+    row(f"{title}: init RSS at the end", "MiB",
         lambda k: None if (v := med(raw, scenario, k, "rss_kib")) is None else v / 1024)
-    row("crash storm: starts per program in the window", "",
+    row(f"{title}: starts per program in the window", "",
         lambda k: med(raw, scenario, k, "starts_median"), fmt="{:.0f}", better="higher")
-    row("crash storm: SIGTERM → exit", "s", lambda k: med(raw, scenario, k, "stop_s"))
+    row(f"{title}: SIGTERM → exit", "s", lambda k: med(raw, scenario, k, "stop_s"))
     return rows
+
+
+SCENARIOS = ("storm", "crashloop", "fleet", "flood", "stalled", "kill9", "fulldisk")
+#: Scenarios pmd alone has (supervisord has no API writes to kill, no state dir to fill).
+PMD_ONLY = ("kill9", "fulldisk")
+
+
+def fault_rows(raw: dict[str, Any], kinds: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def row(scenario: str, label: str, unit: str, key: str | Callable[[dict[str, Any]], Any],
+            fmt: str = "{:.3g}", better: str = "lower", scale: float = 1.0) -> None:
+        values: dict[str, float | None] = {}
+        for kind in kinds:
+            runs = raw.get(scenario, {}).get(kind, [])
+            got = [key(r) if callable(key) else r.get(key) for r in runs]
+            got = [g for g in got if g is not None]
+            values[kind] = statistics.median(got) * scale if got else None
+        if any(v is not None for v in values.values()):
+            rows.append({"figure": f"{scenario}: {label}", "unit": unit, "values": values,
+                         "fmt": fmt, "better": better})
+
+    n = next((r["programs"] for runs in raw.get("fleet", {}).values() for r in runs), 1000)
+    row("fleet", f"exec → {n} processes spawned", "s", "spawned_s")
+    row("fleet", f"exec → {n} RUNNING (own timestamps, whole s)", "s", "running_own_s",
+        fmt="{:.0f}")
+    row("fleet", "list with status p50", "ms", "p50_ms")
+    row("fleet", "list with status p99", "ms", "p99_ms")
+    row("fleet", "init RSS", "MiB", "rss_kib", scale=1 / 1024)
+    row("fleet", "init open fds, before", "", "fds_before", fmt="{:.0f}")
+    row("fleet", "init open fds, after", "", "fds_after", fmt="{:.0f}")
+    row("fleet", "SIGTERM → exit", "s", "stop_s")
+    for scenario in ("flood", "stalled"):
+        row(scenario, "status p50", "ms", "p50_ms")
+        row(scenario, "status p99", "ms", "p99_ms")
+        row(scenario, "status, longest", "ms", "max_ms")
+        row(scenario, "failed status requests", "", "failed", fmt="{:.0f}")
+        row(scenario, "init CPU share", "%", "cpu_share", scale=100)
+        row(scenario, "init open fds, before", "", "fds_before", fmt="{:.0f}")
+        row(scenario, "init open fds, most seen", "", "fds_max", fmt="{:.0f}")
+        row(scenario, "init open fds, after", "", "fds_after", fmt="{:.0f}")
+        row(scenario, "init RSS, before", "MiB", "rss_before_kib", scale=1 / 1024)
+        row(scenario, "init RSS, most seen", "MiB", "rss_max_kib", scale=1 / 1024)
+        row(scenario, "init RSS, after", "MiB", "rss_after_kib", scale=1 / 1024)
+    row("flood", "log bytes on disk at the end", "MiB", "log_bytes", scale=1 / 2**20)
+    row("stalled", "clients held (half-sent + never reading)", "", "held", fmt="{:.0f}")
+    for key in ("corrupt_or_unclean", "temp_files", "lost", "resurrected"):
+        row("kill9", key.replace("_", " "), "", key, fmt="{:.0f}")
+    row("kill9", "answered writes", "", "writes", fmt="{:.0f}", better="higher")
+    row("kill9", "pmd open fds at boot, first → last", "",
+        lambda r: r["fds_after"] - r["fds_before"], fmt="{:+.0f}")
+    row("fulldisk", "answered launches", "", "answered", fmt="{:.0f}", better="higher")
+    row("fulldisk", "refused launches (507)", "", "refused", fmt="{:.0f}")
+    row("fulldisk", "answered but missing from ephemeral.json", "", "answered_missing",
+        fmt="{:.0f}")
+    row("fulldisk", "ephemeral.json invalid after an answer", "", "ephemeral_invalid",
+        fmt="{:.0f}")
+    row("fulldisk", "temp files left", "", "temp_files", fmt="{:.0f}")
+    row("fulldisk", "init open fds, before → after", "",
+        lambda r: r["fds_after"] - r["fds_before"], fmt="{:+.0f}")
+    return rows
+
+
+def run_one(scenario: str, kind: str, base: Path, o: argparse.Namespace) -> dict[str, Any]:
+    if scenario == "storm":
+        return run_storm(kind, base, o)
+    if scenario == "crashloop":
+        crash = argparse.Namespace(**{**vars(o), "storm_programs": o.crashloop_programs,
+                                      "storm_rate": min(o.rate, 20.0)})
+        return run_storm(kind, base, crash)
+    if scenario == "fleet":
+        return faults.run_fleet(kind, base, o.fleet)
+    if scenario == "flood":
+        return faults.run_flood(kind, base, o.fault_seconds, 20.0)
+    if scenario == "stalled":
+        return faults.run_stalled(kind, base, o.fault_seconds, 20.0)
+    if scenario == "kill9":
+        return faults.run_kill9(base, o.rounds)
+    if scenario == "fulldisk":
+        return faults.run_fulldisk(base)
+    raise ValueError(scenario)
 
 
 def main() -> None:
@@ -211,6 +309,13 @@ def main() -> None:
     ap.add_argument("--programs", type=int, default=20)
     ap.add_argument("--rate", type=float, default=50.0, help="status requests a second")
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--only", default=",".join(SCENARIOS),
+                    help="comma list of " + ",".join(SCENARIOS))
+    ap.add_argument("--rounds", type=int, default=50, help="kill9's rounds")
+    ap.add_argument("--fleet", type=int, default=1000, help="fleet's programs")
+    ap.add_argument("--crashloop-programs", type=int, default=100)
+    ap.add_argument("--fault-seconds", type=float, default=10.0,
+                    help="the window of flood and stalled")
     ap.add_argument("--inits", default=",".join(KINDS),
                     help="comma list of pmd,pmd-nolimit,supervisord")
     ap.add_argument("--keep", action="store_true", help="keep the run folders")
@@ -221,6 +326,7 @@ def main() -> None:
 
     if shutil.which("unshare") is None:
         sys.exit("chaos: `unshare` (util-linux) is missing")
+    scenarios = [x for x in o.only.split(",") if x in SCENARIOS]
     kinds = [k for k in o.inits.split(",") if k in KINDS]
     problems = []
     if "supervisord" in kinds and shutil.which("supervisord") is None:
@@ -229,30 +335,35 @@ def main() -> None:
         kinds.remove("supervisord")
     tmp = Path(tempfile.mkdtemp(prefix="pmd-chaos-"))
     o.crasher = build_crasher(tmp)
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {"storm": {}}
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in scenarios}
     errors: list[str] = []
     started = time.time()
     try:
-        for rep in range(o.reps):
-            order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]
-            for kind in order:
-                base = tmp / f"{rep:02d}-{kind}"
-                base.mkdir()
-                t0 = time.monotonic()
-                try:
-                    result = run_storm(kind, base, o)
-                except Exception as exc:  # one failed run must not lose the others
-                    errors.append(f"{kind}: {exc}")
-                    log(f"  storm {kind:<12} FAILED: {exc}")
-                    kill_all_live()
-                    continue
-                finally:
-                    if not o.keep:
-                        shutil.rmtree(base, ignore_errors=True)
-                raw["storm"].setdefault(kind, []).append(result)
-                brief = {k: (round(v, 4) if isinstance(v, float) else v)
-                         for k, v in result.items() if not isinstance(v, list)}
-                log(f"  storm {kind:<12} {time.monotonic() - t0:5.1f}s {brief}")
+        for scenario in scenarios:
+            for rep in range(o.reps):
+                order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]
+                if scenario in PMD_ONLY:
+                    order = ["pmd"] if "pmd" in kinds else []
+                elif scenario not in ("storm", "crashloop"):
+                    order = [k for k in order if k != "pmd-nolimit"]
+                for kind in order:
+                    base = tmp / f"{scenario}-{rep:02d}-{kind}"
+                    base.mkdir()
+                    t0 = time.monotonic()
+                    try:
+                        result = run_one(scenario, kind, base, o)
+                    except Exception as exc:  # one failed run must not lose the others
+                        errors.append(f"{scenario} {kind}: {exc}")
+                        log(f"  {scenario} {kind:<12} FAILED: {exc}")
+                        kill_all_live()
+                        continue
+                    finally:
+                        if not o.keep:
+                            shutil.rmtree(base, ignore_errors=True)
+                    raw[scenario].setdefault(kind, []).append(result)
+                    brief = {k: (round(v, 4) if isinstance(v, float) else v)
+                             for k, v in result.items() if not isinstance(v, list)}
+                    log(f"  {scenario} {kind:<12} {time.monotonic() - t0:5.1f}s {brief}")
     except KeyboardInterrupt:
         log("interrupted: stopping what was started")
     finally:
@@ -261,12 +372,15 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     pairs = [(k, "supervisord") for k in kinds if k != "supervisord"] \
         if "supervisord" in kinds else []
-    rows = storm_rows(raw, kinds)
+    rows = storm_rows(raw, kinds) if "storm" in raw else []
+    if "crashloop" in raw:
+        rows += storm_rows(raw, kinds, "crashloop", title="crash loop")
+    rows += fault_rows(raw, kinds)
     print()
-    print(f"crash storm on {platform.node() or 'this machine'}: {os.cpu_count()} cpus, "
-          f"Linux {platform.release()}, {o.programs} programs exiting at once, "
-          f"{o.seconds:g} s window, {o.rate:g} status requests/s, {o.reps} round(s), "
-          f"{time.time() - started:.0f} s")
+    print(f"chaos on {platform.node() or 'this machine'}: {os.cpu_count()} cpus, "
+          f"Linux {platform.release()}, scenarios {','.join(scenarios)}; storm: "
+          f"{o.programs} programs, {o.seconds:g} s window, {o.rate:g} status requests/s; "
+          f"{o.reps} round(s), {time.time() - started:.0f} s")
     print(render(rows, kinds, pairs))
     p99 = pooled(raw, "storm", "pmd", "latencies_ms", 99)
     if p99 is not None:
@@ -274,6 +388,12 @@ def main() -> None:
               f"{p99:.2f} ms, {'met' if p99 < TARGET_P99_MS else 'NOT met'}")
     print("- pmd: its default start-rate limit (5 starts in 10 s, then BACKOFF); pmd-nolimit: "
           "start_limit_burst 0; supervisord: no such limit")
+    for run in raw.get("kill9", {}).get("pmd", []):
+        for line in run["problems"]:
+            print(f"! kill9: {line}")
+    for run in raw.get("fulldisk", {}).get("pmd", []):
+        if run.get("first_refusal"):
+            print(f"- fulldisk: the first refusal: {run['first_refusal']}")
     for e in errors:
         print(f"! {e}")
     for p in problems:
@@ -283,7 +403,9 @@ def main() -> None:
     out = Path(o.out) if o.out else results / time.strftime("chaos-%Y%m%d-%H%M%S.json")
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": o.seconds,
-        "programs": o.programs, "rate": o.rate, "reps": o.reps,
+        "programs": o.programs, "rate": o.rate, "reps": o.reps, "scenarios": scenarios,
+        "rounds": o.rounds, "fleet": o.fleet, "crashloop_programs": o.crashloop_programs,
+        "fault_seconds": o.fault_seconds,
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "python": platform.python_version(), "loadavg": os.getloadavg()},
         "versions": versions(), "kinds": kinds, "problems": problems, "errors": errors,

@@ -1,6 +1,8 @@
 """A real pmd whose config or state dir fills up, turns read-only, or which is killed in
 the middle of its writes: an answered change is on disk, a refused one (507) changed
-nothing, /health says which dir and why, and no temp file outlives a restart."""
+nothing, /health says which dir and why, no temp file outlives a restart, and pmd's open
+files do not grow. The quick form of the fault suite's kill9 and fulldisk (bench/faults.py
+runs them in full: 50 rounds)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,10 @@ def kill_tagged(tag: str) -> None:
             pass
 
 
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def health(client: httpx.Client) -> dict:
     return client.get(f"{API}/health").json()
 
@@ -77,6 +83,7 @@ def test_full_state_dir_never_acknowledges_an_unsaved_quick_start(state_on_tmpfs
     filler.write_bytes(b"\0" * (20 << 10))
     pmd.start()
     http = pmd.http
+    fds_before = fd_count(pmd.pid)
     fill_env = "x" * 1500
     acked: dict[str, str] = {}  # tag -> temporary_id
     refused: list[str] = []
@@ -93,6 +100,8 @@ def test_full_state_dir_never_acknowledges_an_unsaved_quick_start(state_on_tmpfs
         assert error["details"]["file"] == "ephemeral.json"
         refused.append(f"{tag}-{n}")
     assert acked and refused, (len(acked), len(refused))
+    # a refused launch leaves nothing open: the answered ones' pipes and log files only
+    assert fd_count(pmd.pid) <= fds_before + 4 * len(acked) + 2
 
     on_disk = json.loads((pmd.state_dir / "ephemeral.json").read_text())
     assert set(acked.values()) <= {e["temporary_id"] for e in on_disk["programs"]}
@@ -226,9 +235,11 @@ def test_kill_9_during_api_writes_loses_no_answered_write(tmp_path):
     n = 0
     planted = pmd.config_dir / ".programs.json.4194300.tmp"  # another pid's, as after a crash
     planted.write_text("{")
+    boot_fds: list[int] = []  # pmd's open files at each boot: the same every time
     try:
         for _round in range(10):
             pmd.start()
+            boot_fds.append(fd_count(pmd.pid))
             assert temp_files(pmd.config_dir, pmd.state_dir) == []
             stored = json.loads((pmd.config_dir / "programs.json").read_text())["programs"]
             names = {p["name"] for p in stored}
@@ -268,6 +279,8 @@ def test_kill_9_during_api_writes_loses_no_answered_write(tmp_path):
         assert int(next(p for p in stored if p["name"] == "edited")["description"]) \
             >= last_edit
         assert acked_adds and last_edit, "the loop wrote between the kills"
+        boot_fds.append(fd_count(pmd.pid))
+        assert max(boot_fds) <= boot_fds[0] + 2, boot_fds
     finally:
         try:
             pmd.stop()

@@ -519,6 +519,12 @@ class Supervisor:
             program._ttl_timer = None
         for inst in program.instances.values():
             inst.want = False
+            # Its log files are read by path during the grace; held open, every finished
+            # quick-start kept two descriptors for 10 minutes (found by the fault suite).
+            # A write still in flight from its pipes reopens the file; the purge closes it.
+            for logfile in (inst.stdout_log, inst.stderr_log):
+                if logfile is not None:
+                    logfile.close()
         self.save_ephemeral()
         temporary_id = program.temporary_id
         self._purge_timers[temporary_id] = self.loop.call_later(
