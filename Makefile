@@ -35,7 +35,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-## A crash storm (20 programs exiting at once) for 20 s, pmd beside supervisord.
+## The fault suite (docs/faults.md): a crash storm, 100 crash-looping and 1000 programs,
+## a log flood, stalled clients, kill -9 during API writes, a full state disk.
 chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py
 
