@@ -1,10 +1,9 @@
 """schemathesis hooks for the OpenAPI fuzz run (tests/api/test_openapi_fuzz.py).
 
-- The rules between fields that the document states in words, because JSON Schema cannot
-  compare two values (openapi.py's BETWEEN_FIELDS), applied to what the fuzzer generates
-  (its fuzzing phase; the coverage phase's requests keep the document's defaults). Each
-  repair keeps a request in the shape the document describes; nothing here hides a field
-  rule, which the document carries itself.
+- The rules between fields that the document states in words only, because JSON Schema
+  cannot compare two values (openapi.py's BETWEEN_FIELDS), applied to what the fuzzer
+  generates (in its fuzzing and stateful phases; hooks do not reach the coverage phase).
+  The rules a schema can state (`if`/`then`, patterns) are in the document itself.
 - `no_undocumented_server_error` in place of schemathesis's not_a_server_error: a 5xx is
   a failure unless it is one the API documents (a start that failed, a wait that timed
   out; docs/daemon-api.md, Errors), as tests/api/test_robustness_fuzz.py holds it.
@@ -19,65 +18,63 @@ import schemathesis
 #: 5xx answers the documentation promises, by error code.
 DOCUMENTED_5XX = {"START_FAILED", "WAIT_TIMEOUT", "OPERATION_FAILED"}
 
-#: An address on this machine, for health checks that must name one.
-LOCAL_URL = "http://127.0.0.1:9/"
-
 
 def _path(ctx: Any) -> str:
     operation = getattr(ctx, "operation", None)
     return str(getattr(operation, "path", ""))
 
 
-def _whole(value: Any) -> int | None:
-    """A JSON whole number (the fuzzer sends 5.0 for an integer too), else None."""
+def _port(value: Any) -> int | None:
+    """A valid port as the document has it (the fuzzer sends 5.0 for an integer too)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return int(value) if float(value).is_integer() else None
+    if not float(value).is_integer() or not 1 <= value <= 65535:
+        return None
+    return int(value)
 
 
-def _ports(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, dict):
-        start, end = _whole(value.get("start")), _whole(value.get("end"))
-        if start is not None and end is not None:
-            return start, end
-    return None
+# A repair changes only values the document calls valid, into values it calls valid: so
+# a request the fuzzer made invalid on purpose stays invalid, and a valid one stays valid.
 
 
 def _program(body: dict[str, Any], edit: bool) -> None:
-    """ProgramSpec's rules between fields (model/spec.py `_coherent`, PortRange)."""
-    ports = _ports(body.get("port_range"))
-    if ports is not None:  # ordered, at most 1024 ports
-        start, end = sorted(ports)
-        body["port_range"] = {**body["port_range"], "start": start,
-                              "end": min(end, start + 1023)}
-    if body.get("lazy_load") is True:
-        body["boot"] = False  # in an edit too: the stored program may boot
-    if "port_param" in body and body["port_param"] is not None and not (
-            isinstance(body.get("port_range"), dict)):
-        del body["port_param"]  # needs a port range (an edit's program has none)
+    """ProgramSpec's rules between fields that the document cannot state."""
+    ports = body.get("port_range")
+    if isinstance(ports, dict):  # ordered, at most 1024 ports
+        start, end = _port(ports.get("start")), _port(ports.get("end"))
+        if start is not None and end is not None:
+            low, high = sorted((start, end))
+            body["port_range"] = {**ports, "start": low, "end": min(high, low + 1023)}
     if edit:
-        body.pop("id", None)  # must equal the program's own, which the body cannot know
-    check = body.get("health_check")
-    if isinstance(check, dict):
-        if check.get("type") == "http" and not check.get("url"):
-            check["url"] = LOCAL_URL
-        if check.get("type") == "script" and not check.get("command"):
-            check["command"] = "/bin/true"
+        # An edit's program has no port range unless the edit gives one.
+        if isinstance(body.get("port_param"), str) and body.get("port_range") is None:
+            body["port_range"] = {"start": 30000, "end": 30000}
+        # `id` must be the program's own, which the body cannot know.
+        if isinstance(body.get("id"), int) and not isinstance(body["id"], bool) \
+                and 1 <= body["id"] < 2**31:
+            del body["id"]
+        if body.get("lazy_load") is True and "boot" not in body:
+            body["boot"] = False  # the stored program may boot
 
 
 def _pm2(body: dict[str, Any]) -> None:
-    """POST /api/processes: `instances` must match the ports of `port`, a range is
-    ordered (process_requests.py `to_spec`)."""
-    body.pop("instances", None)
+    """POST /api/processes: a range of ports is ordered, and `instances` with a range
+    must match its size (without a range the document says 1)."""
     port = body.get("port")
-    if isinstance(port, str) and "-" in port:
-        first, _, last = port.partition("-")
-        if first.strip().isdigit() and last.strip().isdigit():
-            low, high = sorted((int(first), int(last)))
-            body["port"] = f"{low}-{min(high, low + 1023)}"
-    check = body.get("health_check")
-    if isinstance(check, dict):
-        _program({"health_check": check}, edit=False)
+    if not (isinstance(port, str) and "-" in port):
+        return
+    first, _, last = port.partition("-")
+    low, high = (int(x) if x.strip().isascii() and x.strip().isdigit() else None
+                 for x in (first, last))
+    if low is None or high is None or _port(low) is None or _port(high) is None:
+        return
+    low, high = sorted((low, high))
+    high = min(high, low + 1023)
+    body["port"] = f"{low}-{high}"
+    instances = body.get("instances")
+    if isinstance(instances, int) and not isinstance(instances, bool) \
+            and 1 <= instances <= 1024:
+        body["instances"] = high - low + 1
 
 
 @schemathesis.hook
@@ -86,25 +83,11 @@ def map_body(ctx: Any, body: Any) -> Any:
         return body
     path = _path(ctx)
     body = dict(body)
-    if path.endswith(("/programs/add", "/quick-start")) or "/programs/edit/" in path:
+    if path.endswith("/programs/add") or "/programs/edit/" in path:
         _program(body, edit="/programs/edit/" in path)
     elif path == "/api/processes":
         _pm2(body)
     return body
-
-
-@schemathesis.hook
-def map_query(ctx: Any, query: Any) -> Any:
-    """GET /programs: port_from and port_to together (the document's one object parameter
-    says so; this keeps a hook's repair from splitting them)."""
-    if not isinstance(query, dict) or not _path(ctx).endswith("/daemon/programs"):
-        return query
-    query = dict(query)
-    low, high = query.get("port_from"), query.get("port_to")
-    if (low is None) != (high is None):
-        query.pop("port_from", None)
-        query.pop("port_to", None)
-    return query
 
 
 @schemathesis.check
