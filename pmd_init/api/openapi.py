@@ -8,9 +8,10 @@ What the models check in validators rather than in types (a name without '/' or 
 user that exists on this system, a log file inside the log roots) is added to the generated
 schemas here, field by field (`FIELD_RULES`, `_runtime_rules`), so that a request the
 document allows is one the server accepts and the reverse; tests/api/test_openapi_fuzz.py
-holds them together with schemathesis. Rules between fields (a port range's end not below
-its start, lazy_load without boot) are stated in the field's description: JSON Schema has
-no way to compare two values. Security is declared when an API key is set.
+holds them together with schemathesis. Rules between fields are conditions (`if`/`then`)
+where JSON Schema can state them (lazy_load without boot, port_param with port_range) and
+words in the field's description where it cannot (a port range's end not below its start:
+JSON Schema does not compare two values). Security is declared when an API key is set.
 """
 
 from __future__ import annotations
