@@ -202,7 +202,15 @@ def test_payload_shape():
         "temporary_id": None, "event": "EXITED", "from_state": "RUNNING",
         "to_state": "EXITED", "pid": 42, "exit_code": 3,
         "timestamp": "2023-11-14T22:13:20.250Z", "hostname": "box",
+        "reason": None, "retry_at": None,
     }
+
+
+def test_payload_says_why_and_until_when_a_start_waits():
+    body = webhooks.payload(event(S.BACKOFF, S.EXITED, reason="start_limit",
+                                  retry_at=1700000010.0), "box")
+    assert (body["event"], body["reason"], body["retry_at"]) == \
+        ("BACKOFF", "start_limit", "2023-11-14T22:13:30.000Z")
 
 
 def test_request_bytes():

@@ -71,6 +71,8 @@ def state_message(sup: Supervisor, event: StateEvent) -> dict[str, Any]:
         "exit_code": event.exit_code,
         "time": iso(event.time),
         "timestamp": event.time,
+        "reason": event.reason,
+        "retry_at": iso(event.retry_at),
     }
 
 

@@ -83,6 +83,9 @@ def payload(event: StateEvent, hostname: str) -> dict[str, object]:
         "exit_code": event.exit_code,
         "timestamp": iso_utc(event.time),
         "hostname": hostname,
+        # BACKOFF: why it waits ("failed_start" or "start_limit") and until when
+        "reason": event.reason,
+        "retry_at": iso_utc(event.retry_at) if event.retry_at is not None else None,
     }
 
 
