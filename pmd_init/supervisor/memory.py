@@ -3,7 +3,7 @@ program allows.
 
 Only RUNNING instances of programs with a limit are sampled, by one timer that runs only
 while there is at least one of them (PMD_MEMORY_INTERVAL seconds apart, default 5). What
-counts is the program's process group, as the shared sampler (proctree) measures it.
+counts is the program's process group, as the supervisor's sampler (proctree) measures it.
 
 `MemoryWatch` follows the EventBus: an instance is watched from its RUNNING event until an
 event takes it out of RUNNING. `close` (at shutdown) cancels the timer.
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from ..model.states import ProgramState
 from .events import Event, EventBus, StateEvent
 from .instance import Instance
-from .proctree import SAMPLER
 
 if TYPE_CHECKING:
+    from .proctree import ProcessSampler
     from .runtime import Cancellable, Timers
 
 log = logging.getLogger("pmd.memory")
@@ -34,9 +34,10 @@ class MemoryWatch:
     its limit is restarted."""
 
     def __init__(self, timers: Timers, events: EventBus, restart: Callable[[Instance], None],
-                 interval: float | None = None) -> None:
+                 sampler: ProcessSampler, interval: float | None = None) -> None:
         self.timers = timers
         self.restart = restart
+        self.sampler = sampler
         if interval is None:
             try:
                 interval = float(os.environ.get("PMD_MEMORY_INTERVAL") or DEFAULT_INTERVAL)
@@ -76,7 +77,7 @@ class MemoryWatch:
             if limit is None or inst.state != ProgramState.RUNNING or inst.pid is None:
                 self.watched.discard(inst)
                 continue
-            rss = SAMPLER.rss(inst.pid)
+            rss = self.sampler.rss(inst.pid)
             if rss is not None and rss > limit:
                 log.warning("%s uses %d bytes, over max_memory_restart %d: restarting",
                             inst.name, rss, limit)

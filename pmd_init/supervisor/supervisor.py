@@ -30,6 +30,7 @@ from .events import Event, EventBus, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
 from .memory import MemoryWatch
+from .proctree import ProcessSampler
 from .program import Program
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
@@ -92,7 +93,11 @@ class Supervisor:
         # The watchers subscribe to the events themselves; shutdown closes each of them.
         self.health = HealthMonitor(loop, self.events, children, self.base_env,
                                     restart=Instance.restart)
-        self.memory = MemoryWatch(loop, self.events, restart=Instance.restart)
+        #: The one /proc sampler of this pmd: the memory watch and the API's usage figures
+        #: share its scan (proctree.py).
+        self.sampler = ProcessSampler()
+        self.memory = MemoryWatch(loop, self.events, restart=Instance.restart,
+                                  sampler=self.sampler)
         self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for)
         #: Instances in no program's slot: a reload's replacement until it takes over, and
         #: the instance it replaced while that one stops (reload.py). Shutdown stops them.
