@@ -152,12 +152,13 @@ async def process_logs(request: Request, ident: str) -> HTTPResponse:
     entries: list[tuple[float, int, dict[str, Any]]] = []
     total = 0
     seq = 0
+    saved = context(request).supervisor.runtime.saved_times
     for inst in program.instances.values():
         for label, stream in streams:
             logfile = inst.stdout_log if stream == "stdout" else inst.stderr_log
             path = logfile.path if logfile is not None else inst.log_path(stream)
             found = last_lines(path, lines, program.spec.log_backups,
-                               capture_times(logfile, path))
+                               capture_times(logfile, path, saved))
             total += count_lines(path)
             for line in found:
                 entry: dict[str, Any] = {"timestamp": iso(line.time), "type": label,
