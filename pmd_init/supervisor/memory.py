@@ -2,7 +2,8 @@
 program allows.
 
 Only RUNNING instances of programs with a limit are sampled, by one timer that runs only
-while there is at least one of them (PMD_MEMORY_INTERVAL seconds apart, default 5). What
+while there is at least one of them (`interval` seconds apart: settings' memory_interval,
+PMD_MEMORY_INTERVAL, default 5). What
 counts is the program's process group, as the supervisor's sampler (proctree) measures it.
 
 `MemoryWatch` follows the EventBus: an instance is watched from its RUNNING event until an
@@ -12,7 +13,6 @@ event takes it out of RUNNING. `close` (at shutdown) cancels the timer.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -34,16 +34,11 @@ class MemoryWatch:
     its limit is restarted."""
 
     def __init__(self, timers: Timers, events: EventBus, restart: Callable[[Instance], None],
-                 sampler: ProcessSampler, interval: float | None = None) -> None:
+                 sampler: ProcessSampler, interval: float = DEFAULT_INTERVAL) -> None:
         self.timers = timers
         self.restart = restart
         self.sampler = sampler
-        if interval is None:
-            try:
-                interval = float(os.environ.get("PMD_MEMORY_INTERVAL") or DEFAULT_INTERVAL)
-            except ValueError:
-                interval = DEFAULT_INTERVAL
-        self.interval = max(0.05, interval)
+        self.interval = max(0.05, interval)  # a timer that fires back to back is a spin
         self.watched: set[Instance] = set()
         self.restarts = 0
         self._timer: Cancellable | None = None
