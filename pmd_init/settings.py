@@ -2,8 +2,8 @@
 environment variable pmd reads about itself is read here, once, by pid1 at start-up.
 
 The rest of pmd gets what it needs as arguments (docs/architecture.md, "Settings are
-passed, not read"); tests/test_layout.py holds every other module to that. Some variables
-have no flag: they exist for tests or for the operator's environment only.
+passed, not read"); tests/test_module_state.py holds every other module to that. Some
+variables have no flag: they exist for tests or for the operator's environment only.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_bad_values_exit_2(args):
 
 def test_variables_without_a_flag(monkeypatch, tmp_path):
     """The knobs tests and operators set in pmd's environment only: read here, once, and
-    passed down (no other module reads the environment; tests/test_layout.py)."""
+    passed down (no other module reads the environment; tests/test_module_state.py)."""
     for key in ("PMD_MEMORY_INTERVAL", "PMD_WEBHOOK_CA_FILE", "PMD_LOG_LEVEL",
                 "PMD_EPHEMERAL_GRACE"):
         monkeypatch.delenv(key, raising=False)
