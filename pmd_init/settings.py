@@ -1,8 +1,15 @@
-"""pmd_init's settings: every command-line flag has an environment variable."""
+"""pmd_init's settings: every command-line flag has an environment variable, and every
+environment variable pmd reads about itself is read here, once, by pid1 at start-up.
+
+The rest of pmd gets what it needs as arguments (docs/architecture.md, "Settings are
+passed, not read"); tests/test_module_state.py holds every other module to that. Some
+variables have no flag: they exist for tests or for the operator's environment only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,13 @@ class Settings:
     #: How long a finished quick-start program stays queryable (the product's 10 minutes;
     #: PMD_EPHEMERAL_GRACE shortens it, for tests).
     ephemeral_grace: float = 600.0
+    #: Seconds between two samples of the max_memory_restart watch (PMD_MEMORY_INTERVAL;
+    #: tests shorten it).
+    memory_interval: float = 5.0
+    #: A PEM file of CA certificates webhook deliveries trust besides the system's
+    #: (PMD_WEBHOOK_CA_FILE: tests deliver to a receiver with a certificate of their own).
+    webhook_ca_file: Path | None = None
+    log_level: str = "INFO"  # pmd's own log (PMD_LOG_LEVEL)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -128,6 +142,14 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         ephemeral_grace = float(_env("PMD_EPHEMERAL_GRACE") or 600.0)
     except ValueError:
         parser.error("PMD_EPHEMERAL_GRACE must be a number of seconds")
+    try:
+        memory_interval = float(_env("PMD_MEMORY_INTERVAL") or 5.0)
+    except ValueError:
+        parser.error("PMD_MEMORY_INTERVAL must be a number of seconds")
+    ca_file = _env("PMD_WEBHOOK_CA_FILE")
+    log_level = (_env("PMD_LOG_LEVEL") or "INFO").upper()
+    if not isinstance(logging.getLevelName(log_level), int):
+        parser.error(f"PMD_LOG_LEVEL: unknown level {log_level!r}")
     return Settings(
         config_dir=Path(args.config_dir).absolute(),
         state_dir=Path(args.state_dir).absolute(),
@@ -146,4 +168,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         rate_burst=max(0, args.rate_burst),
         cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
         ephemeral_grace=max(0.0, ephemeral_grace),
+        memory_interval=memory_interval,
+        webhook_ca_file=Path(ca_file).absolute() if ca_file else None,
+        log_level=log_level,
     )

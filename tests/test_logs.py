@@ -12,7 +12,7 @@ import pytest
 from pmd_init.logs import tail
 from pmd_init.logs.capture import Capture, LogFile
 from pmd_init.logs.tail import capture_times, count_lines, last_lines, tail_lines
-from pmd_init.logs.times import LineTimes
+from pmd_init.logs.times import LineTimes, SavedTimes
 
 
 def test_no_file_grows_past_max_bytes_and_nothing_is_lost(tmp_path):
@@ -154,7 +154,7 @@ def test_lines_carry_capture_times_across_a_rotation(tmp_path):
     log.write(b"0123456789\n")  # 11 bytes: the next line starts a new file
     log.write(b"abcdefghij\n")
     assert log.rotated_times is not None and log.times is not None
-    found = last_lines(path, 2, backups=2, times=capture_times(log, path))
+    found = last_lines(path, 2, backups=2, times=capture_times(log, path, SavedTimes()))
     log.close()
     assert [t.text for t in found] == ["0123456789", "abcdefghij"]
     assert [t.backup for t in found] == [1, 0]
@@ -162,6 +162,33 @@ def test_lines_carry_capture_times_across_a_rotation(tmp_path):
     # an index that does not reach a line leaves its time unknown
     bare = last_lines(path, 2, backups=2, times=(LineTimes(start=100),))
     assert [t.time for t in bare] == [None, None]
+
+
+def test_times_handed_over_by_a_reexec_wait_in_their_registry(tmp_path):
+    """The index a snapshot carried is read until the file is opened again, and taken over
+    by the file only if the file is as it was; other registries never see it."""
+    path = tmp_path / "out.log"
+    path.write_bytes(b"one\ntwo\n")
+    saved = SavedTimes()
+    saved.remember(str(path), [0, 4, 1000.0, 8, 1001.0])
+    saved.remember(str(tmp_path / "bad.log"), [0, "x", 1.0])  # malformed: dropped
+    assert saved.get(str(tmp_path / "bad.log")) is None
+    found = last_lines(path, 2, times=capture_times(None, path, saved))
+    assert [t.time for t in found] == [1000.0, 1001.0]
+    assert capture_times(None, path, SavedTimes()) == (None,)
+    log = LogFile(path, max_bytes=0, backups=0, saved=saved)
+    log.write(b"three\n")  # opening the file claims the index, which goes on from there
+    log.close()
+    assert saved.get(str(path)) is None and log.times is not None
+    assert log.times.time_of(8) == 1001.0 and log.times.time_of(14) is not None
+    grown = tmp_path / "grown.log"
+    grown.write_bytes(b"one\ntwo\nmore\n")
+    saved.remember(str(grown), [0, 4, 1000.0, 8, 1001.0])
+    other = LogFile(grown, max_bytes=0, backups=0, saved=saved)
+    other.ensure_open()  # the file changed since: the index is let go, not trusted
+    other.close()
+    assert saved.get(str(grown)) is None and other.times is not None
+    assert other.times.time_of(8) is None
 
 
 def test_capture_listeners_subscribe_and_unsubscribe(tmp_path):

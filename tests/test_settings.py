@@ -68,3 +68,31 @@ def test_bad_values_exit_2(args):
     with pytest.raises(SystemExit) as info:
         parse_settings(args)
     assert info.value.code == 2
+
+
+def test_variables_without_a_flag(monkeypatch, tmp_path):
+    """The knobs tests and operators set in pmd's environment only: read here, once, and
+    passed down (no other module reads the environment; tests/test_module_state.py)."""
+    for key in ("PMD_MEMORY_INTERVAL", "PMD_WEBHOOK_CA_FILE", "PMD_LOG_LEVEL",
+                "PMD_EPHEMERAL_GRACE"):
+        monkeypatch.delenv(key, raising=False)
+    s = parse_settings([])
+    assert (s.memory_interval, s.webhook_ca_file, s.log_level, s.ephemeral_grace) == \
+        (5.0, None, "INFO", 600.0)
+    monkeypatch.setenv("PMD_MEMORY_INTERVAL", "0.2")
+    monkeypatch.setenv("PMD_WEBHOOK_CA_FILE", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("PMD_LOG_LEVEL", "debug")
+    monkeypatch.setenv("PMD_EPHEMERAL_GRACE", "1.5")
+    s = parse_settings([])
+    assert (s.memory_interval, s.webhook_ca_file, s.log_level, s.ephemeral_grace) == \
+        (0.2, tmp_path / "ca.pem", "DEBUG", 1.5)
+
+
+@pytest.mark.parametrize("name, value", [("PMD_MEMORY_INTERVAL", "often"),
+                                         ("PMD_EPHEMERAL_GRACE", "soon"),
+                                         ("PMD_LOG_LEVEL", "chatty")])
+def test_bad_variables_exit_2(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        parse_settings([])
+    assert info.value.code == 2

@@ -85,14 +85,15 @@ def program_view(request: Request, program: Program, include_status: bool = Fals
     if include_status or include_stats:
         view["status"] = program_status(program)
     if include_stats:
+        sampler = context(request).supervisor.sampler
         if program.spec.port_range is None:
-            stats = stats_view(program.primary)
+            stats = stats_view(program.primary, sampler)
             if stats is not None:
                 view["stats"] = stats
         else:
             for inst, item in zip(program.instances.values(), view["status"]["instances"],
                                   strict=True):
-                stats = stats_view(inst)
+                stats = stats_view(inst, sampler)
                 if stats is not None:
                     item["stats"] = stats
     return view
@@ -310,7 +311,7 @@ async def status_one(request: Request, program_id: int) -> HTTPResponse:
         answer: dict[str, Any] = {"success": True,
                                   "status": {"id": program.id, **instance_status(inst)}}
         if q.include_stats:
-            stats = stats_view(inst)
+            stats = stats_view(inst, service.supervisor.sampler)
             if stats is not None:
                 answer["stats"] = stats
         return json(answer)

@@ -36,7 +36,6 @@ from sanic.response import HTTPResponse, json
 from .. import __version__
 from ..logs.tail import capture_times, count_lines, last_lines
 from ..service import Service
-from ..supervisor.proctree import SAMPLER
 from ..supervisor.program import Program
 from .context import context
 from .process_requests import bad_request, json_body, parse_create, parse_move
@@ -86,7 +85,7 @@ async def list_processes(request: Request) -> HTTPResponse:
             continue
         if status is not None and program_pm2_status(program) != status.lower():
             continue
-        views.append(process_view(program))
+        views.append(process_view(program, service.supervisor.sampler))
     return json(views)
 
 
@@ -153,12 +152,13 @@ async def process_logs(request: Request, ident: str) -> HTTPResponse:
     entries: list[tuple[float, int, dict[str, Any]]] = []
     total = 0
     seq = 0
+    saved = context(request).supervisor.runtime.saved_times
     for inst in program.instances.values():
         for label, stream in streams:
             logfile = inst.stdout_log if stream == "stdout" else inst.stderr_log
             path = logfile.path if logfile is not None else inst.log_path(stream)
             found = last_lines(path, lines, program.spec.log_backups,
-                               capture_times(logfile, path))
+                               capture_times(logfile, path, saved))
             total += count_lines(path)
             for line in found:
                 entry: dict[str, Any] = {"timestamp": iso(line.time), "type": label,
@@ -176,7 +176,8 @@ async def process_logs(request: Request, ident: str) -> HTTPResponse:
 async def system(request: Request) -> HTTPResponse:
     import psutil
 
-    programs = _service(request).supervisor.all_programs()
+    sup = _service(request).supervisor
+    programs = sup.all_programs()
     memory = psutil.virtual_memory()
     try:
         disk = psutil.disk_usage("/")
@@ -201,7 +202,7 @@ async def system(request: Request) -> HTTPResponse:
         "platform": platform.system().lower(),
         "arch": platform.machine(),
         "uptime": duration(uptime, with_seconds=False),
-        "cpu": {"cores": os.cpu_count() or 1, "usage": round(SAMPLER.system_cpu(), 1),
+        "cpu": {"cores": os.cpu_count() or 1, "usage": round(sup.sampler.system_cpu(), 1),
                 "load_average": [round(x, 2) for x in os.getloadavg()]},
         "memory": {"total": memory.total, "used": used, "free": memory.available,
                    "usage_percent": round(used / memory.total * 100, 1) if memory.total

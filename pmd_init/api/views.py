@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..supervisor.instance import Instance
-from ..supervisor.proctree import SAMPLER
+from ..supervisor.proctree import ProcessSampler
 from ..supervisor.program import Program
 
 
@@ -75,12 +75,12 @@ def program_status(program: Program) -> dict[str, Any]:
     }
 
 
-def stats_view(inst: Instance) -> dict[str, Any] | None:
+def stats_view(inst: Instance, sampler: ProcessSampler) -> dict[str, Any] | None:
     """The stats object of the extras page (include_stats), or None when nothing runs: the
     instance's process group, as supervisor/proctree.py defines a program's processes."""
     if inst.pid is None:
         return None
-    group = SAMPLER.group(inst.pid)
+    group = sampler.group(inst.pid)
     if group is None:
         return None
     # The total is the sum of the shown parts, so that they add up for a reader.

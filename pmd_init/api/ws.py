@@ -26,7 +26,6 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from ..supervisor.events import Event, HealthEvent, StateEvent
 from ..supervisor.instance import Instance
-from ..supervisor.proctree import SAMPLER
 from ..supervisor.supervisor import Supervisor
 from .context import context
 from .process_views import iso, pm2_status, process_id, process_view, program_pm2_status
@@ -47,7 +46,7 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
     programs = sorted(sup.programs.values(), key=lambda p: p.id or 0)
     programs += sorted(sup.ephemeral.values(), key=lambda p: p.created_at or 0)
     return {"type": "snapshot", "time": iso(time.time()),
-            "processes": [process_view(p) for p in programs]}
+            "processes": [process_view(p, sup.sampler) for p in programs]}
 
 
 def state_message(sup: Supervisor, event: StateEvent) -> dict[str, Any]:
@@ -94,14 +93,14 @@ def metrics_message(sup: Supervisor) -> dict[str, Any]:
         cpu, memory = 0.0, 0
         for inst in program.instances.values():
             if inst.pid is not None:
-                c, m = SAMPLER.usage(inst.pid)
+                c, m = sup.sampler.usage(inst.pid)
                 cpu += c
                 memory += m
         processes.append({"id": process_id(program), "name": program.name,
                           "status": program_pm2_status(program),
                           "cpu_usage": round(cpu, 1), "memory_usage": memory})
     return {"type": "metrics", "time": iso(time.time()), "processes": processes,
-            "system": {"cpu_usage": round(SAMPLER.system_cpu(), 1),
+            "system": {"cpu_usage": round(sup.sampler.system_cpu(), 1),
                        "load_average": [round(x, 2) for x in os.getloadavg()]}}
 
 

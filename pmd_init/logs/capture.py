@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from .times import LineTimes, claim
+from .times import LineTimes, SavedTimes
 
 log = logging.getLogger("pmd.logs")
 
@@ -43,9 +43,10 @@ class LogFile:
     """A size-rotated log file: `name`, `name.1` ... `name.<backups>`."""
 
     __slots__ = ("path", "max_bytes", "backups", "_fd", "size", "dropped", "rotations",
-                 "times", "rotated_times")
+                 "times", "rotated_times", "saved")
 
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, backups: int,
+                 saved: SavedTimes | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
@@ -55,13 +56,15 @@ class LogFile:
         self.rotations = 0
         self.times: LineTimes | None = None  # capture times, from the first write on
         self.rotated_times: LineTimes | None = None  # those of `name.1`, since it rotated
+        self.saved = saved  # where an index handed over by a re-exec waits for this file
 
     def _open(self) -> bool:
         try:
             self._fd = open_log_path(self.path)
             self.size = os.fstat(self._fd).st_size
             if self.times is None:
-                self.times = claim(str(self.path), self.size) or LineTimes(self.size)
+                claimed = self.saved.claim(str(self.path), self.size) if self.saved else None
+                self.times = claimed or LineTimes(self.size)
             elif self.size != self.times.end:
                 self.times.reset(self.size)  # rotated, or changed behind our back
             return True

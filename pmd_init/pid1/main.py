@@ -93,7 +93,8 @@ class Init:
             self.base_env = state["base_env"]  # what programs got before, unchanged
         self.supervisor = sup = Supervisor(
             loop, self.reaper, store, s.state_dir, s.log_dir, self.base_env,
-            forward=s.log_forward, log_roots=s.log_roots, ephemeral_grace=s.ephemeral_grace)
+            forward=s.log_forward, log_roots=s.log_roots, ephemeral_grace=s.ephemeral_grace,
+            memory_interval=s.memory_interval, webhook_ca_file=s.webhook_ca_file)
         sup.on_fatal_exit = self._program_gone
         self.service = Service(sup)
         sup.events.subscribe(self._log_event)
@@ -453,19 +454,19 @@ def _raise_nofile() -> None:
             pass
 
 
-def _setup_logging() -> None:
+def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s pmd %(levelname)s %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("pmd")
     root.addHandler(handler)
-    root.setLevel(os.environ.get("PMD_LOG_LEVEL", "INFO").upper())
+    root.setLevel(level)
     root.propagate = False
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    _setup_logging()
+    _setup_logging(settings.log_level)
     base_env = dict(os.environ)
     # pydantic scans every installed distribution's entry points for plugins on the first
     # model it builds (~15 ms here, before any program may start); pmd uses none. Programs

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..logs.capture import Capture, LogFile
-from ..logs.times import export, remember
+from ..logs.times import export
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 from .events import StateEvent
 from .spawn import (
@@ -308,9 +308,11 @@ class Instance:
     def _ensure_logfiles(self) -> None:
         spec = self.program.spec
         if self.stdout_log is None:
-            self.stdout_log = LogFile(self.log_path("stdout"), spec.log_max_bytes, spec.log_backups)
+            self.stdout_log = LogFile(self.log_path("stdout"), spec.log_max_bytes, spec.log_backups,
+                                      self.rt.saved_times)
         if self.stderr_log is None:
-            self.stderr_log = LogFile(self.log_path("stderr"), spec.log_max_bytes, spec.log_backups)
+            self.stderr_log = LogFile(self.log_path("stderr"), spec.log_max_bytes, spec.log_backups,
+                                      self.rt.saved_times)
         self.stdout_log.ensure_open()
         self.stderr_log.ensure_open()
 
@@ -499,7 +501,7 @@ class Instance:
         self.adopted = True
         for stream, flat in (snap.get("log_times") or {}).items():
             if stream in ("stdout", "stderr") and flat:  # capture times of logged lines
-                remember(str(self.log_path(stream)), flat)
+                self.rt.saved_times.remember(str(self.log_path(stream)), flat)
         fds = list(snap.get("capture_fds", []))
         if foreign and pid is not None and self.program.spec.logs_enabled:
             fds = _reopen_pipes(pid)

@@ -1,7 +1,8 @@
 """What a program's processes use: CPU and resident memory, read from /proc on demand.
 
-The one sampler behind the Daemon API's `include_stats`, the process API's `cpu_usage` and
-`memory_usage` (list, detail, /ws metrics) and the max_memory_restart watch.
+The supervisor owns one sampler (`Supervisor.sampler`), behind the Daemon API's
+`include_stats`, the process API's `cpu_usage` and `memory_usage` (list, detail, /ws
+metrics) and the max_memory_restart watch: every ask in the same second shares its scan.
 
 Which processes are a program's: the members of its process group. Every program is
 spawned as the leader of a new session and process group (its pgid is its pid), and the
@@ -219,6 +220,3 @@ class ProcessSampler:
         self._system = (now, value)
         return value
 
-
-#: The one sampler of this process: every ask in the same second shares its scan.
-SAMPLER = ProcessSampler()

@@ -2,7 +2,8 @@
 
 An `Instance` runs its state machine against a `Runtime`: a clock, timers, a way to spawn and
 signal a process group, a child watcher (the reaper implements it), the base environment,
-log sinks, and the event stream it publishes to. It never reaches back into the supervisor,
+log sinks (and the capture times a re-exec handed over), and the event stream it publishes
+to. It never reaches back into the supervisor,
 so unit tests drive it with a fake clock and a fake spawner, and the real one is built once
 from the event loop and the reaper (`Runtime.on_loop`).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..logs.capture import Capture, Forwarder, LogFile
+from ..logs.times import SavedTimes
 from .events import StateEvent
 from .spawn import SpawnRequest, killpg, spawn
 
@@ -148,6 +150,9 @@ class Runtime:
     base_env: Mapping[str, str] = field(default_factory=dict)
     forwarders: tuple[Forwarder | None, Forwarder | None] = (None, None)
     capture: CaptureFactory | None = None
+    #: Capture times of lines logged before a re-exec, until their files are opened again:
+    #: adopting instances fill it, their log files claim from it, the log routes read it.
+    saved_times: SavedTimes = field(default_factory=SavedTimes)
     #: Where scheduled restarts wait for their turn (built from `timers`).
     starts: StartQueue = field(init=False)
 

@@ -29,7 +29,9 @@ from .errors import Conflict, Disabled, Invalid, NotFound, OperationFailed, Stor
 from .events import Event, EventBus, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
+from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
 from .memory import MemoryWatch
+from .proctree import ProcessSampler
 from .program import Program
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
@@ -64,6 +66,8 @@ class Supervisor:
         forward: bool = True,
         log_roots: Iterable[Path] = (),
         ephemeral_grace: float = 600.0,
+        memory_interval: float = DEFAULT_MEMORY_INTERVAL,
+        webhook_ca_file: Path | None = None,
     ) -> None:
         self.loop = loop
         self.store = store
@@ -92,8 +96,13 @@ class Supervisor:
         # The watchers subscribe to the events themselves; shutdown closes each of them.
         self.health = HealthMonitor(loop, self.events, children, self.base_env,
                                     restart=Instance.restart)
-        self.memory = MemoryWatch(loop, self.events, restart=Instance.restart)
-        self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for)
+        #: The one /proc sampler of this pmd: the memory watch and the API's usage figures
+        #: share its scan (proctree.py).
+        self.sampler = ProcessSampler()
+        self.memory = MemoryWatch(loop, self.events, restart=Instance.restart,
+                                  sampler=self.sampler, interval=memory_interval)
+        self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for,
+                                          ca_file=webhook_ca_file)
         #: Instances in no program's slot: a reload's replacement until it takes over, and
         #: the instance it replaced while that one stops (reload.py). Shutdown stops them.
         self.extra_instances: set[Instance] = set()

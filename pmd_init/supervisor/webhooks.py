@@ -38,12 +38,11 @@ from ..model.webhook_rules import address_problem, ip_literal
 from .events import Event, EventBus, StateEvent
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..model.spec import WebhooksSpec
 
 log = logging.getLogger("pmd.webhooks")
-
-#: A PEM file of CA certificates trusted besides the system's (a test CA).
-CA_FILE_ENV = "PMD_WEBHOOK_CA_FILE"
 
 #: Deliveries waiting in all lanes together; more are dropped (and counted).
 MAX_PENDING = 1000
@@ -176,10 +175,11 @@ class WebhookDispatcher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, events: EventBus,
                  spec_for: Callable[[StateEvent], WebhooksSpec | None],
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, ca_file: Path | None = None) -> None:
         self.loop = loop
         self.spec_for = spec_for
         self.max_pending = max_pending
+        self.ca_file = ca_file  # trusted besides the system's CAs (settings' webhook_ca_file)
         self.hostname = socket.gethostname()
         self.sent = 0
         self.failed = 0
@@ -338,7 +338,7 @@ class WebhookDispatcher:
     async def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
             # Loading the system's CA store takes tens of milliseconds: not on the loop.
-            self._ssl = await self.loop.run_in_executor(None, _make_context)
+            self._ssl = await self.loop.run_in_executor(None, _make_context, self.ca_file)
         return self._ssl
 
     # ---- shutdown ------------------------------------------------------------------
@@ -364,9 +364,8 @@ class WebhookDispatcher:
                      self.dropped)
 
 
-def _make_context() -> ssl.SSLContext:
+def _make_context(ca_file: Path | None) -> ssl.SSLContext:
     context = ssl.create_default_context()
-    cafile = os.environ.get(CA_FILE_ENV)
-    if cafile:
-        context.load_verify_locations(cafile=cafile)
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
     return context

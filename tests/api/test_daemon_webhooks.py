@@ -293,7 +293,6 @@ def test_the_vetted_address_is_dialled_and_the_certificate_checked_on_the_name(
     the one connected to, and TLS checks the certificate against the name: hook.test is in
     the certificate, other.test is not."""
     monkeypatch.setenv(webhook_rules.ALLOW_LOOPBACK_ENV, "1")
-    monkeypatch.setenv(webhooks.CA_FILE_ENV, str(cert / "cert.pem"))
     resolved: list[str] = []
 
     async def main() -> dict[str, int]:
@@ -308,7 +307,8 @@ def test_the_vetted_address_is_dialled_and_the_certificate_checked_on_the_name(
                                    f"https://other.test:{receiver.port}/ok/wrong-name"],
                              retry=2)
         bus = EventBus()
-        dispatcher = webhooks.WebhookDispatcher(loop, bus, lambda e: hooks)
+        dispatcher = webhooks.WebhookDispatcher(loop, bus, lambda e: hooks,
+                                                ca_file=cert / "cert.pem")
         bus.publish(StateEvent(program_id=1, program="p", instance="p", port=None,
                                from_state=ProgramState.STARTING,
                                to_state=ProgramState.RUNNING, pid=1, exit_code=None,
