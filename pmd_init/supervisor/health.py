@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..model.states import ProgramState
-from .events import Event, EventBus, HealthEvent, StateEvent
-from .instance import Instance
+from .events import EventBus, HealthEvent
+from .instance import Instance, follow_running
 from .spawn import (
     SpawnError,
     SpawnRequest,
@@ -85,17 +85,10 @@ class HealthMonitor:
         self.checks: dict[Instance, CheckState] = {}
         #: Every probe under way, cancelled ones included until they end: close awaits them.
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
+        self._unsubscribe: Callable[[], None] | None = follow_running(
+            events, self.track, self.untrack)
 
     # ---- tracking ------------------------------------------------------------------
-
-    def _on_event(self, event: Event) -> None:
-        if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):
-            return
-        if event.to_state == ProgramState.RUNNING:
-            self.track(event.source)
-        elif event.from_state == ProgramState.RUNNING:
-            self.untrack(event.source)
 
     def track(self, inst: Instance) -> None:
         """The instance is RUNNING: start checking it (if its program asks for checks)."""

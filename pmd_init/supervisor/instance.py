@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..logs.capture import Capture, LogFile
 from ..logs.times import export
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
-from .events import StateEvent
+from .events import Event, EventBus, StateEvent
 from .spawn import (
     SpawnError,
     SpawnRequest,
@@ -542,6 +542,22 @@ class Instance:
             self._set_state(S.UNKNOWN, reason="adopted")
         self.retry_at, self.backoff_reason = waiting
         self._set_state(state, self.exit_code, reason="adopted")
+
+
+def follow_running(events: EventBus, track: Callable[[Instance], None],
+                   untrack: Callable[[Instance], None]) -> Callable[[], None]:
+    """Subscribe a watcher of running programs (health checks, memory limits): `track` when
+    an instance reaches RUNNING, `untrack` when it leaves it. Returns the unsubscribe."""
+
+    def on_event(event: Event) -> None:
+        if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):
+            return
+        if event.to_state == S.RUNNING:
+            track(event.source)
+        elif event.from_state == S.RUNNING:
+            untrack(event.source)
+
+    return events.subscribe(on_event)
 
 
 def _reopen_pipes(pid: int) -> list[int]:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..model.states import ProgramState
-from .events import Event, EventBus, StateEvent
-from .instance import Instance
+from .events import EventBus
+from .instance import Instance, follow_running
 
 if TYPE_CHECKING:
     from .proctree import ProcessSampler
@@ -42,15 +42,8 @@ class MemoryWatch:
         self.watched: set[Instance] = set()
         self.restarts = 0
         self._timer: Cancellable | None = None
-        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
-
-    def _on_event(self, event: Event) -> None:
-        if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):
-            return
-        if event.to_state == ProgramState.RUNNING:
-            self.track(event.source)
-        elif event.from_state == ProgramState.RUNNING:
-            self.untrack(event.source)
+        self._unsubscribe: Callable[[], None] | None = follow_running(
+            events, self.track, self.untrack)
 
     def track(self, inst: Instance) -> None:
         if inst.program.spec.max_memory_restart is None:
