@@ -448,3 +448,19 @@ def test_no_api_line_with_an_empty_address_after_the_command_is_done(tmp_path):
     init.start(wait=False)
     assert init.wait(timeout=15) == 0
     assert not re.search(r"API on\s*$", init.stderr_text(), re.M)
+
+
+@needs_unshare
+def test_a_compat_start_runs_programs_json_when_asked(tmp_path):
+    marker = tmp_path / "svc-ran"
+    programs = [{"name": "svc", "boot": True, "startsecs": 0,
+                 "command": f"sh -c 'echo 1 > {marker}; sleep 1000'"}]
+    command = ["sh", "-c", f"while [ ! -e {marker} ]; do sleep 0.02; done; exit 5"]
+    init = Main(tmp_path, "tini", command, programs=programs)
+    init.env = {"PMD_CONFIG_DIR": str(init.config_dir), "PMD_STATE_DIR": str(init.state_dir),
+                "PMD_LOG_DIR": str(init.log_dir)}
+    init.start(wait=False)
+    try:
+        assert init.wait(timeout=20) == 5
+    finally:
+        init.kill_all()
