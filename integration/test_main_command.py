@@ -247,7 +247,8 @@ def test_job_control_stops_the_command_and_pmd_and_cont_resumes(tmp_path, mode, 
     ready = tmp_path / "ready"
     command = ["sh", "-c", f"echo $$ > {ready}.tmp; mv {ready}.tmp {ready}; "
                            f"while :; do sleep 0.05; done"]
-    with Main(tmp_path, mode, command, pid1=pid1).start(wait=False) as init:
+    init = Main(tmp_path, mode, command, pid1=pid1, env={"PMD_LOG_LEVEL": "DEBUG"})
+    with init.start(wait=False):
         init.main_pid(ready)
         main = children(init.pid)[0]  # as seen from here, not inside pmd's namespace
         init.signal(sig)

@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "PMD_LOG_DIR, PMD_HOST, PMD_PORT, PMD_SOCKET, PMD_API_KEY, PMD_API_KEY_FILE, "
         "PMD_GRACE, PMD_REMAP_EXIT, PMD_LOG_FORWARD, PMD_LOG_ROOTS, PMD_RATE_LIMIT, "
         "PMD_RATE_BURST, PMD_CORS_ORIGINS, PMD_SINGLE_CHILD, PMD_REWRITE, PMD_PDEATHSIG). "
-        "Anything after -- is the main command: pmd exits with its exit code.",
+        "Anything after -- is the main command: pmd exits with its exit code. "
+        "`pmd_init --compat tini|dumb-init ARGS...` (the pmd-tini and pmd-dumb-init "
+        "scripts) reads tini's or dumb-init's command line instead.",
     )
     p.add_argument("--version", action="version", version=f"pmd_init {__version__}")
     p.add_argument("--config-dir", default=_env("PMD_CONFIG_DIR", "/etc/pmd"),
