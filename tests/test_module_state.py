@@ -29,7 +29,9 @@ PACKAGE = REPO / "pmd_init"
 ROOT = "pmd_init"
 
 #: The modules that may read the environment (a package name covers its modules).
-READS_ENVIRONMENT = ("pmd_init.settings", "pmd_init.cli", "pmd_init.pid1.main")
+# pid1.compat is settings.py for tini's and dumb-init's command lines (TINI_*, DUMB_INIT_*).
+READS_ENVIRONMENT = ("pmd_init.settings", "pmd_init.cli", "pmd_init.pid1.main",
+                     "pmd_init.pid1.compat")
 
 #: (module, function) -> why it reads the environment anyway.
 ENVIRONMENT_EXCEPTIONS: dict[tuple[str, str], str] = {
