@@ -161,7 +161,8 @@ def test_the_lifecycle_is_posted_with_payload_and_headers(hooked, receiver):
         "program_id": answer["id"], "program": "hook-life", "instance": "hook-life",
         "port": None, "temporary_id": None, "event": "STARTING", "from_state": "STOPPED",
         "to_state": "STARTING", "pid": starting["pid"], "exit_code": None,
-        "timestamp": starting["timestamp"], "hostname": socket.gethostname()}
+        "timestamp": starting["timestamp"], "hostname": socket.gethostname(),
+        "reason": None, "retry_at": None}
     assert running["from_state"] == "STARTING" and running["pid"] == pid
     assert (exited["from_state"], exited["to_state"], exited["exit_code"]) == \
         ("RUNNING", "EXITED", 3)

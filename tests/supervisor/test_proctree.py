@@ -21,11 +21,16 @@ FAMILY = r"""
 import json, os, sys, time
 
 def child(setup):
+    # the parent waits until the child has left (or kept) its group: the pids it prints
+    # must describe groups as they are, not as they will be a moment later
+    done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         setup()
+        os.write(done_w, b"x")
         time.sleep(60)
         os._exit(0)
+    os.read(done_r, 1)
     return pid
 
 same_group = child(lambda: None)
