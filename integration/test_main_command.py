@@ -245,8 +245,10 @@ def test_a_command_that_ignores_term_is_killed_at_the_deadline_with_137(tmp_path
 @pytest.mark.parametrize("sig", [signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU])
 def test_job_control_stops_the_command_and_pmd_and_cont_resumes(tmp_path, mode, pid1, sig):
     ready = tmp_path / "ready"
-    command = ["sh", "-c", f"echo $$ > {ready}.tmp; mv {ready}.tmp {ready}; "
-                           f"while :; do sleep 0.05; done"]
+    # No fork in the command's loop: a shell stopped while it waits for a vfork'ed child
+    # that has not exec'd yet stays in D (the kernel's vfork wait), not T, for as long as
+    # that child is stopped too: the job is stopped, but the shell never shows T.
+    command = ["sh", "-c", f"echo $$ > {ready}.tmp; mv {ready}.tmp {ready}; exec sleep 100"]
     init = Main(tmp_path, mode, command, pid1=pid1, env={"PMD_LOG_LEVEL": "DEBUG"})
     with init.start(wait=False):
         init.main_pid(ready)
