@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..logs.capture import Capture, LogFile
 from ..logs.times import export, remember
+from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 from .events import StateEvent
 from .spawn import (
@@ -351,11 +352,12 @@ class Instance:
         self._set_state(S.RUNNING)
 
     def _to_backoff(self) -> None:
-        """A failed start (spawn error, or an exit before startsecs): supervisord's
-        backoff, 1 s, 2 s, 3 s ..., then FATAL after startretries."""
+        """A failed start (spawn error, or an exit before startsecs): the spec's backoff
+        (supervisord's 1 s, 2 s, 3 s ... by default), then FATAL after startretries
+        (never, with -1)."""
         spec = self.program.spec
         self.backoff += 1
-        if self.backoff > spec.startretries or not self.want:
+        if 0 <= spec.startretries < self.backoff or not self.want:
             self._set_state(S.BACKOFF, self.exit_code)
             if self.want:
                 self.want = False
@@ -363,7 +365,7 @@ class Instance:
             else:
                 self._set_state(S.STOPPED)
             return
-        self._backoff_for(float(self.backoff), "failed_start")
+        self._backoff_for(spec.retry_delay(self.backoff), "failed_start")
 
     def _backoff_for(self, delay: float, reason: str) -> None:
         self.retry_at = self.rt.clock.time() + delay
@@ -384,7 +386,7 @@ class Instance:
         if room_at <= now:
             return None
         self._limit_hits += 1
-        growing = min(START_LIMIT_BACKOFF_MAX, 2.0 ** (self._limit_hits - 1))
+        growing = backoff_delay(self._limit_hits, "exponential", START_LIMIT_BACKOFF_MAX)
         return max(growing, room_at - now)
 
     def _exited(self, status: int | None) -> None:
@@ -523,7 +525,7 @@ class Instance:
             return
         if state == S.BACKOFF and self.want:
             retry_at = snap.get("retry_at")
-            delay = float(max(self.backoff, 1)) if retry_at is None else \
+            delay = self.program.spec.retry_delay(self.backoff) if retry_at is None else \
                 max(0.0, retry_at - self.rt.clock.time())
             self.retry_at = retry_at
             self.backoff_reason = snap.get("backoff_reason")

@@ -20,12 +20,21 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..model.graph import GraphError, check_graph, dependents_of
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.files import read_json
 from ..store.storage import StorageError
 from .ephemeral import boot_identity, process_start_ticks, same_process
-from .errors import Conflict, Disabled, Invalid, NotFound, OperationFailed, StorageFailed
+from .errors import (
+    Conflict,
+    Disabled,
+    Invalid,
+    NotFound,
+    OperationFailed,
+    Refused,
+    StorageFailed,
+)
 from .events import Event, EventBus, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
@@ -226,12 +235,30 @@ class Supervisor:
             if os.path.islink(path) or os.path.isdir(path):
                 raise Invalid(f"{field}: {value} is a symlink or a folder", field=field)
 
+    @staticmethod
+    def _check_graph(specs: list[ProgramSpec]) -> None:
+        try:
+            check_graph(specs)
+        except GraphError as exc:
+            raise Invalid(f"depends_on: {exc}", field="depends_on") from None
+
+    def _check_no_dependents(self, program: Program, doing: str) -> None:
+        """Removing or renaming a program others depend on would leave them waiting for
+        a name that no longer exists: refused, naming them."""
+        others = [s for s in self.specs() if s.id != program.id]
+        dependents = dependents_of(others, program.name)
+        if dependents:
+            raise Refused(f"cannot {doing} '{program.name}': {', '.join(dependents)} "
+                          "depend on it", field="depends_on", code="HAS_DEPENDENTS",
+                          details={"dependents": dependents})
+
     def add(self, spec: ProgramSpec) -> Program:
         self.check_log_paths(spec)
         self._check_unique(spec)
         if spec.id is None:
             spec = spec.model_copy(update={"id": max(self.programs, default=0) + 1})
         assert spec.id is not None
+        self._check_graph([*self.specs(), spec])
         self._save([*self.specs(), spec])
         program = self.programs[spec.id] = Program(self.runtime, spec)
         if self._boots(spec):
@@ -256,6 +283,9 @@ class Supervisor:
             raise Invalid.from_validation(exc, merged) from None
         self.check_log_paths(spec, old=program.spec)
         self._check_unique(spec, ignore=program)
+        if spec.name != program.name:
+            self._check_no_dependents(program, "rename")
+        self._check_graph([spec if s.id == program_id else s for s in self.specs()])
         self._save([spec if s.id == program_id else s for s in self.specs()])
         self._replace_spec(program, spec)
         return program
@@ -310,6 +340,7 @@ class Supervisor:
     def remove(self, program_id: int) -> list[asyncio.Future[ProgramState]]:
         """Saved without it, then stopped: the futures say when its instances are gone."""
         program = self.get(program_id)
+        self._check_no_dependents(program, "remove")
         self._save([s for s in self.specs() if s.id != program_id])
         return self._drop(program)
 

@@ -95,6 +95,35 @@ def test_failed_starts_back_off_1_2_3_then_fatal(world: FakeWorld) -> None:
     assert world.path()[-2:] == [(S.STARTING, S.BACKOFF), (S.BACKOFF, S.FATAL)]
 
 
+def retry_gaps(world: FakeWorld, inst: Instance, failures: int) -> list[float]:
+    """Fail `failures` starts at once (exit 0.5 s after each spawn); the waits between an
+    exit and the next spawn, from the STARTING events' own times."""
+    inst.start()
+    for _ in range(failures):
+        world.advance(0.5)
+        world.exit(inst.pid, exited(1))
+        assert inst.retry_at is None or inst.retry_at == world.time() + world.pending()[0]
+        world.advance(world.pending()[0] if world.pending() else 0)
+    exits = [e.time for e in world.events if e.to_state == S.BACKOFF]
+    spawns = [e.time for e in world.events if e.to_state == S.STARTING][1:]
+    return [round(b - a, 3) for a, b in zip(exits, spawns, strict=False)]
+
+
+def test_exponential_backoff_is_capped(world: FakeWorld) -> None:
+    inst = make(world, startretries=8, backoff="exponential", backoff_max_seconds=20)
+    assert retry_gaps(world, inst, 8) == [1, 2, 4, 8, 16, 20, 20, 20]
+    world.advance(0.5)
+    world.exit(inst.pid, exited(1))
+    assert inst.state == S.FATAL
+
+
+def test_startretries_minus_one_retries_forever(world: FakeWorld) -> None:
+    inst = make(world, startretries=-1, backoff_max_seconds=5)
+    gaps = retry_gaps(world, inst, 200)
+    assert gaps[:6] == [1, 2, 3, 4, 5, 5] and set(gaps[5:]) == {5}
+    assert inst.state == S.STARTING and inst.backoff == 200
+
+
 def test_spawn_error_backs_off_with_the_reason(world: FakeWorld) -> None:
     inst = make(world, startretries=0)
     world.spawn_fails = "command not found: /bin/prog"
