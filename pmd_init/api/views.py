@@ -36,6 +36,8 @@ def instance_status(inst: Instance) -> dict[str, Any]:
         view["uptime"] = hms(uptime)
     if inst.exit_code is not None:
         view["exit_code"] = inst.exit_code
+    if inst.completed is not None:  # a oneshot's run ended: did it succeed?
+        view["completed"] = inst.completed
     if inst.spawn_error:
         view["spawn_error"] = inst.spawn_error
     if inst.retry_at is not None:  # BACKOFF: when the next attempt comes, and why it waits

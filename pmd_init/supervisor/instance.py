@@ -78,7 +78,7 @@ class Instance:
         "stopped_at", "exit_code", "spawn_error", "backoff", "restarts", "want",
         "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
         "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
-        "_starts", "_limit_hits", "_restart_pending", "__weakref__",
+        "_starts", "_limit_hits", "_restart_pending", "completed", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -113,6 +113,8 @@ class Instance:
         self._limit_hits = 0
         #: A restart is decided and scheduled; `restarts` counts it when it spawns.
         self._restart_pending = False
+        #: A oneshot's verdict once its run ended: its exit code was in exitcodes or not.
+        self.completed: bool | None = None
 
     # ---- identity ------------------------------------------------------------------
 
@@ -247,6 +249,7 @@ class Instance:
         spec = self.program.spec
         self.spawn_error = None
         self.exit_code = None
+        self.completed = None
         if self._restart_pending:
             self._restart_pending = False
             self.restarts += 1
@@ -418,6 +421,11 @@ class Instance:
             return
         if self.state != S.RUNNING:
             return
+        if spec.oneshot:  # its run is its purpose: the code says success or failure
+            self.want = False
+            self.completed = spec.expects_exit(code)
+            self._set_state(S.EXITED if self.completed else S.FATAL, code)
+            return
         again = self.want and (spec.autorestart == "true"
                                or (spec.autorestart == "unexpected"
                                    and not spec.expects_exit(code)))
@@ -471,7 +479,7 @@ class Instance:
             "restart_after_stop": self._restart_after_stop,
             "retry_at": self.retry_at, "backoff_reason": self.backoff_reason,
             "starts": list(self._starts), "limit_hits": self._limit_hits,
-            "restart_pending": self._restart_pending,
+            "restart_pending": self._restart_pending, "completed": self.completed,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
         }
@@ -495,6 +503,7 @@ class Instance:
         self._starts.extend(snap.get("starts", []))
         self._limit_hits = snap.get("limit_hits", 0)
         self._restart_pending = snap.get("restart_pending", False)
+        self.completed = snap.get("completed")
         uptime = snap.get("uptime")
         if uptime is not None:
             self.started_mono = self.rt.clock.monotonic() - uptime

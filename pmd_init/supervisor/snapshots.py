@@ -30,6 +30,7 @@ class InstanceSnapshot(TypedDict, total=False):
     starts: list[float]
     limit_hits: int
     restart_pending: bool
+    completed: bool | None
     log_times: dict[str, list[float] | None]
 
 

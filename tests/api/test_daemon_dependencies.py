@@ -119,3 +119,18 @@ def test_openapi_describes_the_fields(http):
         assert name in add_fields, name
         assert name in schemas["EditProgramRequest"]["properties"], name
     assert "ReadinessSpec" in schemas
+
+
+def test_oneshot_runs_once_and_reports_its_verdict(http):
+    from tests.api.helpers import wait_until
+
+    ok = add(http, program("once-ok", "sh -c 'exit 0'", oneshot=True, boot=True))["id"]
+    bad = add(http, program("once-bad", "sh -c 'exit 3'", oneshot=True, boot=True))["id"]
+    done = wait_until(lambda: (s := http.get(f"{API}/status/{ok}").json()["status"])
+                      ["status"] == "EXITED" and s, what="once-ok exited")
+    assert done["completed"] is True and done["exit_code"] == 0 and done["restarts"] == 0
+    failed = wait_until(lambda: (s := http.get(f"{API}/status/{bad}").json()["status"])
+                        ["status"] == "FATAL" and s, what="once-bad fatal")
+    assert failed["completed"] is False and failed["exit_code"] == 3
+    pm2 = {p["name"]: p["status"] for p in http.get("/api/processes").json()}
+    assert (pm2["once-ok"], pm2["once-bad"]) == ("stopped", "errored")

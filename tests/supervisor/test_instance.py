@@ -165,6 +165,29 @@ def test_expected_exit_is_final(world: FakeWorld) -> None:
     assert inst.state == S.EXITED and len(world.spawned) == 1
 
 
+def test_oneshot_success_is_exited_and_completed(world: FakeWorld) -> None:
+    inst = make(world, oneshot=True, exitcodes=[0, 2])
+    inst.start()
+    assert inst.state == S.RUNNING  # startsecs 0: nothing to survive
+    world.advance(3)
+    world.exit(inst.pid, exited(2))
+    assert (inst.state, inst.completed, inst.exit_code, inst.want) == (S.EXITED, True, 2, False)
+    world.advance(60)
+    assert len(world.spawned) == 1  # never restarted
+
+
+def test_oneshot_failure_is_fatal_with_its_code(world: FakeWorld) -> None:
+    inst = make(world, oneshot=True)
+    inst.start()
+    world.exit(inst.pid, exited(3))
+    assert (inst.state, inst.completed, inst.exit_code) == (S.FATAL, False, 3)
+    assert world.path()[-1] == (S.RUNNING, S.FATAL) and world.events[-1].exit_code == 3
+    inst.start()  # by hand: it runs again, the verdict cleared
+    assert inst.state == S.RUNNING and inst.completed is None
+    world.advance(60)
+    assert len(world.spawned) == 2
+
+
 def test_restart_is_scheduled_not_spawned_in_the_reapers_pass(world: FakeWorld) -> None:
     inst = make(world, startsecs=0, autorestart="true")
     inst.start()
