@@ -124,12 +124,14 @@ class QuickStartRequest(_QuickBase):  # type: ignore[misc, valid-type]
 
 
 class StartRequest(Request):
-    """POST /programs/{id}/start; a port-range program must name `port`."""
+    """POST /programs/{id}/start; a port-range program must name `port`. A program whose
+    depends_on does not hold is refused (409) unless `force` skips the wait."""
 
     port: Port | None = None
     wait: bool = False
     timeout: WaitTimeout = 30
     if_not_running: bool = False
+    force: bool = False
 
 
 class RestartRequest(Request):

@@ -64,7 +64,8 @@ def program_status(program: Program) -> dict[str, Any]:
     """One program's status object: flat for a single instance, the port-range form
     (daemon-api-extras.md) for a port-range program."""
     if program.spec.port_range is None:
-        return {"id": program.id, **instance_status(program.primary)}
+        return {"id": program.id, **instance_status(program.primary),
+                **waiting_view(program)}
     instances = [instance_status(i) for i in program.instances.values()]
     return {
         "id": program.id,
@@ -74,7 +75,18 @@ def program_status(program: Program) -> dict[str, Any]:
                                  if i.state.value == "RUNNING"),
         "total_instances": len(instances),
         "instances": instances,
+        **waiting_view(program),
     }
+
+
+def waiting_view(program: Program) -> dict[str, Any]:
+    """`waiting_for` (and `blocked`, with its reason) while a start waits for the
+    program's dependencies; nothing otherwise."""
+    waiting = program.waiting_for()
+    if waiting is None:
+        return {}
+    names, blocked = waiting
+    return {"waiting_for": names, "blocked": blocked}
 
 
 def stats_view(inst: Instance) -> dict[str, Any] | None:

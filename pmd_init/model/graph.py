@@ -9,8 +9,22 @@ exist or whether it closes a cycle.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from .spec import ProgramSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Unmet:
+    """One dependency that does not hold: `db (healthy)`, and why it never will on its
+    own (`blocked`: "migrate exited 3"), if so."""
+
+    name: str
+    condition: str
+    blocked: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.condition})"
 
 
 class GraphError(ValueError):

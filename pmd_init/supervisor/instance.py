@@ -28,7 +28,7 @@ from ..logs.capture import Capture, LogFile
 from ..logs.times import export, remember
 from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
-from .events import StateEvent
+from .events import ReadyEvent, StateEvent
 from .spawn import (
     SpawnError,
     SpawnRequest,
@@ -78,7 +78,8 @@ class Instance:
         "stopped_at", "exit_code", "spawn_error", "backoff", "restarts", "want",
         "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
         "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
-        "_starts", "_limit_hits", "_restart_pending", "completed", "__weakref__",
+        "_starts", "_limit_hits", "_restart_pending", "completed", "ready_at",
+        "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -115,6 +116,8 @@ class Instance:
         self._restart_pending = False
         #: A oneshot's verdict once its run ended: its exit code was in exitcodes or not.
         self.completed: bool | None = None
+        #: When this run became ready (wall clock); None until then, and after it ends.
+        self.ready_at: float | None = None
 
     # ---- identity ------------------------------------------------------------------
 
@@ -250,6 +253,7 @@ class Instance:
         self.spawn_error = None
         self.exit_code = None
         self.completed = None
+        self.ready_at = None
         if self._restart_pending:
             self._restart_pending = False
             self.restarts += 1
@@ -353,6 +357,18 @@ class Instance:
             return
         self.backoff = 0
         self._set_state(S.RUNNING)
+        if self.program.spec.readiness is None:
+            self.mark_ready("running")
+
+    def mark_ready(self, via: str) -> None:
+        """This run is ready (once per run; later signals change nothing)."""
+        if self.ready_at is not None or self.state not in (S.STARTING, S.RUNNING):
+            return
+        self.ready_at = self.rt.clock.time()
+        self.rt.publish(ReadyEvent(
+            program_id=self.program.id, program=self.program.name, instance=self.name,
+            port=self.port, pid=self.pid, time=self.ready_at, via=via,
+            temporary_id=self.program.temporary_id, source=self))
 
     def _to_backoff(self) -> None:
         """A failed start (spawn error, or an exit before startsecs): the spec's backoff
@@ -401,6 +417,7 @@ class Instance:
             self.popen.returncode = os.waitstatus_to_exitcode(status)
         pid = self.pid
         self.exit_code = code
+        self.ready_at = None
         self.stopped_at = self.rt.clock.time()
         spec = self.program.spec
         if self.state == S.STOPPING:
@@ -480,6 +497,7 @@ class Instance:
             "retry_at": self.retry_at, "backoff_reason": self.backoff_reason,
             "starts": list(self._starts), "limit_hits": self._limit_hits,
             "restart_pending": self._restart_pending, "completed": self.completed,
+            "ready_at": self.ready_at,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
         }
@@ -504,6 +522,7 @@ class Instance:
         self._limit_hits = snap.get("limit_hits", 0)
         self._restart_pending = snap.get("restart_pending", False)
         self.completed = snap.get("completed")
+        self.ready_at = snap.get("ready_at") if state in RUNNING_STATES else None
         uptime = snap.get("uptime")
         if uptime is not None:
             self.started_mono = self.rt.clock.monotonic() - uptime
@@ -527,6 +546,8 @@ class Instance:
             if not foreign:
                 self.rt.children.watch(pid, self._exited)
             self._adopt_state(state)
+            if state == S.RUNNING and self.program.spec.readiness is None:
+                self.mark_ready("running")  # a no-op when the snapshot says it was
             if state == S.STARTING:
                 self._later(self.program.spec.startsecs, self._running)
             elif state == S.STOPPING:

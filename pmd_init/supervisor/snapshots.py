@@ -31,6 +31,7 @@ class InstanceSnapshot(TypedDict, total=False):
     limit_hits: int
     restart_pending: bool
     completed: bool | None
+    ready_at: float | None
     log_times: dict[str, list[float] | None]
 
 

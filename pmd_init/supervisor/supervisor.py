@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from ..model.graph import GraphError, check_graph, dependents_of
+from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.files import read_json
 from ..store.storage import StorageError
+from .depends import DependencyGate
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import (
     Conflict,
@@ -34,6 +35,7 @@ from .errors import (
     OperationFailed,
     Refused,
     StorageFailed,
+    Waiting,
 )
 from .events import Event, EventBus, StateEvent
 from .health import HealthMonitor
@@ -103,6 +105,9 @@ class Supervisor:
                                     restart=Instance.restart)
         self.memory = MemoryWatch(loop, self.events, restart=Instance.restart)
         self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for)
+        #: Programs asked to start whose depends_on does not hold yet.
+        self.gate = DependencyGate(loop, self._dependency, self._release)
+        self.events.subscribe(self.gate.on_event)
         #: Instances in no program's slot: a reload's replacement until it takes over, and
         #: the instance it replaced while that one stops (reload.py). Shutdown stops them.
         self.extra_instances: set[Instance] = set()
@@ -133,6 +138,27 @@ class Supervisor:
             raise NotFound(f"quick-start program '{temporary_id}' not found", field="id")
         return program
 
+    def _dependency(self, name: str) -> Program | None:
+        """What a depends_on name means: a program of programs.json (quick-starts are
+        not in the graph)."""
+        for program in self.programs.values():
+            if program.name == name:
+                return program
+        return None
+
+    def launch(self, program: Program, delay: float | None = None) -> None:
+        """Start a program as boot does: once its dependencies hold, after its delay."""
+        if self.gate.request(program):
+            program.start(delay=program.spec.delay_seconds if delay is None else delay)
+
+    def _release(self, program: Program) -> None:
+        if program.spec.enabled and program.id in self.programs:
+            program.start(delay=program.spec.delay_seconds)
+
+    def unmet(self, program: Program) -> list[Unmet]:
+        """What a program's start waits for now (empty: nothing)."""
+        return self.gate.unmet(program)
+
     def specs(self) -> list[ProgramSpec]:
         return [p.spec for p in self.programs.values()]
 
@@ -153,7 +179,7 @@ class Supervisor:
         delayed program never holds up the others."""
         for program in sorted(self.programs.values(), key=lambda p: (p.spec.priority, p.id)):
             if self._boots(program.spec):
-                program.start(delay=program.spec.delay_seconds)
+                self.launch(program)
 
     @staticmethod
     def _boots(spec: ProgramSpec) -> bool:
@@ -180,7 +206,7 @@ class Supervisor:
                 assert spec.id is not None
                 added = self.programs[spec.id] = Program(self.runtime, spec)
                 if self._boots(spec):
-                    added.start(delay=spec.delay_seconds)
+                    self.launch(added)
                 report["added"].append(name)
                 continue
             spec = spec.model_copy(update={"id": existing.id})
@@ -189,6 +215,7 @@ class Supervisor:
                 continue
             self._replace_spec(existing, spec)
             report["changed"].append(name)
+        self.gate.poke()  # changed depends_on: what waits may be free now
         return report
 
     # ---- persistent programs (the daemon API) --------------------------------------
@@ -262,7 +289,7 @@ class Supervisor:
         self._save([*self.specs(), spec])
         program = self.programs[spec.id] = Program(self.runtime, spec)
         if self._boots(spec):
-            program.start()
+            self.launch(program, delay=0)
         return program
 
     def edit(self, program_id: int, changes: dict[str, Any]) -> Program:
@@ -288,6 +315,7 @@ class Supervisor:
         self._check_graph([spec if s.id == program_id else s for s in self.specs()])
         self._save([spec if s.id == program_id else s for s in self.specs()])
         self._replace_spec(program, spec)
+        self.gate.poke()  # changed depends_on: what waits may be free now
         return program
 
     def _replace_spec(self, program: Program, spec: ProgramSpec) -> None:
@@ -330,6 +358,7 @@ class Supervisor:
         inst.wait_state(STOPPED_STATES).add_done_callback(close)
 
     def _drop(self, program: Program) -> list[asyncio.Future[ProgramState]]:
+        self.gate.forget(program)
         futures = program.stop_all()
         for inst in program.instances.values():
             self._close_logs_later(inst)
@@ -365,15 +394,16 @@ class Supervisor:
         program = self.get(program_id)
         if program.spec.enabled == enabled:
             if enabled and self._boots(program.spec) and not program.is_active():
-                program.start()
+                self.launch(program, delay=0)
             return program
         spec = program.spec.model_copy(update={"enabled": enabled})
         self._save([spec if s.id == program_id else s for s in self.specs()])
         program.spec = spec
         if not enabled:
+            self.gate.forget(program)
             program.stop_all()
         elif self._boots(spec):
-            program.start()
+            self.launch(program, delay=0)
         return program
 
     # ---- control -------------------------------------------------------------------
@@ -392,13 +422,22 @@ class Supervisor:
             raise Disabled(program.name)
         return self.instances_for(program, port)
 
-    def start(self, program: Program, port: int | None = None) -> list[Instance]:
+    def start(self, program: Program, port: int | None = None,
+              force: bool = False) -> list[Instance]:
+        """A start by hand: refused while its dependencies do not hold, unless forced."""
         instances = self._startable(program, port)
+        if not force and not program.is_active():
+            missing = self.gate.unmet(program)
+            if missing:
+                raise Waiting(program.name, missing)
+        self.gate.forget(program)
         for inst in instances:
             inst.start()
         return instances
 
     def stop(self, program: Program, port: int | None = None) -> list[asyncio.Future[ProgramState]]:
+        if port is None:
+            self.gate.forget(program)
         return [inst.stop() for inst in self.instances_for(program, port)]
 
     def restart(self, program: Program, port: int | None = None) -> list[Instance]:
@@ -652,17 +691,24 @@ class Supervisor:
     # ---- shutdown ------------------------------------------------------------------
 
     async def shutdown(self, deadline: float) -> None:
-        """Stop everything in reverse priority order, each priority group concurrently,
-        within `deadline` (loop time); then SIGKILL whatever is left. Every watcher is
-        closed, its tasks and timers cancelled and awaited."""
-        # Watchers first: a probe or a memory sample must not restart what is stopping.
+        """Stop everything in reverse priority order, each priority group concurrently, a
+        program's dependents before it, within `deadline` (loop time); then SIGKILL
+        whatever is left. Every watcher is closed, its tasks and timers cancelled and
+        awaited."""
+        # Watchers first: a probe or a memory sample must not restart what is stopping,
+        # and nothing waiting for its dependencies may start now.
+        self.gate.close()
         self.memory.close()
         await self.health.close()
         programs = self.all_programs()
         everything: list[asyncio.Future[ProgramState]] = [
             inst.stop() for inst in list(self.extra_instances)]
-        for priority in sorted({p.spec.priority for p in programs}, reverse=True):
-            group = [f for p in programs if p.spec.priority == priority for f in p.stop_all()]
+        by_name: dict[str, list[Program]] = {}
+        for program in programs:
+            by_name.setdefault(program.name, []).append(program)
+        # Reverse priority, and dependents before what they depend on (stop_waves).
+        for wave in stop_waves([p.spec for p in programs]):
+            group = [f for name in wave for p in by_name.get(name, ()) for f in p.stop_all()]
             everything += group
             pending = [f for f in group if not f.done()]
             remaining = deadline - self.loop.time()

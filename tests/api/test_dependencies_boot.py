@@ -1,0 +1,76 @@
+"""depends_on with real programs: a boot in dependency order (from the programs' own
+marker files), waiting and blocked programs in both API families, a start of a waiting
+program refused unless forced, and a shutdown that stops dependents first."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from tests.api.helpers import API, assert_error
+from tests.harness import Pmd
+
+
+def stamp(base: Path, name: str, then: str = "exec sleep 60") -> str:
+    """A command that writes its start time to <base>/<name>.start, and on TERM its stop
+    time to <name>.stop."""
+    return (f"sh -c 'date +%s.%N > {base}/{name}.start; "
+            f"trap \"date +%s.%N > {base}/{name}.stop; exit 0\" TERM; {then}'")
+
+
+def started(base: Path, name: str) -> float:
+    return float((base / f"{name}.start").read_text())
+
+
+def prog(name: str, command: str, **fields: object) -> dict[str, object]:
+    return {"name": name, "command": command, "boot": True, "startsecs": 0.5,
+            "stop_timeout": 3, **fields}
+
+
+def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    sleeper = "trap \"date +%s.%N > {b}/{n}.stop; exit 0\" TERM; while :; do sleep 0.05; done"
+    programs = [
+        prog("migrate", f"sh -c 'sleep 0.6; date +%s.%N > {base}/migrate.start'",
+             oneshot=True),
+        prog("db", stamp(base, "db", sleeper.format(b=base, n="db")),
+             depends_on={"migrate": "completed_successfully"}),
+        prog("api", stamp(base, "api", sleeper.format(b=base, n="api")),
+             depends_on={"db": "running"}),
+        prog("worker", stamp(base, "worker", sleeper.format(b=base, n="worker")),
+             depends_on={"api": "started"}, priority=1),
+        prog("broken", "sh -c 'exit 3'", oneshot=True),
+        prog("after-broken", "sleep 60", depends_on={"broken": "completed_successfully"}),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        pmd.wait_for(lambda: (base / "worker.start").exists(), timeout=15)
+        # order and gaps from the programs' own clocks: each after its condition held
+        assert started(base, "db") >= started(base, "migrate")
+        assert started(base, "api") - started(base, "db") >= 0.5 - 0.05  # db's startsecs
+        assert started(base, "worker") >= started(base, "api")
+        # a blocked dependent says why, in both families, and a start is a 409
+        status = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['after-broken']}")
+                                       .json()["status"]).get("blocked") and s)
+        assert status["status"] == "STOPPED"
+        assert status["waiting_for"] == ["broken (completed_successfully)"]
+        assert status["blocked"] == "broken exited 3"
+        pm2 = {p["name"]: p for p in http.get("/api/processes").json()}
+        assert pm2["after-broken"]["status"] == "launching"
+        assert pm2["after-broken"]["blocked"] == "broken exited 3"
+        error = assert_error(http.post(f"{API}/programs/{ids['after-broken']}/start", json={}),
+                             409, "DEPENDENCIES_NOT_READY", "force")
+        assert error["details"]["waiting_for"] == ["broken (completed_successfully)"]
+        assert http.get(f"{API}/status/{ids['after-broken']}").json()["status"]["status"] \
+            == "STOPPED"  # the refusal changed nothing
+        forced = http.post(f"{API}/programs/{ids['after-broken']}/start", json={"force": True})
+        assert forced.status_code == 200, forced.text
+        assert "waiting_for" not in http.get(f"{API}/status/{ids['after-broken']}") \
+            .json()["status"]
+        pmd.signal(signal.SIGTERM)
+        pmd.wait(timeout=15)
+    # worker's priority 1 would stop it last; its dependency on api stops it first
+    stops = {n: float((base / f"{n}.stop").read_text()) for n in ("worker", "api", "db")}
+    assert stops["worker"] <= stops["api"] <= stops["db"], stops
