@@ -38,6 +38,11 @@ def instance_status(inst: Instance) -> dict[str, Any]:
         view["exit_code"] = inst.exit_code
     if inst.completed is not None:  # a oneshot's run ended: did it succeed?
         view["completed"] = inst.completed
+    if inst.ready_at is not None:
+        view["ready"] = True
+        view["ready_at"] = iso(inst.ready_at)
+    elif inst.program.spec.readiness is not None and inst.pid is not None:
+        view["ready"] = False
     if inst.spawn_error:
         view["spawn_error"] = inst.spawn_error
     if inst.retry_at is not None:  # BACKOFF: when the next attempt comes, and why it waits

@@ -37,7 +37,7 @@ STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
 TERMINAL_SHELLS = ("bash", "zsh", "fish", "sh", "tmux")
 WEBHOOK_EVENTS = (
     "STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL", "UNKNOWN",
-    "READY", "all", "*",
+    "all", "*",
 )
 #: What a dependent waits for (process-compose's conditions, plus `ready`).
 CONDITIONS = ("started", "running", "ready", "healthy", "completed", "completed_successfully")
@@ -352,6 +352,10 @@ class ProgramSpec(Model):
         )
         if kit != self.hoody_kit:
             object.__setattr__(self, "hoody_kit", kit)
+        if self.readiness is not None and self.readiness.log_line is not None \
+                and not self.logs_enabled:
+            raise ValueError("readiness.log_line needs logs_enabled: pmd reads the lines "
+                             "from the program's log pipes")
         if self.oneshot:  # it runs once: nothing to restart, nothing to survive
             object.__setattr__(self, "autorestart", "false")
             object.__setattr__(self, "startsecs", 0)

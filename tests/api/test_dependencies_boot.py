@@ -34,12 +34,12 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
     programs = [
         prog("migrate", f"sh -c 'sleep 0.6; date +%s.%N > {base}/migrate.start'",
              oneshot=True),
-        prog("db", stamp(base, "db", sleeper.format(b=base, n="db")),
+        prog("db", stamp(base, "db", sleeper.format(b=base, n="db")), startsecs=1,
              depends_on={"migrate": "completed_successfully"}),
         prog("api", stamp(base, "api", sleeper.format(b=base, n="api")),
              depends_on={"db": "running"}),
         prog("worker", stamp(base, "worker", sleeper.format(b=base, n="worker")),
-             depends_on={"api": "started"}, priority=1),
+             depends_on={"api": "running"}, priority=1),
         prog("broken", "sh -c 'exit 3'", oneshot=True),
         prog("after-broken", "sleep 60", depends_on={"broken": "completed_successfully"}),
     ]
@@ -49,8 +49,8 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
         pmd.wait_for(lambda: (base / "worker.start").exists(), timeout=15)
         # order and gaps from the programs' own clocks: each after its condition held
         assert started(base, "db") >= started(base, "migrate")
-        assert started(base, "api") - started(base, "db") >= 0.5 - 0.05  # db's startsecs
-        assert started(base, "worker") >= started(base, "api")
+        assert started(base, "api") - started(base, "db") >= 1 - 0.3  # db's startsecs
+        assert started(base, "worker") - started(base, "api") >= 0.5 - 0.3
         # a blocked dependent says why, in both families, and a start is a 409
         status = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['after-broken']}")
                                        .json()["status"]).get("blocked") and s)
@@ -74,3 +74,29 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
     # worker's priority 1 would stop it last; its dependency on api stops it first
     stops = {n: float((base / f"{n}.stop").read_text()) for n in ("worker", "api", "db")}
     assert stops["worker"] <= stops["api"] <= stops["db"], stops
+
+
+def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    programs = [
+        prog("db", f"sh -c 'sleep 0.8; echo accepting connections >&2; "
+                   f"date +%s.%N > {base}/db.ready; exec sleep 60'",
+             readiness={"log_line": "^accepting conn", "timeout_seconds": 10}),
+        prog("api", stamp(base, "api"), depends_on=["db"]),
+        prog("mute", "sleep 60", startretries=1,
+             readiness={"log_line": "never", "timeout_seconds": 0.6}, stop_timeout=1),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        pmd.wait_for(lambda: (base / "api.start").exists(), timeout=10)
+        assert started(base, "api") >= float((base / "db.ready").read_text())
+        db = http.get(f"{API}/status/{ids['db']}").json()["status"]
+        assert db["ready"] is True and db["ready_at"]
+        mute = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['mute']}")
+                                     .json()["status"])["status"] == "FATAL" and s,
+                            timeout=10)
+        assert mute.get("ready") is None and mute["restarts"] == 0
+        events = pmd.stderr_text()
+        assert "mute: not ready within 0.6s" in events

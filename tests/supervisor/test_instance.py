@@ -188,6 +188,45 @@ def test_oneshot_failure_is_fatal_with_its_code(world: FakeWorld) -> None:
     assert len(world.spawned) == 2
 
 
+def test_without_readiness_running_is_ready(world: FakeWorld) -> None:
+    inst = make(world, startsecs=1)
+    inst.start()
+    assert inst.ready_at is None
+    world.advance(1)
+    assert inst.ready_at == world.time() and [e.via for e in world.ready] == ["running"]
+    world.exit(inst.pid, exited(0))
+    assert inst.ready_at is None  # readiness belongs to a run
+
+
+def test_not_ready_in_time_is_a_failed_start_then_fatal(world: FakeWorld) -> None:
+    inst = make(world, startsecs=1, startretries=1, stop_timeout=2,
+                readiness={"fd": 3, "timeout_seconds": 5})
+    inst.start()
+    world.advance(1)
+    assert inst.state == S.RUNNING and inst.ready_at is None and not world.ready
+    world.advance(4)
+    assert world.signals == [(1000, signal.SIGTERM)]
+    world.advance(2)
+    assert world.signals[-1] == (1000, signal.SIGKILL)  # it ignored the stop signal
+    world.exit(inst.pid, exited(137))
+    assert inst.state == S.BACKOFF and inst.backoff_reason == "ready_timeout"
+    assert world.path()[-2:] == [(S.RUNNING, S.EXITED), (S.EXITED, S.BACKOFF)]
+    world.advance(1)  # second try: ready this time, the timeout goes with it
+    assert inst.state == S.STARTING
+    inst.mark_ready("fd")
+    world.advance(10)
+    assert inst.state == S.RUNNING and inst.ready_at == EPOCH + 8
+    assert [e.via for e in world.ready] == ["fd"]
+    inst.stop()
+    world.exit(inst.pid, exited(0))
+    inst.start()  # RUNNING does not reset the count of failed starts; ready does
+    for _ in range(2):
+        world.advance(5)
+        world.exit(inst.pid, exited(143))
+        world.advance(1)
+    assert inst.state == S.FATAL and inst.backoff == 2
+
+
 def test_restart_is_scheduled_not_spawned_in_the_reapers_pass(world: FakeWorld) -> None:
     inst = make(world, startsecs=0, autorestart="true")
     inst.start()
@@ -414,6 +453,25 @@ def test_a_restart_decided_before_a_reexec_happens_after_it(world: FakeWorld) ->
     assert twin.state == S.EXITED
     world.advance(0)
     assert twin.state == S.RUNNING and twin.restarts == 1
+
+
+def test_readiness_survives_a_reexec(world: FakeWorld) -> None:
+    inst = make(world, startsecs=0, readiness={"fd": 3, "timeout_seconds": 10})
+    inst.start()
+    world.advance(4)
+    snap = inst.snapshot()
+    fresh = make(world, startsecs=0, readiness={"fd": 3, "timeout_seconds": 10})
+    fresh.adopt(snap)
+    world.advance(5.9)
+    assert fresh.state == S.RUNNING and not fresh._not_ready
+    world.advance(0.1)  # what was left of the timeout: 6 s, not 10
+    assert fresh._not_ready
+    ready = make(world, startsecs=0, readiness={"fd": 3})
+    ready.start()
+    ready.mark_ready("fd")
+    again = make(world, startsecs=0, readiness={"fd": 3})
+    again.adopt(ready.snapshot())
+    assert again.ready_at == ready.ready_at
 
 
 def test_snapshot_round_trip(world: FakeWorld) -> None:
