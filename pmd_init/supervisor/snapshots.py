@@ -50,4 +50,6 @@ class ProgramSnapshot(TypedDict, total=False):
 
 class SupervisorSnapshot(TypedDict, total=False):
     programs: list[ProgramSnapshot]
+    #: Keys of the programs whose start waited for their dependencies.
+    waiting: list[str]
     ephemeral_report: list[dict[str, Any]]

@@ -746,6 +746,7 @@ class Supervisor:
                 for p in self.all_programs()
             ],
             "ephemeral_report": self.ephemeral_report,
+            "waiting": [p.key for p in self.gate.waiting()],
         }
 
     def adopt(self, raw: object) -> None:
@@ -782,6 +783,12 @@ class Supervisor:
             for inst_snap in entry.get("extra_instances", []):
                 self._adopt_extra(program, inst_snap)
         self.ephemeral_report = list(snap.get("ephemeral_report") or [])
+        # A boot that waited on dependencies goes on waiting (or starts what now may).
+        by_key = {p.key: p for p in self.programs.values()}
+        for key in snap.get("waiting") or []:
+            waiting = by_key.get(key)
+            if waiting is not None and not waiting.is_active():
+                self.launch(waiting)
 
     def _adopt_extra(self, program: Program, snap: InstanceSnapshot) -> None:
         """A reload was under way when pmd re-executed: its replacement never took over (or

@@ -22,6 +22,14 @@ def started(base: Path, name: str) -> float:
     return float((base / f"{name}.start").read_text())
 
 
+def written(path: Path) -> bool:
+    """The shell creates a marker before `date` writes into it."""
+    try:
+        return path.read_text().endswith("\n")
+    except FileNotFoundError:
+        return False
+
+
 def prog(name: str, command: str, **fields: object) -> dict[str, object]:
     return {"name": name, "command": command, "boot": True, "startsecs": 0.5,
             "stop_timeout": 3, **fields}
@@ -46,7 +54,7 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
     with Pmd(tmp_path / "pmd", programs) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
-        pmd.wait_for(lambda: (base / "worker.start").exists(), timeout=15)
+        pmd.wait_for(lambda: written(base / "worker.start"), timeout=15)
         # order and gaps from the programs' own clocks: each after its condition held
         assert started(base, "db") >= started(base, "migrate")
         assert started(base, "api") - started(base, "db") >= 1 - 0.3  # db's startsecs
@@ -80,8 +88,8 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path
     base = tmp_path / "marks"
     base.mkdir()
     programs = [
-        prog("db", f"sh -c 'sleep 0.8; echo accepting connections >&2; "
-                   f"date +%s.%N > {base}/db.ready; exec sleep 60'",
+        prog("db", f"sh -c 'sleep 0.8; date +%s.%N > {base}/db.ready; "
+                   f"echo accepting connections >&2; exec sleep 60'",
              readiness={"log_line": "^accepting conn", "timeout_seconds": 10}),
         prog("api", stamp(base, "api"), depends_on=["db"]),
         prog("mute", "sleep 60", startretries=1,
@@ -90,7 +98,7 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path
     with Pmd(tmp_path / "pmd", programs) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
-        pmd.wait_for(lambda: (base / "api.start").exists(), timeout=10)
+        pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
         assert started(base, "api") >= float((base / "db.ready").read_text())
         db = http.get(f"{API}/status/{ids['db']}").json()["status"]
         assert db["ready"] is True and db["ready_at"]
@@ -100,3 +108,35 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path
         assert mute.get("ready") is None and mute["restarts"] == 0
         events = pmd.stderr_text()
         assert "mute: not ready within 0.6s" in events
+
+
+def test_a_reexec_in_a_waiting_boot_keeps_pids_and_finishes_in_order(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    gate = base / "go"
+    programs = [
+        prog("db", f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; "
+                   f"date +%s.%N > {base}/db.ready; echo up; exec sleep 60'",
+             readiness={"log_line": "^up$"}),
+        prog("api", stamp(base, "api"), depends_on=["db"]),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        db = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['db']}")
+                                   .json()["status"])["status"] == "RUNNING" and s)
+        assert db["ready"] is False
+        api = http.get(f"{API}/status/{ids['api']}").json()["status"]
+        assert api["waiting_for"] == ["db (ready)"]
+        (pmd.state_dir / "api.json").unlink()  # the new image binds a new port (port 0)
+        assert http.post(f"{API}/reexec").json()["success"] is True
+        pmd.wait_ready()
+        http = pmd.http
+        assert http.get(f"{API}/status/{ids['db']}").json()["status"]["pid"] == db["pid"]
+        assert http.get(f"{API}/status/{ids['api']}").json()["status"]["waiting_for"] == \
+            ["db (ready)"]
+        gate.touch()
+        pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
+        assert started(base, "api") >= float((base / "db.ready").read_text())
+        after = http.get(f"{API}/status/{ids['db']}").json()["status"]
+        assert after["ready"] is True and after["pid"] == db["pid"]
