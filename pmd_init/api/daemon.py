@@ -233,7 +233,7 @@ async def start_program(request: Request, program_id: int) -> HTTPResponse:
     program = service.program(program_id)
     req = body(request, StartRequest, optional=True)
     inst, already = await service.start(program, req.port, wait=req.wait, timeout=req.timeout,
-                                        if_not_running=req.if_not_running)
+                                        if_not_running=req.if_not_running, force=req.force)
     return json({"success": True, "already_running": already,
                  "instance": instance_view(inst)})
 

@@ -35,6 +35,8 @@ def instance_pm2_status(inst: Instance) -> str:
 
 
 def program_pm2_status(program: Program) -> str:
+    if program.waiting is not None:  # its start waits for its dependencies
+        return "launching"
     statuses = [instance_pm2_status(i) for i in program.instances.values()]
     for candidate in ("online", "launching", "stopping", "errored"):
         if candidate in statuses:
@@ -111,6 +113,9 @@ def process_view(program: Program, sampler: ProcessSampler) -> dict[str, Any]:
         "restarts": sum(i.restarts for i in instances),
         "health_status": health_summary(program),
     }
+    waiting = program.waiting_for()
+    if waiting is not None:
+        view["waiting_for"], view["blocked"] = waiting
     if program.spec.port_range is not None:
         view["instances"] = [pm2_instance_view(i, sampler) for i in instances]
     return view

@@ -24,7 +24,7 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from ..supervisor.events import Event, HealthEvent, StateEvent
+from ..supervisor.events import Event, HealthEvent, ReadyEvent, StateEvent
 from ..supervisor.instance import Instance
 from ..supervisor.supervisor import Supervisor
 from .context import context
@@ -81,9 +81,18 @@ def health_message(event: HealthEvent) -> dict[str, Any]:
             "from": event.from_status, "to": event.to_status, "time": iso(event.time)}
 
 
+def ready_message(event: ReadyEvent) -> dict[str, Any]:
+    return {"type": "ready", "id": event.temporary_id or event.program_id,
+            "name": event.program, "instance": event.instance, "port": event.port,
+            "pid": event.pid, "via": event.via, "time": iso(event.time),
+            "timestamp": event.time}
+
+
 def event_message(sup: Supervisor, event: Event) -> dict[str, Any]:
     if isinstance(event, HealthEvent):
         return health_message(event)
+    if isinstance(event, ReadyEvent):
+        return ready_message(event)
     return state_message(sup, event)
 
 

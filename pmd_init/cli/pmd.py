@@ -136,11 +136,21 @@ def text(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
+def status_text(process: dict[str, Any]) -> str:
+    """`launching (waiting for db (healthy))`, or `... (blocked: migrate exited 3)`."""
+    status = text(process.get("status"))
+    if process.get("blocked"):
+        return f"{status} (blocked: {process['blocked']})"
+    if process.get("waiting_for"):
+        return f"{status} (waiting for {', '.join(process['waiting_for'])})"
+    return status
+
+
 def print_processes(processes: list[dict[str, Any]]) -> None:
     if not processes:
         print("no processes")
         return
-    rows = [[text(p.get("id")), text(p.get("name")), text(p.get("status")),
+    rows = [[text(p.get("id")), text(p.get("name")), status_text(p),
              text(p.get("pid")), text(p.get("port")), f"{p.get('cpu_usage', 0):.1f}%",
              human_bytes(p.get("memory_usage")), text(p.get("uptime")),
              text(p.get("restarts")), text(p.get("health_status"))] for p in processes]

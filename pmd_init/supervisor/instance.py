@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..logs.capture import Capture, LogFile
 from ..logs.times import export
+from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
-from .events import Event, EventBus, StateEvent
+from .events import Event, EventBus, ReadyEvent, StateEvent
+from .readiness import LogLineWatch
 from .spawn import (
     SpawnError,
     SpawnRequest,
@@ -77,7 +79,8 @@ class Instance:
         "stopped_at", "exit_code", "spawn_error", "backoff", "restarts", "want",
         "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
         "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
-        "_starts", "_limit_hits", "_restart_pending", "__weakref__",
+        "_starts", "_limit_hits", "_restart_pending", "completed", "ready_at",
+        "_ready_watch", "_ready_timer", "_not_ready", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -112,6 +115,14 @@ class Instance:
         self._limit_hits = 0
         #: A restart is decided and scheduled; `restarts` counts it when it spawns.
         self._restart_pending = False
+        #: A oneshot's verdict once its run ended: its exit code was in exitcodes or not.
+        self.completed: bool | None = None
+        #: When this run became ready (wall clock); None until then, and after it ends.
+        self.ready_at: float | None = None
+        #: This run's readiness watcher and timeout; `_not_ready` once the timeout hit.
+        self._ready_watch: LogLineWatch | None = None
+        self._ready_timer: Cancellable | None = None
+        self._not_ready = False
 
     # ---- identity ------------------------------------------------------------------
 
@@ -246,6 +257,8 @@ class Instance:
         spec = self.program.spec
         self.spawn_error = None
         self.exit_code = None
+        self.completed = None
+        self.ready_at = None
         if self._restart_pending:
             self._restart_pending = False
             self.restarts += 1
@@ -267,6 +280,7 @@ class Instance:
         self.started_mono = now
         self.rt.children.watch(child.pid, self._exited)
         self._set_state(S.STARTING)
+        self._arm_readiness()
         if spec.startsecs <= 0:
             self._running()
         else:
@@ -349,15 +363,75 @@ class Instance:
         self._timer = None
         if self.state != S.STARTING:
             return
-        self.backoff = 0
+        if self.program.spec.readiness is None:
+            self.backoff = 0
         self._set_state(S.RUNNING)
+        if self.program.spec.readiness is None:
+            self.mark_ready("running")
 
-    def _to_backoff(self) -> None:
-        """A failed start (spawn error, or an exit before startsecs): supervisord's
-        backoff, 1 s, 2 s, 3 s ..., then FATAL after startretries."""
+    def _arm_readiness(self, timeout: float | None = None) -> None:
+        """Watch this run's readiness source, and time it out (`timeout`: what is left of
+        it, for a run adopted across a re-exec)."""
+        readiness = self.program.spec.readiness
+        self._not_ready = False
+        if readiness is None:
+            return
+        if readiness.log_line is not None and self.captures:
+            self._ready_watch = LogLineWatch(self.captures, readiness.log_line,
+                                             lambda: self.mark_ready("log_line"))
+        limit = readiness.timeout_seconds if timeout is None else timeout
+        if limit is not None:
+            self._ready_timer = self.rt.timers.call_later(limit, self._ready_timeout)
+
+    def _disarm_readiness(self) -> None:
+        if self._ready_watch is not None:
+            self._ready_watch.close()
+            self._ready_watch = None
+        if self._ready_timer is not None:
+            self._ready_timer.cancel()
+            self._ready_timer = None
+
+    def _ready_timeout(self) -> None:
+        """Not ready in time: a failed start. The run is stopped (stop signal, SIGKILL
+        after stop_timeout) and its exit goes to BACKOFF, as an exit before startsecs."""
+        self._ready_timer = None
+        if self.ready_at is not None or self.pid is None or \
+                self.state not in (S.STARTING, S.RUNNING):
+            return
+        spec = self.program.spec
+        log.warning("%s: not ready within %ss: stopping it", self.name,
+                    spec.readiness.timeout_seconds if spec.readiness else None)
+        self._not_ready = True
+        if self._ready_watch is not None:
+            self._ready_watch.close()
+            self._ready_watch = None
+        pid = self.pid
+        self.rt.killpg(pid, spec.stop_signum)
+        self._ready_timer = self.rt.timers.call_later(
+            spec.stop_timeout, lambda: self.pid == pid and self.rt.killpg(pid, signal.SIGKILL))
+
+    def mark_ready(self, via: str) -> None:
+        """This run is ready (once per run; later signals change nothing)."""
+        if self.ready_at is not None or self.state not in (S.STARTING, S.RUNNING) \
+                or self._not_ready:
+            return
+        self._disarm_readiness()
+        # A program with a readiness source has started well once it is ready, not at
+        # startsecs: failed starts count until then.
+        self.backoff = 0
+        self.ready_at = self.rt.clock.time()
+        self.rt.publish(ReadyEvent(
+            program_id=self.program.id, program=self.program.name, instance=self.name,
+            port=self.port, pid=self.pid, time=self.ready_at, via=via,
+            temporary_id=self.program.temporary_id, source=self))
+
+    def _to_backoff(self, reason: str = "failed_start") -> None:
+        """A failed start (spawn error, or an exit before startsecs): the spec's backoff
+        (supervisord's 1 s, 2 s, 3 s ... by default), then FATAL after startretries
+        (never, with -1)."""
         spec = self.program.spec
         self.backoff += 1
-        if self.backoff > spec.startretries or not self.want:
+        if 0 <= spec.startretries < self.backoff or not self.want:
             self._set_state(S.BACKOFF, self.exit_code)
             if self.want:
                 self.want = False
@@ -365,7 +439,7 @@ class Instance:
             else:
                 self._set_state(S.STOPPED)
             return
-        self._backoff_for(float(self.backoff), "failed_start")
+        self._backoff_for(spec.retry_delay(self.backoff), reason)
 
     def _backoff_for(self, delay: float, reason: str) -> None:
         self.retry_at = self.rt.clock.time() + delay
@@ -386,7 +460,7 @@ class Instance:
         if room_at <= now:
             return None
         self._limit_hits += 1
-        growing = min(START_LIMIT_BACKOFF_MAX, 2.0 ** (self._limit_hits - 1))
+        growing = backoff_delay(self._limit_hits, "exponential", START_LIMIT_BACKOFF_MAX)
         return max(growing, room_at - now)
 
     def _exited(self, status: int | None) -> None:
@@ -398,6 +472,9 @@ class Instance:
             self.popen.returncode = os.waitstatus_to_exitcode(status)
         pid = self.pid
         self.exit_code = code
+        self.ready_at = None
+        self._disarm_readiness()
+        not_ready, self._not_ready = self._not_ready, False
         self.stopped_at = self.rt.clock.time()
         spec = self.program.spec
         if self.state == S.STOPPING:
@@ -414,9 +491,18 @@ class Instance:
         self.pid = None
         self.popen = None
         if self.state == S.STARTING:  # died before startsecs: a failed start
-            self._to_backoff()
+            self._to_backoff("ready_timeout" if not_ready else "failed_start")
             return
         if self.state != S.RUNNING:
+            return
+        if not_ready:  # stopped for not being ready in time: a failed start too
+            self._set_state(S.EXITED, code, reason="ready_timeout")
+            self._to_backoff("ready_timeout")
+            return
+        if spec.oneshot:  # its run is its purpose: the code says success or failure
+            self.want = False
+            self.completed = spec.expects_exit(code)
+            self._set_state(S.EXITED if self.completed else S.FATAL, code)
             return
         again = self.want and (spec.autorestart == "true"
                                or (spec.autorestart == "unexpected"
@@ -444,6 +530,8 @@ class Instance:
     def _begin_stop(self) -> None:
         spec = self.program.spec
         self._cancel_timer()
+        self._disarm_readiness()
+        self._not_ready = False
         self._set_state(S.STOPPING)
         if self.pid is None or not self.rt.killpg(self.pid, spec.stop_signum):
             return
@@ -471,7 +559,8 @@ class Instance:
             "restart_after_stop": self._restart_after_stop,
             "retry_at": self.retry_at, "backoff_reason": self.backoff_reason,
             "starts": list(self._starts), "limit_hits": self._limit_hits,
-            "restart_pending": self._restart_pending,
+            "restart_pending": self._restart_pending, "completed": self.completed,
+            "ready_at": self.ready_at,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
         }
@@ -495,6 +584,8 @@ class Instance:
         self._starts.extend(snap.get("starts", []))
         self._limit_hits = snap.get("limit_hits", 0)
         self._restart_pending = snap.get("restart_pending", False)
+        self.completed = snap.get("completed")
+        self.ready_at = snap.get("ready_at") if state in RUNNING_STATES else None
         uptime = snap.get("uptime")
         if uptime is not None:
             self.started_mono = self.rt.clock.monotonic() - uptime
@@ -518,6 +609,14 @@ class Instance:
             if not foreign:
                 self.rt.children.watch(pid, self._exited)
             self._adopt_state(state)
+            readiness = self.program.spec.readiness
+            if state == S.RUNNING and readiness is None:
+                self.mark_ready("running")  # a no-op when the snapshot says it was
+            elif readiness is not None and self.ready_at is None and state != S.STOPPING:
+                # still not ready: watch again, for what is left of its timeout
+                left = None if readiness.timeout_seconds is None else \
+                    max(0.0, readiness.timeout_seconds - (uptime or 0.0))
+                self._arm_readiness(timeout=left)
             if state == S.STARTING:
                 self._later(self.program.spec.startsecs, self._running)
             elif state == S.STOPPING:
@@ -525,7 +624,7 @@ class Instance:
             return
         if state == S.BACKOFF and self.want:
             retry_at = snap.get("retry_at")
-            delay = float(max(self.backoff, 1)) if retry_at is None else \
+            delay = self.program.spec.retry_delay(self.backoff) if retry_at is None else \
                 max(0.0, retry_at - self.rt.clock.time())
             self.retry_at = retry_at
             self.backoff_reason = snap.get("backoff_reason")

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from ..logs.capture import Capture, Forwarder, LogFile
 from ..logs.times import SavedTimes
-from .events import StateEvent
+from .events import Event
 from .spawn import SpawnRequest, killpg, spawn
 
 #: A raw wait status, or None when the exit of a non-child (watched by pidfd) is unknown.
@@ -142,7 +142,7 @@ CaptureFactory = Callable[[int, "LogFile | None", "Forwarder | None", bytes,
 class Runtime:
     timers: Timers
     children: ChildWatcher
-    publish: Callable[[StateEvent], None]
+    publish: Callable[[Event], None]
     log_dir: Path
     clock: Clock = field(default_factory=SystemClock)
     spawn: Callable[[SpawnRequest], Child] = spawn
@@ -161,7 +161,7 @@ class Runtime:
 
     @classmethod
     def on_loop(cls, loop: asyncio.AbstractEventLoop, children: ChildWatcher,
-                publish: Callable[[StateEvent], None], log_dir: Path,
+                publish: Callable[[Event], None], log_dir: Path,
                 base_env: Mapping[str, str], forward: bool) -> Runtime:
         def capture(fd: int, logfile: LogFile | None, forward_to: Forwarder | None,
                     prefix: bytes, on_eof: Callable[[Capture], None]) -> Capture:

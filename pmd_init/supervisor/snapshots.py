@@ -30,6 +30,8 @@ class InstanceSnapshot(TypedDict, total=False):
     starts: list[float]
     limit_hits: int
     restart_pending: bool
+    completed: bool | None
+    ready_at: float | None
     log_times: dict[str, list[float] | None]
 
 
@@ -48,4 +50,6 @@ class ProgramSnapshot(TypedDict, total=False):
 
 class SupervisorSnapshot(TypedDict, total=False):
     programs: list[ProgramSnapshot]
+    #: Keys of the programs whose start waited for their dependencies.
+    waiting: list[str]
     ephemeral_report: list[dict[str, Any]]

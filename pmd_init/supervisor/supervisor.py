@@ -20,12 +20,23 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.files import read_json
 from ..store.storage import StorageError
+from .depends import DependencyGate
 from .ephemeral import boot_identity, process_start_ticks, same_process
-from .errors import Conflict, Disabled, Invalid, NotFound, OperationFailed, StorageFailed
+from .errors import (
+    Conflict,
+    Disabled,
+    Invalid,
+    NotFound,
+    OperationFailed,
+    Refused,
+    StorageFailed,
+    Waiting,
+)
 from .events import Event, EventBus, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
@@ -103,6 +114,9 @@ class Supervisor:
                                   sampler=self.sampler, interval=memory_interval)
         self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for,
                                           ca_file=webhook_ca_file)
+        #: Programs asked to start whose depends_on does not hold yet.
+        self.gate = DependencyGate(loop, self._dependency, self._release)
+        self.events.subscribe(self.gate.on_event)
         #: Instances in no program's slot: a reload's replacement until it takes over, and
         #: the instance it replaced while that one stops (reload.py). Shutdown stops them.
         self.extra_instances: set[Instance] = set()
@@ -133,6 +147,27 @@ class Supervisor:
             raise NotFound(f"quick-start program '{temporary_id}' not found", field="id")
         return program
 
+    def _dependency(self, name: str) -> Program | None:
+        """What a depends_on name means: a program of programs.json (quick-starts are
+        not in the graph)."""
+        for program in self.programs.values():
+            if program.name == name:
+                return program
+        return None
+
+    def launch(self, program: Program, delay: float | None = None) -> None:
+        """Start a program as boot does: once its dependencies hold, after its delay."""
+        if self.gate.request(program):
+            program.start(delay=program.spec.delay_seconds if delay is None else delay)
+
+    def _release(self, program: Program) -> None:
+        if program.spec.enabled and program.id in self.programs:
+            program.start(delay=program.spec.delay_seconds)
+
+    def unmet(self, program: Program) -> list[Unmet]:
+        """What a program's start waits for now (empty: nothing)."""
+        return self.gate.unmet(program)
+
     def specs(self) -> list[ProgramSpec]:
         return [p.spec for p in self.programs.values()]
 
@@ -153,7 +188,7 @@ class Supervisor:
         delayed program never holds up the others."""
         for program in sorted(self.programs.values(), key=lambda p: (p.spec.priority, p.id)):
             if self._boots(program.spec):
-                program.start(delay=program.spec.delay_seconds)
+                self.launch(program)
 
     @staticmethod
     def _boots(spec: ProgramSpec) -> bool:
@@ -180,7 +215,7 @@ class Supervisor:
                 assert spec.id is not None
                 added = self.programs[spec.id] = Program(self.runtime, spec)
                 if self._boots(spec):
-                    added.start(delay=spec.delay_seconds)
+                    self.launch(added)
                 report["added"].append(name)
                 continue
             spec = spec.model_copy(update={"id": existing.id})
@@ -189,6 +224,7 @@ class Supervisor:
                 continue
             self._replace_spec(existing, spec)
             report["changed"].append(name)
+        self.gate.poke()  # changed depends_on: what waits may be free now
         return report
 
     # ---- persistent programs (the daemon API) --------------------------------------
@@ -235,16 +271,34 @@ class Supervisor:
             if os.path.islink(path) or os.path.isdir(path):
                 raise Invalid(f"{field}: {value} is a symlink or a folder", field=field)
 
+    @staticmethod
+    def _check_graph(specs: list[ProgramSpec]) -> None:
+        try:
+            check_graph(specs)
+        except GraphError as exc:
+            raise Invalid(f"depends_on: {exc}", field="depends_on") from None
+
+    def _check_no_dependents(self, program: Program, doing: str) -> None:
+        """Removing or renaming a program others depend on would leave them waiting for
+        a name that no longer exists: refused, naming them."""
+        others = [s for s in self.specs() if s.id != program.id]
+        dependents = dependents_of(others, program.name)
+        if dependents:
+            raise Refused(f"cannot {doing} '{program.name}': {', '.join(dependents)} "
+                          "depend on it", field="depends_on", code="HAS_DEPENDENTS",
+                          details={"dependents": dependents})
+
     def add(self, spec: ProgramSpec) -> Program:
         self.check_log_paths(spec)
         self._check_unique(spec)
         if spec.id is None:
             spec = spec.model_copy(update={"id": max(self.programs, default=0) + 1})
         assert spec.id is not None
+        self._check_graph([*self.specs(), spec])
         self._save([*self.specs(), spec])
         program = self.programs[spec.id] = Program(self.runtime, spec)
         if self._boots(spec):
-            program.start()
+            self.launch(program, delay=0)
         return program
 
     def edit(self, program_id: int, changes: dict[str, Any]) -> Program:
@@ -265,8 +319,12 @@ class Supervisor:
             raise Invalid.from_validation(exc, merged) from None
         self.check_log_paths(spec, old=program.spec)
         self._check_unique(spec, ignore=program)
+        if spec.name != program.name:
+            self._check_no_dependents(program, "rename")
+        self._check_graph([spec if s.id == program_id else s for s in self.specs()])
         self._save([spec if s.id == program_id else s for s in self.specs()])
         self._replace_spec(program, spec)
+        self.gate.poke()  # changed depends_on: what waits may be free now
         return program
 
     def _replace_spec(self, program: Program, spec: ProgramSpec) -> None:
@@ -309,6 +367,7 @@ class Supervisor:
         inst.wait_state(STOPPED_STATES).add_done_callback(close)
 
     def _drop(self, program: Program) -> list[asyncio.Future[ProgramState]]:
+        self.gate.forget(program)
         futures = program.stop_all()
         for inst in program.instances.values():
             self._close_logs_later(inst)
@@ -319,6 +378,7 @@ class Supervisor:
     def remove(self, program_id: int) -> list[asyncio.Future[ProgramState]]:
         """Saved without it, then stopped: the futures say when its instances are gone."""
         program = self.get(program_id)
+        self._check_no_dependents(program, "remove")
         self._save([s for s in self.specs() if s.id != program_id])
         return self._drop(program)
 
@@ -343,15 +403,16 @@ class Supervisor:
         program = self.get(program_id)
         if program.spec.enabled == enabled:
             if enabled and self._boots(program.spec) and not program.is_active():
-                program.start()
+                self.launch(program, delay=0)
             return program
         spec = program.spec.model_copy(update={"enabled": enabled})
         self._save([spec if s.id == program_id else s for s in self.specs()])
         program.spec = spec
         if not enabled:
+            self.gate.forget(program)
             program.stop_all()
         elif self._boots(spec):
-            program.start()
+            self.launch(program, delay=0)
         return program
 
     # ---- control -------------------------------------------------------------------
@@ -370,13 +431,22 @@ class Supervisor:
             raise Disabled(program.name)
         return self.instances_for(program, port)
 
-    def start(self, program: Program, port: int | None = None) -> list[Instance]:
+    def start(self, program: Program, port: int | None = None,
+              force: bool = False) -> list[Instance]:
+        """A start by hand: refused while its dependencies do not hold, unless forced."""
         instances = self._startable(program, port)
+        if not force and not program.is_active():
+            missing = self.gate.unmet(program)
+            if missing:
+                raise Waiting(program.name, missing)
+        self.gate.forget(program)
         for inst in instances:
             inst.start()
         return instances
 
     def stop(self, program: Program, port: int | None = None) -> list[asyncio.Future[ProgramState]]:
+        if port is None:
+            self.gate.forget(program)
         return [inst.stop() for inst in self.instances_for(program, port)]
 
     def restart(self, program: Program, port: int | None = None) -> list[Instance]:
@@ -630,17 +700,24 @@ class Supervisor:
     # ---- shutdown ------------------------------------------------------------------
 
     async def shutdown(self, deadline: float) -> None:
-        """Stop everything in reverse priority order, each priority group concurrently,
-        within `deadline` (loop time); then SIGKILL whatever is left. Every watcher is
-        closed, its tasks and timers cancelled and awaited."""
-        # Watchers first: a probe or a memory sample must not restart what is stopping.
+        """Stop everything in reverse priority order, each priority group concurrently, a
+        program's dependents before it, within `deadline` (loop time); then SIGKILL
+        whatever is left. Every watcher is closed, its tasks and timers cancelled and
+        awaited."""
+        # Watchers first: a probe or a memory sample must not restart what is stopping,
+        # and nothing waiting for its dependencies may start now.
+        self.gate.close()
         self.memory.close()
         await self.health.close()
         programs = self.all_programs()
         everything: list[asyncio.Future[ProgramState]] = [
             inst.stop() for inst in list(self.extra_instances)]
-        for priority in sorted({p.spec.priority for p in programs}, reverse=True):
-            group = [f for p in programs if p.spec.priority == priority for f in p.stop_all()]
+        by_name: dict[str, list[Program]] = {}
+        for program in programs:
+            by_name.setdefault(program.name, []).append(program)
+        # Reverse priority, and dependents before what they depend on (stop_waves).
+        for wave in stop_waves([p.spec for p in programs]):
+            group = [f for name in wave for p in by_name.get(name, ()) for f in p.stop_all()]
             everything += group
             pending = [f for f in group if not f.done()]
             remaining = deadline - self.loop.time()
@@ -678,6 +755,7 @@ class Supervisor:
                 for p in self.all_programs()
             ],
             "ephemeral_report": self.ephemeral_report,
+            "waiting": [p.key for p in self.gate.waiting()],
         }
 
     def adopt(self, raw: object) -> None:
@@ -714,6 +792,12 @@ class Supervisor:
             for inst_snap in entry.get("extra_instances", []):
                 self._adopt_extra(program, inst_snap)
         self.ephemeral_report = list(snap.get("ephemeral_report") or [])
+        # A boot that waited on dependencies goes on waiting (or starts what now may).
+        by_key = {p.key: p for p in self.programs.values()}
+        for key in snap.get("waiting") or []:
+            waiting = by_key.get(key)
+            if waiting is not None and not waiting.is_active():
+                self.launch(waiting)
 
     def _adopt_extra(self, program: Program, snap: InstanceSnapshot) -> None:
         """A reload was under way when pmd re-executed: its replacement never took over (or

@@ -52,7 +52,7 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
                      "/programs/{program_id}/start", "/programs/{program_id}/restart",
                      "/programs/{program_id}/stop")}
     start = body_schema("post", "/programs/{program_id}/start")
-    assert set(start["properties"]) == {"port", "wait", "timeout", "if_not_running"}
+    assert set(start["properties"]) == {"port", "wait", "timeout", "if_not_running", "force"}
     params = {p["name"]: p for p in paths[API + "/programs"]["get"]["parameters"]}
     assert set(params) == {"hoody_kit", "lazy_load", "enabled", "boot", "port", "port_from",
                            "port_to", "include_status", "include_stats"}
