@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
-from ..store.files import read_json
+from ..store.records import EphemeralEntry, PidsEntry, Records
 from ..store.storage import StorageError
 from .depends import DependencyGate
 from .ephemeral import boot_identity, process_start_ticks, same_process
@@ -94,7 +94,7 @@ class Supervisor:
         self.forwarders = self.runtime.forwarders
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
-        self.ephemeral_path = state_dir / "ephemeral.json"
+        self.records = Records(state_dir, store.storage)
         self.ephemeral_report: list[dict[str, object]] = []
         self.on_fatal_exit: Callable[[Instance], None] | None = None
         self._seq = itertools.count(1)
@@ -471,10 +471,6 @@ class Supervisor:
 
     # ---- pids.json: re-adoption after pmd itself was killed (subreaper mode) ----------
 
-    @property
-    def pids_path(self) -> Path:
-        return self.state_dir / "pids.json"
-
     def _pids_changed(self, event: Event) -> None:
         # One write per burst of changes, never a timer while idle.
         if isinstance(event, StateEvent) and self._pids_timer is None:
@@ -482,32 +478,30 @@ class Supervisor:
 
     def write_pids(self) -> None:
         self._pids_timer = None
-        entries = [
+        entries: list[PidsEntry] = [
             {"program": p.name, "port": i.port, "pid": i.pid, "state": i.state.value,
              "start": process_start_ticks(i.pid), "started_at": i.started_at,
              "restarts": i.restarts}
             for p in self.programs.values() for i in p.instances.values() if i.pid
         ]
         try:
-            self.storage.write_json(self.pids_path,
-                                    {"boot": boot_identity(), "instances": entries},
-                                    durable=False)
+            self.records.write_pids(boot_identity(), entries)
         except OSError as exc:
-            log.warning("could not write %s: %s", self.pids_path, exc)
+            log.warning("could not write %s: %s", self.records.pids_path, exc)
 
     def readopt_survivors(self) -> int:
         """At a fresh start as a subreaper: programs started by a pmd that was killed are
         still running; watch them (pidfd) and read their pipes instead of starting twins."""
         try:
-            doc = read_json(self.pids_path)
+            record = self.records.read_pids()
         except (OSError, ValueError):
             return 0
-        if not isinstance(doc, dict) or doc.get("boot") != boot_identity():
+        if record is None or record[0] != boot_identity():
             return 0
         by_name = {p.name: p for p in self.programs.values()}
         adopted = 0
-        for entry in doc.get("instances") or []:
-            program = by_name.get(entry.get("program"))
+        for entry in record[1]:
+            program = by_name.get(str(entry.get("program")))
             inst = program.instance(entry.get("port")) if program else None
             if program is None or inst is None or inst.pid is not None \
                     or not program.spec.enabled:
@@ -555,12 +549,13 @@ class Supervisor:
         # pmd restarted after a crash knows of, and one that cannot be written never runs.
         self.ephemeral[temporary_id] = program
         try:
-            self.storage.write_json(self.ephemeral_path, self.ephemeral_document())
+            self.records.write_ephemeral(boot_identity(), self.ephemeral_entries())
         except OSError as exc:
             del self.ephemeral[temporary_id]
             if isinstance(exc, StorageError):
                 raise storage_failed(exc) from None
-            raise OperationFailed(f"could not write {self.ephemeral_path}: {exc}") from None
+            raise OperationFailed(
+                f"could not write {self.records.ephemeral_path}: {exc}") from None
         if ttl:
             program._ttl_timer = self.loop.call_later(ttl, self._expire, temporary_id)
         program.start(delay=spec.delay_seconds)
@@ -621,8 +616,8 @@ class Supervisor:
                 self.by_name(program.name) is None:  # not if its name was reused meanwhile
             shutil.rmtree(self.log_dir / program.log_folder, ignore_errors=True)
 
-    def ephemeral_document(self) -> dict[str, object]:
-        entries = []
+    def ephemeral_entries(self) -> list[EphemeralEntry]:
+        entries: list[EphemeralEntry] = []
         for program in self.ephemeral.values():
             if program.finished_at is not None:
                 continue
@@ -635,39 +630,41 @@ class Supervisor:
                 "pid": inst.pid,
                 "pid_start": process_start_ticks(inst.pid) if inst.pid else None,
             })
-        return {"version": 1, "boot": boot_identity(), "programs": entries}
+        return entries
 
     def save_ephemeral(self) -> None:
         """For changes that are not launches (a pid, a finished program): a failure is
         logged and shown in /health, and the file stays as it was. What it then says wrongly
         is a pid missing or a program that is gone, both cleaned up at the next start."""
         try:
-            self.storage.write_json(self.ephemeral_path, self.ephemeral_document())
+            self.records.write_ephemeral(boot_identity(), self.ephemeral_entries())
         except OSError as exc:
-            log.error("could not write %s: %s", self.ephemeral_path, exc)
+            log.error("could not write %s: %s", self.records.ephemeral_path, exc)
 
     def reconcile_ephemeral(self) -> None:
         """At a fresh start (not a re-exec): clean entries from an earlier boot, re-adopt
         programs that are still alive (pmd restarted as a subreaper)."""
         try:
-            doc = read_json(self.ephemeral_path)
-        except FileNotFoundError:
-            return
+            record = self.records.read_ephemeral()
         except (OSError, ValueError) as exc:
             log.error("ephemeral.json unreadable (%s): starting with none", exc)
             self.ephemeral_report.append({"problem": str(exc)})
             self.save_ephemeral()
             return
-        here = boot_identity()
-        same_boot = isinstance(doc, dict) and doc.get("boot") == here
-        for entry in (doc.get("programs") or []) if isinstance(doc, dict) else []:
+        if record is None:
+            return
+        boot, entries = record
+        same_boot = boot == boot_identity()
+        for entry in entries:
             temporary_id = entry.get("temporary_id")
             reason = None
-            if not same_boot:
+            if not isinstance(temporary_id, str):
+                reason = "unusable entry: no temporary_id"
+            elif not same_boot:
                 reason = "earlier container boot"
             elif not same_process(entry.get("pid"), entry.get("pid_start")):
                 reason = "process gone"
-            if reason is None:
+            if reason is None and isinstance(temporary_id, str):
                 try:
                     spec = ProgramSpec.model_validate(entry["spec"])
                     self._readopt(temporary_id, spec, entry)
