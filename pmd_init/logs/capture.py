@@ -221,12 +221,23 @@ class Forwarder:
 DataListener = Callable[[bytes], None]
 
 
+class ByteCount:
+    """Bytes read from one stream of one process slot, over all its runs: a capture ends
+    with its pipe, this outlives them (the `pmd_log_bytes_total` counter, which must only
+    grow)."""
+
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0
+
+
 class Capture:
     """Reads one pipe until EOF. Whoever wants to know of new output as it arrives (the
     API's log streams) subscribes to it and unsubscribes when done."""
 
     __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_partial", "_on_eof",
-                 "bytes_read", "_listeners")
+                 "bytes_read", "_listeners", "_count")
 
     def __init__(
         self,
@@ -236,6 +247,7 @@ class Capture:
         forward: Forwarder | None,
         prefix: bytes,
         on_eof: Callable[[Capture], None] | None = None,
+        count: ByteCount | None = None,
     ) -> None:
         self._loop = loop
         self.fd = fd
@@ -245,6 +257,7 @@ class Capture:
         self._partial = b""
         self._on_eof = on_eof
         self.bytes_read = 0
+        self._count = count
         self._listeners: list[DataListener] | None = None  # a list only while someone listens
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._readable)
@@ -309,6 +322,8 @@ class Capture:
             self.close()
             return -1
         self.bytes_read += len(data)
+        if self._count is not None:
+            self._count.total += len(data)
         if self.logfile is not None:
             self.logfile.write(data)
         if self._forward is not None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..logs.capture import Capture, LogFile
+from ..logs.capture import ByteCount, Capture, LogFile
 from ..logs.times import export
 from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
@@ -80,7 +80,7 @@ class Instance:
         "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
         "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
         "_starts", "_limit_hits", "_restart_pending", "completed", "ready_at",
-        "_ready_watch", "_ready_timer", "_not_ready", "__weakref__",
+        "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -123,6 +123,8 @@ class Instance:
         self._ready_watch: LogLineWatch | None = None
         self._ready_timer: Cancellable | None = None
         self._not_ready = False
+        #: Bytes read from the stdout and stderr pipes, over every run of this slot.
+        self.log_bytes = {"stdout": ByteCount(), "stderr": ByteCount()}
 
     # ---- identity ------------------------------------------------------------------
 
@@ -338,9 +340,11 @@ class Instance:
             return
         forward_out, forward_err = self.rt.forwarders
         prefix = f"[{self.name}] ".encode()
-        for fd, logfile, forward in ((out_fd, self.stdout_log, forward_out),
-                                     (err_fd, self.stderr_log, forward_err)):
-            self.captures.append(make(fd, logfile, forward, prefix, self._capture_closed))
+        for fd, logfile, forward, stream in (
+                (out_fd, self.stdout_log, forward_out, "stdout"),
+                (err_fd, self.stderr_log, forward_err, "stderr")):
+            self.captures.append(make(fd, logfile, forward, prefix, self._capture_closed,
+                                      self.log_bytes[stream]))
 
     def _capture_closed(self, capture: Capture) -> None:
         if capture in self.captures:

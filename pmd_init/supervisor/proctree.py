@@ -202,6 +202,16 @@ class ProcessSampler:
         members = self._members(pgid)
         return sum(p.rss for p in members) if members else None
 
+    def totals(self, pgid: int) -> tuple[float, int] | None:
+        """(CPU seconds used, resident bytes) of process group `pgid`'s members, for the
+        metrics; None when it has no member left. The seconds are those of the members
+        alive now: a member that exited takes its share with it."""
+        self._refresh()
+        members = self._members(pgid)
+        if not members:
+            return None
+        return sum(p.ticks for p in members) / TICKS, sum(p.rss for p in members)
+
     def system_cpu(self) -> float:
         """Whole-machine CPU percent since the previous ask (since boot on the first),
         reused as long as a scan is."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..logs.capture import Capture, Forwarder, LogFile
+from ..logs.capture import ByteCount, Capture, Forwarder, LogFile
 from ..logs.times import SavedTimes
 from .events import Event
 from .spawn import SpawnRequest, killpg, spawn
@@ -135,7 +135,7 @@ class _Queued:
 
 
 CaptureFactory = Callable[[int, "LogFile | None", "Forwarder | None", bytes,
-                           Callable[[Capture], None]], Capture]
+                           Callable[[Capture], None], "ByteCount | None"], Capture]
 
 
 @dataclass(slots=True)
@@ -164,8 +164,9 @@ class Runtime:
                 publish: Callable[[Event], None], log_dir: Path,
                 base_env: Mapping[str, str], forward: bool) -> Runtime:
         def capture(fd: int, logfile: LogFile | None, forward_to: Forwarder | None,
-                    prefix: bytes, on_eof: Callable[[Capture], None]) -> Capture:
-            return Capture(loop, fd, logfile, forward_to, prefix, on_eof=on_eof)
+                    prefix: bytes, on_eof: Callable[[Capture], None],
+                    count: ByteCount | None) -> Capture:
+            return Capture(loop, fd, logfile, forward_to, prefix, on_eof=on_eof, count=count)
 
         return cls(
             timers=loop, children=children, publish=publish, log_dir=log_dir,
