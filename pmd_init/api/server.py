@@ -74,13 +74,14 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, openapi, process, ws
+    from . import daemon, metrics, openapi, process, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
 
     app.blueprint(daemon.bp)
     app.blueprint(openapi.bp)
+    app.blueprint(metrics.bp)
     return app
 
 
