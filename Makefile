@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_DIR := .run
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration lint bench chaos clean system-deps
+.PHONY: run test unit integration lint bench bench-metrics chaos clean system-deps
 
 $(STAMP): pyproject.toml
 	@./scripts/system-deps
@@ -38,6 +38,10 @@ bench: $(STAMP)
 ## A crash storm (20 programs exiting at once) for 20 s, pmd beside supervisord.
 chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py
+
+## A scrape of GET /metrics with 100 programs, and prometheus_client's import cost.
+bench-metrics: $(STAMP)
+	$(BIN)/python bench/metrics.py
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .pytest_cache
