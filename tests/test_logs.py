@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from pmd_init.logs import tail
-from pmd_init.logs.capture import Capture, LogFile
+from pmd_init.logs.capture import ByteCount, Capture, LogFile
 from pmd_init.logs.tail import capture_times, count_lines, last_lines, tail_lines
 from pmd_init.logs.times import LineTimes, SavedTimes
 
@@ -237,6 +237,23 @@ def test_drain_logs_what_an_ended_run_left_and_closes_its_pipe(tmp_path):
         assert capture.drain() is True
         assert capture.fd == -1 and closed == [capture]
         assert (tmp_path / "out.log").read_bytes() == b"last words\n"
+    finally:
+        loop.close()
+
+
+def test_a_byte_count_outlives_the_captures_that_add_to_it(tmp_path):
+    """pmd_log_bytes_total: one count per stream of a slot, fed by each run's capture."""
+    loop = asyncio.new_event_loop()
+    try:
+        count = ByteCount()
+        for run in (b"first run\n", b"second\n"):
+            r, w = Capture.make_pipe()
+            capture = Capture(loop, r, LogFile(tmp_path / "out.log", 0, 0), None, b"",
+                              count=count)
+            os.write(w, run)
+            os.close(w)
+            assert capture.drain() is True and capture.fd == -1
+        assert count.total == len(b"first run\nsecond\n")
     finally:
         loop.close()
 

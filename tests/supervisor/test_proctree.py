@@ -98,6 +98,8 @@ def test_usage_and_rss_agree_with_the_group(family):
     cpu, rss = sampler.usage(leader)
     assert rss == group.rss == sampler.rss(leader)
     assert cpu >= 0.0
+    totals = sampler.totals(leader)  # what GET /metrics shows
+    assert totals is not None and totals[1] == rss and totals[0] >= 0.0
 
 
 def test_a_gone_group_has_no_usage():
@@ -107,6 +109,7 @@ def test_a_gone_group_has_no_usage():
     assert sampler.group(proc.pid) is None
     assert sampler.rss(proc.pid) is None
     assert sampler.usage(proc.pid) == (0.0, 0)
+    assert sampler.totals(proc.pid) is None
 
 
 def test_a_program_started_after_the_scan_is_still_seen():
