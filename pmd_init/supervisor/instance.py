@@ -567,6 +567,7 @@ class Instance:
             "ready_at": self.ready_at,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
+            "log_bytes": {stream: count.total for stream, count in self.log_bytes.items()},
         }
 
     def adopt(self, snap: InstanceSnapshot, foreign: bool = False) -> None:
@@ -594,6 +595,9 @@ class Instance:
         if uptime is not None:
             self.started_mono = self.rt.clock.monotonic() - uptime
         self.adopted = True
+        for stream, total in (snap.get("log_bytes") or {}).items():
+            if stream in self.log_bytes:
+                self.log_bytes[stream].total = total
         for stream, flat in (snap.get("log_times") or {}).items():
             if stream in ("stdout", "stderr") and flat:  # capture times of logged lines
                 self.rt.saved_times.remember(str(self.log_path(stream)), flat)

@@ -33,6 +33,8 @@ class InstanceSnapshot(TypedDict, total=False):
     completed: bool | None
     ready_at: float | None
     log_times: dict[str, list[float] | None]
+    #: Bytes read from each stream so far (`pmd_log_bytes_total` must not fall back).
+    log_bytes: dict[str, int]
 
 
 class ProgramSnapshot(TypedDict, total=False):

@@ -183,3 +183,18 @@ def test_prometheus_client_is_not_imported_before_a_scrape() -> None:
             "pmd_init.api.metrics, pmd_init.api.process, pmd_init.api.ws\n"
             "assert 'prometheus_client' not in sys.modules, 'imported at start'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_counters_survive_a_reexec(pmd: Pmd) -> None:
+    """Runs last in this module: pmd re-executes; its counters must not fall back."""
+    before = samples(pmd.uds.get("/metrics").text)
+    assert pmd.http.post(f"{API}/reexec").json()["success"] is True
+    pmd.wait_for(lambda: "re-executed:" in pmd.stderr_text(), what="the new pmd")
+    pmd.wait_ready()
+    after = samples(pmd.uds.get("/metrics").text)
+    for stream in ("stdout", "stderr"):
+        labels = {"program": "talker", "port": "", "stream": stream}
+        assert at(after, "pmd_log_bytes_total", **labels) == \
+            at(before, "pmd_log_bytes_total", **labels) == 12
+    assert at(after, "pmd_program_restarts_total", program="sleeper", port="") == 1
+    assert at(after, "pmd_program_up", program="sleeper", port="") == 1
