@@ -260,8 +260,12 @@ class Init:
 
     def _log_event(self, event: Any) -> None:
         # Not at the top: pmd_init.supervisor is imported only once the signal handlers are in.
-        from ..supervisor.events import StateEvent
+        from ..supervisor.events import ReadyEvent, StateEvent
 
+        if isinstance(event, ReadyEvent):
+            if event.via != "running":  # RUNNING itself is logged already
+                log.info("%s: ready (%s)", event.instance, event.via)
+            return
         if not isinstance(event, StateEvent):
             return  # health verdicts: the health monitor logs the ones that matter
         extra = f" pid {event.pid}" if event.pid else ""

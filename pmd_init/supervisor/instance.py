@@ -119,8 +119,9 @@ class Instance:
         self.completed: bool | None = None
         #: When this run became ready (wall clock); None until then, and after it ends.
         self.ready_at: float | None = None
-        #: This run's readiness watcher and timeout; `_not_ready` once the timeout hit.
-        self._ready_watch: LogLineWatch | None = None
+        #: How this run's readiness watcher is closed, and its timeout; `_not_ready` once
+        #: the timeout hit.
+        self._ready_watch: Callable[[], None] | None = None
         self._ready_timer: Cancellable | None = None
         self._not_ready = False
 
@@ -378,14 +379,17 @@ class Instance:
             return
         if readiness.log_line is not None and self.captures:
             self._ready_watch = LogLineWatch(self.captures, readiness.log_line,
-                                             lambda: self.mark_ready("log_line"))
+                                             lambda: self.mark_ready("log_line")).close
+        elif readiness.probe is not None and self.rt.readiness is not None:
+            self._ready_watch = self.rt.readiness.follow_probe(
+                readiness.probe, self.program.spec, self.port, lambda: self.mark_ready("probe"))
         limit = readiness.timeout_seconds if timeout is None else timeout
         if limit is not None:
             self._ready_timer = self.rt.timers.call_later(limit, self._ready_timeout)
 
     def _disarm_readiness(self) -> None:
         if self._ready_watch is not None:
-            self._ready_watch.close()
+            self._ready_watch()
             self._ready_watch = None
         if self._ready_timer is not None:
             self._ready_timer.cancel()
@@ -403,7 +407,7 @@ class Instance:
                     spec.readiness.timeout_seconds if spec.readiness else None)
         self._not_ready = True
         if self._ready_watch is not None:
-            self._ready_watch.close()
+            self._ready_watch()
             self._ready_watch = None
         pid = self.pid
         self.rt.killpg(pid, spec.stop_signum)

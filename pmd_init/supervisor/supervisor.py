@@ -44,6 +44,7 @@ from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
 from .memory import MemoryWatch
 from .proctree import ProcessSampler
 from .program import Program
+from .readiness import Readiness
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
@@ -92,6 +93,9 @@ class Supervisor:
         self.runtime = Runtime.on_loop(loop, children, self.events.publish, log_dir,
                                        self.base_env, forward)
         self.forwarders = self.runtime.forwarders
+        #: What readiness sources need of pmd's own (probe tasks); instances reach it
+        #: through their runtime.
+        self.readiness = self.runtime.readiness = Readiness(loop, children, self.base_env)
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
         self.ephemeral_path = state_dir / "ephemeral.json"
@@ -709,6 +713,7 @@ class Supervisor:
         self.gate.close()
         self.memory.close()
         await self.health.close()
+        await self.readiness.close()
         programs = self.all_programs()
         everything: list[asyncio.Future[ProgramState]] = [
             inst.stop() for inst in list(self.extra_instances)]

@@ -1,11 +1,15 @@
-"""The log_line readiness watcher: whole lines only, across reads and streams, once."""
+"""The readiness watchers: log_line (whole lines only, across reads and streams, once) and
+the startup probe (retried until its first success, ended by close)."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Callable
 from typing import Any
 
-from pmd_init.supervisor.readiness import MAX_LINE, LogLineWatch
+from pmd_init.model.spec import HealthCheckSpec, ProgramSpec
+from pmd_init.supervisor.readiness import MAX_LINE, PROBE_INTERVAL, LogLineWatch, Readiness
 
 
 class FakeCapture:
@@ -46,3 +50,31 @@ def test_an_endless_line_is_matched_by_its_start_and_not_kept() -> None:
     assert hits == []  # the start of the line was matched on its own, and did not match
     watcher.close()
     assert out.listeners == []
+
+
+def test_a_startup_probe_retries_until_its_first_success_and_close_ends_it() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        hub = Readiness(loop, children=None, base_env={})  # type: ignore[arg-type]
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        spec = ProgramSpec(name="web", command="true")
+        check = HealthCheckSpec(type="tcp", port=port)
+        hits: list[float] = []
+        hub.follow_probe(check, spec, None, lambda: hits.append(loop.time()))
+        await asyncio.sleep(0.2)
+        assert hits == []  # bound, not listening: refused, retried after PROBE_INTERVAL
+        listener.listen()
+        began = loop.time()
+        await asyncio.sleep(PROBE_INTERVAL + 0.3)
+        assert len(hits) == 1 and hits[0] >= began
+        # one that never succeeds is ended, and awaited, by close()
+        listener.close()
+        stop = hub.follow_probe(check, spec, None, lambda: hits.append(loop.time()))
+        await asyncio.sleep(0)
+        await hub.close()
+        assert hub._tasks == set() and len(hits) == 1
+        stop()  # closing after the end is harmless
+
+    asyncio.run(scenario())
