@@ -80,7 +80,8 @@ class Instance:
         "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
         "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
         "_starts", "_limit_hits", "_restart_pending", "completed", "ready_at",
-        "_ready_watch", "_ready_timer", "_not_ready", "__weakref__",
+        "_ready_watch", "_ready_timer", "_not_ready", "notify_status", "notify_stopping",
+        "_notify_watch", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -124,6 +125,11 @@ class Instance:
         self._ready_watch: Callable[[], None] | None = None
         self._ready_timer: Cancellable | None = None
         self._not_ready = False
+        #: What this run said on the notify socket: its latest STATUS= text, and whether
+        #: it announced STOPPING=1; and how pmd stops listening to it.
+        self.notify_status: str | None = None
+        self.notify_stopping = False
+        self._notify_watch: Callable[[], None] | None = None
 
     # ---- identity ------------------------------------------------------------------
 
@@ -260,6 +266,8 @@ class Instance:
         self.exit_code = None
         self.completed = None
         self.ready_at = None
+        self.notify_status = None
+        self.notify_stopping = False
         if self._restart_pending:
             self._restart_pending = False
             self.restarts += 1
@@ -280,6 +288,7 @@ class Instance:
         self.started_at = self.rt.clock.time()
         self.started_mono = now
         self.rt.children.watch(child.pid, self._exited)
+        self._follow_notify()
         self._set_state(S.STARTING)
         self._arm_readiness()
         if spec.startsecs <= 0:
@@ -294,6 +303,12 @@ class Instance:
         if self.port is not None:
             argv += [spec.effective_port_param, str(self.port)]
         env = program_env(self.rt.base_env, account, spec.environment, spec.display, self.port)
+        if spec.readiness is not None and spec.readiness.notify and self.rt.readiness:
+            # Only programs that declare `notify` are told where the socket is (pmd's own
+            # NOTIFY_SOCKET, if it had one, is never in the base environment).
+            address = self.rt.readiness.notify_address()
+            if address is not None:
+                env["NOTIFY_SOCKET"] = address
         cwd = spec.directory
         if cwd is None and account is not None and self.program.temporary_id is not None:
             cwd = account.home if os.path.isdir(account.home) else None  # quick-start rule
@@ -387,6 +402,29 @@ class Instance:
         if limit is not None:
             self._ready_timer = self.rt.timers.call_later(limit, self._ready_timeout)
 
+    def _follow_notify(self) -> None:
+        """Listen to this run's messages on the notify socket (until it exits): READY=1,
+        STATUS=, STOPPING=1, from a process of its own group."""
+        readiness = self.program.spec.readiness
+        if readiness is None or not readiness.notify or self.rt.readiness is None \
+                or self.pid is None:
+            return
+        self._notify_watch = self.rt.readiness.follow_notify(self.pid, self._notified)
+
+    def _notified(self, fields: dict[str, str]) -> None:
+        if "STATUS" in fields:
+            self.notify_status = fields["STATUS"][:1024] or None
+        if fields.get("STOPPING") == "1" and not self.notify_stopping:
+            self.notify_stopping = True
+            log.info("%s: says it is stopping (STOPPING=1)", self.name)
+        if fields.get("READY") == "1":
+            self.mark_ready("notify")
+
+    def _unfollow_notify(self) -> None:
+        if self._notify_watch is not None:
+            self._notify_watch()
+            self._notify_watch = None
+
     def _disarm_readiness(self) -> None:
         if self._ready_watch is not None:
             self._ready_watch()
@@ -478,6 +516,7 @@ class Instance:
         self.exit_code = code
         self.ready_at = None
         self._disarm_readiness()
+        self._unfollow_notify()
         not_ready, self._not_ready = self._not_ready, False
         self.stopped_at = self.rt.clock.time()
         spec = self.program.spec
@@ -564,7 +603,8 @@ class Instance:
             "retry_at": self.retry_at, "backoff_reason": self.backoff_reason,
             "starts": list(self._starts), "limit_hits": self._limit_hits,
             "restart_pending": self._restart_pending, "completed": self.completed,
-            "ready_at": self.ready_at,
+            "ready_at": self.ready_at, "notify_status": self.notify_status,
+            "notify_stopping": self.notify_stopping,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
         }
@@ -590,6 +630,8 @@ class Instance:
         self._restart_pending = snap.get("restart_pending", False)
         self.completed = snap.get("completed")
         self.ready_at = snap.get("ready_at") if state in RUNNING_STATES else None
+        self.notify_status = snap.get("notify_status")
+        self.notify_stopping = snap.get("notify_stopping", False)
         uptime = snap.get("uptime")
         if uptime is not None:
             self.started_mono = self.rt.clock.monotonic() - uptime
@@ -612,6 +654,7 @@ class Instance:
                 return
             if not foreign:
                 self.rt.children.watch(pid, self._exited)
+            self._follow_notify()
             self._adopt_state(state)
             readiness = self.program.spec.readiness
             if state == S.RUNNING and readiness is None:

@@ -80,6 +80,12 @@ class ReadinessSources(Protocol):
     def follow_probe(self, check: HealthCheckSpec, program: ProgramSpec, port: int | None,
                      on_ready: Callable[[], None]) -> Callable[[], None]: ...
 
+    def notify_address(self) -> str | None:
+        """$NOTIFY_SOCKET, or None when there is no socket to give."""
+
+    def follow_notify(self, pgid: int,
+                      on_message: Callable[[dict[str, str]], None]) -> Callable[[], None]: ...
+
 
 class SystemClock:
     def time(self) -> float:

@@ -32,6 +32,8 @@ class InstanceSnapshot(TypedDict, total=False):
     restart_pending: bool
     completed: bool | None
     ready_at: float | None
+    notify_status: str | None
+    notify_stopping: bool
     log_times: dict[str, list[float] | None]
 
 
@@ -53,3 +55,5 @@ class SupervisorSnapshot(TypedDict, total=False):
     #: Keys of the programs whose start waited for their dependencies.
     waiting: list[str]
     ephemeral_report: list[dict[str, Any]]
+    #: The notify socket, kept open across the exec: {"fd": n, "path": p}.
+    notify_socket: dict[str, Any] | None

@@ -93,9 +93,11 @@ class Supervisor:
         self.runtime = Runtime.on_loop(loop, children, self.events.publish, log_dir,
                                        self.base_env, forward)
         self.forwarders = self.runtime.forwarders
-        #: What readiness sources need of pmd's own (probe tasks); instances reach it
+        #: What readiness sources need of pmd's own (probe tasks, the notify socket);
+        #: instances reach it
         #: through their runtime.
-        self.readiness = self.runtime.readiness = Readiness(loop, children, self.base_env)
+        self.readiness = self.runtime.readiness = Readiness(
+            loop, children, self.base_env, notify_path=state_dir / "notify.sock")
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
         self.ephemeral_path = state_dir / "ephemeral.json"
@@ -761,12 +763,14 @@ class Supervisor:
             ],
             "ephemeral_report": self.ephemeral_report,
             "waiting": [p.key for p in self.gate.waiting()],
+            "notify_socket": self.readiness.hand_over(),
         }
 
     def adopt(self, raw: object) -> None:
         """After re-exec: the same processes, still our children, under the new pmd."""
         # Built here, not at import: a fresh boot should not pay for the schema.
         snap = TypeAdapter(SupervisorSnapshot).validate_python(raw)
+        self.readiness.take_over(snap.get("notify_socket"))
         programs = snap.get("programs", [])
         self.runtime.children.keep_early({
             pid for p in programs

@@ -1,10 +1,14 @@
-"""Readiness sources with real programs: a startup probe (http and script), each releasing
-its dependents only once it succeeded, observed from the programs' own marker files."""
+"""Readiness sources with real programs, each releasing its dependents only once it said
+so, observed from the programs' own marker files: a startup probe (http and script),
+systemd's notify protocol (sent by hand and by `systemd-notify`, forgeries ignored)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
+
+import pytest
 
 from tests.api.helpers import API
 from tests.api.test_dependencies_boot import prog, stamp, started, written
@@ -48,3 +52,131 @@ def test_a_startup_probe_makes_ready_at_its_first_success(tmp_path: Path) -> Non
         # a health check's 30 s default interval is not a startup probe's: the retry after
         # the refused first attempts came a second later, not 30 s
         assert started(base, "api") - marked(base, "web.up") < 10
+
+
+SEND_BY_HAND = """
+import os, signal, socket, sys, time
+def send(text):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(text.encode(), os.environ["NOTIFY_SOCKET"])
+def stopping(*_):
+    send("STOPPING=1")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stopping)
+send("STATUS=warming up")
+time.sleep(0.5)
+open(sys.argv[1], "w").write(repr(time.time()))
+send("READY=1\\nSTATUS=serving")
+while True:
+    time.sleep(1)
+"""
+
+FORGE = """
+import socket, sys, time
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+    s.sendto(b"READY=1\\nSTATUS=forged", sys.argv[1])
+open(sys.argv[2], "w").write("sent")
+time.sleep(60)
+"""
+
+
+def test_notify_ready_by_hand_status_stopping_and_forgeries_ignored(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    (base / "send.py").write_text(SEND_BY_HAND)
+    (base / "forge.py").write_text(FORGE)
+    sock = tmp_path / "pmd" / "state" / "notify.sock"
+    programs = [
+        prog("byhand", f"python3 {base}/send.py {base}/byhand.ready",
+             readiness={"notify": True}),
+        prog("after", stamp(base, "after"), depends_on=["byhand"]),
+        # never says READY=1 itself: only the forger's message could make it ready
+        prog("victim", "sleep 60", readiness={"notify": True}),
+        prog("forger", f"python3 {base}/forge.py {sock} {base}/forged"),
+        prog("plain", f"sh -c 'echo \"${{NOTIFY_SOCKET:-none}}\" > {base}/plain.env; "
+                      "exec sleep 60'"),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        pmd.wait_for(lambda: written(base / "after.start"), timeout=15)
+        assert started(base, "after") >= float((base / "byhand.ready").read_text())
+        byhand = http.get(f"{API}/status/{ids['byhand']}").json()["status"]
+        assert byhand["ready"] is True and byhand["notify_status"] == "serving"
+        assert "byhand: ready (notify)" in pmd.stderr_text()
+        # the forger's READY=1 (a program without notify, its own process group) and one
+        # from a process outside every program are both ignored
+        pmd.wait_for(lambda: (base / "forged").exists())
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stray:
+            stray.sendto(b"READY=1", str(sock))
+        pmd.wait_for(lambda: pmd.stderr_text().count("ignored: not in the process group") >= 2)
+        victim = http.get(f"{API}/status/{ids['victim']}").json()["status"]
+        assert victim["ready"] is False and "notify_status" not in victim
+        assert (base / "plain.env").read_text().strip() == "none"  # only notify programs
+        # STOPPING=1 is noted
+        assert http.post(f"{API}/programs/{ids['byhand']}/stop", json={}).status_code == 200
+        pmd.wait_for(lambda: "byhand: says it is stopping (STOPPING=1)" in pmd.stderr_text())
+        stopped = http.get(f"{API}/status/{ids['byhand']}").json()["status"]
+        assert stopped["status"] == "STOPPED" and stopped.get("ready") is None
+    assert not sock.exists()  # removed at shutdown
+
+
+@pytest.mark.skipif(shutil.which("systemd-notify") is None,
+                    reason="systemd-notify not installed (Debian: apt-get install systemd)")
+def test_systemd_notify_ready_releases_dependents(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    programs = [
+        prog("db", f"sh -c 'sleep 1; date +%s.%N > {base}/db.ready; "
+                   "systemd-notify --ready --status=\"accepting connections\"; "
+                   "exec sleep 60'",
+             readiness={"notify": True, "timeout_seconds": 20}),
+        prog("api", stamp(base, "api"), depends_on={"db": "ready"}),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        pmd.wait_for(lambda: written(base / "api.start"), timeout=15)
+        assert started(base, "api") >= float((base / "db.ready").read_text())
+        db = http.get(f"{API}/status/{ids['db']}").json()["status"]
+        assert db["ready"] is True
+        assert db["notify_status"] == "accepting connections"
+
+
+def test_notify_across_a_reexec_keeps_its_socket_and_readiness(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    gate = base / "go"
+    # waits for $GATE (by default the gate file; early's is the folder itself: no wait)
+    (base / "send.py").write_text(
+        "import os, socket, sys, time\n"
+        f"gate = os.environ.get('GATE', {str(gate)!r})\n"
+        "while not os.path.exists(gate): time.sleep(0.05)\n"
+        "with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:\n"
+        "    s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
+        "time.sleep(60)\n")
+    programs = [
+        prog("db", f"python3 {base}/send.py", readiness={"notify": True}),
+        prog("early", f"python3 {base}/send.py", readiness={"notify": True},
+             environment={"GATE": str(base)}),
+        prog("api", stamp(base, "api"), depends_on=["db"]),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        early = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['early']}")
+                                      .json()["status"]).get("ready") and s)
+        db = http.get(f"{API}/status/{ids['db']}").json()["status"]
+        assert db["ready"] is False
+        inode = (pmd.state_dir / "notify.sock").stat().st_ino
+        (pmd.state_dir / "api.json").unlink()
+        assert http.post(f"{API}/reexec").json()["success"] is True
+        pmd.wait_ready()
+        http = pmd.http
+        assert (pmd.state_dir / "notify.sock").stat().st_ino == inode  # handed over
+        again = http.get(f"{API}/status/{ids['early']}").json()["status"]
+        assert again["ready"] is True and again["ready_at"] == early["ready_at"]
+        gate.write_text("go")
+        pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
+        after = http.get(f"{API}/status/{ids['db']}").json()["status"]
+        assert after["ready"] is True and after["pid"] == db["pid"]
