@@ -415,6 +415,8 @@ class Init:
                 os.set_inheritable(fd, True)
             for listener in listeners:  # nobody is spawned from here to the exec
                 os.set_inheritable(listener["fd"], True)
+            for fd in self.supervisor.readiness_fds():
+                os.set_inheritable(fd, True)
             sys.stdout.flush()
             sys.stderr.flush()
             self.signals.restore()

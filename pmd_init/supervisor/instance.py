@@ -81,7 +81,7 @@ class Instance:
         "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
         "_starts", "_limit_hits", "_restart_pending", "completed", "ready_at",
         "_ready_watch", "_ready_timer", "_not_ready", "notify_status", "notify_stopping",
-        "_notify_watch", "__weakref__",
+        "_notify_watch", "ready_fd", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -130,6 +130,9 @@ class Instance:
         self.notify_status: str | None = None
         self.notify_stopping = False
         self._notify_watch: Callable[[], None] | None = None
+        #: readiness `fd`: pmd's read end of this run's notification pipe, until it is
+        #: ready (or gone); handed over across a re-exec.
+        self.ready_fd: int | None = None
 
     # ---- identity ------------------------------------------------------------------
 
@@ -317,17 +320,26 @@ class Instance:
         if spec.logs_enabled:
             pipes = [Capture.make_pipe(), Capture.make_pipe()]
             out_w, err_w = pipes[0][1], pipes[1][1]
+        notification: tuple[int, int] | None = None
+        if spec.readiness is not None and spec.readiness.fd is not None \
+                and self.rt.readiness is not None:
+            notification = os.pipe2(os.O_CLOEXEC)
         try:
             child = self.rt.spawn(SpawnRequest(
                 argv=argv, env=env, cwd=cwd, account=account,
                 stdout=out_w if out_w is not None else subprocess.DEVNULL,
                 stderr=err_w if err_w is not None else subprocess.DEVNULL,
+                extra_fd=None if notification is None or spec.readiness is None
+                else (notification[1], spec.readiness.fd or 0),
             ))
         except BaseException:
-            for r, w in pipes:
+            for r, w in [*pipes, *([notification] if notification else [])]:
                 os.close(r)
                 os.close(w)
             raise
+        if notification is not None:
+            os.close(notification[1])  # the program's end now
+            self.ready_fd = notification[0]
         if pipes:
             os.close(pipes[0][1])
             os.close(pipes[1][1])
@@ -398,6 +410,9 @@ class Instance:
         elif readiness.probe is not None and self.rt.readiness is not None:
             self._ready_watch = self.rt.readiness.follow_probe(
                 readiness.probe, self.program.spec, self.port, lambda: self.mark_ready("probe"))
+        elif self.ready_fd is not None and self.rt.readiness is not None:
+            self._ready_watch = self.rt.readiness.follow_fd(
+                self.ready_fd, lambda: self.mark_ready("fd"), self._ready_fd_closed)
         limit = readiness.timeout_seconds if timeout is None else timeout
         if limit is not None:
             self._ready_timer = self.rt.timers.call_later(limit, self._ready_timeout)
@@ -424,6 +439,9 @@ class Instance:
         if self._notify_watch is not None:
             self._notify_watch()
             self._notify_watch = None
+
+    def _ready_fd_closed(self) -> None:
+        self.ready_fd = None
 
     def _disarm_readiness(self) -> None:
         if self._ready_watch is not None:
@@ -604,7 +622,7 @@ class Instance:
             "starts": list(self._starts), "limit_hits": self._limit_hits,
             "restart_pending": self._restart_pending, "completed": self.completed,
             "ready_at": self.ready_at, "notify_status": self.notify_status,
-            "notify_stopping": self.notify_stopping,
+            "notify_stopping": self.notify_stopping, "ready_fd": self.ready_fd,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
         }
@@ -645,6 +663,14 @@ class Instance:
         if len(fds) == 2:
             self._ensure_logfiles()
             self.attach_captures(fds[0], fds[1])
+        ready_fd = snap.get("ready_fd")
+        if ready_fd is not None:  # handed over by the previous image: ours to close
+            if pid is not None and state in (S.STARTING, S.RUNNING) \
+                    and self.ready_at is None and not foreign:
+                os.set_inheritable(ready_fd, False)
+                self.ready_fd = ready_fd
+            else:
+                _close_quietly(ready_fd)
         if pid is not None and state in RUNNING_STATES:
             self.pid = pid
             if foreign and not self.rt.children.watch_foreign(pid, self._exited):
@@ -704,6 +730,13 @@ def follow_running(events: EventBus, track: Callable[[Instance], None],
             untrack(event.source)
 
     return events.subscribe(on_event)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _reopen_pipes(pid: int) -> list[int]:

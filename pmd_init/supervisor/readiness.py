@@ -17,7 +17,10 @@ what the other sources need of pmd's own, and `close` (at shutdown) ends all of 
   with CAP_SYS_ADMIN can claim another pid than its own), and a message counts only for
   the instance whose process group that pid is in (every program leads its own group,
   its pgid is its pid: proctree.py's definition of a program's processes). A forged
-  READY=1 from another program is ignored, and logged.
+  READY=1 from another program is ignored, and logged;
+- notification fds (readiness `fd`, s6's protocol): the read end of the pipe whose write
+  end the program got as fd N; a newline on it means ready. The read end is pmd's, kept
+  open across a re-exec while the run is not ready yet.
 """
 
 from __future__ import annotations
@@ -272,6 +275,41 @@ class Readiness:
         sock.setblocking(False)
         self._notify = sock
         self.loop.add_reader(fd, self._readable)
+
+    # ---- notification fd -----------------------------------------------------------
+
+    def follow_fd(self, fd: int, on_ready: Callable[[], None],
+                  on_closed: Callable[[], None]) -> Callable[[], None]:
+        """Read `fd` until a newline comes (then `on_ready`) or the program closes its end
+        without one; the fd is pmd's from now on, and closed by the returned function
+        (once is enough: later calls do nothing) or at that end. `on_closed` says when it
+        is closed, so that its number is never handed on after."""
+        done = False
+
+        def stop() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.loop.remove_reader(fd)
+                os.close(fd)
+                on_closed()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if b"\n" in data:
+                stop()  # s6 closes its end once it has the newline; so does pmd
+                on_ready()
+            elif not data:
+                stop()  # closed without a newline: not ready this way (timeout_seconds)
+
+        os.set_blocking(fd, False)
+        self.loop.add_reader(fd, readable)
+        return stop
 
     # ---- shutdown ------------------------------------------------------------------
 

@@ -86,6 +86,10 @@ class ReadinessSources(Protocol):
     def follow_notify(self, pgid: int,
                       on_message: Callable[[dict[str, str]], None]) -> Callable[[], None]: ...
 
+    def follow_fd(self, fd: int, on_ready: Callable[[], None],
+                  on_closed: Callable[[], None]) -> Callable[[], None]:
+        """Own `fd` (a pipe's read end) until the returned function closes it."""
+
 
 class SystemClock:
     def time(self) -> float:

@@ -34,6 +34,8 @@ class InstanceSnapshot(TypedDict, total=False):
     ready_at: float | None
     notify_status: str | None
     notify_stopping: bool
+    #: readiness `fd`: the notification pipe's read end, kept open across the exec.
+    ready_fd: int | None
     log_times: dict[str, list[float] | None]
 
 

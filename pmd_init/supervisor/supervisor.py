@@ -831,5 +831,10 @@ class Supervisor:
     def capture_fds(self) -> list[int]:
         return [c.fd for i in self.everything() for c in i.captures if c.fd >= 0]
 
+    def readiness_fds(self) -> list[int]:
+        """The notification pipes of runs not ready yet (readiness `fd`): kept open across
+        a re-exec, like the log pipes."""
+        return [i.ready_fd for i in self.everything() if i.ready_fd is not None]
+
     def describe_event(self, event: StateEvent) -> str:
         return f"{event.instance}: {event.from_state} -> {event.to_state}"

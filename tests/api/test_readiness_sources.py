@@ -180,3 +180,60 @@ def test_notify_across_a_reexec_keeps_its_socket_and_readiness(tmp_path: Path) -
         pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
         after = http.get(f"{API}/status/{ids['db']}").json()["status"]
         assert after["ready"] is True and after["pid"] == db["pid"]
+
+
+FD_READY = """
+import os, sys, time
+fd, gate, mark = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+# what the program was given: stdio and its notification fd, nothing of pmd's
+fds = sorted(int(n) for n in os.listdir("/proc/self/fd"))
+fds.remove(max(n for n in fds if n != fd))  # listdir's own
+open(mark + ".fds", "w").write(" ".join(map(str, fds)))
+while not os.path.exists(gate):
+    time.sleep(0.05)
+open(mark, "w").write(repr(time.time()))
+os.write(fd, b"ready\\n")
+os.close(fd)
+time.sleep(60)
+"""
+
+
+def test_fd_notification_at_any_number_and_across_a_reexec(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    (base / "fd.py").write_text(FD_READY)
+    gate = base / "go"
+    programs = [
+        # fd 3 is always one of pmd's own (the child moves it there); 200 is free in pmd
+        prog("low", f"sh -c 'sleep 0.5; date +%s.%N > {base}/low.ready; echo >&3; "
+                    "exec sleep 60 3>&-'", readiness={"fd": 3, "timeout_seconds": 20}),
+        prog("high", f"python3 {base}/fd.py 200 {base} {base}/high.ready",
+             readiness={"fd": 200}),
+        prog("late", f"python3 {base}/fd.py 9 {gate} {base}/late.ready",
+             readiness={"fd": 9}),
+        prog("api", stamp(base, "api"), depends_on=["low", "high"]),
+        prog("worker", stamp(base, "worker"), depends_on=["late"]),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        pmd.wait_for(lambda: written(base / "api.start"), timeout=15)
+        assert started(base, "api") >= max(marked(base, "low.ready"),
+                                           marked(base, "high.ready"))
+        for name in ("low", "high"):
+            assert http.get(f"{API}/status/{ids[name]}").json()["status"]["ready"] is True
+            assert f"{name}: ready (fd)" in pmd.stderr_text()
+        assert (base / "high.ready.fds").read_text().split() == ["0", "1", "2", "200"]
+        pmd.wait_for(lambda: (base / "late.ready.fds").exists())
+        assert (base / "late.ready.fds").read_text().split() == ["0", "1", "2", "9"]
+        late = http.get(f"{API}/status/{ids['late']}").json()["status"]
+        assert late["ready"] is False
+        (pmd.state_dir / "api.json").unlink()
+        assert http.post(f"{API}/reexec").json()["success"] is True
+        pmd.wait_ready()
+        http = pmd.http
+        gate.write_text("go")
+        pmd.wait_for(lambda: written(base / "worker.start"), timeout=10)
+        assert started(base, "worker") >= marked(base, "late.ready")
+        after = http.get(f"{API}/status/{ids['late']}").json()["status"]
+        assert after["ready"] is True and after["pid"] == late["pid"]
