@@ -25,7 +25,7 @@ from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.files import read_json
 from ..store.storage import StorageError
-from .depends import DependencyGate
+from .depends import DependencyGate, NotReady, not_ready
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import (
     Conflict,
@@ -37,7 +37,7 @@ from .errors import (
     StorageFailed,
     Waiting,
 )
-from .events import Event, EventBus, StateEvent
+from .events import Event, EventBus, ReadyEvent, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
 from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
@@ -174,10 +174,17 @@ class Supervisor:
         """What a program's start waits for now (empty: nothing)."""
         return self.gate.unmet(program)
 
+    def not_ready(self) -> tuple[int, list[NotReady]]:
+        """The container's readiness: how many programs count (enabled boot programs,
+        not lazy ones), and those of them that are not in their ready condition."""
+        counted = [p for p in self.programs.values() if self._boots(p.spec)]
+        missing = [r for r in (not_ready(p) for p in counted) if r is not None]
+        return len(counted), missing
+
     def specs(self) -> list[ProgramSpec]:
         return [p.spec for p in self.programs.values()]
 
-    def _webhooks_for(self, event: StateEvent) -> WebhooksSpec | None:
+    def _webhooks_for(self, event: StateEvent | ReadyEvent) -> WebhooksSpec | None:
         program = self.ephemeral.get(event.temporary_id) if event.temporary_id is not None \
             else self.programs.get(event.program_id or 0)
         return program.spec.webhooks if program is not None else None
