@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.helpers import API
-from tests.api.test_dependencies_boot import prog, stamp, started, written
+from tests.api.test_dependencies_boot import API, prog, stamp, started, written
 from tests.harness import Pmd
 
 
