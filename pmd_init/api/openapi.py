@@ -16,6 +16,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from .. import __version__
+from .auth import PUBLIC_PATHS
 from .context import PmdApp, app_of
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,7 +110,7 @@ def build(app: PmdApp) -> dict[str, Any]:
                                      and not info.get("body_optional"),
                     "content": {"application/json": {
                         "schema": _schema(info["body"], components)}}}
-            if not raw.endswith("/health") and raw != "/":
+            if raw not in PUBLIC_PATHS:
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(path, {})[method.lower()] = op
     return {

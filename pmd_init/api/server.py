@@ -26,6 +26,7 @@ from . import auth, errors
 from .context import AppContext, Owner, PmdApp
 from .errors import error_response
 from .listeners import BACKLOG, Listener, open_listeners, set_inheritable
+from .openapi import doc
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -115,6 +116,23 @@ def register_core_routes(app: PmdApp) -> None:
             "webhooks": init.supervisor.webhooks.counters(),
             "storage": init.supervisor.storage.view(),
         })
+
+    @app.get("/api/v1/daemon/ready")
+    @doc("The container's readiness, for orchestrators: 200 when every enabled boot "
+         "program is in its ready condition, else 503",
+         response="ready; a 503 has the same shape with ready: false. Without the key "
+                  "(when one is set) only the verdict and the counts")
+    async def ready(request: Request) -> HTTPResponse:
+        total, missing = init.supervisor.not_ready()
+        view: dict[str, Any] = {
+            "ready": not missing,
+            "programs": {"total": total, "ready": total - len(missing),
+                         "not_ready": len(missing)},
+        }
+        if auth.authenticated(request, init.settings.api_key):
+            view["not_ready"] = [{"name": r.name, "id": r.id, "state": r.state,
+                                  "reason": r.reason} for r in missing]
+        return json(view, status=503 if missing else 200)
 
     @app.post("/api/v1/daemon/reexec")
     async def reexec(request: Request) -> HTTPResponse:

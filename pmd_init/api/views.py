@@ -43,6 +43,10 @@ def instance_status(inst: Instance) -> dict[str, Any]:
         view["ready_at"] = iso(inst.ready_at)
     elif inst.program.spec.readiness is not None and inst.pid is not None:
         view["ready"] = False
+    if inst.notify_status is not None:  # the program's own STATUS= text (notify)
+        view["notify_status"] = inst.notify_status
+    if inst.notify_stopping:
+        view["notify_stopping"] = True
     if inst.spawn_error:
         view["spawn_error"] = inst.spawn_error
     if inst.retry_at is not None:  # BACKOFF: when the next attempt comes, and why it waits

@@ -37,7 +37,7 @@ STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
 TERMINAL_SHELLS = ("bash", "zsh", "fish", "sh", "tmux")
 WEBHOOK_EVENTS = (
     "STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL", "UNKNOWN",
-    "all", "*",
+    "READY", "all", "*",
 )
 #: What a dependent waits for (process-compose's conditions, plus `ready`).
 CONDITIONS = ("started", "running", "ready", "healthy", "completed", "completed_successfully")

@@ -260,8 +260,12 @@ class Init:
 
     def _log_event(self, event: Any) -> None:
         # Not at the top: pmd_init.supervisor is imported only once the signal handlers are in.
-        from ..supervisor.events import StateEvent
+        from ..supervisor.events import ReadyEvent, StateEvent
 
+        if isinstance(event, ReadyEvent):
+            if event.via != "running":  # RUNNING itself is logged already
+                log.info("%s: ready (%s)", event.instance, event.via)
+            return
         if not isinstance(event, StateEvent):
             return  # health verdicts: the health monitor logs the ones that matter
         extra = f" pid {event.pid}" if event.pid else ""
@@ -411,6 +415,8 @@ class Init:
                 os.set_inheritable(fd, True)
             for listener in listeners:  # nobody is spawned from here to the exec
                 os.set_inheritable(listener["fd"], True)
+            for fd in self.supervisor.readiness_fds():
+                os.set_inheritable(fd, True)
             sys.stdout.flush()
             sys.stderr.flush()
             self.signals.restore()

@@ -14,6 +14,7 @@ caused them: that delivery may be the reaper's pass, which must only change stat
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..model.graph import Unmet
@@ -77,6 +78,51 @@ def unmet(program: Program, lookup: Callable[[str], Program | None]) -> list[Unm
             reasons = [r for r in (_blocked(i, condition) for i in failing) if r]
             missing.append(Unmet(name, condition, reasons[0] if reasons else None))
     return missing
+
+
+@dataclass(frozen=True, slots=True)
+class NotReady:
+    """A boot program that is not in its ready condition, and why."""
+
+    name: str
+    id: int | None
+    state: str
+    reason: str
+
+
+def not_ready(program: Program) -> NotReady | None:
+    """Whether an enabled boot program is where the container's readiness wants it: a
+    oneshot completed successfully, any other ready (its readiness source said so, or it
+    is RUNNING when it declares none); every instance of a port range. None when it is."""
+    condition = "completed_successfully" if program.spec.oneshot else "ready"
+    failing = [i for i in program.instances.values() if not _holds(i, condition)]
+    if not failing:
+        return None
+    inst = failing[0]
+    return NotReady(program.name, program.id, inst.state.value,
+                    _why_not_ready(program, inst))
+
+
+def _why_not_ready(program: Program, inst: Instance) -> str:
+    waiting = program.waiting_for()
+    if waiting is not None:
+        names, blocked = waiting
+        return f"blocked: {blocked}" if blocked else f"waiting for {', '.join(names)}"
+    where = f"{inst.name}: " if inst.port is not None else ""
+    readiness = program.spec.readiness
+    if inst.state in (S.STARTING, S.RUNNING):
+        if readiness is None:
+            return f"{where}starting"
+        return f"{where}not ready yet ({readiness.source})"
+    if inst.state == S.BACKOFF:
+        return f"{where}backing off ({inst.backoff_reason or 'failed_start'})"
+    if inst.state == S.FATAL:
+        if inst.exit_code is not None:
+            return f"{where}FATAL, exited {inst.exit_code}"
+        return f"{where}FATAL" + (f": {inst.spawn_error}" if inst.spawn_error else "")
+    if inst.state == S.EXITED:
+        return f"{where}exited {inst.exit_code}"
+    return f"{where}{inst.state.value.lower()}"
 
 
 class DependencyGate:

@@ -80,7 +80,8 @@ class Instance:
         "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
         "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
         "_starts", "_limit_hits", "_restart_pending", "completed", "ready_at",
-        "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "__weakref__",
+        "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "notify_status",
+        "notify_stopping", "_notify_watch", "ready_fd", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -119,12 +120,21 @@ class Instance:
         self.completed: bool | None = None
         #: When this run became ready (wall clock); None until then, and after it ends.
         self.ready_at: float | None = None
-        #: This run's readiness watcher and timeout; `_not_ready` once the timeout hit.
-        self._ready_watch: LogLineWatch | None = None
+        #: How this run's readiness watcher is closed, and its timeout; `_not_ready` once
+        #: the timeout hit.
+        self._ready_watch: Callable[[], None] | None = None
         self._ready_timer: Cancellable | None = None
         self._not_ready = False
         #: Bytes read from the stdout and stderr pipes, over every run of this slot.
         self.log_bytes = {"stdout": ByteCount(), "stderr": ByteCount()}
+        #: What this run said on the notify socket: its latest STATUS= text, and whether
+        #: it announced STOPPING=1; and how pmd stops listening to it.
+        self.notify_status: str | None = None
+        self.notify_stopping = False
+        self._notify_watch: Callable[[], None] | None = None
+        #: readiness `fd`: pmd's read end of this run's notification pipe, until it is
+        #: ready (or gone); handed over across a re-exec.
+        self.ready_fd: int | None = None
 
     # ---- identity ------------------------------------------------------------------
 
@@ -261,6 +271,8 @@ class Instance:
         self.exit_code = None
         self.completed = None
         self.ready_at = None
+        self.notify_status = None
+        self.notify_stopping = False
         if self._restart_pending:
             self._restart_pending = False
             self.restarts += 1
@@ -281,6 +293,7 @@ class Instance:
         self.started_at = self.rt.clock.time()
         self.started_mono = now
         self.rt.children.watch(child.pid, self._exited)
+        self._follow_notify()
         self._set_state(S.STARTING)
         self._arm_readiness()
         if spec.startsecs <= 0:
@@ -295,6 +308,12 @@ class Instance:
         if self.port is not None:
             argv += [spec.effective_port_param, str(self.port)]
         env = program_env(self.rt.base_env, account, spec.environment, spec.display, self.port)
+        if spec.readiness is not None and spec.readiness.notify and self.rt.readiness:
+            # Only programs that declare `notify` are told where the socket is (pmd's own
+            # NOTIFY_SOCKET, if it had one, is never in the base environment).
+            address = self.rt.readiness.notify_address()
+            if address is not None:
+                env["NOTIFY_SOCKET"] = address
         cwd = spec.directory
         if cwd is None and account is not None and self.program.temporary_id is not None:
             cwd = account.home if os.path.isdir(account.home) else None  # quick-start rule
@@ -303,17 +322,26 @@ class Instance:
         if spec.logs_enabled:
             pipes = [Capture.make_pipe(), Capture.make_pipe()]
             out_w, err_w = pipes[0][1], pipes[1][1]
+        notification: tuple[int, int] | None = None
+        if spec.readiness is not None and spec.readiness.fd is not None \
+                and self.rt.readiness is not None:
+            notification = os.pipe2(os.O_CLOEXEC)
         try:
             child = self.rt.spawn(SpawnRequest(
                 argv=argv, env=env, cwd=cwd, account=account,
                 stdout=out_w if out_w is not None else subprocess.DEVNULL,
                 stderr=err_w if err_w is not None else subprocess.DEVNULL,
+                extra_fd=None if notification is None or spec.readiness is None
+                else (notification[1], spec.readiness.fd or 0),
             ))
         except BaseException:
-            for r, w in pipes:
+            for r, w in [*pipes, *([notification] if notification else [])]:
                 os.close(r)
                 os.close(w)
             raise
+        if notification is not None:
+            os.close(notification[1])  # the program's end now
+            self.ready_fd = notification[0]
         if pipes:
             os.close(pipes[0][1])
             os.close(pipes[1][1])
@@ -382,14 +410,46 @@ class Instance:
             return
         if readiness.log_line is not None and self.captures:
             self._ready_watch = LogLineWatch(self.captures, readiness.log_line,
-                                             lambda: self.mark_ready("log_line"))
+                                             lambda: self.mark_ready("log_line")).close
+        elif readiness.probe is not None and self.rt.readiness is not None:
+            self._ready_watch = self.rt.readiness.follow_probe(
+                readiness.probe, self.program.spec, self.port, lambda: self.mark_ready("probe"))
+        elif self.ready_fd is not None and self.rt.readiness is not None:
+            self._ready_watch = self.rt.readiness.follow_fd(
+                self.ready_fd, lambda: self.mark_ready("fd"), self._ready_fd_closed)
         limit = readiness.timeout_seconds if timeout is None else timeout
         if limit is not None:
             self._ready_timer = self.rt.timers.call_later(limit, self._ready_timeout)
 
+    def _follow_notify(self) -> None:
+        """Listen to this run's messages on the notify socket (until it exits): READY=1,
+        STATUS=, STOPPING=1, from a process of its own group."""
+        readiness = self.program.spec.readiness
+        if readiness is None or not readiness.notify or self.rt.readiness is None \
+                or self.pid is None:
+            return
+        self._notify_watch = self.rt.readiness.follow_notify(self.pid, self._notified)
+
+    def _notified(self, fields: dict[str, str]) -> None:
+        if "STATUS" in fields:
+            self.notify_status = fields["STATUS"][:1024] or None
+        if fields.get("STOPPING") == "1" and not self.notify_stopping:
+            self.notify_stopping = True
+            log.info("%s: says it is stopping (STOPPING=1)", self.name)
+        if fields.get("READY") == "1":
+            self.mark_ready("notify")
+
+    def _unfollow_notify(self) -> None:
+        if self._notify_watch is not None:
+            self._notify_watch()
+            self._notify_watch = None
+
+    def _ready_fd_closed(self) -> None:
+        self.ready_fd = None
+
     def _disarm_readiness(self) -> None:
         if self._ready_watch is not None:
-            self._ready_watch.close()
+            self._ready_watch()
             self._ready_watch = None
         if self._ready_timer is not None:
             self._ready_timer.cancel()
@@ -407,7 +467,7 @@ class Instance:
                     spec.readiness.timeout_seconds if spec.readiness else None)
         self._not_ready = True
         if self._ready_watch is not None:
-            self._ready_watch.close()
+            self._ready_watch()
             self._ready_watch = None
         pid = self.pid
         self.rt.killpg(pid, spec.stop_signum)
@@ -478,6 +538,7 @@ class Instance:
         self.exit_code = code
         self.ready_at = None
         self._disarm_readiness()
+        self._unfollow_notify()
         not_ready, self._not_ready = self._not_ready, False
         self.stopped_at = self.rt.clock.time()
         spec = self.program.spec
@@ -564,7 +625,8 @@ class Instance:
             "retry_at": self.retry_at, "backoff_reason": self.backoff_reason,
             "starts": list(self._starts), "limit_hits": self._limit_hits,
             "restart_pending": self._restart_pending, "completed": self.completed,
-            "ready_at": self.ready_at,
+            "ready_at": self.ready_at, "notify_status": self.notify_status,
+            "notify_stopping": self.notify_stopping, "ready_fd": self.ready_fd,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
             "log_bytes": {stream: count.total for stream, count in self.log_bytes.items()},
@@ -591,6 +653,8 @@ class Instance:
         self._restart_pending = snap.get("restart_pending", False)
         self.completed = snap.get("completed")
         self.ready_at = snap.get("ready_at") if state in RUNNING_STATES else None
+        self.notify_status = snap.get("notify_status")
+        self.notify_stopping = snap.get("notify_stopping", False)
         uptime = snap.get("uptime")
         if uptime is not None:
             self.started_mono = self.rt.clock.monotonic() - uptime
@@ -607,6 +671,14 @@ class Instance:
         if len(fds) == 2:
             self._ensure_logfiles()
             self.attach_captures(fds[0], fds[1])
+        ready_fd = snap.get("ready_fd")
+        if ready_fd is not None:  # handed over by the previous image: ours to close
+            if pid is not None and state in (S.STARTING, S.RUNNING) \
+                    and self.ready_at is None and not foreign:
+                os.set_inheritable(ready_fd, False)
+                self.ready_fd = ready_fd
+            else:
+                _close_quietly(ready_fd)
         if pid is not None and state in RUNNING_STATES:
             self.pid = pid
             if foreign and not self.rt.children.watch_foreign(pid, self._exited):
@@ -616,6 +688,7 @@ class Instance:
                 return
             if not foreign:
                 self.rt.children.watch(pid, self._exited)
+            self._follow_notify()
             self._adopt_state(state)
             readiness = self.program.spec.readiness
             if state == S.RUNNING and readiness is None:
@@ -665,6 +738,13 @@ def follow_running(events: EventBus, track: Callable[[Instance], None],
             untrack(event.source)
 
     return events.subscribe(on_event)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _reopen_pipes(pid: int) -> list[int]:

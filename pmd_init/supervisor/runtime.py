@@ -16,12 +16,15 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..logs.capture import ByteCount, Capture, Forwarder, LogFile
 from ..logs.times import SavedTimes
 from .events import Event
 from .spawn import SpawnRequest, killpg, spawn
+
+if TYPE_CHECKING:
+    from ..model.spec import HealthCheckSpec, ProgramSpec
 
 #: A raw wait status, or None when the exit of a non-child (watched by pidfd) is unknown.
 ExitCallback = Callable[[int | None], None]
@@ -67,6 +70,25 @@ class Child(Protocol):
 
     pid: int
     returncode: int | None
+
+
+class ReadinessSources(Protocol):
+    """The readiness sources that need something of pmd's own: probe tasks, the notify
+    socket, notification-fd pipes (readiness.py's `Readiness`). Each `follow_*` returns
+    the function that stops following."""
+
+    def follow_probe(self, check: HealthCheckSpec, program: ProgramSpec, port: int | None,
+                     on_ready: Callable[[], None]) -> Callable[[], None]: ...
+
+    def notify_address(self) -> str | None:
+        """$NOTIFY_SOCKET, or None when there is no socket to give."""
+
+    def follow_notify(self, pgid: int,
+                      on_message: Callable[[dict[str, str]], None]) -> Callable[[], None]: ...
+
+    def follow_fd(self, fd: int, on_ready: Callable[[], None],
+                  on_closed: Callable[[], None]) -> Callable[[], None]:
+        """Own `fd` (a pipe's read end) until the returned function closes it."""
 
 
 class SystemClock:
@@ -153,6 +175,9 @@ class Runtime:
     #: Capture times of lines logged before a re-exec, until their files are opened again:
     #: adopting instances fill it, their log files claim from it, the log routes read it.
     saved_times: SavedTimes = field(default_factory=SavedTimes)
+    #: Probes, the notify socket and notification fds; None: those sources are not acted
+    #: on (unit tests without a loop).
+    readiness: ReadinessSources | None = None
     #: Where scheduled restarts wait for their turn (built from `timers`).
     starts: StartQueue = field(init=False)
 

@@ -32,6 +32,10 @@ class InstanceSnapshot(TypedDict, total=False):
     restart_pending: bool
     completed: bool | None
     ready_at: float | None
+    notify_status: str | None
+    notify_stopping: bool
+    #: readiness `fd`: the notification pipe's read end, kept open across the exec.
+    ready_fd: int | None
     log_times: dict[str, list[float] | None]
     #: Bytes read from each stream so far (`pmd_log_bytes_total` must not fall back).
     log_bytes: dict[str, int]
@@ -55,3 +59,5 @@ class SupervisorSnapshot(TypedDict, total=False):
     #: Keys of the programs whose start waited for their dependencies.
     waiting: list[str]
     ephemeral_report: list[dict[str, Any]]
+    #: The notify socket, kept open across the exec: {"fd": n, "path": p}.
+    notify_socket: dict[str, Any] | None

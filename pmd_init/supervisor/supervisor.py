@@ -25,7 +25,7 @@ from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.records import EphemeralEntry, PidsEntry, Records
 from ..store.storage import StorageError
-from .depends import DependencyGate
+from .depends import DependencyGate, NotReady, not_ready
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import (
     Conflict,
@@ -37,13 +37,14 @@ from .errors import (
     StorageFailed,
     Waiting,
 )
-from .events import Event, EventBus, StateEvent
+from .events import Event, EventBus, ReadyEvent, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
 from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
 from .memory import MemoryWatch
 from .proctree import ProcessSampler
 from .program import Program
+from .readiness import Readiness
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
@@ -92,6 +93,11 @@ class Supervisor:
         self.runtime = Runtime.on_loop(loop, children, self.events.publish, log_dir,
                                        self.base_env, forward)
         self.forwarders = self.runtime.forwarders
+        #: What readiness sources need of pmd's own (probe tasks, the notify socket);
+        #: instances reach it
+        #: through their runtime.
+        self.readiness = self.runtime.readiness = Readiness(
+            loop, children, self.base_env, notify_path=state_dir / "notify.sock")
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
         self.records = Records(state_dir, store.storage)
@@ -168,10 +174,17 @@ class Supervisor:
         """What a program's start waits for now (empty: nothing)."""
         return self.gate.unmet(program)
 
+    def not_ready(self) -> tuple[int, list[NotReady]]:
+        """The container's readiness: how many programs count (enabled boot programs,
+        not lazy ones), and those of them that are not in their ready condition."""
+        counted = [p for p in self.programs.values() if self._boots(p.spec)]
+        missing = [r for r in (not_ready(p) for p in counted) if r is not None]
+        return len(counted), missing
+
     def specs(self) -> list[ProgramSpec]:
         return [p.spec for p in self.programs.values()]
 
-    def _webhooks_for(self, event: StateEvent) -> WebhooksSpec | None:
+    def _webhooks_for(self, event: StateEvent | ReadyEvent) -> WebhooksSpec | None:
         program = self.ephemeral.get(event.temporary_id) if event.temporary_id is not None \
             else self.programs.get(event.program_id or 0)
         return program.spec.webhooks if program is not None else None
@@ -706,6 +719,7 @@ class Supervisor:
         self.gate.close()
         self.memory.close()
         await self.health.close()
+        await self.readiness.close()
         programs = self.all_programs()
         everything: list[asyncio.Future[ProgramState]] = [
             inst.stop() for inst in list(self.extra_instances)]
@@ -753,12 +767,14 @@ class Supervisor:
             ],
             "ephemeral_report": self.ephemeral_report,
             "waiting": [p.key for p in self.gate.waiting()],
+            "notify_socket": self.readiness.hand_over(),
         }
 
     def adopt(self, raw: object) -> None:
         """After re-exec: the same processes, still our children, under the new pmd."""
         # Built here, not at import: a fresh boot should not pay for the schema.
         snap = TypeAdapter(SupervisorSnapshot).validate_python(raw)
+        self.readiness.take_over(snap.get("notify_socket"))
         programs = snap.get("programs", [])
         self.runtime.children.keep_early({
             pid for p in programs
@@ -818,6 +834,11 @@ class Supervisor:
 
     def capture_fds(self) -> list[int]:
         return [c.fd for i in self.everything() for c in i.captures if c.fd >= 0]
+
+    def readiness_fds(self) -> list[int]:
+        """The notification pipes of runs not ready yet (readiness `fd`): kept open across
+        a re-exec, like the log pipes."""
+        return [i.ready_fd for i in self.everything() if i.ready_fd is not None]
 
     def describe_event(self, event: StateEvent) -> str:
         return f"{event.instance}: {event.from_state} -> {event.to_state}"

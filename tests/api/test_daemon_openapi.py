@@ -18,7 +18,7 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
         ("post", "/programs/{program_id}/enable"), ("post", "/programs/{program_id}/disable"),
         ("get", "/status"), ("get", "/status/{program_id}"),
         ("get", "/programs/{program_id}/logs"), ("get", "/programs/{program_id}/logs/stream"),
-        ("get", "/health"), ("get", "/quick-start"), ("post", "/quick-start"),
+        ("get", "/health"), ("get", "/ready"), ("get", "/quick-start"), ("post", "/quick-start"),
         ("get", "/quick-start/{temporary_id}/status"), ("get", "/quick-start/{temporary_id}/logs"),
         ("post", "/quick-start/{temporary_id}/stop"),
     }
@@ -61,4 +61,6 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
     assert {"name": "program_id", "in": "path", "required": True,
             "schema": {"type": "integer"}} in get_one
     assert "security" not in paths[API + "/health"]["get"]
+    assert "security" not in paths[API + "/ready"]["get"]  # public: verdict and counts
+    assert "503" in paths[API + "/ready"]["get"]["summary"]
     assert "security" in paths[API + "/programs"]["get"]

@@ -155,8 +155,11 @@ def test_the_lifecycle_is_posted_with_payload_and_headers(hooked, receiver):
     wait_until(lambda: "EXITED" in events(receiver, "/ok/life"), timeout=10,
                what="the EXITED webhook")
     seen = receiver.seen("/ok/life")
-    assert [r["body"]["event"] for r in seen] == ["STARTING", "RUNNING", "EXITED"]
-    starting, running, exited = (r["body"] for r in seen)
+    # "all" includes READY: a program without a readiness source is ready at RUNNING
+    assert [r["body"]["event"] for r in seen] == ["STARTING", "RUNNING", "READY", "EXITED"]
+    starting, running, ready, exited = (r["body"] for r in seen)
+    assert ready == {**running, "event": "READY", "from_state": None, "to_state": None,
+                     "via": "running", "timestamp": ready["timestamp"]}
     assert starting == {
         "program_id": answer["id"], "program": "hook-life", "instance": "hook-life",
         "port": None, "temporary_id": None, "event": "STARTING", "from_state": "STOPPED",
@@ -178,7 +181,7 @@ def test_the_lifecycle_is_posted_with_payload_and_headers(hooked, receiver):
         assert h["Connection"] == "close"
         assert h["Host"] == f"127.0.0.1:{receiver.port}"
         assert (h["Authorization"], h["X-Team"]) == ("Bearer abc", "ops")
-    assert health(hooked)["sent"] >= 3
+    assert health(hooked)["sent"] >= 4
 
 
 def test_only_the_chosen_events_are_posted(hooked, receiver):
