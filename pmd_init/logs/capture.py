@@ -1,9 +1,11 @@
 """From a program's pipe to its log file and to pmd's stdout, without ever blocking.
 
 One `Capture` owns the read end of one pipe (a program's stdout or stderr). The loop calls it
-when the pipe is readable; it reads up to 1 MiB at once (the pipe is enlarged to 1 MiB so a
-fast writer needs few wake-ups), appends to the instance's `LogFile`, and hands whole lines
-to the `Forwarder`, which prefixes them with the program name for `docker logs`.
+when the pipe is readable; it reads what the pipe holds, up to 1 MiB at once (the pipe is
+enlarged to 1 MiB so a fast writer needs few wake-ups), appends it to the instance's
+`LogFile`, and hands its whole lines, each after the program's `[name] ` prefix, to the
+`Forwarder` that writes them to pmd's stdout or stderr for `docker logs`. The work per chunk
+is a few C-speed operations and three system calls, whatever the number of lines in it.
 
 Neither a full disk nor a stalled stdout may stop a program: failed file writes and
 forwarded bytes that do not fit are dropped and counted, never retried in a loop.
@@ -17,6 +19,8 @@ import fcntl
 import logging
 import os
 import stat
+import sys
+import termios
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,24 +189,33 @@ class Forwarder:
             return own
         return os.dup(fd)  # a regular file: writes do not block for long
 
-    def write(self, data: bytes) -> None:
+    def write(self, *parts: bytes | memoryview) -> None:
+        """Write the parts as one (one writev); what does not fit now waits for the
+        descriptor to be writable, up to FORWARD_BUFFER_MAX, and the rest is dropped."""
         if self._fd < 0:
             return
         if self._pending:
-            if len(self._pending) + len(data) > FORWARD_BUFFER_MAX:
-                self.dropped += len(data)
+            total = sum(len(p) for p in parts)
+            if len(self._pending) + total > FORWARD_BUFFER_MAX:
+                self.dropped += total
             else:
-                self._pending += data
+                for part in parts:
+                    self._pending += part
             return
         try:
-            n = os.write(self._fd, data)
+            n = os.writev(self._fd, parts)
         except BlockingIOError:
             n = 0
         except OSError:
-            self.dropped += len(data)
+            self.dropped += sum(len(p) for p in parts)
             return
-        if n < len(data):
-            self._pending += data[n:]
+        for part in parts:  # keep what was not written (the rest of whole lines)
+            if n >= len(part):
+                n -= len(part)
+                continue
+            self._pending += memoryview(part)[n:]
+            n = 0
+        if self._pending:
             self._loop.add_writer(self._fd, self._flush)
 
     def _flush(self) -> None:
@@ -225,8 +238,8 @@ class Capture:
     """Reads one pipe until EOF. Whoever wants to know of new output as it arrives (the
     API's log streams) subscribes to it and unsubscribes when done."""
 
-    __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_partial", "_on_eof",
-                 "bytes_read", "_listeners")
+    __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_line_break", "_partial",
+                 "_on_eof", "bytes_read", "_listeners")
 
     def __init__(
         self,
@@ -242,6 +255,7 @@ class Capture:
         self.logfile = logfile
         self._forward = forward
         self._prefix = prefix
+        self._line_break = b"\n" + prefix
         self._partial = b""
         self._on_eof = on_eof
         self.bytes_read = 0
@@ -296,11 +310,22 @@ class Capture:
                 break
         return self.fd < 0
 
+    def _available(self) -> int:
+        """How much to ask for: what the pipe holds, up to READ_SIZE. A read of exactly that
+        size allocates what it keeps; a 1 MiB read that returns 30 KiB is shrunk in place,
+        and that pattern made glibc give memory back and fault it in again on every chunk
+        (a third of the capture's CPU, measured)."""
+        try:
+            raw = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return READ_SIZE
+        return min(int.from_bytes(raw, sys.byteorder), READ_SIZE) or READ_SIZE
+
     def _read(self) -> int:
         """One read into the sinks: bytes read, 0 when the pipe is empty for now, -1 at EOF
         (the capture is then closed)."""
         try:
-            data = os.read(self.fd, READ_SIZE)
+            data = os.read(self.fd, self._available())
         except BlockingIOError:
             return 0
         except OSError:
@@ -319,24 +344,29 @@ class Capture:
         return len(data)
 
     def _forward_lines(self, data: bytes) -> None:
+        """Whole lines, each after the prefix; the start of an unfinished line waits for its
+        end (so that programs' lines do not interleave), up to PARTIAL_LINE_MAX."""
         assert self._forward is not None
-        if self._partial:
-            data = self._partial + data
-            self._partial = b""
+        prefix = self._prefix
         cut = data.rfind(b"\n")
         if cut < 0:
-            if len(data) > PARTIAL_LINE_MAX:
-                self._forward.write(self._prefix + data + b"\n")
-            else:
-                self._partial = data
+            partial = self._partial + data
+            if len(partial) > PARTIAL_LINE_MAX:
+                self._forward.write(prefix, partial, b"\n")
+                partial = b""
+            self._partial = partial
             return
-        whole, rest = data[:cut], data[cut + 1 :]
-        if len(rest) > PARTIAL_LINE_MAX:
-            whole, rest = data, b""
-        # One replace over the whole chunk costs a third of a split/join per line.
-        prefix = self._prefix
-        self._forward.write(prefix + whole.replace(b"\n", b"\n" + prefix) + b"\n")
-        self._partial = rest
+        # One replace over the whole chunk, written with the held start of its first line
+        # in one writev: no per-line work and no copy of the chunk besides the replace.
+        prefixed = data.replace(b"\n", self._line_break)
+        rest = len(data) - cut - 1
+        if rest > PARTIAL_LINE_MAX:
+            self._forward.write(prefix, self._partial, prefixed, b"\n")
+            self._partial = b""
+            return
+        whole = memoryview(prefixed)[:len(prefixed) - rest - len(prefix)]
+        self._forward.write(prefix, self._partial, whole)
+        self._partial = data[cut + 1:] if rest else b""
 
     def close(self) -> None:
         if self.fd < 0:
@@ -345,7 +375,7 @@ class Capture:
         os.close(self.fd)
         self.fd = -1
         if self._partial and self._forward is not None:
-            self._forward.write(self._prefix + self._partial + b"\n")
+            self._forward.write(self._prefix, self._partial, b"\n")
             self._partial = b""
         if self._on_eof is not None:
             self._on_eof(self)
