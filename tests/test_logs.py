@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from pmd_init.logs import tail
-from pmd_init.logs.capture import PARTIAL_LINE_MAX, Capture, Forwarder, LogFile
+from pmd_init.logs.capture import PARTIAL_LINE_MAX, SLICE, Capture, Forwarder, LogFile
 from pmd_init.logs.tail import capture_times, count_lines, last_lines, tail_lines
 from pmd_init.logs.times import LineTimes, SavedTimes
 
@@ -286,6 +286,16 @@ def test_forwarded_lines_each_start_with_the_prefix_wherever_the_chunks_cut(tmp_
     assert logged == blob  # the log file is byte for byte what the program wrote
     # an unfinished last line is forwarded at EOF, ended
     assert forwarded == b"".join(b"[p] " + line for line in lines[:-1]) + b"[p] last\n"
+
+
+def test_a_chunk_of_many_slices_is_forwarded_whole(tmp_path):
+    lines = [f"{i:06d} {'y' * (i % 200)}\n".encode() for i in range(4000)]
+    blob = b"".join(lines)  # about 420 KiB in one write: many of the capture's slices
+    assert len(blob) > 5 * SLICE
+    logged, forwarded = forward_through(tmp_path, [b"start of ", blob + b"tail"])
+    assert logged == b"start of " + blob + b"tail"
+    assert forwarded == b"[p] start of " + b"".join(b"[p] " + line for line in lines)[4:] \
+        + b"[p] tail\n"
 
 
 def test_a_line_longer_than_the_partial_limit_is_forwarded_in_ended_pieces(tmp_path):

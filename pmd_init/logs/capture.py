@@ -19,8 +19,6 @@ import fcntl
 import logging
 import os
 import stat
-import sys
-import termios
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +31,10 @@ PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 FORWARD_BUFFER_MAX = 1 << 20
 PARTIAL_LINE_MAX = 64 << 10
+#: The forwarded copy is prefixed in slices of this size: every buffer the capture
+#: allocates stays under glibc's 64 KiB mark, past which freeing one may trim the heap,
+#: and the next chunk faults the same pages in again (up to half the capture's CPU).
+SLICE = 48 << 10
 
 
 def open_log_path(path: Path) -> int:
@@ -82,7 +84,7 @@ class LogFile:
         if self._fd < 0:
             self._open()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append, rotating so that no file grows past max_bytes: a chunk that does not fit
         is cut at its last newline that does (or at the limit, for a longer line)."""
         if self._fd < 0 and not self._open():
@@ -99,6 +101,8 @@ class LogFile:
             if end - start <= room:
                 self._write_all(data, start, end)
                 return
+            if isinstance(data, memoryview):
+                data = data.tobytes()  # a rotation: rare enough for a copy
             cut = data.rfind(b"\n", start, start + room)
             if cut >= 0:
                 stop = cut + 1
@@ -110,7 +114,7 @@ class LogFile:
             start = stop
             self.size = max(self.size, self.max_bytes)  # forces the rotation above
 
-    def _write_all(self, data: bytes, start: int, stop: int) -> None:
+    def _write_all(self, data: bytes | memoryview, start: int, stop: int) -> None:
         view = memoryview(data)[start:stop]
         try:
             while view:
@@ -239,7 +243,7 @@ class Capture:
     API's log streams) subscribes to it and unsubscribes when done."""
 
     __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_line_break", "_partial",
-                 "_on_eof", "bytes_read", "_listeners")
+                 "_on_eof", "bytes_read", "_listeners", "_buffer")
 
     def __init__(
         self,
@@ -249,6 +253,7 @@ class Capture:
         forward: Forwarder | None,
         prefix: bytes,
         on_eof: Callable[[Capture], None] | None = None,
+        buffer: bytearray | None = None,
     ) -> None:
         self._loop = loop
         self.fd = fd
@@ -260,6 +265,9 @@ class Capture:
         self._on_eof = on_eof
         self.bytes_read = 0
         self._listeners: list[DataListener] | None = None  # a list only while someone listens
+        # Reads land here, never in a new object: one buffer of READ_SIZE can serve every
+        # capture of a loop (each chunk is done with before the next read).
+        self._buffer = buffer if buffer is not None else bytearray(READ_SIZE)
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._readable)
 
@@ -310,45 +318,36 @@ class Capture:
                 break
         return self.fd < 0
 
-    def _available(self) -> int:
-        """How much to ask for: what the pipe holds, up to READ_SIZE. A read of exactly that
-        size allocates what it keeps; a 1 MiB read that returns 30 KiB is shrunk in place,
-        and that pattern made glibc give memory back and fault it in again on every chunk
-        (a third of the capture's CPU, measured)."""
-        try:
-            raw = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
-        except OSError:
-            return READ_SIZE
-        return min(int.from_bytes(raw, sys.byteorder), READ_SIZE) or READ_SIZE
-
     def _read(self) -> int:
         """One read into the sinks: bytes read, 0 when the pipe is empty for now, -1 at EOF
         (the capture is then closed)."""
         try:
-            data = os.read(self.fd, self._available())
+            n = os.readv(self.fd, (self._buffer,))
         except BlockingIOError:
             return 0
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self.close()
             return -1
-        self.bytes_read += len(data)
+        self.bytes_read += n
+        data = memoryview(self._buffer)[:n]
         if self.logfile is not None:
             self.logfile.write(data)
         if self._forward is not None:
             self._forward_lines(data)
         if self._listeners:
+            chunk = data.tobytes()
             for listener in tuple(self._listeners):
-                listener(data)
-        return len(data)
+                listener(chunk)
+        return n
 
-    def _forward_lines(self, data: bytes) -> None:
+    def _forward_lines(self, data: memoryview) -> None:
         """Whole lines, each after the prefix; the start of an unfinished line waits for its
         end (so that programs' lines do not interleave), up to PARTIAL_LINE_MAX."""
         assert self._forward is not None
         prefix = self._prefix
-        cut = data.rfind(b"\n")
+        cut = self._buffer.rfind(b"\n", 0, len(data))
         if cut < 0:
             partial = self._partial + data
             if len(partial) > PARTIAL_LINE_MAX:
@@ -356,17 +355,21 @@ class Capture:
                 partial = b""
             self._partial = partial
             return
-        # One replace over the whole chunk, written with the held start of its first line
-        # in one writev: no per-line work and no copy of the chunk besides the replace.
-        prefixed = data.replace(b"\n", self._line_break)
         rest = len(data) - cut - 1
-        if rest > PARTIAL_LINE_MAX:
-            self._forward.write(prefix, self._partial, prefixed, b"\n")
+        whole = data if rest > PARTIAL_LINE_MAX else data[:cut + 1]
+        # A replace per slice, all written with the held start of the first line in one
+        # writev: no work per line, and no buffer that glibc would trim (SLICE).
+        line_break = self._line_break
+        parts: list[bytes | memoryview] = [prefix, self._partial]
+        for start in range(0, len(whole), SLICE):
+            parts.append(whole[start:start + SLICE].tobytes().replace(b"\n", line_break))
+        if whole is data:  # a line too long to hold: this piece of it ends here
+            parts.append(b"\n")
             self._partial = b""
-            return
-        whole = memoryview(prefixed)[:len(prefixed) - rest - len(prefix)]
-        self._forward.write(prefix, self._partial, whole)
-        self._partial = data[cut + 1:] if rest else b""
+        else:  # the last slice ends with a newline, and the next line's prefix: not yet
+            parts[-1] = memoryview(parts[-1])[:-len(prefix)] if prefix else parts[-1]
+            self._partial = data[cut + 1:].tobytes()
+        self._forward.write(*parts)
 
     def close(self) -> None:
         if self.fd < 0:
