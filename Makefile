@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR := .run
 STAMP := $(VENV)/.installed
+# tini and supervisord for the bench's anchors, when the system has none (scripts/bench-deps)
+BENCH_VENV := .venv-bench
+BENCH_PATH := PATH="$$PATH:$(CURDIR)/$(BENCH_VENV)/bin"
 
 .PHONY: run test unit integration lint bench bench-metrics chaos clean system-deps
 
@@ -32,16 +35,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check pmd_init tests integration bench
 	$(BIN)/mypy pmd_init
 
+## pmd beside tini and supervisord, each as PID 1 of its own PID namespace (BENCH_ARGS=--quick).
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	@PYTHON=$(PYTHON) ./scripts/bench-deps $(BENCH_VENV)
+	$(BENCH_PATH) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## A crash storm (20 programs exiting at once) for 20 s, pmd beside supervisord.
 chaos: $(STAMP)
-	$(BIN)/python bench/chaos.py
+	@PYTHON=$(PYTHON) ./scripts/bench-deps $(BENCH_VENV)
+	$(BENCH_PATH) $(BIN)/python bench/chaos.py
 
 ## A scrape of GET /metrics with 100 programs, and prometheus_client's import cost.
 bench-metrics: $(STAMP)
 	$(BIN)/python bench/metrics.py
 
 clean:
-	rm -rf $(VENV) $(RUN_DIR) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(RUN_DIR) .pytest_cache

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
+    from .viewcache import ViewCache
 
 
 class OrphanCount(Protocol):
@@ -53,6 +54,8 @@ class AppContext:
     supervisor: Supervisor
     service: Service
     settings: Settings
+    #: The listing routes' answers, kept as bytes until what they show changes.
+    views: ViewCache
     #: The rate limiter's state (ratelimit.py), the OpenAPI document once built
     #: (openapi.py), the metrics registry from the first scrape on (metrics.py), and the
     #: event that ends every log stream at shutdown (daemon.py).

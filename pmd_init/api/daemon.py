@@ -9,6 +9,7 @@ Decisions where the spec is silent are written down in docs/daemon-api.md.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -75,6 +76,12 @@ def query(request: Request, model: type[M]) -> M:
 
 def _service(request: Request) -> Service:
     return context(request).service
+
+
+def cached(request: Request, key: Hashable, build: Callable[[], Any]) -> HTTPResponse:
+    """A listing's answer from the view cache (viewcache.py): the same bytes json() sends."""
+    return HTTPResponse(context(request).views.answer(key, build),
+                        content_type="application/json")
 
 
 # ---- views -------------------------------------------------------------------------
@@ -171,10 +178,14 @@ async def list_programs(request: Request) -> HTTPResponse:
         raise Invalid(f"{missing}: port_from and port_to must be used together", field=missing)
     if q.port_from is not None and q.port_to is not None and q.port_from > q.port_to:
         raise Invalid("port_to: must not be below port_from", field="port_to")
-    return json({"programs": [
-        program_view(request, p, q.include_status, q.include_stats)
-        for p in _service(request).programs() if _filter(q, p.spec)
-    ]})
+
+    def build() -> dict[str, Any]:
+        return {"programs": [program_view(request, p, q.include_status, q.include_stats)
+                             for p in _service(request).programs() if _filter(q, p.spec)]}
+
+    if q.include_stats:  # sampled from /proc: not kept
+        return json(build())
+    return cached(request, ("programs", request.query_string), build)
 
 
 @bp.get("/programs/<program_id:int>")
@@ -289,14 +300,17 @@ async def disable_program(request: Request, program_id: int) -> HTTPResponse:
 @doc("The status of every program", response="`{success, statuses: [{id, name, enabled, "
                                               "status}]}`")
 async def statuses(request: Request) -> HTTPResponse:
-    return json({
-        "success": True,
-        "statuses": [
-            {"id": p.id, "name": p.name, "enabled": p.spec.enabled,
-             "status": program_status(p)}
-            for p in _service(request).programs()
-        ],
-    })
+    def build() -> dict[str, Any]:
+        return {
+            "success": True,
+            "statuses": [
+                {"id": p.id, "name": p.name, "enabled": p.spec.enabled,
+                 "status": program_status(p)}
+                for p in _service(request).programs()
+            ],
+        }
+
+    return cached(request, "status", build)
 
 
 @bp.get("/status/<program_id:int>")

@@ -77,16 +77,22 @@ async def root(request: Request) -> HTTPResponse:
 @bp.get("/api/processes")
 async def list_processes(request: Request) -> HTTPResponse:
     service = _service(request)
-    status = request.args.get("status")
-    name = request.args.get("name")
-    views = []
-    for program in [*service.programs(), *service.quick_starts()]:
-        if name is not None and program.name != name:
-            continue
-        if status is not None and program_pm2_status(program) != status.lower():
-            continue
-        views.append(process_view(program, service.supervisor.sampler))
-    return json(views)
+
+    def build() -> list[dict[str, Any]]:
+        status = request.args.get("status")
+        name = request.args.get("name")
+        views = []
+        for program in [*service.programs(), *service.quick_starts()]:
+            if name is not None and program.name != name:
+                continue
+            if status is not None and program_pm2_status(program) != status.lower():
+                continue
+            views.append(process_view(program, service.supervisor.sampler))
+        return views
+
+    # CPU and memory come from the sampler's scan, itself reused for a second
+    body = context(request).views.answer(("processes", request.query_string), build)
+    return HTTPResponse(body, content_type="application/json")
 
 
 @bp.post("/api/processes")

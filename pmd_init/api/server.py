@@ -27,6 +27,7 @@ from .context import AppContext, Owner, PmdApp
 from .errors import error_response
 from .listeners import BACKLOG, Listener, open_listeners, set_inheritable
 from .openapi import doc
+from .viewcache import ViewCache
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -46,7 +47,7 @@ def _dumps(value: Any) -> str:
 
 def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     ctx = AppContext(init=init, supervisor=init.supervisor, service=init.service,
-                     settings=init.settings)
+                     settings=init.settings, views=ViewCache(init.supervisor))
     app: PmdApp = Sanic(name, ctx=ctx, dumps=_dumps, loads=orjson.loads,
                         configure_logging=False)
     app.config.MOTD = False

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..logs.capture import ByteCount, Capture, Forwarder, LogFile
+from ..logs.capture import READ_SIZE, ByteCount, Capture, Forwarder, LogFile
 from ..logs.times import SavedTimes
 from .events import Event
 from .spawn import SpawnRequest, killpg, spawn
@@ -188,10 +188,13 @@ class Runtime:
     def on_loop(cls, loop: asyncio.AbstractEventLoop, children: ChildWatcher,
                 publish: Callable[[Event], None], log_dir: Path,
                 base_env: Mapping[str, str], forward: bool) -> Runtime:
+        buffer = bytearray(READ_SIZE)  # every capture reads into it, one chunk at a time
+
         def capture(fd: int, logfile: LogFile | None, forward_to: Forwarder | None,
                     prefix: bytes, on_eof: Callable[[Capture], None],
                     count: ByteCount | None) -> Capture:
-            return Capture(loop, fd, logfile, forward_to, prefix, on_eof=on_eof, count=count)
+            return Capture(loop, fd, logfile, forward_to, prefix, on_eof=on_eof, count=count,
+                           buffer=buffer)
 
         return cls(
             timers=loop, children=children, publish=publish, log_dir=log_dir,
