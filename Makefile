@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR := .run
 STAMP := $(VENV)/.installed
+# tini and supervisord for the bench's anchors, when the system has none (scripts/bench-deps)
+BENCH_VENV := .venv-bench
+BENCH_PATH := PATH="$$PATH:$(CURDIR)/$(BENCH_VENV)/bin"
 
-.PHONY: run test unit integration lint bench chaos clean system-deps
+.PHONY: run test unit integration lint bench bench-metrics chaos clean system-deps
 
 $(STAMP): pyproject.toml
 	@./scripts/system-deps
@@ -32,13 +35,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check pmd_init tests integration bench
 	$(BIN)/mypy pmd_init
 
+## pmd beside tini and supervisord, each as PID 1 of its own PID namespace (BENCH_ARGS=--quick).
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	@PYTHON=$(PYTHON) ./scripts/bench-deps $(BENCH_VENV)
+	$(BENCH_PATH) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## The fault suite (docs/faults.md): a crash storm, 100 crash-looping and 1000 programs,
 ## a log flood, stalled clients, kill -9 during API writes, a full state disk.
 chaos: $(STAMP)
-	$(BIN)/python bench/chaos.py
+	@PYTHON=$(PYTHON) ./scripts/bench-deps $(BENCH_VENV)
+	$(BENCH_PATH) $(BIN)/python bench/chaos.py
+
+## A scrape of GET /metrics with 100 programs, and prometheus_client's import cost.
+bench-metrics: $(STAMP)
+	$(BIN)/python bench/metrics.py
 
 clean:
-	rm -rf $(VENV) $(RUN_DIR) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(RUN_DIR) .pytest_cache

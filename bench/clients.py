@@ -74,11 +74,11 @@ def pmd_post(sock: Path, target: str, doc: dict[str, Any] | None = None) -> Any:
 
 # ---- supervisord -------------------------------------------------------------------
 
-_ALL_INFO = xmlrpc.client.dumps((), "supervisor.getAllProcessInfo").encode()
+ALL_INFO = xmlrpc.client.dumps((), "supervisor.getAllProcessInfo").encode()
 
 
 def supervisord_status_raw(sock: Path, timeout: float = 10.0) -> tuple[int, bytes]:
-    return request(sock, "POST", "/RPC2", _ALL_INFO, {"Content-Type": "text/xml"},
+    return request(sock, "POST", "/RPC2", ALL_INFO, {"Content-Type": "text/xml"},
                    timeout=timeout)
 
 

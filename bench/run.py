@@ -15,11 +15,18 @@ Scenarios:
             the API while the program waits; the waits are excluded and counted
   fleet     100 `sleep` programs: exec to 100 running, RSS, idle context switches and CPU,
             then SIGTERM to exit; and the same with 1 program for the per-program RSS
-  capture   a program writes 256 MiB to stdout (`head -c N /dev/zero`); time and init
-            CPU seconds (pmd with PMD_LOG_FORWARD=0; plus pmd forwarding 100-byte lines).
-            Logs go to /dev/shm when it is a tmpfs (--capture-dir to change), so that the
-            figure is the init's and not the disk's write-back; tini's column is the
-            program writing straight to a file (no capture at all: the floor)
+  capture   a program writes 256 MiB of 100-byte lines to stdout (`yes | head -c N`);
+            time and init CPU seconds, every init in its default configuration (pmd copies
+            each line to its own stdout as `[name] line`; supervisord does not), plus pmd
+            with PMD_LOG_FORWARD=0 in the notes. Logs go to /dev/shm when it is a tmpfs
+            (--capture-dir to change), so that the figure is the init's and not the disk's
+            write-back; pmd's own stdout is a file beside them; tini's column is the program
+            writing straight to a file (no capture at all: the floor)
+  list      100 `sleep` programs; each init's listing with status over its Unix socket,
+            keep-alive connections (1, then 16) asking as fast as answers come for
+            --list-seconds: pmd (defaults) GET /api/v1/daemon/programs?include_status=true,
+            /api/v1/daemon/status and /api/processes; supervisord XML-RPC
+            getAllProcessInfo (what `supervisorctl status` asks); req/s and p99
   reexec    pmd only: 5 `pmd reexec` while a client connects to the TCP port every 2 ms
             and asks for /api/v1/daemon/health; refused connections and the longest wait
   storm     20 programs exiting at once (the gap's C program, startsecs 0, autorestart
@@ -31,7 +38,7 @@ Times are from the bench's own exec of `unshare` (a few ms, the same for every i
 The full run takes about 6 minutes, --quick about 100 s.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--reps N]
-                                     [--only reap,gap,fleet,capture,storm,reexec]
+                                     [--only reap,gap,fleet,capture,list,storm,reexec]
                                      [--inits pmd,tini,supervisord] [--keep]
 Needs: unshare (util-linux) and root or user namespaces; tini and supervisord for the
 anchors (Debian: apt-get install tini supervisor); cc for the crash program.
@@ -60,9 +67,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import load  # noqa: E402
 import procfs  # noqa: E402
 from chaos import run_storm, storm_rows  # noqa: E402
-from clients import PMD_STATUS, pmd_get, pmd_post  # noqa: E402
+from clients import ALL_INFO, PMD_STATUS, pmd_get, pmd_post  # noqa: E402
 from inits import (  # noqa: E402
     ROOT,
     Launch,
@@ -77,6 +85,7 @@ from inits import (  # noqa: E402
     read_stamps,
     supervisord_launch,
     supervisord_log_path,
+    supervisord_socket,
     tini_launch,
     tini_log_path,
     wait_until,
@@ -85,7 +94,11 @@ from table import med, percentile, pooled, render  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 INITS = ("pmd", "tini", "supervisord")
-SCENARIOS = ("reap", "gap", "fleet", "capture", "storm", "reexec")
+SCENARIOS = ("reap", "gap", "fleet", "capture", "list", "storm", "reexec")
+#: pmd's listings with status, as the list row asks for them
+LIST_TARGETS = {"programs": "/api/v1/daemon/programs?include_status=true",
+                "status": PMD_STATUS, "processes": "/api/processes"}
+LIST_CONNECTIONS = (1, 16)
 MiB = 1 << 20
 
 
@@ -334,8 +347,8 @@ def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
         run.kill()
 
 
-def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "zero",
-                forward: bool = False) -> dict[str, Any]:
+def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "lines",
+                forward: bool = True) -> dict[str, Any]:
     go, start = base / "go", base / "start"
     writer = [pmd_python(), str(BENCH / "writer.py"), "--go", str(go), "--start", str(start),
               "--bytes", str(opts.capture_bytes), "--source", source]
@@ -373,6 +386,40 @@ def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "
         return {"seconds": seconds, "mib_per_s": opts.capture_bytes / MiB / seconds,
                 "init_cpu_s": cpu1 - cpu0, "log_bytes": size, "init_stdout_bytes": stdout_bytes,
                 "source": source, "forward": forward}
+    finally:
+        run.terminate(15)
+
+
+def run_list(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """Listing with status under load: every program running first, then each target at
+    1 and 16 keep-alive connections over the init's Unix socket."""
+    progs = fleet_progs(opts.programs)
+    if kind == "supervisord":
+        run = supervisord_launch(base, progs, rpc=True).start()
+        sock = supervisord_socket(base)
+        targets = {"rpc": load.http_post("/RPC2", ALL_INFO, "text/xml")}
+    else:
+        run = launch(kind, base, progs).start()
+        sock = pmd_socket(base)
+        targets = {name: load.http_get(path) for name, path in LIST_TARGETS.items()}
+    try:
+        assert run.pid is not None
+        counter = SleepCounter(run.pid)
+        if not wait_until(lambda: counter() >= opts.programs, 60, 0.05):
+            raise RuntimeError(f"{kind}: {counter()} of {opts.programs} programs running")
+        wait_until(sock.exists, 15, 0.01)
+        time.sleep(opts.settle)
+        result: dict[str, Any] = {}
+        cpu0 = procfs.cpu_seconds(run.pid) or 0.0
+        for name, request in targets.items():
+            for conns in LIST_CONNECTIONS:
+                r = load.run(sock, request, conns, opts.list_seconds)
+                if r["errors"] or not r["requests"]:
+                    raise RuntimeError(f"{kind}: {name} at {conns} connections: {r}")
+                for key in ("req_per_s", "p50_ms", "p99_ms", "reconnects"):
+                    result[f"{name}_c{conns}_{key}"] = r[key]
+        result["init_cpu_s"] = (procfs.cpu_seconds(run.pid) or 0.0) - cpu0
+        return result
     finally:
         run.terminate(15)
 
@@ -499,8 +546,12 @@ class Bench:
             log(f"capture: {o.capture_bytes // MiB} MiB to stdout")
             self.rounds("capture", inits, run_capture, o.reps)
             if "pmd" in inits:
-                self.rounds("capture_fwd", ["pmd"], run_capture, o.capture_fwd_reps,
-                            source="lines", forward=True)
+                self.rounds("capture_quiet", ["pmd"], run_capture, o.capture_quiet_reps,
+                            forward=False)
+        if "list" in only:
+            log(f"list: {o.programs} programs, listings with status at "
+                f"{' and '.join(map(str, LIST_CONNECTIONS))} connections")
+            self.rounds("list", [k for k in inits if k != "tini"], run_list, o.reps)
         if "reexec" in only and "pmd" in inits:
             log(f"reexec: {o.reexecs} re-execs of pmd under a client connecting every 2 ms")
             self.rounds("reexec", ["pmd"], run_reexec, 1)
@@ -564,9 +615,23 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
     row("init RSS per program (1→100)", "KiB", per_program)
     row("idle context switches, 100 programs", "/s", lambda k: med(raw, "fleet", k, "ctx_per_s"))
     row("idle CPU, 100 programs", "ms/s", lambda k: med(raw, "fleet", k, "idle_cpu_ms_per_s"))
-    row("capture 256 MiB of stdout", "MiB/s", lambda k: med(raw, "capture", k, "mib_per_s"),
+    row("capture 256 MiB of 100-byte lines", "MiB/s", lambda k: med(raw, "capture", k, "mib_per_s"),
         better="higher")
     row("capture: init CPU", "cpu-s", lambda k: med(raw, "capture", k, "init_cpu_s"))
+
+    def listing(pmd_key: str, figure: str) -> Callable[[str], float | None]:
+        def get(kind: str) -> float | None:
+            key = pmd_key if kind == "pmd" else "rpc"
+            return med(raw, "list", kind, f"{key}_{figure}")
+        return get
+
+    for name, label in (("programs", "list 100 programs with status"),
+                        ("status", "daemon/status, 100 programs"),
+                        ("processes", "/api/processes, 100 programs")):
+        for conns in LIST_CONNECTIONS:
+            row(f"{label}, {conns} conn.", "req/s", listing(name, f"c{conns}_req_per_s"),
+                fmt="{:.0f}", better="higher")
+        row(f"{label}, 16 conn. p99", "ms", listing(name, "c16_p99_ms"))
     rows += storm_rows(raw, inits, short=True)
     return rows
 
@@ -590,12 +655,12 @@ def extras(raw: dict[str, Any]) -> list[str]:
     threads = med(raw, "fleet", "pmd", "threads")
     if threads is not None:
         notes.append(f"pmd threads with 100 programs: {threads:.0f}")
-    fwd = raw.get("capture_fwd", {}).get("pmd", [])
-    if fwd:
+    quiet = raw.get("capture_quiet", {}).get("pmd", [])
+    if quiet:
         notes.append(
-            "pmd capture with forwarding on (256 MiB of 100-byte lines, PMD_LOG_FORWARD=1): "
-            f"{statistics.median(r['mib_per_s'] for r in fwd):.0f} MiB/s, "
-            f"{statistics.median(r['init_cpu_s'] for r in fwd):.2f} init cpu-s")
+            "pmd capture without forwarding (the same lines, PMD_LOG_FORWARD=0): "
+            f"{statistics.median(r['mib_per_s'] for r in quiet):.0f} MiB/s, "
+            f"{statistics.median(r['init_cpu_s'] for r in quiet):.2f} init cpu-s")
     for r in raw.get("reexec", {}).get("pmd", []):
         wait = r["longest_wait_s"]
         notes.append(f"pmd re-exec x{r['reexecs']} under a client connecting every 2 ms: "
@@ -660,8 +725,9 @@ def main() -> None:
     o.idle_window = 5.0 if quick else 10.0
     o.settle = 1.5 if quick else 2.0
     o.capture_bytes = 256 * MiB
-    o.capture_fwd_reps = 1 if quick else 2
+    o.capture_quiet_reps = 1 if quick else 2
     o.reexecs = 5
+    o.list_seconds = 2.0 if quick else 4.0
     # long enough to hold a burst of pmd's start limit after its first 10 s wait
     o.storm_programs, o.storm_seconds, o.storm_rate, o.storm_settle = \
         20, 10.0 if quick else 20.0, 50.0, 0.5

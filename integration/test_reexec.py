@@ -145,3 +145,32 @@ def test_five_reexecs_refuse_no_connection_and_leak_no_socket(tmp_path):
         assert f"socket:[{tcp_inode}]" not in links
         assert f"socket:[{sock_inode}]" not in links
         assert not [link for link in links if link.startswith("socket:")], links
+
+
+def test_programs_get_the_callers_environment_before_and_after_a_reexec(tmp_path):
+    """pmd sets PYDANTIC_DISABLE_PLUGINS for itself and reads PMD_* settings: programs
+    see neither, but a variable the caller set is theirs, the same after a re-exec
+    (the environment is handed over in the re-exec state, not guessed again)."""
+    out = tmp_path / "env"
+    programs = [{"name": "env", "boot": True, "startsecs": 0, "autorestart": "false",
+                 "command": f"sh -c 'env > {out}.tmp.$$ && mv {out}.tmp.$$ {out}.$$'"}]
+
+    def seen() -> list[dict[str, str]]:
+        runs = []
+        for path in sorted(tmp_path.glob("env.[0-9]*")):  # whole files only: written, moved
+            lines = path.read_text().splitlines()
+            runs.append(dict(line.split("=", 1) for line in lines if "=" in line))
+        return runs
+
+    with Pmd(tmp_path, programs, pid1=True, env={"CALLER_VAR": "kept"}) as pmd:
+        http, uds = pmd.http, pmd.uds
+        pmd.wait_for(lambda: len(seen()) == 1 and state(http, 1) == "EXITED")
+        assert uds.post("/api/v1/daemon/reexec").json()["success"]
+        pmd.wait_for(lambda: pmd.stderr_text().count("re-executed") == 1, timeout=30)
+        pmd.wait_for(lambda: http.post("/api/v1/daemon/programs/1/start").status_code == 200,
+                     timeout=30)
+        pmd.wait_for(lambda: len(seen()) == 2, what="the run after the re-exec")
+    for env in seen():
+        assert env["CALLER_VAR"] == "kept"
+        assert "PYDANTIC_DISABLE_PLUGINS" not in env
+        assert not [k for k in env if k.startswith("PMD_")]

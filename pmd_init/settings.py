@@ -1,9 +1,17 @@
-"""pmd_init's settings: every command-line flag has an environment variable."""
+"""pmd_init's settings: every command-line flag has an environment variable, and every
+environment variable pmd reads about itself is read here, once, by pid1 at start-up.
+
+The rest of pmd gets what it needs as arguments (docs/architecture.md, "Settings are
+passed, not read"); tests/test_module_state.py holds every other module to that. Some
+variables have no flag: they exist for tests or for the operator's environment only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +39,34 @@ class Settings:
     #: How long a finished quick-start program stays queryable (the product's 10 minutes;
     #: PMD_EPHEMERAL_GRACE shortens it, for tests).
     ephemeral_grace: float = 600.0
+    #: Seconds between two samples of the max_memory_restart watch (PMD_MEMORY_INTERVAL;
+    #: tests shorten it).
+    memory_interval: float = 5.0
+    #: A PEM file of CA certificates webhook deliveries trust besides the system's
+    #: (PMD_WEBHOOK_CA_FILE: tests deliver to a receiver with a certificate of their own).
+    webhook_ca_file: Path | None = None
+    #: Signal only the main command itself instead of its whole process group.
+    single_child: bool = False
+    #: What a received signal becomes before it is passed on to the main command; 0 drops
+    #: it. Holds the default job-control rewrites too (see `job_control_rewrites`).
+    rewrite: dict[int, int] = field(default_factory=dict)
+    #: The signal pmd gets when its parent dies (prctl PR_SET_PDEATHSIG), or None.
+    pdeathsig: int | None = None
+    #: pmd stops itself after passing on TSTP, TTIN or TTOU (when it is not PID 1).
+    job_control: bool = True
+    #: Run programs.json (and keep state and logs). Off for a bare compatibility start.
+    programs: bool = True
+    #: pmd's own reactions to TERM/INT/QUIT (shutdown), HUP (reload), USR1 (reopen logs).
+    #: Off for a bare compatibility start, which only passes signals on, as tini does.
+    own_signals: bool = True
+    #: pmd's own log level when asked for (PMD_LOG_LEVEL, tini's or dumb-init's -v), or
+    #: None for the rule of pid1.main.log_level.
+    log_level: str | None = None
+    #: Warn about every orphan reaped (tini's -w).
+    warn_reap: bool = False
+    #: Which tool's command line started pmd ("tini", "dumb-init") or None: it decides
+    #: the wording of a few error lines and the exit code of a main command that cannot run.
+    compat: str | None = None
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -51,6 +87,66 @@ def _remap(text: str) -> dict[int, int]:
     return result
 
 
+def parse_signal(text: str) -> int:
+    """A signal by name (TERM, SIGTERM, RTMIN+1) or number; ValueError if there is none."""
+    name = text.strip().upper()
+    if name.isdigit():
+        number = int(name)
+    else:
+        name = name if name.startswith("SIG") else "SIG" + name
+        base, plus, offset = name.partition("+")
+        if base in ("SIGRTMIN", "SIGRTMAX"):
+            number = getattr(signal, base) + (int(offset) if plus else 0)
+        elif not plus and hasattr(signal.Signals, name):
+            number = signal.Signals[name].value
+        else:
+            raise ValueError(f"no signal named {text!r}")
+    if number not in signal.valid_signals():
+        raise ValueError(f"no signal numbered {number}")
+    return int(number)
+
+
+#: Signals pmd never receives, so they cannot be the left side of a rewrite.
+_NOT_RECEIVED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}
+
+#: dumb-init's job-control rewrites, on when signals go to the process group: a stopped
+#: group whose parent is in another session (an orphaned group) ignores TSTP, TTIN and
+#: TTOU with the default action, so only STOP really suspends it.
+JOB_CONTROL = {signal.SIGTSTP: signal.SIGSTOP, signal.SIGTTIN: signal.SIGSTOP,
+               signal.SIGTTOU: signal.SIGSTOP}
+
+
+def parse_rewrites(parts: list[str]) -> dict[int, int]:
+    """`SIG:SIG` pairs (names or numbers); a target of 0 drops the signal."""
+    result: dict[int, int] = {}
+    for part in parts:
+        src, sep, dst = part.partition(":")
+        if not sep:
+            raise ValueError(f"--rewrite takes SIG:SIG, got {part!r}")
+        source = parse_signal(src)
+        if source in _NOT_RECEIVED:
+            raise ValueError(f"--rewrite: pmd never receives {signal.Signals(source).name}")
+        result[source] = 0 if dst.strip() == "0" else parse_signal(dst)
+    return result
+
+
+def job_control_rewrites(rewrite: dict[int, int], single_child: bool) -> dict[int, int]:
+    """The rewrites in force: the user's, over the job-control defaults in group mode."""
+    if single_child:
+        return dict(rewrite)
+    return {**{int(k): int(v) for k, v in JOB_CONTROL.items()}, **rewrite}
+
+
+def _flag(name: str) -> bool:
+    return (_env(name, "0") or "0").lower() not in ("0", "false", "no", "off")
+
+
+def env_log_level() -> str | None:
+    """PMD_LOG_LEVEL, upper-cased, or None when it is not set."""
+    level = _env("PMD_LOG_LEVEL")
+    return level.upper() if level else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pmd_init",
@@ -58,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag has an environment variable (PMD_CONFIG_DIR, PMD_STATE_DIR, "
         "PMD_LOG_DIR, PMD_HOST, PMD_PORT, PMD_SOCKET, PMD_API_KEY, PMD_API_KEY_FILE, "
         "PMD_GRACE, PMD_REMAP_EXIT, PMD_LOG_FORWARD, PMD_LOG_ROOTS, PMD_RATE_LIMIT, "
-        "PMD_RATE_BURST, PMD_CORS_ORIGINS). "
-        "Anything after -- is the main command: pmd exits with its exit code.",
+        "PMD_RATE_BURST, PMD_CORS_ORIGINS, PMD_SINGLE_CHILD, PMD_REWRITE, PMD_PDEATHSIG). "
+        "Anything after -- is the main command: pmd exits with its exit code. "
+        "`pmd_init --compat tini|dumb-init ARGS...` (the pmd-tini and pmd-dumb-init "
+        "scripts) reads tini's or dumb-init's command line instead.",
     )
     p.add_argument("--version", action="version", version=f"pmd_init {__version__}")
     p.add_argument("--config-dir", default=_env("PMD_CONFIG_DIR", "/etc/pmd"),
@@ -94,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 20)")
     p.add_argument("--cors-origins", default=_env("PMD_CORS_ORIGINS", "*"),
                    help="comma-separated origins browsers may call the API from (default *)")
+    p.add_argument("--single-child", action="store_true", default=_flag("PMD_SINGLE_CHILD"),
+                   help="pass signals to the main command only, not to its process group")
+    p.add_argument("--rewrite", action="append", metavar="SIG:SIG",
+                   default=[r for r in (_env("PMD_REWRITE", "") or "").split(",") if r.strip()],
+                   help="pass signal SIG on as another one, 0 to drop it (repeatable; in "
+                   "group mode TSTP, TTIN and TTOU become STOP unless rewritten)")
+    p.add_argument("--pdeathsig", metavar="SIG", default=_env("PMD_PDEATHSIG"),
+                   help="the signal pmd gets when its parent dies, e.g. TERM or KILL")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="-- CMD ARGS...: the main command")
     return p
@@ -122,12 +228,25 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--grace must not be negative")
     if not -1 <= args.port <= 65535:
         parser.error("--port must be 0-65535 (or -1 for none)")
+    try:
+        rewrite = parse_rewrites(args.rewrite)
+        pdeathsig = parse_signal(args.pdeathsig) if args.pdeathsig else None
+    except ValueError as exc:
+        parser.error(str(exc))
     forward = (_env("PMD_LOG_FORWARD", "1") or "1").lower() not in ("0", "false", "no", "off")
     roots = [Path(r) for r in (args.log_roots or "").split(":") if r]
     try:
         ephemeral_grace = float(_env("PMD_EPHEMERAL_GRACE") or 600.0)
     except ValueError:
         parser.error("PMD_EPHEMERAL_GRACE must be a number of seconds")
+    try:
+        memory_interval = float(_env("PMD_MEMORY_INTERVAL") or 5.0)
+    except ValueError:
+        parser.error("PMD_MEMORY_INTERVAL must be a number of seconds")
+    ca_file = _env("PMD_WEBHOOK_CA_FILE")
+    log_level = env_log_level()
+    if log_level is not None and not isinstance(logging.getLevelName(log_level), int):
+        parser.error(f"PMD_LOG_LEVEL: unknown level {log_level!r}")
     return Settings(
         config_dir=Path(args.config_dir).absolute(),
         state_dir=Path(args.state_dir).absolute(),
@@ -146,4 +265,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         rate_burst=max(0, args.rate_burst),
         cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
         ephemeral_grace=max(0.0, ephemeral_grace),
+        memory_interval=memory_interval,
+        webhook_ca_file=Path(ca_file).absolute() if ca_file else None,
+        log_level=log_level,
+        single_child=args.single_child,
+        rewrite=job_control_rewrites(rewrite, args.single_child),
+        pdeathsig=pdeathsig,
     )

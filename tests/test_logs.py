@@ -1,4 +1,4 @@
-"""Rotating log files, tails and capture listeners, on real files and pipes."""
+"""Rotating log files, tails, capture listeners and forwarding, on real files and pipes."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from pmd_init.logs import tail
-from pmd_init.logs.capture import Capture, LogFile
+from pmd_init.logs.capture import PARTIAL_LINE_MAX, SLICE, ByteCount, Capture, Forwarder, LogFile
 from pmd_init.logs.tail import capture_times, count_lines, last_lines, tail_lines
-from pmd_init.logs.times import LineTimes
+from pmd_init.logs.times import LineTimes, SavedTimes
 
 
 def test_no_file_grows_past_max_bytes_and_nothing_is_lost(tmp_path):
@@ -154,7 +154,7 @@ def test_lines_carry_capture_times_across_a_rotation(tmp_path):
     log.write(b"0123456789\n")  # 11 bytes: the next line starts a new file
     log.write(b"abcdefghij\n")
     assert log.rotated_times is not None and log.times is not None
-    found = last_lines(path, 2, backups=2, times=capture_times(log, path))
+    found = last_lines(path, 2, backups=2, times=capture_times(log, path, SavedTimes()))
     log.close()
     assert [t.text for t in found] == ["0123456789", "abcdefghij"]
     assert [t.backup for t in found] == [1, 0]
@@ -162,6 +162,33 @@ def test_lines_carry_capture_times_across_a_rotation(tmp_path):
     # an index that does not reach a line leaves its time unknown
     bare = last_lines(path, 2, backups=2, times=(LineTimes(start=100),))
     assert [t.time for t in bare] == [None, None]
+
+
+def test_times_handed_over_by_a_reexec_wait_in_their_registry(tmp_path):
+    """The index a snapshot carried is read until the file is opened again, and taken over
+    by the file only if the file is as it was; other registries never see it."""
+    path = tmp_path / "out.log"
+    path.write_bytes(b"one\ntwo\n")
+    saved = SavedTimes()
+    saved.remember(str(path), [0, 4, 1000.0, 8, 1001.0])
+    saved.remember(str(tmp_path / "bad.log"), [0, "x", 1.0])  # malformed: dropped
+    assert saved.get(str(tmp_path / "bad.log")) is None
+    found = last_lines(path, 2, times=capture_times(None, path, saved))
+    assert [t.time for t in found] == [1000.0, 1001.0]
+    assert capture_times(None, path, SavedTimes()) == (None,)
+    log = LogFile(path, max_bytes=0, backups=0, saved=saved)
+    log.write(b"three\n")  # opening the file claims the index, which goes on from there
+    log.close()
+    assert saved.get(str(path)) is None and log.times is not None
+    assert log.times.time_of(8) == 1001.0 and log.times.time_of(14) is not None
+    grown = tmp_path / "grown.log"
+    grown.write_bytes(b"one\ntwo\nmore\n")
+    saved.remember(str(grown), [0, 4, 1000.0, 8, 1001.0])
+    other = LogFile(grown, max_bytes=0, backups=0, saved=saved)
+    other.ensure_open()  # the file changed since: the index is let go, not trusted
+    other.close()
+    assert saved.get(str(grown)) is None and other.times is not None
+    assert other.times.time_of(8) is None
 
 
 def test_capture_listeners_subscribe_and_unsubscribe(tmp_path):
@@ -214,6 +241,23 @@ def test_drain_logs_what_an_ended_run_left_and_closes_its_pipe(tmp_path):
         loop.close()
 
 
+def test_a_byte_count_outlives_the_captures_that_add_to_it(tmp_path):
+    """pmd_log_bytes_total: one count per stream of a slot, fed by each run's capture."""
+    loop = asyncio.new_event_loop()
+    try:
+        count = ByteCount()
+        for run in (b"first run\n", b"second\n"):
+            r, w = Capture.make_pipe()
+            capture = Capture(loop, r, LogFile(tmp_path / "out.log", 0, 0), None, b"",
+                              count=count)
+            os.write(w, run)
+            os.close(w)
+            assert capture.drain() is True and capture.fd == -1
+        assert count.total == len(b"first run\nsecond\n")
+    finally:
+        loop.close()
+
+
 def test_drain_keeps_a_pipe_that_a_leftover_process_still_holds(tmp_path):
     loop = asyncio.new_event_loop()
     try:
@@ -228,3 +272,84 @@ def test_drain_keeps_a_pipe_that_a_leftover_process_still_holds(tmp_path):
         assert capture.drain() is True
     finally:
         loop.close()
+
+
+def forward_through(tmp_path, pieces: list[bytes]) -> tuple[bytes, bytes]:
+    """Write `pieces` one by one into a capture that forwards to a file; (log, forwarded)."""
+    loop = asyncio.new_event_loop()
+    try:
+        out = os.open(tmp_path / "stdout", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        forwarder = Forwarder(loop, out)
+        os.close(out)
+        r, w = Capture.make_pipe()
+        capture = Capture(loop, r, LogFile(tmp_path / "out.log", 0, 0), forwarder, b"[p] ")
+        for piece in pieces:
+            os.write(w, piece)
+            capture.drain()
+        os.close(w)
+        assert capture.drain() is True
+        capture.logfile.close()  # type: ignore[union-attr]
+        return (tmp_path / "out.log").read_bytes(), (tmp_path / "stdout").read_bytes()
+    finally:
+        loop.close()
+
+
+def test_forwarded_lines_each_start_with_the_prefix_wherever_the_chunks_cut(tmp_path):
+    lines = [f"line {i} {'x' * (i % 37)}\n".encode() for i in range(2000)] + [b"\n", b"last"]
+    blob = b"".join(lines)
+    cuts = sorted({(i * 7919) % len(blob) for i in range(300)} | {0, len(blob)})
+    pieces = [blob[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    logged, forwarded = forward_through(tmp_path, pieces)
+    assert logged == blob  # the log file is byte for byte what the program wrote
+    # an unfinished last line is forwarded at EOF, ended
+    assert forwarded == b"".join(b"[p] " + line for line in lines[:-1]) + b"[p] last\n"
+
+
+def test_a_chunk_of_many_slices_is_forwarded_whole(tmp_path):
+    lines = [f"{i:06d} {'y' * (i % 200)}\n".encode() for i in range(4000)]
+    blob = b"".join(lines)  # about 420 KiB in one write: many of the capture's slices
+    assert len(blob) > 5 * SLICE
+    logged, forwarded = forward_through(tmp_path, [b"start of ", blob + b"tail"])
+    assert logged == b"start of " + blob + b"tail"
+    assert forwarded == b"[p] start of " + b"".join(b"[p] " + line for line in lines)[4:] \
+        + b"[p] tail\n"
+
+
+def test_a_line_longer_than_the_partial_limit_is_forwarded_in_ended_pieces(tmp_path):
+    long = b"y" * (PARTIAL_LINE_MAX + 10)
+    _, forwarded = forward_through(tmp_path, [b"a\nb", long[:1000], long[1000:], b"\nc\n"])
+    assert forwarded == b"[p] a\n[p] b" + long + b"\n[p] \n[p] c\n"
+
+
+def test_a_stalled_stdout_drops_whole_chunks_and_counts_them(tmp_path):
+    loop = asyncio.new_event_loop()
+    r, w = os.pipe()
+    try:
+        forwarder = Forwarder(loop, w)
+        chunk = b"z" * 1000 + b"\n"
+        sent = 0
+        while forwarder.dropped == 0:  # nobody reads: the pipe fills, then the buffer
+            forwarder.write(b"[p] ", chunk)
+            sent += 1
+        assert forwarder.dropped == len(chunk) + 4
+        os.set_blocking(r, False)
+        got = bytearray()
+        while True:
+            try:
+                data = os.read(r, 1 << 20)
+            except BlockingIOError:
+                data = b""
+            got += data
+            if not data:
+                loop.run_until_complete(asyncio.sleep(0.01))  # the writer callback flushes
+                if not forwarder._pending:
+                    try:
+                        got += os.read(r, 1 << 20)
+                    except BlockingIOError:
+                        pass
+                    break
+        assert bytes(got) == (b"[p] " + chunk) * (sent - 1)  # whole lines, none cut
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)

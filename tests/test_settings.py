@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,76 @@ def test_bad_values_exit_2(args):
     with pytest.raises(SystemExit) as info:
         parse_settings(args)
     assert info.value.code == 2
+
+
+def test_variables_without_a_flag(monkeypatch, tmp_path):
+    """The knobs tests and operators set in pmd's environment only: read here, once, and
+    passed down (no other module reads the environment; tests/test_module_state.py)."""
+    for key in ("PMD_MEMORY_INTERVAL", "PMD_WEBHOOK_CA_FILE", "PMD_LOG_LEVEL",
+                "PMD_EPHEMERAL_GRACE"):
+        monkeypatch.delenv(key, raising=False)
+    s = parse_settings([])
+    assert (s.memory_interval, s.webhook_ca_file, s.log_level, s.ephemeral_grace) == \
+        (5.0, None, None, 600.0)
+    monkeypatch.setenv("PMD_MEMORY_INTERVAL", "0.2")
+    monkeypatch.setenv("PMD_WEBHOOK_CA_FILE", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("PMD_LOG_LEVEL", "debug")
+    monkeypatch.setenv("PMD_EPHEMERAL_GRACE", "1.5")
+    s = parse_settings([])
+    assert (s.memory_interval, s.webhook_ca_file, s.log_level, s.ephemeral_grace) == \
+        (0.2, tmp_path / "ca.pem", "DEBUG", 1.5)
+
+
+@pytest.mark.parametrize("name, value", [("PMD_MEMORY_INTERVAL", "often"),
+                                         ("PMD_EPHEMERAL_GRACE", "soon"),
+                                         ("PMD_LOG_LEVEL", "chatty")])
+def test_bad_variables_exit_2(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        parse_settings([])
+    assert info.value.code == 2
+
+
+def test_signal_flags_and_their_environment(monkeypatch):
+    for key in ("PMD_SINGLE_CHILD", "PMD_REWRITE", "PMD_PDEATHSIG"):
+        monkeypatch.delenv(key, raising=False)
+    s = parse_settings([])
+    assert (s.single_child, s.pdeathsig) == (False, None)
+    # group mode: dumb-init's job-control rewrites
+    stop = signal.SIGSTOP
+    assert s.rewrite == {signal.SIGTSTP: stop, signal.SIGTTIN: stop, signal.SIGTTOU: stop}
+    s = parse_settings(["--rewrite", "TERM:QUIT", "--rewrite", "SIGTSTP:TSTP",
+                        "--rewrite", "RTMIN+1:0", "--pdeathsig", "KILL"])
+    assert s.rewrite[signal.SIGTERM] == signal.SIGQUIT
+    assert s.rewrite[signal.SIGTSTP] == signal.SIGTSTP  # the user's word wins
+    assert s.rewrite[signal.SIGRTMIN + 1] == 0
+    assert s.pdeathsig == signal.SIGKILL
+    assert parse_settings(["--single-child"]).rewrite == {}  # no defaults for one child
+    monkeypatch.setenv("PMD_SINGLE_CHILD", "1")
+    monkeypatch.setenv("PMD_REWRITE", "15:3,USR1:0")
+    monkeypatch.setenv("PMD_PDEATHSIG", "SIGTERM")
+    s = parse_settings([])
+    assert s.single_child and s.pdeathsig == signal.SIGTERM
+    assert s.rewrite == {signal.SIGTERM: signal.SIGQUIT, signal.SIGUSR1: 0}
+
+
+@pytest.mark.parametrize("args", [["--rewrite", "TERM"], ["--rewrite", "KILL:TERM"],
+                                  ["--rewrite", "TERM:NOPE"], ["--pdeathsig", "99"]])
+def test_bad_signal_flags_exit_2(args):
+    with pytest.raises(SystemExit) as info:
+        parse_settings(args)
+    assert info.value.code == 2
+
+
+def test_log_level_rule(monkeypatch):
+    from pmd_init.pid1.main import log_level
+
+    monkeypatch.delenv("PMD_LOG_LEVEL", raising=False)
+    plain = parse_settings([])
+    main = parse_settings(["--", "sh"])
+    assert log_level(plain, stderr_is_tty=True) == "INFO"
+    assert log_level(main, stderr_is_tty=False) == "INFO"
+    # an interactive main command's screen is not pmd's log, unless asked
+    assert log_level(main, stderr_is_tty=True) == "WARNING"
+    monkeypatch.setenv("PMD_LOG_LEVEL", "info")
+    assert log_level(parse_settings(["--", "sh"]), stderr_is_tty=True) == "INFO"

@@ -51,3 +51,33 @@ def test_an_executable_that_is_no_program_is_enoexec_and_126(tmp_path: Path) -> 
 ])
 def test_exit_code_follows_errno(number: int | None, code: int) -> None:
     assert SpawnError("whatever the text says: not found", number).exit_code == code
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_an_extra_fd_reaches_the_child_at_its_number_whether_or_not_pmd_uses_it(
+        busy: bool) -> None:
+    target = 250
+    held = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    if busy:  # our own fd at that number: the child moves the pipe there itself
+        os.dup2(held, target, inheritable=False)
+    else:
+        assert os.get_inheritable(held) is False
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        child = spawn(SpawnRequest(
+            argv=["python3", "-c", f"import os; os.write({target}, b'hello\\n')"],
+            env=dict(os.environ), extra_fd=(w, target)))
+        os.close(w)
+        assert os.read(r, 100) == b"hello\n"
+        os.waitpid(child.pid, 0)
+        child.returncode = 0
+        if busy:  # ours is untouched
+            assert os.path.samestat(os.fstat(target), os.fstat(held))
+        else:  # the copy made for the spawn is closed again
+            with pytest.raises(OSError):
+                os.fstat(target)
+    finally:
+        os.close(r)
+        os.close(held)
+        if busy:
+            os.close(target)

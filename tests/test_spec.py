@@ -87,3 +87,58 @@ def test_autorestart_accepts_booleans_and_signals_accept_sig_prefix():
     spec = ProgramSpec(name="a", command="x", autorestart=True, stop_signal="sigint")
     assert spec.autorestart == "true"
     assert spec.stop_signal == "INT"
+
+
+# ---- readiness, dependencies, oneshot, backoff -----------------------------------------
+
+
+def test_depends_on_a_list_means_ready_for_each():
+    spec = ProgramSpec(name="api", command="x", depends_on=["db", "cache", "db"])
+    assert spec.depends_on == {"db": "ready", "cache": "ready"}
+    spec = ProgramSpec(name="api", command="x", depends_on={"db": "healthy", "m": "completed"})
+    assert spec.to_json()["depends_on"] == {"db": "healthy", "m": "completed"}
+
+
+@pytest.mark.parametrize("fields,field,words", [
+    ({"depends_on": ["a"]}, "depends_on", "itself"),
+    ({"depends_on": {"db": "alive"}}, "depends_on.db", "started"),
+    ({"depends_on": [1]}, "depends_on", "program names"),
+    ({"readiness": {}}, "readiness", "exactly one"),
+    ({"readiness": {"fd": 3, "notify": True}}, "readiness", "exactly one"),
+    ({"readiness": {"log_line": "(unclosed"}}, "readiness.log_line", "regular expression"),
+    ({"readiness": {"fd": 2}}, "readiness.fd", "3"),
+    ({"readiness": {"fd": 256}}, "readiness.fd", "255"),
+    ({"readiness": {"notify": False}}, "readiness.notify", ""),
+    ({"readiness": {"socket": True}}, "readiness.socket", ""),
+    ({"readiness": {"probe": {"type": "http"}}}, "readiness.probe", "url"),
+    ({"readiness": {"fd": 3, "timeout_seconds": 0}}, "readiness.timeout_seconds", ""),
+    ({"backoff": "random"}, "backoff", ""),
+    ({"backoff_max_seconds": 0}, "backoff_max_seconds", ""),
+    ({"startretries": -2}, "startretries", ""),
+])
+def test_new_fields_are_validated_and_named(fields, field, words):
+    with pytest.raises(ValidationError) as info:
+        ProgramSpec.model_validate({"name": "a", "command": "sleep 1", **fields})
+    assert field_of(info.value).startswith(field)
+    assert words in str(info.value)
+
+
+def test_readiness_names_its_source():
+    assert ProgramSpec(name="a", command="x", readiness={"fd": 3}).readiness.source == "fd"
+    spec = ProgramSpec(name="a", command="x",
+                       readiness={"probe": {"type": "tcp", "port": 80}, "timeout_seconds": 5})
+    assert spec.readiness.source == "probe" and spec.readiness.timeout_seconds == 5
+
+
+def test_oneshot_implies_no_restart_and_no_startsecs():
+    spec = ProgramSpec(name="m", command="x", oneshot=True, autorestart="true", startsecs=5)
+    assert (spec.autorestart, spec.startsecs) == ("false", 0)
+
+
+def test_backoff_schedules():
+    linear = ProgramSpec(name="a", command="x", backoff_max_seconds=4)
+    assert [linear.retry_delay(n) for n in range(1, 7)] == [1, 2, 3, 4, 4, 4]
+    exponential = ProgramSpec(name="a", command="x", backoff="exponential")
+    assert [exponential.retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert exponential.retry_delay(10_000) == 60  # no overflow however long it retries
+    assert ProgramSpec(name="a", command="x", startretries=-1).startretries == -1

@@ -129,6 +129,25 @@ def test_storage_names_the_dir_and_why_and_recovers_on_the_next_write(tmp_path):
         assert read_json(path) == {"n": 3}
 
 
+def test_a_small_write_that_fits_does_not_hide_a_full_dir(tmp_path):
+    """pids.json's few bytes still fit where a quick-start's ephemeral.json did not: the
+    state dir stays reported full until that file (or as much) is written again."""
+    with tmpfs(tmp_path / "state") as state:
+        storage = Storage(tmp_path / "config", state)
+        big, small = state / "ephemeral.json", state / "pids.json"
+        spare = state / "spare"
+        spare.write_bytes(b"x" * (8 << 10))
+        filler = fill(state)
+        spare.unlink()  # room for a small file, not for a big one
+        with pytest.raises(StorageError):
+            storage.write_bytes(big, b"x" * (32 << 10))
+        storage.write_bytes(small, b"{}")
+        assert storage.view()["state"]["code"] == "STORAGE_FULL"
+        filler.unlink()
+        storage.write_bytes(big, b"x" * (32 << 10))
+        assert storage.view()["state"]["ok"] is True
+
+
 def test_only_pmds_own_temp_files_are_removed_at_start(tmp_path):
     names = [".programs.json.123.tmp", ".ephemeral.json.1.tmp", ".x.tmp",
              ".programs.json.abc.tmp", "programs.json", "notes.123.tmp", ".a.b.42.tmp"]

@@ -21,7 +21,7 @@ from pmd_init.model.states import ProgramState
 from pmd_init.model.webhook_rules import ALLOW_LOOPBACK_ENV, address_problem
 from pmd_init.supervisor import webhooks
 from pmd_init.supervisor.errors import Invalid
-from pmd_init.supervisor.events import EventBus, StateEvent
+from pmd_init.supervisor.events import EventBus, ReadyEvent, StateEvent
 from pmd_init.supervisor.webhooks import (
     Delivery,
     DeliveryFailed,
@@ -202,7 +202,15 @@ def test_payload_shape():
         "temporary_id": None, "event": "EXITED", "from_state": "RUNNING",
         "to_state": "EXITED", "pid": 42, "exit_code": 3,
         "timestamp": "2023-11-14T22:13:20.250Z", "hostname": "box",
+        "reason": None, "retry_at": None,
     }
+
+
+def test_payload_says_why_and_until_when_a_start_waits():
+    body = webhooks.payload(event(S.BACKOFF, S.EXITED, reason="start_limit",
+                                  retry_at=1700000010.0), "box")
+    assert (body["event"], body["reason"], body["retry_at"]) == \
+        ("BACKOFF", "start_limit", "2023-11-14T22:13:30.000Z")
 
 
 def test_request_bytes():
@@ -287,6 +295,25 @@ def test_events_are_filtered_and_sent_in_order_to_every_url(monkeypatch):
         body = json.loads(rec.calls[-1].body)
         assert body["event"] == "EXITED" and body["exit_code"] == 1
         assert rec.calls[0].headers == (("X-T", "1"),) and rec.calls[0].timeout == 10
+        await d.close()
+
+    asyncio.run(main())
+
+
+def test_ready_is_an_event_of_its_own_with_the_source_that_said_so():
+    async def main() -> None:
+        hooks = WebhooksSpec(urls=["https://a.example.com/"], events=["READY"])
+        rec = Recorder()
+        bus, d = dispatcher_for(hooks, rec)
+        bus.publish(event(S.RUNNING, S.STARTING))
+        bus.publish(ReadyEvent(program_id=1, program="db", instance="db", port=None,
+                               pid=42, time=1_700_000_000.5, via="notify"))
+        await settle(d)
+        assert [c.event for c in rec.calls] == ["READY"]
+        body = json.loads(rec.calls[0].body)
+        assert (body["event"], body["via"], body["pid"], body["to_state"]) == \
+            ("READY", "notify", 42, None)
+        assert body["timestamp"] == "2023-11-14T22:13:20.500Z"
         await d.close()
 
     asyncio.run(main())

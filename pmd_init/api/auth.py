@@ -12,7 +12,8 @@ import hmac
 
 from sanic.request import Request
 
-PUBLIC_PATHS = frozenset({"/", "/api/v1/daemon/health"})
+#: Open without a key. /ready tells an anonymous caller only its verdict and counts.
+PUBLIC_PATHS = frozenset({"/", "/api/v1/daemon/health", "/api/v1/daemon/ready"})
 
 
 def presented_key(request: Request) -> str | None:
@@ -40,6 +41,15 @@ def key_matches(expected: str, presented: str | None) -> bool:
     if presented is None:
         return False
     return hmac.compare_digest(expected.encode(), presented.encode())
+
+
+def authenticated(request: Request, expected: str | None) -> bool:
+    """Whether the request carries what a non-public route needs (no key is set, it came
+    over the Unix socket, or it presents the key); public routes use it to decide how
+    much they tell."""
+    if expected is None or over_unix_socket(request):
+        return True
+    return key_matches(expected, presented_key(request))
 
 
 def check(request: Request, expected: str | None) -> str | None:

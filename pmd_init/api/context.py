@@ -15,9 +15,12 @@ from sanic import Request, Sanic
 from sanic.config import Config
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
     from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
+    from .viewcache import ViewCache
 
 
 class OrphanCount(Protocol):
@@ -51,10 +54,14 @@ class AppContext:
     supervisor: Supervisor
     service: Service
     settings: Settings
+    #: The listing routes' answers, kept as bytes until what they show changes.
+    views: ViewCache
     #: The rate limiter's state (ratelimit.py), the OpenAPI document once built
-    #: (openapi.py), and the event that ends every log stream at shutdown (daemon.py).
+    #: (openapi.py), the metrics registry from the first scrape on (metrics.py), and the
+    #: event that ends every log stream at shutdown (daemon.py).
     rate_limiter: object | None = None
     openapi_document: dict[str, Any] | None = None
+    metrics_registry: CollectorRegistry | None = None
     log_streams_closing: asyncio.Event | None = None
 
 

@@ -9,6 +9,7 @@ Decisions where the spec is silent are written down in docs/daemon-api.md.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -84,6 +85,12 @@ def _service(request: Request) -> Service:
     return context(request).service
 
 
+def cached(request: Request, key: Hashable, build: Callable[[], Any]) -> HTTPResponse:
+    """A listing's answer from the view cache (viewcache.py): the same bytes json() sends."""
+    return HTTPResponse(context(request).views.answer(key, build),
+                        content_type="application/json")
+
+
 # ---- views -------------------------------------------------------------------------
 
 def program_view(request: Request, program: Program, include_status: bool = False,
@@ -92,14 +99,15 @@ def program_view(request: Request, program: Program, include_status: bool = Fals
     if include_status or include_stats:
         view["status"] = program_status(program)
     if include_stats:
+        sampler = context(request).supervisor.sampler
         if program.spec.port_range is None:
-            stats = stats_view(program.primary)
+            stats = stats_view(program.primary, sampler)
             if stats is not None:
                 view["stats"] = stats
         else:
             for inst, item in zip(program.instances.values(), view["status"]["instances"],
                                   strict=True):
-                stats = stats_view(inst)
+                stats = stats_view(inst, sampler)
                 if stats is not None:
                     item["stats"] = stats
     return view
@@ -178,10 +186,13 @@ async def list_programs(request: Request) -> HTTPResponse:
     if (q.port_from is None) != (q.port_to is None):
         missing = "port_to" if q.port_to is None else "port_from"
         raise Invalid(f"{missing}: port_from and port_to must be used together", field=missing)
-    return json({"programs": [
-        program_view(request, p, q.include_status, q.include_stats)
-        for p in _service(request).programs() if _filter(q, p.spec)
-    ]})
+    def build() -> dict[str, Any]:
+        return {"programs": [program_view(request, p, q.include_status, q.include_stats)
+                             for p in _service(request).programs() if _filter(q, p.spec)]}
+
+    if q.include_stats:  # sampled from /proc: not kept
+        return json(build())
+    return cached(request, ("programs", request.query_string), build)
 
 
 @bp.get("/programs/<program_id:int>")
@@ -240,7 +251,7 @@ async def start_program(request: Request, program_id: int) -> HTTPResponse:
     program = service.program(program_id)
     req = body(request, StartRequest, optional=True)
     inst, already = await service.start(program, req.port, wait=req.wait, timeout=req.timeout,
-                                        if_not_running=req.if_not_running)
+                                        if_not_running=req.if_not_running, force=req.force)
     return json({"success": True, "already_running": already,
                  "instance": instance_view(inst)})
 
@@ -296,14 +307,17 @@ async def disable_program(request: Request, program_id: int) -> HTTPResponse:
 @doc("The status of every program", response="`{success, statuses: [{id, name, enabled, "
                                               "status}]}`")
 async def statuses(request: Request) -> HTTPResponse:
-    return json({
-        "success": True,
-        "statuses": [
-            {"id": p.id, "name": p.name, "enabled": p.spec.enabled,
-             "status": program_status(p)}
-            for p in _service(request).programs()
-        ],
-    })
+    def build() -> dict[str, Any]:
+        return {
+            "success": True,
+            "statuses": [
+                {"id": p.id, "name": p.name, "enabled": p.spec.enabled,
+                 "status": program_status(p)}
+                for p in _service(request).programs()
+            ],
+        }
+
+    return cached(request, "status", build)
 
 
 @bp.get("/status/<program_id:int>")
@@ -318,7 +332,7 @@ async def status_one(request: Request, program_id: int) -> HTTPResponse:
         answer: dict[str, Any] = {"success": True,
                                   "status": {"id": program.id, **instance_status(inst)}}
         if q.include_stats:
-            stats = stats_view(inst)
+            stats = stats_view(inst, service.supervisor.sampler)
             if stats is not None:
                 answer["stats"] = stats
         return json(answer)

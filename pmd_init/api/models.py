@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
 
-from ..model.spec import ProgramSpec
+from ..model.spec import ProgramSpec, depends_mapping
 
 
 class Request(BaseModel):
@@ -85,6 +85,8 @@ class EditProgramRequest(_EditBase):  # type: ignore[misc, valid-type]
 
     _autorestart = field_validator("autorestart", mode="before")(
         classmethod(lambda cls, v: _autorestart_bool(v)))
+    _depends_on = field_validator("depends_on", mode="before")(
+        classmethod(lambda cls, v: depends_mapping(v)))
 
 
 QUICK_START_FIELDS = [
@@ -94,6 +96,8 @@ QUICK_START_FIELDS = [
     "terminal_interactive",
     # supervisord's knobs ("full supervisord configuration support")
     "exitcodes", "startsecs", "startretries", "stop_signal", "stop_timeout",
+    # pmd's: how it says it is ready, run-once tasks, the retry schedule
+    "readiness", "oneshot", "backoff", "backoff_max_seconds",
 ]
 
 _QuickBase = create_model(
@@ -120,12 +124,14 @@ class QuickStartRequest(_QuickBase):  # type: ignore[misc, valid-type]
 
 
 class StartRequest(Request):
-    """POST /programs/{id}/start; a port-range program must name `port`."""
+    """POST /programs/{id}/start; a port-range program must name `port`. A program whose
+    depends_on does not hold is refused (409) unless `force` skips the wait."""
 
     port: Port | None = None
     wait: bool = False
     timeout: WaitTimeout = 30
     if_not_running: bool = False
+    force: bool = False
 
 
 class RestartRequest(Request):

@@ -27,8 +27,9 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from .. import __version__
-from ..model.spec import USER_RE
+from ..model.spec import READINESS_SOURCES, USER_RE
 from ..model.webhook_rules import HEADER_VALUE_MAX, RESERVED_HEADERS
+from .auth import PUBLIC_PATHS
 from .context import PmdApp, app_of
 from .process_requests import PORT_TEXT
 
@@ -161,6 +162,12 @@ FIELD_RULES: dict[str, dict[str, Any]] = {
     "port_param": {"pattern": _NOT_BLANK,
                    "description": "the option that passes the port; needs port_range"},
     "args": {"items": {"pattern": rf"^{_LINE}*$"}},
+    # {name: condition}, or a list of names (each then waits for `ready`)
+    "depends_on": {"object": {"propertyNames": {"minLength": 1, "maxLength": 128},
+                              "maxProperties": 64},
+                   "array": {"items": {"type": "string", "minLength": 1, "maxLength": 128},
+                             "maxItems": 64}},
+    "log_line": {"format": "regex"},
     # POST /api/processes: PM2's spellings (process_requests.py)
     "port": {"string": {"pattern": PORT_TEXT},
              "integer": {"minimum": 1, "maximum": 65535}},
@@ -207,6 +214,8 @@ BETWEEN_FIELDS: dict[str, str] = {
     "health_check": "type http needs url, type script needs command",
     "port": "a port (\"3000\") or a range (\"4000-4003\") within 1-65535",
     "instances": "as many as the ports of `port` (one port each); 1 without a range",
+    "depends_on": "other programs' names (not its own), each with the condition it waits "
+                  "for",
 }
 #: An edit may leave these out, but not set them to null.
 NOT_NULL_IN_EDIT = ("name", "command", "user")
@@ -261,6 +270,14 @@ def _refine(components: dict[str, Any], accounts: list[str], log_roots: list[str
                             branch[key] = value
             if name in BETWEEN_FIELDS:
                 prop["description"] = BETWEEN_FIELDS[name]
+        if "depends_on" in props:  # a list of names is taken too (spec.depends_mapping)
+            prop = props["depends_on"]
+            alternatives = prop.pop("anyOf", None) or [
+                {k: prop.pop(k) for k in list(prop) if k not in ("title", "default",
+                                                                   "description")}]
+            prop["anyOf"] = [*alternatives, {"type": "array"}]
+            for branch in prop["anyOf"]:
+                branch.update(FIELD_RULES["depends_on"].get(branch.get("type", ""), {}))
         if "autorestart" in props and model != "CreateProcess":  # true/false as well
             prop = props["autorestart"]
             alternatives = prop.pop("anyOf", None) or [
@@ -271,6 +288,12 @@ def _refine(components: dict[str, Any], accounts: list[str], log_roots: list[str
             conditions.append({
                 "if": {"properties": {"lazy_load": {"const": True}}, "required": ["lazy_load"]},
                 "then": {"properties": {"boot": {"not": {"const": True}}}}})
+        if "readiness" in props and "logs_enabled" in props:  # log_line reads the logs
+            conditions.append({
+                "if": {"properties": {"readiness": {
+                    "type": "object", "properties": {"log_line": {"type": "string"}},
+                    "required": ["log_line"]}}, "required": ["readiness"]},
+                "then": {"properties": {"logs_enabled": {"not": {"const": False}}}}})
         if "port_param" in props and "port_range" in props and model != "EditProgramRequest":
             conditions.append({  # a port option needs ports (an edit's program may have them)
                 "if": {"properties": {"port_param": {"type": "string"}},
@@ -292,6 +315,16 @@ def _refine(components: dict[str, Any], accounts: list[str], log_roots: list[str
                  "then": {"required": [field],
                           "properties": {field: {"type": "string", "minLength": 1}}}}
                 for kind, field in (("http", "url"), ("script", "command"))]
+        if model == "ReadinessSpec":  # exactly one source (model/spec.py `_one_source`)
+            sources = [name for name in READINESS_SOURCES if name in props]
+            # One alternative per source, that one set and the others null or left out:
+            # they exclude each other, so `anyOf` (cheaper to generate than `oneOf`).
+            schema["anyOf"] = [
+                {"required": [source], "properties": {
+                    other: (next(_branches(props[other])) if other == source
+                            else {"type": "null"})
+                    for other in sources}}
+                for source in sources]
         if not conditions:
             del schema["allOf"]
         if model == "EditProgramRequest":
@@ -341,7 +374,7 @@ def build(app: PmdApp) -> dict[str, Any]:
                 op["parameters"].append(extra)
             if "responses" in info:  # in place of the 200; errors stay documented
                 op["responses"] = {**info["responses"], "default": op["responses"]["default"]}
-            if secured and not raw.endswith("/health") and raw != "/":
+            if secured and raw not in PUBLIC_PATHS:
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(path, {})[method.lower()] = op
     settings = app.ctx.settings

@@ -36,7 +36,6 @@ from sanic.response import HTTPResponse, json
 from .. import __version__
 from ..logs.tail import capture_times, count_lines, last_lines
 from ..service import Service
-from ..supervisor.proctree import SAMPLER
 from ..supervisor.program import Program
 from .context import context
 from .openapi import doc
@@ -90,16 +89,22 @@ async def root(request: Request) -> HTTPResponse:
 @doc("Every process, PM2's way (filters: status, name)", query=ProcessesQuery)
 async def list_processes(request: Request) -> HTTPResponse:
     service = _service(request)
-    status = request.args.get("status")
-    name = request.args.get("name")
-    views = []
-    for program in [*service.programs(), *service.quick_starts()]:
-        if name is not None and program.name != name:
-            continue
-        if status is not None and program_pm2_status(program) != status.lower():
-            continue
-        views.append(process_view(program))
-    return json(views)
+
+    def build() -> list[dict[str, Any]]:
+        status = request.args.get("status")
+        name = request.args.get("name")
+        views = []
+        for program in [*service.programs(), *service.quick_starts()]:
+            if name is not None and program.name != name:
+                continue
+            if status is not None and program_pm2_status(program) != status.lower():
+                continue
+            views.append(process_view(program, service.supervisor.sampler))
+        return views
+
+    # CPU and memory come from the sampler's scan, itself reused for a second
+    body = context(request).views.answer(("processes", request.query_string), build)
+    return HTTPResponse(body, content_type="application/json")
 
 
 @bp.post("/api/processes")
@@ -174,12 +179,13 @@ async def process_logs(request: Request, ident: str) -> HTTPResponse:
     entries: list[tuple[float, int, dict[str, Any]]] = []
     total = 0
     seq = 0
+    saved = context(request).supervisor.runtime.saved_times
     for inst in program.instances.values():
         for label, stream in streams:
             logfile = inst.stdout_log if stream == "stdout" else inst.stderr_log
             path = logfile.path if logfile is not None else inst.log_path(stream)
             found = last_lines(path, lines, program.spec.log_backups,
-                               capture_times(logfile, path))
+                               capture_times(logfile, path, saved))
             total += count_lines(path)
             for line in found:
                 entry: dict[str, Any] = {"timestamp": iso(line.time), "type": label,
@@ -198,7 +204,8 @@ async def process_logs(request: Request, ident: str) -> HTTPResponse:
 async def system(request: Request) -> HTTPResponse:
     import psutil
 
-    programs = _service(request).supervisor.all_programs()
+    sup = _service(request).supervisor
+    programs = sup.all_programs()
     memory = psutil.virtual_memory()
     try:
         disk = psutil.disk_usage("/")
@@ -223,7 +230,7 @@ async def system(request: Request) -> HTTPResponse:
         "platform": platform.system().lower(),
         "arch": platform.machine(),
         "uptime": duration(uptime, with_seconds=False),
-        "cpu": {"cores": os.cpu_count() or 1, "usage": round(SAMPLER.system_cpu(), 1),
+        "cpu": {"cores": os.cpu_count() or 1, "usage": round(sup.sampler.system_cpu(), 1),
                 "load_average": [round(x, 2) for x in os.getloadavg()]},
         "memory": {"total": memory.total, "used": used, "free": memory.available,
                    "usage_percent": round(used / memory.total * 100, 1) if memory.total

@@ -10,7 +10,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sanic import Request
 
-from ..model.spec import USER_RE, HealthCheckSpec, PortRange, ProgramSpec, current_user
+from ..model.spec import (
+    BACKOFF_KINDS,
+    USER_RE,
+    Condition,
+    HealthCheckSpec,
+    PortRange,
+    ProgramSpec,
+    ReadinessSpec,
+    current_user,
+    depends_mapping,
+)
 from ..supervisor.errors import Invalid
 from .errors import ApiError
 from .jsondata import exact_numbers
@@ -87,10 +97,20 @@ class CreateProcess(BaseModel):
     autorestart: bool = True
     max_memory_restart: int | str | None = None
     health_check: HealthCheckSpec | None = None
-    max_restarts: Annotated[int, Field(ge=0, le=1000)] | None = None
+    max_restarts: Annotated[int, Field(ge=-1, le=1000)] | None = None  # -1: forever
     min_uptime: Annotated[float, Field(ge=0, le=3600)] | None = None
     kill_timeout: Annotated[float, Field(ge=0, le=3600)] | None = None
     description: Annotated[str, Field(max_length=500)] | None = None
+    depends_on: dict[str, Condition] | None = None
+    readiness: ReadinessSpec | None = None
+    oneshot: bool = False
+    backoff: Literal[BACKOFF_KINDS] | None = None  # type: ignore[valid-type]
+    backoff_max_seconds: Annotated[float, Field(ge=1, le=86400)] | None = None
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_list(cls, value: Any) -> Any:
+        return depends_mapping(value)
 
     @field_validator("env", mode="before")
     @classmethod
@@ -139,6 +159,9 @@ class CreateProcess(BaseModel):
             "autorestart": "true" if self.autorestart else "false",
             "max_memory_restart": memory, "health_check": self.health_check,
             "description": self.description, "boot": True, "enabled": True,
+            "depends_on": self.depends_on, "readiness": self.readiness,
+            "oneshot": self.oneshot or None, "backoff": self.backoff,
+            "backoff_max_seconds": self.backoff_max_seconds,
         }
         if self.max_restarts is not None:
             fields["startretries"] = self.max_restarts

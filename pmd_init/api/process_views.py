@@ -11,7 +11,7 @@ from ..model.spec import ProgramSpec
 from ..model.states import ProgramState
 from ..supervisor.health import UNHEALTHY, UNKNOWN
 from ..supervisor.instance import Instance, Slot
-from ..supervisor.proctree import SAMPLER
+from ..supervisor.proctree import ProcessSampler
 from ..supervisor.program import Program
 from ..supervisor.supervisor import Supervisor
 
@@ -35,6 +35,8 @@ def instance_pm2_status(inst: Instance) -> str:
 
 
 def program_pm2_status(program: Program) -> str:
+    if program.waiting is not None:  # its start waits for its dependencies
+        return "launching"
     statuses = [instance_pm2_status(i) for i in program.instances.values()]
     for candidate in ("online", "launching", "stopping", "errored"):
         if candidate in statuses:
@@ -89,13 +91,13 @@ def health_summary(program: Program) -> str:
     return UNKNOWN
 
 
-def process_view(program: Program) -> dict[str, Any]:
+def process_view(program: Program, sampler: ProcessSampler) -> dict[str, Any]:
     """One process of GET /api/processes."""
     instances = list(program.instances.values())
     running = [i for i in instances if i.pid is not None]
     cpu, memory = 0.0, 0
     for inst in running:
-        sample = SAMPLER.usage(inst.pid)  # type: ignore[arg-type]
+        sample = sampler.usage(inst.pid)  # type: ignore[arg-type]
         cpu += sample[0]
         memory += sample[1]
     uptimes = [u for u in (i.uptime() for i in instances) if u is not None]
@@ -111,14 +113,17 @@ def process_view(program: Program) -> dict[str, Any]:
         "restarts": sum(i.restarts for i in instances),
         "health_status": health_summary(program),
     }
+    waiting = program.waiting_for()
+    if waiting is not None:
+        view["waiting_for"], view["blocked"] = waiting
     if program.spec.port_range is not None:
-        view["instances"] = [pm2_instance_view(i) for i in instances]
+        view["instances"] = [pm2_instance_view(i, sampler) for i in instances]
     return view
 
 
-def pm2_instance_view(inst: Instance) -> dict[str, Any]:
+def pm2_instance_view(inst: Instance, sampler: ProcessSampler) -> dict[str, Any]:
     """One port's entry in `instances` of a port-range process."""
-    cpu, memory = SAMPLER.usage(inst.pid) if inst.pid is not None else (0.0, 0)
+    cpu, memory = sampler.usage(inst.pid) if inst.pid is not None else (0.0, 0)
     return {
         "port": inst.port,
         "status": instance_pm2_status(inst),
@@ -142,7 +147,7 @@ def script_and_args(command: str) -> tuple[str, list[str]]:
 def detail_view(program: Program, sup: Supervisor) -> dict[str, Any]:
     """GET /api/processes/{id}: the list view plus config, health_check and logs."""
     spec = program.spec
-    view = process_view(program)
+    view = process_view(program, sup.sampler)
     view.pop("health_status")
     script, args = script_and_args(spec.command)
     env = dict(spec.environment)

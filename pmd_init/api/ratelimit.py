@@ -110,8 +110,9 @@ class RateLimiter:
 
 
 def limited_path(path: str) -> bool:
-    """The PM2-compatible family: /, /api/... except the Daemon API, and /ws."""
-    return not path.startswith("/api/v1/")
+    """The PM2-compatible family: /, /api/... except the Daemon API, and /ws (not
+    /metrics: a scraper asks at its own pace, and a refused scrape is a hole in a graph)."""
+    return not path.startswith("/api/v1/") and path != "/metrics"
 
 
 def client_of(request: Request) -> str:

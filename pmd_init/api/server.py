@@ -26,6 +26,8 @@ from . import auth, errors
 from .context import AppContext, Owner, PmdApp
 from .errors import error_response
 from .listeners import BACKLOG, Listener, open_listeners, set_inheritable
+from .openapi import doc
+from .viewcache import ViewCache
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -45,7 +47,7 @@ def _dumps(value: Any) -> str:
 
 def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     ctx = AppContext(init=init, supervisor=init.supervisor, service=init.service,
-                     settings=init.settings)
+                     settings=init.settings, views=ViewCache(init.supervisor))
     app: PmdApp = Sanic(name, ctx=ctx, dumps=_dumps, loads=orjson.loads,
                         configure_logging=False)
     app.config.MOTD = False
@@ -74,13 +76,14 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, openapi, process, ws
+    from . import daemon, metrics, openapi, process, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
 
     app.blueprint(daemon.bp)
     app.blueprint(openapi.bp)
+    app.blueprint(metrics.bp)
     return app
 
 
@@ -114,6 +117,23 @@ def register_core_routes(app: PmdApp) -> None:
             "webhooks": init.supervisor.webhooks.counters(),
             "storage": init.supervisor.storage.view(),
         })
+
+    @app.get("/api/v1/daemon/ready")
+    @doc("The container's readiness, for orchestrators: 200 when every enabled boot "
+         "program is in its ready condition, else 503",
+         response="ready; a 503 has the same shape with ready: false. Without the key "
+                  "(when one is set) only the verdict and the counts")
+    async def ready(request: Request) -> HTTPResponse:
+        total, missing = init.supervisor.not_ready()
+        view: dict[str, Any] = {
+            "ready": not missing,
+            "programs": {"total": total, "ready": total - len(missing),
+                         "not_ready": len(missing)},
+        }
+        if auth.authenticated(request, init.settings.api_key):
+            view["not_ready"] = [{"name": r.name, "id": r.id, "state": r.state,
+                                  "reason": r.reason} for r in missing]
+        return json(view, status=503 if missing else 200)
 
     @app.post("/api/v1/daemon/reexec")
     async def reexec(request: Request) -> HTTPResponse:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..supervisor.instance import Instance
-from ..supervisor.proctree import SAMPLER
+from ..supervisor.proctree import ProcessSampler
 from ..supervisor.program import Program
 
 
@@ -36,6 +36,17 @@ def instance_status(inst: Instance) -> dict[str, Any]:
         view["uptime"] = hms(uptime)
     if inst.exit_code is not None:
         view["exit_code"] = inst.exit_code
+    if inst.completed is not None:  # a oneshot's run ended: did it succeed?
+        view["completed"] = inst.completed
+    if inst.ready_at is not None:
+        view["ready"] = True
+        view["ready_at"] = iso(inst.ready_at)
+    elif inst.program.spec.readiness is not None and inst.pid is not None:
+        view["ready"] = False
+    if inst.notify_status is not None:  # the program's own STATUS= text (notify)
+        view["notify_status"] = inst.notify_status
+    if inst.notify_stopping:
+        view["notify_stopping"] = True
     if inst.spawn_error:
         view["spawn_error"] = inst.spawn_error
     if inst.retry_at is not None:  # BACKOFF: when the next attempt comes, and why it waits
@@ -62,7 +73,8 @@ def program_status(program: Program) -> dict[str, Any]:
     """One program's status object: flat for a single instance, the port-range form
     (daemon-api-extras.md) for a port-range program."""
     if program.spec.port_range is None:
-        return {"id": program.id, **instance_status(program.primary)}
+        return {"id": program.id, **instance_status(program.primary),
+                **waiting_view(program)}
     instances = [instance_status(i) for i in program.instances.values()]
     return {
         "id": program.id,
@@ -72,15 +84,26 @@ def program_status(program: Program) -> dict[str, Any]:
                                  if i.state.value == "RUNNING"),
         "total_instances": len(instances),
         "instances": instances,
+        **waiting_view(program),
     }
 
 
-def stats_view(inst: Instance) -> dict[str, Any] | None:
+def waiting_view(program: Program) -> dict[str, Any]:
+    """`waiting_for` (and `blocked`, with its reason) while a start waits for the
+    program's dependencies; nothing otherwise."""
+    waiting = program.waiting_for()
+    if waiting is None:
+        return {}
+    names, blocked = waiting
+    return {"waiting_for": names, "blocked": blocked}
+
+
+def stats_view(inst: Instance, sampler: ProcessSampler) -> dict[str, Any] | None:
     """The stats object of the extras page (include_stats), or None when nothing runs: the
     instance's process group, as supervisor/proctree.py defines a program's processes."""
     if inst.pid is None:
         return None
-    group = SAMPLER.group(inst.pid)
+    group = sampler.group(inst.pid)
     if group is None:
         return None
     # The total is the sum of the shown parts, so that they add up for a reader.

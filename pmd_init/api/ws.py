@@ -24,9 +24,8 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from ..supervisor.events import Event, HealthEvent, StateEvent
+from ..supervisor.events import Event, HealthEvent, ReadyEvent, StateEvent
 from ..supervisor.instance import Instance
-from ..supervisor.proctree import SAMPLER
 from ..supervisor.supervisor import Supervisor
 from .context import context
 from .openapi import doc
@@ -48,7 +47,7 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
     programs = sorted(sup.programs.values(), key=lambda p: p.id or 0)
     programs += sorted(sup.ephemeral.values(), key=lambda p: p.created_at or 0)
     return {"type": "snapshot", "time": iso(time.time()),
-            "processes": [process_view(p) for p in programs]}
+            "processes": [process_view(p, sup.sampler) for p in programs]}
 
 
 def state_message(sup: Supervisor, event: StateEvent) -> dict[str, Any]:
@@ -72,6 +71,8 @@ def state_message(sup: Supervisor, event: StateEvent) -> dict[str, Any]:
         "exit_code": event.exit_code,
         "time": iso(event.time),
         "timestamp": event.time,
+        "reason": event.reason,
+        "retry_at": iso(event.retry_at),
     }
 
 
@@ -81,9 +82,18 @@ def health_message(event: HealthEvent) -> dict[str, Any]:
             "from": event.from_status, "to": event.to_status, "time": iso(event.time)}
 
 
+def ready_message(event: ReadyEvent) -> dict[str, Any]:
+    return {"type": "ready", "id": event.temporary_id or event.program_id,
+            "name": event.program, "instance": event.instance, "port": event.port,
+            "pid": event.pid, "via": event.via, "time": iso(event.time),
+            "timestamp": event.time}
+
+
 def event_message(sup: Supervisor, event: Event) -> dict[str, Any]:
     if isinstance(event, HealthEvent):
         return health_message(event)
+    if isinstance(event, ReadyEvent):
+        return ready_message(event)
     return state_message(sup, event)
 
 
@@ -93,14 +103,14 @@ def metrics_message(sup: Supervisor) -> dict[str, Any]:
         cpu, memory = 0.0, 0
         for inst in program.instances.values():
             if inst.pid is not None:
-                c, m = SAMPLER.usage(inst.pid)
+                c, m = sup.sampler.usage(inst.pid)
                 cpu += c
                 memory += m
         processes.append({"id": process_id(program), "name": program.name,
                           "status": program_pm2_status(program),
                           "cpu_usage": round(cpu, 1), "memory_usage": memory})
     return {"type": "metrics", "time": iso(time.time()), "processes": processes,
-            "system": {"cpu_usage": round(SAMPLER.system_cpu(), 1),
+            "system": {"cpu_usage": round(sup.sampler.system_cpu(), 1),
                        "load_average": [round(x, 2) for x in os.getloadavg()]}}
 
 

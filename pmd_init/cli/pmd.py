@@ -5,7 +5,8 @@ It talks to pmd over its Unix socket by default (PMD_SOCKET, default /run/pmd/pm
 trusted, so no key is needed), or over HTTP with --url (PMD_URL) and --api-key
 (PMD_API_KEY). Output is a human table by default and the API's JSON with --json. Any
 failure prints one line on stderr and exits non-zero; `pmd status` exits 0 exactly when
-pmd answers, which is what a Docker HEALTHCHECK needs.
+pmd answers, which is what a Docker HEALTHCHECK needs; `pmd ready` exits 0 exactly when
+every enabled boot program is ready (GET /api/v1/daemon/ready), 1 otherwise.
 
 Only the standard library is imported here: the client starts fast and needs nothing of
 the server side.
@@ -74,6 +75,15 @@ class Client:
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              query: dict[str, Any] | None = None) -> Any:
         """The decoded JSON answer of a 2xx response; CliError otherwise."""
+        status, data = self.request(method, path, body, query)
+        if not 200 <= status < 300:
+            raise CliError(error_line(status, data))
+        return data
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                query: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """The status and decoded JSON answer, whatever the status; CliError when pmd
+        cannot be reached."""
         conn, prefix = self._connection()
         if query:
             path += "?" + urllib.parse.urlencode({k: v for k, v in query.items()
@@ -98,9 +108,7 @@ class Client:
             data = json.loads(raw) if raw else None
         except ValueError:
             data = None
-        if not 200 <= response.status < 300:
-            raise CliError(error_line(response.status, data))
-        return data
+        return response.status, data
 
 
 def error_line(status: int, data: Any) -> str:
@@ -136,11 +144,21 @@ def text(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
+def status_text(process: dict[str, Any]) -> str:
+    """`launching (waiting for db (healthy))`, or `... (blocked: migrate exited 3)`."""
+    status = text(process.get("status"))
+    if process.get("blocked"):
+        return f"{status} (blocked: {process['blocked']})"
+    if process.get("waiting_for"):
+        return f"{status} (waiting for {', '.join(process['waiting_for'])})"
+    return status
+
+
 def print_processes(processes: list[dict[str, Any]]) -> None:
     if not processes:
         print("no processes")
         return
-    rows = [[text(p.get("id")), text(p.get("name")), text(p.get("status")),
+    rows = [[text(p.get("id")), text(p.get("name")), status_text(p),
              text(p.get("pid")), text(p.get("port")), f"{p.get('cpu_usage', 0):.1f}%",
              human_bytes(p.get("memory_usage")), text(p.get("uptime")),
              text(p.get("restarts")), text(p.get("health_status"))] for p in processes]
@@ -292,6 +310,38 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def print_ready(data: dict[str, Any]) -> None:
+    counts = data.get("programs") or {}
+    verdict = "ready" if data.get("ready") else "not ready"
+    print(f"{verdict}: {counts.get('ready', '?')} of {counts.get('total', '?')} boot "
+          "programs ready")
+    for item in data.get("not_ready") or []:
+        print(f"  {item.get('name')} ({item.get('state')}): {item.get('reason')}")
+
+
+def cmd_ready(client: Client, args: argparse.Namespace) -> int:
+    """0 when the container is ready, 1 when it is not or pmd does not answer: the verdict
+    of GET /api/v1/daemon/ready, for a HEALTHCHECK or a script. With --wait, asks again
+    until it is ready or the time is up."""
+    deadline = time.monotonic() + max(0.0, args.wait)
+    while True:
+        problem: str | None
+        try:
+            status, data = client.request("GET", "/api/v1/daemon/ready")
+        except CliError as exc:
+            status, data, problem = 0, None, str(exc)
+        else:
+            problem = None if status in (200, 503) and isinstance(data, dict) \
+                else error_line(status, data)
+        if status == 200 or time.monotonic() >= deadline:
+            break
+        time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
+    if problem is not None:
+        raise CliError(problem)
+    emit(args, data, print_ready)
+    return 0 if status == 200 else 1
+
+
 def cmd_reexec(client: Client, args: argparse.Namespace) -> int:
     data = client.call("POST", "/api/v1/daemon/reexec")
     emit(args, data, lambda d: print(d.get("message", "re-executing")))
@@ -385,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     add("system", cmd_system, "show system metrics")
     add("status", cmd_status, "check that pmd answers (exit 0 when it does)")
+    p = add("ready", cmd_ready, "check that every enabled boot program is ready (exit 0 "
+            "when they are, 1 when not or when pmd does not answer)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="ask again until ready, for up to this long (default: ask once)")
+    p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     add("reexec", cmd_reexec, "re-execute pmd in place; programs keep running")
     p = add("quick-start", cmd_quick_start, "run a temporary program (not saved)")
     p.add_argument("command", help="the command line")

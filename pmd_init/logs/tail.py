@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .capture import LogFile
-from .times import LineTimes, saved
+from .times import LineTimes, SavedTimes
 
 BLOCK = 64 << 10
 MAX_BYTES = 64 << 20  # the most one tail reads, however long its lines
@@ -38,12 +38,14 @@ def backup_path(path: Path, index: int) -> Path:
     return path.with_name(f"{path.name}.{index}")
 
 
-def capture_times(logfile: LogFile | None, path: Path) -> tuple[LineTimes | None, ...]:
+def capture_times(logfile: LogFile | None, path: Path,
+                  saved: SavedTimes) -> tuple[LineTimes | None, ...]:
     """The capture-time indexes of the current file and of `<file>.1`, as far as pmd
-    knows them: an index kept across a re-exec counts until the file is reopened."""
+    knows them: an index kept across a re-exec (in `saved`) counts until the file is
+    reopened."""
     if logfile is None:
-        return (saved(str(path)),)
-    return (logfile.times or saved(str(path)), logfile.rotated_times)
+        return (saved.get(str(path)),)
+    return (logfile.times or saved.get(str(path)), logfile.rotated_times)
 
 
 def _open(path: Path) -> int | None:

@@ -64,8 +64,6 @@ class LineTimes:
 # next pmd keeps each one by log path until that file is opened again (or asked about), and
 # uses it only if the file has not grown or shrunk since: same size, same bytes.
 
-_SAVED: dict[str, LineTimes] = {}
-
 
 def export(times: LineTimes | None) -> list[float] | None:
     """start, then (end, time) pairs, flat: JSON for the re-exec snapshot."""
@@ -77,24 +75,35 @@ def export(times: LineTimes | None) -> list[float] | None:
     return flat
 
 
-def remember(path: str, flat: object) -> None:
-    if not isinstance(flat, list) or len(flat) % 2 != 1:
-        return
-    try:
-        times = LineTimes(int(flat[0]))
-        for i in range(1, len(flat), 2):
-            times._ends.append(int(flat[i]))
-            times._times.append(float(flat[i + 1]))
-    except (TypeError, ValueError, OverflowError):
-        return
-    _SAVED[path] = times
+class SavedTimes:
+    """The indexes a re-exec handed over, by log path. The supervisor's runtime owns the one
+    registry: instances fill it when they adopt, a `LogFile` claims its index when it opens
+    its file, and the log routes read it for files not opened since."""
 
+    __slots__ = ("_by_path",)
 
-def claim(path: str, size: int) -> LineTimes | None:
-    """The saved index of this file, if the file is as it was when it was saved."""
-    times = _SAVED.pop(path, None)
-    return times if times is not None and times.end == size else None
+    def __init__(self) -> None:
+        self._by_path: dict[str, LineTimes] = {}
 
+    def remember(self, path: str, flat: object) -> None:
+        """Keep what `export` wrote for `path`; a malformed value is dropped (the lines
+        then have no known time, as after a restart of pmd)."""
+        if not isinstance(flat, list) or len(flat) % 2 != 1:
+            return
+        try:
+            times = LineTimes(int(flat[0]))
+            for i in range(1, len(flat), 2):
+                times._ends.append(int(flat[i]))
+                times._times.append(float(flat[i + 1]))
+        except (TypeError, ValueError, OverflowError):
+            return
+        self._by_path[path] = times
 
-def saved(path: str) -> LineTimes | None:
-    return _SAVED.get(path)
+    def claim(self, path: str, size: int) -> LineTimes | None:
+        """The saved index of this file, if the file is as it was when it was saved; it is
+        let go either way."""
+        times = self._by_path.pop(path, None)
+        return times if times is not None and times.end == size else None
+
+    def get(self, path: str) -> LineTimes | None:
+        return self._by_path.get(path)

@@ -3,9 +3,10 @@
 `ProgramSpec` is the shape stored in programs.json and accepted by the add/edit API
 (daemon-management-api.txt), plus the supervisord knobs users expect (exitcodes, startsecs,
 startretries, stop_signal, stop_timeout) and pmd's own (shutdown_on_exit, health_check,
-max_memory_restart). Validation that needs the live system (does the user exist?) runs only
-when the validation context asks for it, so a programs.json that names a missing user still
-boots and reports a spawn error for that one program.
+max_memory_restart, depends_on, readiness, oneshot, backoff). Validation that needs the
+live system (does the user exist?) runs only when the validation context asks for it, so a
+programs.json that names a missing user still boots and reports a spawn error for that one
+program. Whether the names in `depends_on` exist is a rule of the whole set (graph.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,32 @@ STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
 TERMINAL_SHELLS = ("bash", "zsh", "fish", "sh", "tmux")
 WEBHOOK_EVENTS = (
     "STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL", "UNKNOWN",
-    "all", "*",
+    "READY", "all", "*",
 )
+#: What a dependent waits for (process-compose's conditions, plus `ready`).
+CONDITIONS = ("started", "running", "ready", "healthy", "completed", "completed_successfully")
+Condition = Literal[CONDITIONS]  # type: ignore[valid-type]
+BACKOFF_KINDS = ("linear", "exponential")
+
+
+def depends_mapping(value: Any) -> Any:
+    """`depends_on` as given: a list means `ready` for each name (duplicates kept once)."""
+    if isinstance(value, list):
+        if not all(isinstance(item, str) for item in value):
+            raise ValueError("must be a list of program names or {name: condition}")
+        return dict.fromkeys(value, "ready")
+    return value
+
+
+def backoff_delay(attempt: int, kind: str, cap: float) -> float:
+    """The wait before retry number `attempt` (1, 2, ...): linear is supervisord's 1 s, 2 s,
+    3 s ..., exponential 1 s, 2 s, 4 s ...; both capped. One schedule for failed starts and
+    for the start-rate limit, so the two never disagree on what "exponential" means."""
+    attempt = max(1, attempt)
+    if kind == "exponential":
+        # 2**64 s is far past any cap: no need to build larger numbers
+        return min(cap, 2.0 ** min(attempt - 1, 64))
+    return min(cap, float(attempt))
 
 
 class Model(BaseModel):
@@ -120,6 +145,44 @@ class HealthCheckSpec(Model):
         return self
 
 
+class ReadinessSpec(Model):
+    """How a program says it is ready: exactly one source. `notify` is systemd's protocol
+    (READY=1 on $NOTIFY_SOCKET), `fd` s6's notification-fd (a newline on fd N), `log_line`
+    a regex matched against each line of stdout and stderr, `probe` a health check run
+    until its first success. Not ready within `timeout_seconds` is a failed start."""
+
+    notify: Literal[True] | None = None
+    fd: Annotated[int, Field(ge=3, le=255)] | None = None
+    log_line: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    probe: HealthCheckSpec | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=86400)] | None = None
+
+    @field_validator("log_line")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ReadinessSpec:
+        given = [name for name in READINESS_SOURCES if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("name exactly one source: notify, fd, log_line or probe "
+                             f"(given: {', '.join(given) or 'none'})")
+        return self
+
+    @property
+    def source(self) -> str:
+        return next(name for name in READINESS_SOURCES if getattr(self, name) is not None)
+
+
+READINESS_SOURCES = ("notify", "fd", "log_line", "probe")
+
+
 def _no_nul(value: str | None) -> str | None:
     """Text that ends up in an argv, the environment or a socket call: no NUL, no line
     break (the OS refuses the first, the second splits what it is written into)."""
@@ -174,7 +237,7 @@ class ProgramSpec(Model):
     # supervisord's knobs, same names and meaning
     exitcodes: list[Annotated[int, Field(ge=0, le=255)]] = Field(default_factory=lambda: [0])
     startsecs: Annotated[float, Field(ge=0, le=3600)] = 1
-    startretries: Annotated[int, Field(ge=0, le=1000)] = 3
+    startretries: Annotated[int, Field(ge=-1, le=1000)] = 3  # -1: retry forever
     stop_signal: Literal[STOP_SIGNALS] = "TERM"  # type: ignore[valid-type]
     stop_timeout: Annotated[float, Field(ge=0, le=3600)] = 10
     # pmd's own
@@ -185,6 +248,27 @@ class ProgramSpec(Model):
     # the interval and the next one waits in BACKOFF (0 turns the limit off)
     start_limit_burst: Annotated[int, Field(ge=0, le=100000)] = 5
     start_limit_interval: Annotated[float, Field(gt=0, le=86400)] = 10
+    # the wait between failed starts: supervisord's 1 s, 2 s, 3 s ... or 1 s, 2 s, 4 s ...
+    backoff: Literal[BACKOFF_KINDS] = "linear"  # type: ignore[valid-type]
+    backoff_max_seconds: Annotated[float, Field(ge=1, le=86400)] = 60
+    # start only once these hold: {name: condition}; a list means `ready` for each
+    depends_on: dict[Annotated[str, Field(min_length=1, max_length=128)], Condition] = \
+        Field(default_factory=dict, max_length=64)
+    readiness: ReadinessSpec | None = None
+    # a run-once task (a migration): no restart, no startsecs; an exit in exitcodes is success
+    oneshot: bool = False
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_list(cls, value: Any) -> Any:
+        return depends_mapping(value)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _not_itself(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if info.data.get("name") in value:
+            raise ValueError(f"a program cannot depend on itself ({info.data['name']!r})")
+        return value
 
     @field_validator("autorestart", mode="before")
     @classmethod
@@ -268,6 +352,13 @@ class ProgramSpec(Model):
         )
         if kit != self.hoody_kit:
             object.__setattr__(self, "hoody_kit", kit)
+        if self.readiness is not None and self.readiness.log_line is not None \
+                and not self.logs_enabled:
+            raise ValueError("readiness.log_line needs logs_enabled: pmd reads the lines "
+                             "from the program's log pipes")
+        if self.oneshot:  # it runs once: nothing to restart, nothing to survive
+            object.__setattr__(self, "autorestart", "false")
+            object.__setattr__(self, "startsecs", 0)
         return self
 
     # ---- derived views -------------------------------------------------------------
@@ -282,6 +373,10 @@ class ProgramSpec(Model):
 
     def ports(self) -> list[int | None]:
         return list(self.port_range.ports()) if self.port_range else [None]
+
+    def retry_delay(self, attempt: int) -> float:
+        """The wait before the `attempt`th retry of a failed start."""
+        return backoff_delay(attempt, self.backoff, self.backoff_max_seconds)
 
     def expects_exit(self, code: int | None) -> bool:
         """The one rule for an expected exit, which decides an "unexpected" restart and

@@ -23,13 +23,14 @@ class ProgramState(StrEnum):
 S = ProgramState
 
 # The allowed transitions, as supervisord's process.py asserts them.
-# pmd adds two: EXITED -> BACKOFF when the start-rate limit holds back a restart, and
-# STOPPED -> UNKNOWN when a fresh slot adopts a process it did not start (re-exec, or a
-# restarted pmd), on its way to the state the previous pmd recorded.
+# pmd adds three: EXITED -> BACKOFF when the start-rate limit holds back a restart (or a
+# program was not ready in time), STOPPED -> UNKNOWN when a fresh slot adopts a process it
+# did not start (re-exec, or a restarted pmd), on its way to the state the previous pmd
+# recorded, and RUNNING -> FATAL when a oneshot exits with a code not in its exitcodes.
 TRANSITIONS: dict[ProgramState, frozenset[ProgramState]] = {
     S.STOPPED: frozenset({S.STARTING, S.UNKNOWN}),
     S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.STOPPING}),
-    S.RUNNING: frozenset({S.EXITED, S.STOPPING}),
+    S.RUNNING: frozenset({S.EXITED, S.STOPPING, S.FATAL}),
     S.BACKOFF: frozenset({S.STARTING, S.FATAL, S.STOPPED}),
     S.STOPPING: frozenset({S.STOPPED}),
     S.EXITED: frozenset({S.STARTING, S.STOPPED, S.BACKOFF}),

@@ -39,6 +39,13 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def loopback_allowed() -> bool:
+    # The one read of the environment outside settings (tests/test_module_state.py names
+    # it). Not a Settings field: these rules run inside WebhooksSpec's validators, and a
+    # spec is validated from programs.json, API bodies, quick-starts and re-exec snapshots
+    # alike, a dozen call sites that would all have to carry a validation context for a
+    # switch that only tests turn on. The delivery asks the same function, so validation
+    # and delivery never disagree. Read at each call, never at import: a test may set it
+    # for itself.
     return os.environ.get(ALLOW_LOOPBACK_ENV) == "1"
 
 

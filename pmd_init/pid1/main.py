@@ -19,16 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Settings, parse_settings
+from . import signals
+from .maincmd import MainCommand
 from .reaper import Reaper
 from .signals import SignalQueue
 
 log = logging.getLogger("pmd")
 
 REEXEC_ENV = "PMD_REEXEC_STATE"
-FORWARDED = frozenset({
-    signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
-})
 
 
 #: Never passed on to programs: pmd's own settings, and what a service manager above pmd
@@ -49,7 +47,7 @@ class Init:
         self.base_env = program_base_env(dict(os.environ) if base_env is None else base_env)
         self.started_at = time.time()
         self.exit_code = 0
-        self.main_pid: int | None = None
+        self.main: MainCommand | None = None
         self.main_exit: int | None = None
         self.config_problem: str | None = None
         self.reload_report: dict[str, Any] | None = None
@@ -66,12 +64,20 @@ class Init:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self._done = loop.create_future()
+        s = self.settings
+        ignored = signals.inherited_ignored()
         self.signals = SignalQueue(loop, self._dispatch)
         self.signals.install()
-        self.reaper = Reaper(loop)
+        self._set_pdeathsig()
+        self.reaper = Reaper(loop, warn_orphans=s.warn_reap)
         self._become_subreaper()
         _raise_nofile()
-        s = self.settings
+        if s.command:
+            self.main = MainCommand(s.command, self.base_env, single_child=s.single_child,
+                                    rewrite=s.rewrite, job_control=s.job_control,
+                                    ignored=ignored)
+        if not s.programs:
+            return await self._run_bare()
         for folder in (s.state_dir, s.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -93,7 +99,8 @@ class Init:
             self.base_env = state["base_env"]  # what programs got before, unchanged
         self.supervisor = sup = Supervisor(
             loop, self.reaper, store, s.state_dir, s.log_dir, self.base_env,
-            forward=s.log_forward, log_roots=s.log_roots, ephemeral_grace=s.ephemeral_grace)
+            forward=s.log_forward, log_roots=s.log_roots, ephemeral_grace=s.ephemeral_grace,
+            memory_interval=s.memory_interval, webhook_ca_file=s.webhook_ca_file)
         sup.on_fatal_exit = self._program_gone
         self.service = Service(sup)
         sup.events.subscribe(self._log_event)
@@ -116,7 +123,12 @@ class Init:
                 self._spawn_main()
         self.reaper.reap()  # exits that happened while we were starting (or exec'ing)
 
-        if s.api:
+        if not s.api or (s.port < 0 and s.socket is None):
+            # Nothing of the HTTP stack is imported: no listener was asked for.
+            log.info("HTTP API: none (%s)", "--no-api" if not s.api else "no port, no socket")
+        elif self._done.done():
+            log.info("HTTP API: not started, pmd is already shutting down")
+        else:
             # Importing the HTTP stack takes a few hundred milliseconds of CPU. Done on the
             # loop it would hold up every SIGCHLD and restart meanwhile (hundreds of
             # zombies in a burst); in a short-lived thread the loop keeps turning.
@@ -136,6 +148,28 @@ class Init:
             await self._reexec()  # returns only if exec failed
         return await self._shutdown()
 
+    async def _run_bare(self) -> int:
+        """No programs.json, no API, no state: the main command and the signals only (a
+        compatibility start, tini's or dumb-init's command line)."""
+        if self.main is not None:
+            self._spawn_main()
+        self.reaper.reap()
+        assert self._done is not None
+        mode = await self._done
+        assert mode == "shutdown"  # nothing can ask for a re-exec without the API
+        return await self._shutdown()
+
+    def _set_pdeathsig(self) -> None:
+        signum = self.settings.pdeathsig
+        if signum is None:
+            return
+        try:
+            import prctl
+
+            prctl.set_pdeathsig(signum)
+        except (ImportError, OSError) as exc:
+            log.warning("cannot set the parent-death signal (%s)", exc)
+
     def _become_subreaper(self) -> None:
         if os.getpid() == 1:
             return
@@ -149,16 +183,20 @@ class Init:
     # ---- signals -------------------------------------------------------------------
 
     def _dispatch(self, signums: list[int]) -> None:
+        """Every signal but CHLD is passed on to the main command (through the rewrite
+        table); then pmd acts on the few that mean something to it, by name."""
         for signum in signums:
             if signum == signal.SIGCHLD:
                 self.reaper.reap()
                 continue
-            if signum in FORWARDED and self.main_pid is not None:
-                try:
-                    os.killpg(self.main_pid, signum)
-                except OSError:
-                    pass
-            name = signal.Signals(signum).name.lower()
+            if self.main is not None:
+                self.main.forward(signum)
+            if not self.settings.own_signals:
+                continue
+            try:
+                name = signal.Signals(signum).name.lower()
+            except ValueError:
+                continue  # a real-time signal: passed on only
             handler = getattr(self, f"handle_{name}", None)
             if handler is not None:
                 handler()
@@ -176,6 +214,8 @@ class Init:
         """Reload programs.json: start added, stop removed, restart changed."""
         from ..store.programs import ConfigError
 
+        if self.supervisor is None:
+            return
         try:
             specs = self.supervisor.store.reread()
         except (ConfigError, OSError) as exc:
@@ -189,6 +229,8 @@ class Init:
 
     def handle_sigusr1(self) -> None:
         """Reopen every log file (after an outside rotation)."""
+        if self.supervisor is None:
+            return
         for inst in self.supervisor.instances():
             for logfile in (inst.stdout_log, inst.stderr_log):
                 if logfile is not None:
@@ -204,7 +246,8 @@ class Init:
             self._done.set_result("shutdown")
 
     def request_reexec(self) -> bool:
-        if self._shutting_down or self._done is None or self._done.done():
+        if (self._shutting_down or self._done is None or self._done.done()
+                or self.supervisor is None):
             return False
         self._done.set_result("reexec")
         return True
@@ -217,8 +260,12 @@ class Init:
 
     def _log_event(self, event: Any) -> None:
         # Not at the top: pmd_init.supervisor is imported only once the signal handlers are in.
-        from ..supervisor.events import StateEvent
+        from ..supervisor.events import ReadyEvent, StateEvent
 
+        if isinstance(event, ReadyEvent):
+            if event.via != "running":  # RUNNING itself is logged already
+                log.info("%s: ready (%s)", event.instance, event.via)
+            return
         if not isinstance(event, StateEvent):
             return  # health verdicts: the health monitor logs the ones that matter
         extra = f" pid {event.pid}" if event.pid else ""
@@ -231,46 +278,37 @@ class Init:
 
     # ---- the main command ----------------------------------------------------------
 
+    @property
+    def main_pid(self) -> int | None:
+        return self.main.pid if self.main is not None else None
+
     def _spawn_main(self) -> None:
-        from ..supervisor.spawn import SpawnError, SpawnRequest, spawn
+        from ..supervisor.spawn import SpawnError
 
+        assert self.main is not None
         try:
-            popen = spawn(SpawnRequest(argv=self.settings.command, env=self.base_env,
-                                       stdin_devnull=False, new_session=False))
+            pid = self.main.spawn()
         except SpawnError as exc:
-            log.error("main command: %s", exc)
-            self.main_exit = exc.exit_code
-            self.request_shutdown(self.main_exit)
+            self.main_exit = _compat_exec_code(self.settings.compat, exc.exit_code)
+            _report_exec_failure(self.settings, exc)
+            self.request_shutdown(self.settings.remap_exit.get(self.main_exit,
+                                                               self.main_exit))
             return
-        self.main_pid = popen.pid
-        self._main_popen = popen
-        self.reaper.watch(popen.pid, self._main_exited)
-        self._give_terminal(popen.pid)
-
-    @staticmethod
-    def _give_terminal(pgid: int) -> None:
-        """Like tini: an interactive main command gets the terminal's foreground."""
-        try:
-            if os.isatty(0):
-                old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-                try:
-                    os.tcsetpgrp(0, pgid)
-                finally:
-                    signal.signal(signal.SIGTTOU, old)
-        except OSError:
-            pass
+        log.debug("main command %s started with pid %d", self.settings.command[0], pid)
+        self.reaper.watch(pid, self._main_exited)
 
     def _adopt_main(self, main: dict[str, Any] | None) -> None:
-        if main and isinstance(main.get("pid"), int):
-            self.main_pid = main["pid"]
-            self.reaper.watch(self.main_pid, self._main_exited)
+        if main and isinstance(main.get("pid"), int) and self.main is not None:
+            self.main.adopt(main["pid"])
+            self.reaper.watch(main["pid"], self._main_exited)
 
     def _main_exited(self, status: int | None) -> None:
         from ..supervisor.spawn import describe_exit
 
         code = describe_exit(status) if status is not None else 1
         self.main_exit = code
-        self.main_pid = None
+        if self.main is not None:
+            self.main.exited()
         log.info("main command exited with %d", code)
         mapped = self.settings.remap_exit.get(code, code)
         self.exit_code = mapped
@@ -286,11 +324,14 @@ class Init:
         deadline = loop.time() + self.settings.grace
         if self.api is not None:
             await self.api.close()  # refuse new connections; in-flight requests finish below
-        # Operations under way (a reload, a reset) end here; stopping everything follows.
-        await self.service.tasks.close()
-        await self.supervisor.shutdown(deadline)
-        if self.main_pid is not None:
-            waiter = loop.create_future()
+        if self.service is not None:
+            # Operations under way (a reload, a reset) end here; stopping everything follows.
+            await self.service.tasks.close()
+        if self.supervisor is not None:
+            await self.supervisor.shutdown(deadline)
+        main = self.main
+        if main is not None and main.pid is not None:
+            waiter: asyncio.Future[None] = loop.create_future()
             previous = self._main_exited
 
             def exited(status: int | None) -> None:
@@ -298,33 +339,30 @@ class Init:
                 if not waiter.done():
                     waiter.set_result(None)
 
-            self.reaper.watch(self.main_pid, exited)
-            try:
-                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
-            except TimeoutError:
+            self.reaper.watch(main.pid, exited)
+            # asyncio.wait, not wait_for: wait_for cancels the future on its timeout, and
+            # the wait after the SIGKILL below would then raise CancelledError.
+            if self.settings.own_signals:
+                await asyncio.wait({waiter}, timeout=max(0.0, deadline - loop.time()))
+            else:
+                await waiter  # tini's way: the command decides when it is done
+            if not waiter.done():
                 log.warning("main command did not exit within the grace period: SIGKILL")
-                try:
-                    os.killpg(self.main_pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                try:
-                    await asyncio.wait_for(waiter, 2.0)
-                except TimeoutError:
-                    pass
+                main.kill()
+                await asyncio.wait({waiter}, timeout=2.0)
         if self.api is not None:
             await self.api.stop(timeout=max(0.1, min(1.0, deadline - loop.time())))
-        self.supervisor.save_ephemeral()
+        if self.supervisor is not None:
+            self.supervisor.save_ephemeral()
         log.info("pmd exits with %d", self.exit_code)
         return self.exit_code
 
     def _force_kill(self) -> None:
         log.warning("second signal: killing everything now")
-        self.supervisor.kill_all()
-        if self.main_pid is not None:
-            try:
-                os.killpg(self.main_pid, signal.SIGKILL)
-            except OSError:
-                pass
+        if self.supervisor is not None:
+            self.supervisor.kill_all()
+        if self.main is not None:
+            self.main.kill()
 
     # ---- re-exec -------------------------------------------------------------------
 
@@ -377,6 +415,8 @@ class Init:
                 os.set_inheritable(fd, True)
             for listener in listeners:  # nobody is spawned from here to the exec
                 os.set_inheritable(listener["fd"], True)
+            for fd in self.supervisor.readiness_fds():
+                os.set_inheritable(fd, True)
             sys.stdout.flush()
             sys.stderr.flush()
             self.signals.restore()
@@ -453,19 +493,75 @@ def _raise_nofile() -> None:
             pass
 
 
-def _setup_logging() -> None:
+def log_level(settings: Settings, stderr_is_tty: bool) -> str:
+    """pmd's log level: asked for (PMD_LOG_LEVEL, a compat -v), else INFO; but WARNING when
+    a main command shares pmd's terminal (its screen is not pmd's log) and for a
+    compatibility start (tini and dumb-init say nothing unless asked)."""
+    if settings.log_level:
+        return settings.log_level
+    if settings.compat is not None or (settings.command and stderr_is_tty):
+        return "WARNING"
+    return "INFO"
+
+
+def _setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s pmd %(levelname)s %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("pmd")
     root.addHandler(handler)
-    root.setLevel(os.environ.get("PMD_LOG_LEVEL", "INFO").upper())
+    root.setLevel(log_level(settings, _isatty(2)))
     root.propagate = False
 
 
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _compat_exec_code(compat: str | None, code: int) -> int:
+    """dumb-init exits 2 for any command it cannot run; tini and pmd say 127 or 126."""
+    return 2 if compat == "dumb-init" else code
+
+
+def _report_exec_failure(settings: Settings, exc: Exception) -> None:
+    """One line on stderr, whatever the log level: the container's only clue."""
+    errno = getattr(exc, "errno", None)
+    reason = os.strerror(errno) if errno else str(exc)
+    if settings.compat is None:
+        log.error("main command: %s", exc)
+    else:
+        print(f"[pmd-{settings.compat}] cannot run {settings.command[0]}: {reason}",
+              file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_settings(argv)
-    _setup_logging()
+    # First of all: a mask inherited from the caller would hold back TERM until it is reset.
+    signals.reset_mask()
+    args = sys.argv[1:] if argv is None else argv
+    if args and (args[0] == "--compat" or args[0].startswith("--compat=")):
+        from .compat import parse_compat
+
+        settings = parse_compat(args)
+    else:
+        settings = parse_settings(args)
+    run(settings)
+
+
+def tini() -> None:
+    """The `pmd-tini` console script: tini's command line."""
+    main(["--compat", "tini", *sys.argv[1:]])
+
+
+def dumb_init() -> None:
+    """The `pmd-dumb-init` console script: dumb-init's command line."""
+    main(["--compat", "dumb-init", *sys.argv[1:]])
+
+
+def run(settings: Settings) -> None:
+    _setup_logging(settings)
     base_env = dict(os.environ)
     # pydantic scans every installed distribution's entry points for plugins on the first
     # model it builds (~15 ms here, before any program may start); pmd uses none. Programs

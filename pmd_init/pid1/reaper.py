@@ -29,8 +29,10 @@ ExitCallback = Callable[[int | None], None]  # the raw wait status, or None when
 
 
 class Reaper:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, warn_orphans: bool = False) -> None:
         self._loop = loop
+        #: Log a warning for every orphan reaped (tini's -w).
+        self.warn_orphans = warn_orphans
         self._owners: dict[int, ExitCallback] = {}
         self._pidfds: dict[int, int] = {}
         self.orphans_reaped = 0
@@ -99,6 +101,9 @@ class Reaper:
                     self._early[pid] = status
                     continue
                 self.orphans_reaped += 1
+                if self.warn_orphans:
+                    log.warning("reaped orphan pid %d (exit %d)", pid,
+                                os.waitstatus_to_exitcode(status))
                 continue
             self.children_reaped += 1
             try:

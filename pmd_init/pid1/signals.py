@@ -1,6 +1,14 @@
 """Signal handlers only queue: each signal's C-level handler writes its number to a
 socketpair (signal.set_wakeup_fd) and the loop reads the numbers and dispatches by name.
 Nothing runs inside a handler, so there is no reentrancy to reason about.
+
+pmd queues every signal it can catch: one left at its default action would kill pmd when
+it is not PID 1 (ALRM, IO, PWR, ABRT...) and orphan its programs. The exceptions:
+- the faults (SEGV, BUS, FPE, ILL, TRAP, SYS): a handler that only queues returns to the
+  faulting instruction, so a real fault in pmd would spin instead of dumping core;
+- PIPE, which pmd raises on itself whenever it writes to a socket or pipe whose reader has
+  gone (an API client that hung up, a closed stdout). Python cannot tell those from a
+  `kill -PIPE`, so PIPE stays ignored, as Python sets it, and is not passed on.
 """
 
 from __future__ import annotations
@@ -10,10 +18,27 @@ import signal
 import socket
 from collections.abc import Callable, Iterable
 
-HANDLED = (
-    signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
-)
+FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+                    signal.SIGTRAP, signal.SIGSYS})
+UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+#: Python ignores these itself at start (subprocess's restore_signals resets them for
+#: children), so whether pmd's caller ignored them cannot be known.
+PYTHON_IGNORES = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
+
+HANDLED: tuple[int, ...] = tuple(sorted(
+    int(s) for s in signal.valid_signals() - UNCATCHABLE - FAULTS - {signal.SIGPIPE}))
+
+
+def reset_mask() -> None:
+    """Unblock everything: a mask inherited from the caller would hold back TERM (and
+    would pass on to every child, which inherits pmd's mask)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def inherited_ignored() -> frozenset[int]:
+    """Signals ignored by whoever started pmd (nohup ignores HUP); read before install()."""
+    return frozenset(s for s in HANDLED if s not in PYTHON_IGNORES
+                     and signal.getsignal(s) == signal.SIG_IGN)
 
 
 def _noop(signum: int, frame: object) -> None:
@@ -36,7 +61,10 @@ class SignalQueue:
         # pass collects every exit) and must not print warnings on every signal.
         signal.set_wakeup_fd(self._wsock.fileno(), warn_on_full_buffer=False)
         for signum in signums:
-            self._previous[signum] = signal.signal(signum, _noop)
+            try:
+                self._previous[signum] = signal.signal(signum, _noop)
+            except (OSError, ValueError):  # reserved by the C library on some systems
+                continue
             signal.siginterrupt(signum, False)
         self._loop.add_reader(self._rsock.fileno(), self._readable)
 

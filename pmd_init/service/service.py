@@ -182,10 +182,11 @@ class Service:
     # ---- control -------------------------------------------------------------------
 
     async def start(self, program: Program, port: int | None = None, *, wait: bool = False,
-                    timeout: float = 30.0, if_not_running: bool = False
-                    ) -> tuple[Instance, bool]:
+                    timeout: float = 30.0, if_not_running: bool = False,
+                    force: bool = False) -> tuple[Instance, bool]:
         """Start one instance; with `wait`, answer once it is RUNNING. The second value
-        says it was running already (only with `if_not_running`, else a refusal)."""
+        says it was running already (only with `if_not_running`, else a refusal). Its
+        dependencies must hold, unless `force`."""
         inst = self.instance(program, port, "start")
         if inst.state in (S.STARTING, S.RUNNING):
             if if_not_running:
@@ -193,7 +194,7 @@ class Service:
             raise AlreadyRunning(f"'{inst.name}' is already {inst.state.value}; use "
                                  "if_not_running: true, or restart", inst,
                                  field="if_not_running")
-        self.supervisor.start(program, inst.port)
+        self.supervisor.start(program, inst.port, force=force)
         if wait:
             await self.tasks.run(self._until_started([inst], timeout), f"start {inst.name}")
         return inst, False

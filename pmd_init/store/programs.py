@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..model.graph import GraphError, check_graph
 from ..model.spec import ProgramSpec
 from .files import read_json
 from .storage import Storage
@@ -87,6 +88,11 @@ def parse_programs(raw: object) -> list[ProgramSpec]:
             assert a.port_range and b.port_range
             if a.port_range.overlaps(b.port_range):
                 raise ConfigError(f"port ranges of {a.name!r} and {b.name!r} overlap")
+    try:
+        check_graph(result)
+    except GraphError as exc:
+        index = next(i for i, s in enumerate(result) if s.name == exc.program)
+        raise ConfigError(f"programs[{index}].depends_on: {exc}") from None
     return result
 
 

@@ -2,8 +2,10 @@
 
 Every such write goes through `Storage`: a failure becomes a `StorageError` that names the
 dir and says why (full, read-only, other), and the dir is reported as failing in /health
-until the next write there succeeds. Nothing polls a failing dir: space that comes back is
-noticed by the next write, which an API call or a state change makes anyway.
+until a write there shows the problem is gone: the same file written, or a write at least
+as large as the one that failed (a full disk still takes pids.json's few bytes). Nothing
+polls a failing dir: space that comes back is noticed by the next write, which an API call
+or a state change makes anyway.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_bytes, atomic_write_json, remove_stale_temps
+import orjson
+
+from .files import atomic_write_bytes, remove_stale_temps
 
 log = logging.getLogger("pmd.store")
 
@@ -37,9 +42,10 @@ def storage_code(exc: OSError) -> str:
 class StorageError(OSError):
     """A write to the config or state dir failed; the file keeps its previous content."""
 
-    def __init__(self, cause: OSError, path: Path, kind: str) -> None:
+    def __init__(self, cause: OSError, path: Path, kind: str, size: int = 0) -> None:
         reason = cause.strerror or str(cause)
         super().__init__(cause.errno, reason, str(path))
+        self.size = size
         self.code = storage_code(cause)
         self.kind = kind
         self.folder = path.parent
@@ -80,10 +86,14 @@ class DirStatus:
         self.last_error_at = time.time()
         self.failures += 1
 
-    def succeeded(self) -> None:
-        if self.problem is not None:
-            log.info("the %s dir %s is writable again", self.kind, self.path)
-            self.problem = None
+    def succeeded(self, path: Path, size: int) -> None:
+        problem = self.problem
+        if problem is None:
+            return
+        if problem.code == FULL and path.name != problem.file and size < problem.size:
+            return  # a small write fits where the one that failed did not
+        log.info("the %s dir %s is writable again", self.kind, self.path)
+        self.problem = None
 
     def view(self) -> dict[str, Any]:
         last = self.last_error
@@ -112,23 +122,24 @@ class Storage:
         return None
 
     def write_bytes(self, path: Path, data: bytes, durable: bool = True) -> None:
-        self._write(path, lambda: atomic_write_bytes(path, data, durable=durable))
+        self._write(path, len(data), lambda: atomic_write_bytes(path, data, durable=durable))
 
     def write_json(self, path: Path, value: Any, durable: bool = True) -> None:
-        self._write(path, lambda: atomic_write_json(path, value, durable=durable))
+        self.write_bytes(path, orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n",
+                         durable=durable)
 
-    def _write(self, path: Path, write: Any) -> None:
+    def _write(self, path: Path, size: int, write: Callable[[], None]) -> None:
         status = self._status_of(path)
         try:
             write()
         except OSError as exc:
             if status is None or isinstance(exc, StorageError):
                 raise
-            error = StorageError(exc, path, status.kind)
+            error = StorageError(exc, path, status.kind, size)
             status.failed(error)
             raise error from exc
         if status is not None:
-            status.succeeded()
+            status.succeeded(path, size)
 
     def remove_stale_temps(self) -> int:
         """At start: the temp files of writes that a killed pmd left behind."""

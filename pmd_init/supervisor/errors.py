@@ -131,6 +131,21 @@ class Disabled(Refused):
                          field="enabled")
 
 
+class Waiting(Refused):
+    """A start by hand of a program whose dependencies do not hold (`force` skips them)."""
+
+    code = "DEPENDENCIES_NOT_READY"
+
+    def __init__(self, program_name: str, unmet: list[Any]) -> None:
+        waiting = [str(u) for u in unmet]
+        blocked = [u.blocked for u in unmet if u.blocked]
+        message = f"'{program_name}' waits for {', '.join(waiting)}"
+        if blocked:
+            message += f" (blocked: {'; '.join(blocked)})"
+        super().__init__(message + "; start it with force: true to skip them",
+                         field="force", details={"waiting_for": waiting, "blocked": blocked})
+
+
 class AlreadyRunning(Refused):
     """A start of an instance that is already STARTING or RUNNING."""
 

@@ -1,8 +1,8 @@
-"""The one stream of what happens to instances: state changes (`StateEvent`) and health
-verdict changes (`HealthEvent`). The supervisor's own bookkeeping, the health and memory
-watchers, webhooks, the WebSocket and the log streams subscribe here instead of polling the
-supervisor or calling each other; each subscriber handles the event types it wants and
-ignores the rest."""
+"""The one stream of what happens to instances: state changes (`StateEvent`), health
+verdict changes (`HealthEvent`) and readiness (`ReadyEvent`). The supervisor's own
+bookkeeping, the dependency gate, the health and memory watchers, webhooks, the WebSocket
+and the log streams subscribe here instead of polling the supervisor or calling each
+other; each subscriber handles the event types it wants and ignores the rest."""
 
 from __future__ import annotations
 
@@ -69,7 +69,30 @@ class HealthEvent:
     source: object = field(default=None, compare=False, repr=False)
 
 
-Event = StateEvent | HealthEvent
+@dataclass(frozen=True, slots=True)
+class ReadyEvent:
+    """An instance became ready: its readiness source said so (READY=1, a newline on its
+    notification fd, a matching log line, a first successful probe), or, for a program
+    that declares none, it reached RUNNING."""
+
+    program_id: int | None
+    program: str
+    instance: str
+    port: int | None
+    pid: int | None
+    time: float
+    #: notify, fd, log_line, probe, or running (no readiness declared)
+    via: str
+    temporary_id: str | None = None
+    source: object = field(default=None, compare=False, repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"program_id": self.program_id, "program": self.program,
+                "instance": self.instance, "port": self.port, "pid": self.pid,
+                "time": self.time, "via": self.via, "temporary_id": self.temporary_id}
+
+
+Event = StateEvent | HealthEvent | ReadyEvent
 Subscriber = Callable[[Event], None]
 
 

@@ -12,37 +12,23 @@ stops when a later event takes it out of RUNNING. Verdict changes are published 
 bus as `HealthEvent`s. It owns its timers and probe tasks; `close` (at shutdown) cancels and
 awaits every one of them.
 
-Nothing polls: one timer per checked instance, armed again after each probe finishes.
-Script probes are spawned through `spawn.spawn` and their exit comes from the reaper like
-every other child (pmd has a single waitpid owner, so no subprocess.run here).
+Nothing polls: one timer per checked instance, armed again after each probe finishes. The
+probes themselves are probes.py's, shared with readiness probes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import ssl
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from ..model.states import ProgramState
-from .events import Event, EventBus, HealthEvent, StateEvent
-from .instance import Instance
-from .spawn import (
-    SpawnError,
-    SpawnRequest,
-    describe_exit,
-    killpg,
-    program_env,
-    resolve_account,
-    spawn,
-)
+from .events import EventBus, HealthEvent
+from .instance import Instance, follow_running
+from .probes import probe
 
 if TYPE_CHECKING:
     from ..model.spec import HealthCheckSpec
@@ -85,17 +71,10 @@ class HealthMonitor:
         self.checks: dict[Instance, CheckState] = {}
         #: Every probe under way, cancelled ones included until they end: close awaits them.
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
+        self._unsubscribe: Callable[[], None] | None = follow_running(
+            events, self.track, self.untrack)
 
     # ---- tracking ------------------------------------------------------------------
-
-    def _on_event(self, event: Event) -> None:
-        if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):
-            return
-        if event.to_state == ProgramState.RUNNING:
-            self.track(event.source)
-        elif event.from_state == ProgramState.RUNNING:
-            self.untrack(event.source)
 
     def track(self, inst: Instance) -> None:
         """The instance is RUNNING: start checking it (if its program asks for checks)."""
@@ -201,42 +180,7 @@ class HealthMonitor:
 
     async def _probe(self, inst: Instance, spec: HealthCheckSpec) -> str | None:
         """None when healthy, else why not."""
-        if spec.type == "http":
-            return await probe_http(expand(spec.url or "", inst.port), spec.expected_status)
-        if spec.type == "tcp":
-            port = spec.port or inst.port or _env_port(inst)
-            if port is None:
-                return "a tcp health check needs a port (port, port_range or PORT)"
-            return await probe_tcp(spec.host, port)
-        return await self._probe_script(inst, expand(spec.command or "", inst.port))
-
-    async def _probe_script(self, inst: Instance, command: str) -> str | None:
-        pspec = inst.program.spec
-        account = resolve_account(pspec.user)
-        env = program_env(self.base_env, account, pspec.environment, pspec.display,
-                          inst.port)
-        done: asyncio.Future[int | None] = self.loop.create_future()
-        try:
-            popen = spawn(SpawnRequest(argv=["/bin/sh", "-c", command], env=env,
-                                       cwd=pspec.directory, account=account,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        except SpawnError as exc:
-            return str(exc)
-
-        def exited(status: int | None) -> None:
-            # The reaper has the status: tell Popen, so that it never waits itself.
-            popen.returncode = os.waitstatus_to_exitcode(status) if status is not None else -1
-            if not done.done():
-                done.set_result(None if status is None else describe_exit(status))
-
-        self.children.watch(popen.pid, exited)
-        try:
-            code = await asyncio.shield(done)
-        except asyncio.CancelledError:
-            # Timed out or untracked: kill the probe's group; the reaper still reaps it.
-            killpg(popen.pid, signal.SIGKILL)
-            raise
-        return None if code == 0 else f"script exited with {code}"
+        return await probe(spec, inst.program.spec, inst.port, self.children, self.base_env)
 
     # ---- status changes ------------------------------------------------------------
 
@@ -257,59 +201,3 @@ class HealthMonitor:
         for future in waiters:
             if not future.done():
                 future.set_result(healthy)
-
-
-def expand(text: str, port: int | None) -> str:
-    """`{port}` in a url or command is the instance's port (one check for a port range)."""
-    return text.replace("{port}", str(port)) if port is not None else text
-
-
-def _env_port(inst: Instance) -> int | None:
-    raw = inst.program.spec.environment.get("PORT")
-    return int(raw) if raw and raw.isdigit() and 0 < int(raw) < 65536 else None
-
-
-async def probe_tcp(host: str, port: int) -> str | None:
-    try:
-        _, writer = await asyncio.open_connection(host, port)
-    except OSError as exc:
-        return f"tcp {host}:{port}: {exc.strerror or exc}"
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return None
-
-
-async def probe_http(url: str, expected: int) -> str | None:
-    """A bare HTTP/1.1 GET (pmd carries no HTTP client library): only the status line
-    matters."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"not an http(s) url: {url}"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    context = ssl.create_default_context() if parts.scheme == "https" else None
-    try:
-        reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
-    except OSError as exc:
-        return f"GET {url}: {exc.strerror or exc}"
-    try:
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        host = parts.netloc.rpartition("@")[2]
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: pmd-health\r\n"
-                     f"Connection: close\r\n\r\n".encode())
-        await writer.drain()
-        line = await reader.readline()
-    except OSError as exc:
-        return f"GET {url}: {exc.strerror or exc}"
-    finally:
-        writer.close()
-    fields = line.split()
-    if len(fields) < 2 or not fields[1].isdigit():
-        return f"GET {url}: not an HTTP answer"
-    status = int(fields[1])
-    return None if status == expected else f"GET {url}: status {status}, want {expected}"
-

@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..logs.capture import Capture, LogFile
-from ..logs.times import export, remember
+from ..logs.capture import ByteCount, Capture, LogFile
+from ..logs.times import export
+from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
-from .events import StateEvent
+from .events import Event, EventBus, ReadyEvent, StateEvent
+from .readiness import LogLineWatch
 from .spawn import (
     SpawnError,
     SpawnRequest,
@@ -77,7 +79,9 @@ class Instance:
         "stopped_at", "exit_code", "spawn_error", "backoff", "restarts", "want",
         "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
         "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
-        "_starts", "_limit_hits", "_restart_pending", "__weakref__",
+        "_starts", "_limit_hits", "_restart_pending", "completed", "ready_at",
+        "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "notify_status",
+        "notify_stopping", "_notify_watch", "ready_fd", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -112,6 +116,25 @@ class Instance:
         self._limit_hits = 0
         #: A restart is decided and scheduled; `restarts` counts it when it spawns.
         self._restart_pending = False
+        #: A oneshot's verdict once its run ended: its exit code was in exitcodes or not.
+        self.completed: bool | None = None
+        #: When this run became ready (wall clock); None until then, and after it ends.
+        self.ready_at: float | None = None
+        #: How this run's readiness watcher is closed, and its timeout; `_not_ready` once
+        #: the timeout hit.
+        self._ready_watch: Callable[[], None] | None = None
+        self._ready_timer: Cancellable | None = None
+        self._not_ready = False
+        #: Bytes read from the stdout and stderr pipes, over every run of this slot.
+        self.log_bytes = {"stdout": ByteCount(), "stderr": ByteCount()}
+        #: What this run said on the notify socket: its latest STATUS= text, and whether
+        #: it announced STOPPING=1; and how pmd stops listening to it.
+        self.notify_status: str | None = None
+        self.notify_stopping = False
+        self._notify_watch: Callable[[], None] | None = None
+        #: readiness `fd`: pmd's read end of this run's notification pipe, until it is
+        #: ready (or gone); handed over across a re-exec.
+        self.ready_fd: int | None = None
 
     # ---- identity ------------------------------------------------------------------
 
@@ -246,6 +269,10 @@ class Instance:
         spec = self.program.spec
         self.spawn_error = None
         self.exit_code = None
+        self.completed = None
+        self.ready_at = None
+        self.notify_status = None
+        self.notify_stopping = False
         if self._restart_pending:
             self._restart_pending = False
             self.restarts += 1
@@ -266,7 +293,9 @@ class Instance:
         self.started_at = self.rt.clock.time()
         self.started_mono = now
         self.rt.children.watch(child.pid, self._exited)
+        self._follow_notify()
         self._set_state(S.STARTING)
+        self._arm_readiness()
         if spec.startsecs <= 0:
             self._running()
         else:
@@ -279,6 +308,12 @@ class Instance:
         if self.port is not None:
             argv += [spec.effective_port_param, str(self.port)]
         env = program_env(self.rt.base_env, account, spec.environment, spec.display, self.port)
+        if spec.readiness is not None and spec.readiness.notify and self.rt.readiness:
+            # Only programs that declare `notify` are told where the socket is (pmd's own
+            # NOTIFY_SOCKET, if it had one, is never in the base environment).
+            address = self.rt.readiness.notify_address()
+            if address is not None:
+                env["NOTIFY_SOCKET"] = address
         cwd = spec.directory
         if cwd is None and account is not None and self.program.temporary_id is not None:
             cwd = account.home if os.path.isdir(account.home) else None  # quick-start rule
@@ -287,17 +322,26 @@ class Instance:
         if spec.logs_enabled:
             pipes = [Capture.make_pipe(), Capture.make_pipe()]
             out_w, err_w = pipes[0][1], pipes[1][1]
+        notification: tuple[int, int] | None = None
+        if spec.readiness is not None and spec.readiness.fd is not None \
+                and self.rt.readiness is not None:
+            notification = os.pipe2(os.O_CLOEXEC)
         try:
             child = self.rt.spawn(SpawnRequest(
                 argv=argv, env=env, cwd=cwd, account=account,
                 stdout=out_w if out_w is not None else subprocess.DEVNULL,
                 stderr=err_w if err_w is not None else subprocess.DEVNULL,
+                extra_fd=None if notification is None or spec.readiness is None
+                else (notification[1], spec.readiness.fd or 0),
             ))
         except BaseException:
-            for r, w in pipes:
+            for r, w in [*pipes, *([notification] if notification else [])]:
                 os.close(r)
                 os.close(w)
             raise
+        if notification is not None:
+            os.close(notification[1])  # the program's end now
+            self.ready_fd = notification[0]
         if pipes:
             os.close(pipes[0][1])
             os.close(pipes[1][1])
@@ -308,9 +352,11 @@ class Instance:
     def _ensure_logfiles(self) -> None:
         spec = self.program.spec
         if self.stdout_log is None:
-            self.stdout_log = LogFile(self.log_path("stdout"), spec.log_max_bytes, spec.log_backups)
+            self.stdout_log = LogFile(self.log_path("stdout"), spec.log_max_bytes, spec.log_backups,
+                                      self.rt.saved_times)
         if self.stderr_log is None:
-            self.stderr_log = LogFile(self.log_path("stderr"), spec.log_max_bytes, spec.log_backups)
+            self.stderr_log = LogFile(self.log_path("stderr"), spec.log_max_bytes, spec.log_backups,
+                                      self.rt.saved_times)
         self.stdout_log.ensure_open()
         self.stderr_log.ensure_open()
 
@@ -322,9 +368,11 @@ class Instance:
             return
         forward_out, forward_err = self.rt.forwarders
         prefix = f"[{self.name}] ".encode()
-        for fd, logfile, forward in ((out_fd, self.stdout_log, forward_out),
-                                     (err_fd, self.stderr_log, forward_err)):
-            self.captures.append(make(fd, logfile, forward, prefix, self._capture_closed))
+        for fd, logfile, forward, stream in (
+                (out_fd, self.stdout_log, forward_out, "stdout"),
+                (err_fd, self.stderr_log, forward_err, "stderr")):
+            self.captures.append(make(fd, logfile, forward, prefix, self._capture_closed,
+                                      self.log_bytes[stream]))
 
     def _capture_closed(self, capture: Capture) -> None:
         if capture in self.captures:
@@ -347,15 +395,107 @@ class Instance:
         self._timer = None
         if self.state != S.STARTING:
             return
-        self.backoff = 0
+        if self.program.spec.readiness is None:
+            self.backoff = 0
         self._set_state(S.RUNNING)
+        if self.program.spec.readiness is None:
+            self.mark_ready("running")
 
-    def _to_backoff(self) -> None:
-        """A failed start (spawn error, or an exit before startsecs): supervisord's
-        backoff, 1 s, 2 s, 3 s ..., then FATAL after startretries."""
+    def _arm_readiness(self, timeout: float | None = None) -> None:
+        """Watch this run's readiness source, and time it out (`timeout`: what is left of
+        it, for a run adopted across a re-exec)."""
+        readiness = self.program.spec.readiness
+        self._not_ready = False
+        if readiness is None:
+            return
+        if readiness.log_line is not None and self.captures:
+            self._ready_watch = LogLineWatch(self.captures, readiness.log_line,
+                                             lambda: self.mark_ready("log_line")).close
+        elif readiness.probe is not None and self.rt.readiness is not None:
+            self._ready_watch = self.rt.readiness.follow_probe(
+                readiness.probe, self.program.spec, self.port, lambda: self.mark_ready("probe"))
+        elif self.ready_fd is not None and self.rt.readiness is not None:
+            self._ready_watch = self.rt.readiness.follow_fd(
+                self.ready_fd, lambda: self.mark_ready("fd"), self._ready_fd_closed)
+        limit = readiness.timeout_seconds if timeout is None else timeout
+        if limit is not None:
+            self._ready_timer = self.rt.timers.call_later(limit, self._ready_timeout)
+
+    def _follow_notify(self) -> None:
+        """Listen to this run's messages on the notify socket (until it exits): READY=1,
+        STATUS=, STOPPING=1, from a process of its own group."""
+        readiness = self.program.spec.readiness
+        if readiness is None or not readiness.notify or self.rt.readiness is None \
+                or self.pid is None:
+            return
+        self._notify_watch = self.rt.readiness.follow_notify(self.pid, self._notified)
+
+    def _notified(self, fields: dict[str, str]) -> None:
+        if "STATUS" in fields:
+            self.notify_status = fields["STATUS"][:1024] or None
+        if fields.get("STOPPING") == "1" and not self.notify_stopping:
+            self.notify_stopping = True
+            log.info("%s: says it is stopping (STOPPING=1)", self.name)
+        if fields.get("READY") == "1":
+            self.mark_ready("notify")
+
+    def _unfollow_notify(self) -> None:
+        if self._notify_watch is not None:
+            self._notify_watch()
+            self._notify_watch = None
+
+    def _ready_fd_closed(self) -> None:
+        self.ready_fd = None
+
+    def _disarm_readiness(self) -> None:
+        if self._ready_watch is not None:
+            self._ready_watch()
+            self._ready_watch = None
+        if self._ready_timer is not None:
+            self._ready_timer.cancel()
+            self._ready_timer = None
+
+    def _ready_timeout(self) -> None:
+        """Not ready in time: a failed start. The run is stopped (stop signal, SIGKILL
+        after stop_timeout) and its exit goes to BACKOFF, as an exit before startsecs."""
+        self._ready_timer = None
+        if self.ready_at is not None or self.pid is None or \
+                self.state not in (S.STARTING, S.RUNNING):
+            return
+        spec = self.program.spec
+        log.warning("%s: not ready within %ss: stopping it", self.name,
+                    spec.readiness.timeout_seconds if spec.readiness else None)
+        self._not_ready = True
+        if self._ready_watch is not None:
+            self._ready_watch()
+            self._ready_watch = None
+        pid = self.pid
+        self.rt.killpg(pid, spec.stop_signum)
+        self._ready_timer = self.rt.timers.call_later(
+            spec.stop_timeout, lambda: self.pid == pid and self.rt.killpg(pid, signal.SIGKILL))
+
+    def mark_ready(self, via: str) -> None:
+        """This run is ready (once per run; later signals change nothing)."""
+        if self.ready_at is not None or self.state not in (S.STARTING, S.RUNNING) \
+                or self._not_ready:
+            return
+        self._disarm_readiness()
+        # A program with a readiness source has started well once it is ready, not at
+        # startsecs: failed starts count until then.
+        self.backoff = 0
+        self.ready_at = self.rt.clock.time()
+        self.rt.publish(ReadyEvent(
+            program_id=self.program.id, program=self.program.name, instance=self.name,
+            port=self.port, pid=self.pid, time=self.ready_at, via=via,
+            temporary_id=self.program.temporary_id, source=self))
+
+    def _to_backoff(self, reason: str = "failed_start") -> None:
+        """A failed start (spawn error, or an exit before startsecs): the spec's backoff
+        (supervisord's 1 s, 2 s, 3 s ... by default), then FATAL after startretries
+        (never, with -1)."""
         spec = self.program.spec
         self.backoff += 1
-        if self.backoff > spec.startretries or not self.want:
+        if 0 <= spec.startretries < self.backoff or not self.want:
             self._set_state(S.BACKOFF, self.exit_code)
             if self.want:
                 self.want = False
@@ -363,7 +503,7 @@ class Instance:
             else:
                 self._set_state(S.STOPPED)
             return
-        self._backoff_for(float(self.backoff), "failed_start")
+        self._backoff_for(spec.retry_delay(self.backoff), reason)
 
     def _backoff_for(self, delay: float, reason: str) -> None:
         self.retry_at = self.rt.clock.time() + delay
@@ -384,7 +524,7 @@ class Instance:
         if room_at <= now:
             return None
         self._limit_hits += 1
-        growing = min(START_LIMIT_BACKOFF_MAX, 2.0 ** (self._limit_hits - 1))
+        growing = backoff_delay(self._limit_hits, "exponential", START_LIMIT_BACKOFF_MAX)
         return max(growing, room_at - now)
 
     def _exited(self, status: int | None) -> None:
@@ -396,6 +536,10 @@ class Instance:
             self.popen.returncode = os.waitstatus_to_exitcode(status)
         pid = self.pid
         self.exit_code = code
+        self.ready_at = None
+        self._disarm_readiness()
+        self._unfollow_notify()
+        not_ready, self._not_ready = self._not_ready, False
         self.stopped_at = self.rt.clock.time()
         spec = self.program.spec
         if self.state == S.STOPPING:
@@ -412,9 +556,18 @@ class Instance:
         self.pid = None
         self.popen = None
         if self.state == S.STARTING:  # died before startsecs: a failed start
-            self._to_backoff()
+            self._to_backoff("ready_timeout" if not_ready else "failed_start")
             return
         if self.state != S.RUNNING:
+            return
+        if not_ready:  # stopped for not being ready in time: a failed start too
+            self._set_state(S.EXITED, code, reason="ready_timeout")
+            self._to_backoff("ready_timeout")
+            return
+        if spec.oneshot:  # its run is its purpose: the code says success or failure
+            self.want = False
+            self.completed = spec.expects_exit(code)
+            self._set_state(S.EXITED if self.completed else S.FATAL, code)
             return
         again = self.want and (spec.autorestart == "true"
                                or (spec.autorestart == "unexpected"
@@ -442,6 +595,8 @@ class Instance:
     def _begin_stop(self) -> None:
         spec = self.program.spec
         self._cancel_timer()
+        self._disarm_readiness()
+        self._not_ready = False
         self._set_state(S.STOPPING)
         if self.pid is None or not self.rt.killpg(self.pid, spec.stop_signum):
             return
@@ -469,9 +624,12 @@ class Instance:
             "restart_after_stop": self._restart_after_stop,
             "retry_at": self.retry_at, "backoff_reason": self.backoff_reason,
             "starts": list(self._starts), "limit_hits": self._limit_hits,
-            "restart_pending": self._restart_pending,
+            "restart_pending": self._restart_pending, "completed": self.completed,
+            "ready_at": self.ready_at, "notify_status": self.notify_status,
+            "notify_stopping": self.notify_stopping, "ready_fd": self.ready_fd,
             "log_times": {"stdout": export(self.stdout_log.times if self.stdout_log else None),
                           "stderr": export(self.stderr_log.times if self.stderr_log else None)},
+            "log_bytes": {stream: count.total for stream, count in self.log_bytes.items()},
         }
 
     def adopt(self, snap: InstanceSnapshot, foreign: bool = False) -> None:
@@ -493,19 +651,34 @@ class Instance:
         self._starts.extend(snap.get("starts", []))
         self._limit_hits = snap.get("limit_hits", 0)
         self._restart_pending = snap.get("restart_pending", False)
+        self.completed = snap.get("completed")
+        self.ready_at = snap.get("ready_at") if state in RUNNING_STATES else None
+        self.notify_status = snap.get("notify_status")
+        self.notify_stopping = snap.get("notify_stopping", False)
         uptime = snap.get("uptime")
         if uptime is not None:
             self.started_mono = self.rt.clock.monotonic() - uptime
         self.adopted = True
+        for stream, total in (snap.get("log_bytes") or {}).items():
+            if stream in self.log_bytes:
+                self.log_bytes[stream].total = total
         for stream, flat in (snap.get("log_times") or {}).items():
             if stream in ("stdout", "stderr") and flat:  # capture times of logged lines
-                remember(str(self.log_path(stream)), flat)
+                self.rt.saved_times.remember(str(self.log_path(stream)), flat)
         fds = list(snap.get("capture_fds", []))
         if foreign and pid is not None and self.program.spec.logs_enabled:
             fds = _reopen_pipes(pid)
         if len(fds) == 2:
             self._ensure_logfiles()
             self.attach_captures(fds[0], fds[1])
+        ready_fd = snap.get("ready_fd")
+        if ready_fd is not None:  # handed over by the previous image: ours to close
+            if pid is not None and state in (S.STARTING, S.RUNNING) \
+                    and self.ready_at is None and not foreign:
+                os.set_inheritable(ready_fd, False)
+                self.ready_fd = ready_fd
+            else:
+                _close_quietly(ready_fd)
         if pid is not None and state in RUNNING_STATES:
             self.pid = pid
             if foreign and not self.rt.children.watch_foreign(pid, self._exited):
@@ -515,7 +688,16 @@ class Instance:
                 return
             if not foreign:
                 self.rt.children.watch(pid, self._exited)
+            self._follow_notify()
             self._adopt_state(state)
+            readiness = self.program.spec.readiness
+            if state == S.RUNNING and readiness is None:
+                self.mark_ready("running")  # a no-op when the snapshot says it was
+            elif readiness is not None and self.ready_at is None and state != S.STOPPING:
+                # still not ready: watch again, for what is left of its timeout
+                left = None if readiness.timeout_seconds is None else \
+                    max(0.0, readiness.timeout_seconds - (uptime or 0.0))
+                self._arm_readiness(timeout=left)
             if state == S.STARTING:
                 self._later(self.program.spec.startsecs, self._running)
             elif state == S.STOPPING:
@@ -523,7 +705,7 @@ class Instance:
             return
         if state == S.BACKOFF and self.want:
             retry_at = snap.get("retry_at")
-            delay = float(max(self.backoff, 1)) if retry_at is None else \
+            delay = self.program.spec.retry_delay(self.backoff) if retry_at is None else \
                 max(0.0, retry_at - self.rt.clock.time())
             self.retry_at = retry_at
             self.backoff_reason = snap.get("backoff_reason")
@@ -540,6 +722,29 @@ class Instance:
             self._set_state(S.UNKNOWN, reason="adopted")
         self.retry_at, self.backoff_reason = waiting
         self._set_state(state, self.exit_code, reason="adopted")
+
+
+def follow_running(events: EventBus, track: Callable[[Instance], None],
+                   untrack: Callable[[Instance], None]) -> Callable[[], None]:
+    """Subscribe a watcher of running programs (health checks, memory limits): `track` when
+    an instance reaches RUNNING, `untrack` when it leaves it. Returns the unsubscribe."""
+
+    def on_event(event: Event) -> None:
+        if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):
+            return
+        if event.to_state == S.RUNNING:
+            track(event.source)
+        elif event.from_state == S.RUNNING:
+            untrack(event.source)
+
+    return events.subscribe(on_event)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _reopen_pipes(pid: int) -> list[int]:

@@ -2,8 +2,9 @@
 program allows.
 
 Only RUNNING instances of programs with a limit are sampled, by one timer that runs only
-while there is at least one of them (PMD_MEMORY_INTERVAL seconds apart, default 5). What
-counts is the program's process group, as the shared sampler (proctree) measures it.
+while there is at least one of them (`interval` seconds apart: settings' memory_interval,
+PMD_MEMORY_INTERVAL, default 5). What
+counts is the program's process group, as the supervisor's sampler (proctree) measures it.
 
 `MemoryWatch` follows the EventBus: an instance is watched from its RUNNING event until an
 event takes it out of RUNNING. `close` (at shutdown) cancels the timer.
@@ -12,16 +13,15 @@ event takes it out of RUNNING. `close` (at shutdown) cancels the timer.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..model.states import ProgramState
-from .events import Event, EventBus, StateEvent
-from .instance import Instance
-from .proctree import SAMPLER
+from .events import EventBus
+from .instance import Instance, follow_running
 
 if TYPE_CHECKING:
+    from .proctree import ProcessSampler
     from .runtime import Cancellable, Timers
 
 log = logging.getLogger("pmd.memory")
@@ -34,27 +34,16 @@ class MemoryWatch:
     its limit is restarted."""
 
     def __init__(self, timers: Timers, events: EventBus, restart: Callable[[Instance], None],
-                 interval: float | None = None) -> None:
+                 sampler: ProcessSampler, interval: float = DEFAULT_INTERVAL) -> None:
         self.timers = timers
         self.restart = restart
-        if interval is None:
-            try:
-                interval = float(os.environ.get("PMD_MEMORY_INTERVAL") or DEFAULT_INTERVAL)
-            except ValueError:
-                interval = DEFAULT_INTERVAL
-        self.interval = max(0.05, interval)
+        self.sampler = sampler
+        self.interval = max(0.05, interval)  # a timer that fires back to back is a spin
         self.watched: set[Instance] = set()
         self.restarts = 0
         self._timer: Cancellable | None = None
-        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
-
-    def _on_event(self, event: Event) -> None:
-        if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):
-            return
-        if event.to_state == ProgramState.RUNNING:
-            self.track(event.source)
-        elif event.from_state == ProgramState.RUNNING:
-            self.untrack(event.source)
+        self._unsubscribe: Callable[[], None] | None = follow_running(
+            events, self.track, self.untrack)
 
     def track(self, inst: Instance) -> None:
         if inst.program.spec.max_memory_restart is None:
@@ -76,7 +65,7 @@ class MemoryWatch:
             if limit is None or inst.state != ProgramState.RUNNING or inst.pid is None:
                 self.watched.discard(inst)
                 continue
-            rss = SAMPLER.rss(inst.pid)
+            rss = self.sampler.rss(inst.pid)
             if rss is not None and rss > limit:
                 log.warning("%s uses %d bytes, over max_memory_restart %d: restarting",
                             inst.name, rss, limit)

@@ -1,7 +1,8 @@
 """What a program's processes use: CPU and resident memory, read from /proc on demand.
 
-The one sampler behind the Daemon API's `include_stats`, the process API's `cpu_usage` and
-`memory_usage` (list, detail, /ws metrics) and the max_memory_restart watch.
+The supervisor owns one sampler (`Supervisor.sampler`), behind the Daemon API's
+`include_stats`, the process API's `cpu_usage` and `memory_usage` (list, detail, /ws
+metrics) and the max_memory_restart watch: every ask in the same second shares its scan.
 
 Which processes are a program's: the members of its process group. Every program is
 spawned as the leader of a new session and process group (its pgid is its pid), and the
@@ -201,6 +202,16 @@ class ProcessSampler:
         members = self._members(pgid)
         return sum(p.rss for p in members) if members else None
 
+    def totals(self, pgid: int) -> tuple[float, int] | None:
+        """(CPU seconds used, resident bytes) of process group `pgid`'s members, for the
+        metrics; None when it has no member left. The seconds are those of the members
+        alive now: a member that exited takes its share with it."""
+        self._refresh()
+        members = self._members(pgid)
+        if not members:
+            return None
+        return sum(p.ticks for p in members) / TICKS, sum(p.rss for p in members)
+
     def system_cpu(self) -> float:
         """Whole-machine CPU percent since the previous ask (since boot on the first),
         reused as long as a scan is."""
@@ -219,6 +230,3 @@ class ProcessSampler:
         self._system = (now, value)
         return value
 
-
-#: The one sampler of this process: every ask in the same second shares its scan.
-SAMPLER = ProcessSampler()

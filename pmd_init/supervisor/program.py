@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..model.graph import Unmet
 from ..model.spec import ProgramSpec
 from ..model.states import ACTIVE_STATES, RUNNING_STATES, ProgramState
 from .instance import Instance
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
 
 class Program:
     __slots__ = ("runtime", "spec", "instances", "temporary_id", "created_at",
-                 "expires_at", "finished_at", "_ttl_timer", "__weakref__")
+                 "expires_at", "finished_at", "_ttl_timer", "waiting", "__weakref__")
 
     def __init__(self, runtime: Runtime, spec: ProgramSpec,
                  temporary_id: str | None = None) -> None:
@@ -26,6 +28,8 @@ class Program:
         self.expires_at: float | None = None
         self.finished_at: float | None = None
         self._ttl_timer: asyncio.TimerHandle | None = None
+        #: While it waits for its dependencies (supervisor/depends.py): what does not hold.
+        self.waiting: Callable[[], list[Unmet]] | None = None
         self.instances: dict[int | None, Instance] = {
             port: Instance(self, port, runtime) for port in spec.ports()
         }
@@ -71,6 +75,15 @@ class Program:
             if candidate in states:
                 return candidate
         return ProgramState.STOPPED
+
+    def waiting_for(self) -> tuple[list[str], str | None] | None:
+        """While it waits to start: what for (`db (healthy)`), and why it is blocked, if
+        a dependency will not get there on its own. None when it does not wait."""
+        if self.waiting is None:
+            return None
+        unmet = self.waiting()
+        blocked = [u.blocked for u in unmet if u.blocked]
+        return [str(u) for u in unmet], "; ".join(blocked) or None
 
     def is_active(self) -> bool:
         return any(i.state in ACTIVE_STATES or i.state in RUNNING_STATES

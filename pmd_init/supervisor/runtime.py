@@ -2,7 +2,8 @@
 
 An `Instance` runs its state machine against a `Runtime`: a clock, timers, a way to spawn and
 signal a process group, a child watcher (the reaper implements it), the base environment,
-log sinks, and the event stream it publishes to. It never reaches back into the supervisor,
+log sinks (and the capture times a re-exec handed over), and the event stream it publishes
+to. It never reaches back into the supervisor,
 so unit tests drive it with a fake clock and a fake spawner, and the real one is built once
 from the event loop and the reaper (`Runtime.on_loop`).
 """
@@ -15,11 +16,15 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..logs.capture import Capture, Forwarder, LogFile
-from .events import StateEvent
+from ..logs.capture import READ_SIZE, ByteCount, Capture, Forwarder, LogFile
+from ..logs.times import SavedTimes
+from .events import Event
 from .spawn import SpawnRequest, killpg, spawn
+
+if TYPE_CHECKING:
+    from ..model.spec import HealthCheckSpec, ProgramSpec
 
 #: A raw wait status, or None when the exit of a non-child (watched by pidfd) is unknown.
 ExitCallback = Callable[[int | None], None]
@@ -65,6 +70,25 @@ class Child(Protocol):
 
     pid: int
     returncode: int | None
+
+
+class ReadinessSources(Protocol):
+    """The readiness sources that need something of pmd's own: probe tasks, the notify
+    socket, notification-fd pipes (readiness.py's `Readiness`). Each `follow_*` returns
+    the function that stops following."""
+
+    def follow_probe(self, check: HealthCheckSpec, program: ProgramSpec, port: int | None,
+                     on_ready: Callable[[], None]) -> Callable[[], None]: ...
+
+    def notify_address(self) -> str | None:
+        """$NOTIFY_SOCKET, or None when there is no socket to give."""
+
+    def follow_notify(self, pgid: int,
+                      on_message: Callable[[dict[str, str]], None]) -> Callable[[], None]: ...
+
+    def follow_fd(self, fd: int, on_ready: Callable[[], None],
+                  on_closed: Callable[[], None]) -> Callable[[], None]:
+        """Own `fd` (a pipe's read end) until the returned function closes it."""
 
 
 class SystemClock:
@@ -133,14 +157,14 @@ class _Queued:
 
 
 CaptureFactory = Callable[[int, "LogFile | None", "Forwarder | None", bytes,
-                           Callable[[Capture], None]], Capture]
+                           Callable[[Capture], None], "ByteCount | None"], Capture]
 
 
 @dataclass(slots=True)
 class Runtime:
     timers: Timers
     children: ChildWatcher
-    publish: Callable[[StateEvent], None]
+    publish: Callable[[Event], None]
     log_dir: Path
     clock: Clock = field(default_factory=SystemClock)
     spawn: Callable[[SpawnRequest], Child] = spawn
@@ -148,6 +172,12 @@ class Runtime:
     base_env: Mapping[str, str] = field(default_factory=dict)
     forwarders: tuple[Forwarder | None, Forwarder | None] = (None, None)
     capture: CaptureFactory | None = None
+    #: Capture times of lines logged before a re-exec, until their files are opened again:
+    #: adopting instances fill it, their log files claim from it, the log routes read it.
+    saved_times: SavedTimes = field(default_factory=SavedTimes)
+    #: Probes, the notify socket and notification fds; None: those sources are not acted
+    #: on (unit tests without a loop).
+    readiness: ReadinessSources | None = None
     #: Where scheduled restarts wait for their turn (built from `timers`).
     starts: StartQueue = field(init=False)
 
@@ -156,11 +186,15 @@ class Runtime:
 
     @classmethod
     def on_loop(cls, loop: asyncio.AbstractEventLoop, children: ChildWatcher,
-                publish: Callable[[StateEvent], None], log_dir: Path,
+                publish: Callable[[Event], None], log_dir: Path,
                 base_env: Mapping[str, str], forward: bool) -> Runtime:
+        buffer = bytearray(READ_SIZE)  # every capture reads into it, one chunk at a time
+
         def capture(fd: int, logfile: LogFile | None, forward_to: Forwarder | None,
-                    prefix: bytes, on_eof: Callable[[Capture], None]) -> Capture:
-            return Capture(loop, fd, logfile, forward_to, prefix, on_eof=on_eof)
+                    prefix: bytes, on_eof: Callable[[Capture], None],
+                    count: ByteCount | None) -> Capture:
+            return Capture(loop, fd, logfile, forward_to, prefix, on_eof=on_eof, count=count,
+                           buffer=buffer)
 
         return cls(
             timers=loop, children=children, publish=publish, log_dir=log_dir,

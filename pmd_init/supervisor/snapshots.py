@@ -30,7 +30,15 @@ class InstanceSnapshot(TypedDict, total=False):
     starts: list[float]
     limit_hits: int
     restart_pending: bool
+    completed: bool | None
+    ready_at: float | None
+    notify_status: str | None
+    notify_stopping: bool
+    #: readiness `fd`: the notification pipe's read end, kept open across the exec.
+    ready_fd: int | None
     log_times: dict[str, list[float] | None]
+    #: Bytes read from each stream so far (`pmd_log_bytes_total` must not fall back).
+    log_bytes: dict[str, int]
 
 
 class ProgramSnapshot(TypedDict, total=False):
@@ -48,4 +56,8 @@ class ProgramSnapshot(TypedDict, total=False):
 
 class SupervisorSnapshot(TypedDict, total=False):
     programs: list[ProgramSnapshot]
+    #: Keys of the programs whose start waited for their dependencies.
+    waiting: list[str]
     ephemeral_report: list[dict[str, Any]]
+    #: The notify socket, kept open across the exec: {"fd": n, "path": p}.
+    notify_socket: dict[str, Any] | None

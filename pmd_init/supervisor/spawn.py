@@ -5,15 +5,24 @@ a new session so signals reach the whole process group, close_fds, and privilege
 through user=/group=/extra_groups=. pmd never waits on the Popen: the reaper owns waitpid
 and writes the status back into `returncode`, so subprocess's own bookkeeping
 (subprocess._cleanup) never steals a status.
+
+One fd besides stdio can be given to the child at a number of pmd's choosing (`extra_fd`,
+for s6's notification-fd). Popen keeps a passed fd at the number it has, so the copy must
+be at that number in pmd already: when the number is free in pmd, a copy is put there
+just for the spawn and nothing changes in the child's path. When pmd uses that number
+itself (low numbers always are: the loop's epoll, its wakeup pipe, log files), the child
+moves it with one dup2 in a preexec_fn; Popen then forks instead of vforking, for such a
+program's spawns only (every other spawn keeps the fast path).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shlex
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from errno import ENOENT
 from typing import Any
@@ -88,6 +97,11 @@ class SpawnRequest:
     stdin_devnull: bool = True
     new_session: bool = True
     extra: dict[str, object] = field(default_factory=dict)
+    #: Python run in the child before exec. Only the main command has one (it must take
+    #: the terminal in the child); programs never do: it costs 5-50 ms a spawn.
+    preexec: Callable[[], None] | None = None
+    #: (an fd of pmd's, the number the child gets it at): readiness `fd`.
+    extra_fd: tuple[int, int] | None = None
 
 
 def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
@@ -100,6 +114,15 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         kwargs["start_new_session"] = True
     else:
         kwargs["process_group"] = 0
+    preexec = req.preexec
+    placed: int | None = None
+    if req.extra_fd is not None:
+        source, target = req.extra_fd
+        placed, move = place_fd(source, target)
+        kwargs["pass_fds"] = (target,)
+        if move is not None:
+            assert preexec is None  # programs have none; the main command has no extra fd
+            preexec = move
     try:
         return subprocess.Popen(
             req.argv,
@@ -111,6 +134,7 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
             env=req.env,
             close_fds=True,
             restore_signals=True,
+            preexec_fn=preexec,
             **kwargs,
         )
     except FileNotFoundError as exc:
@@ -127,6 +151,27 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
                          exc.errno) from None
     except (ValueError, KeyError, subprocess.SubprocessError) as exc:
         raise SpawnError(f"cannot execute {req.argv[0]}: {exc}") from None
+    finally:
+        if placed is not None:
+            os.close(placed)
+
+
+def place_fd(source: int, target: int) -> tuple[int | None, Callable[[], None] | None]:
+    """Arrange for a child to get `source` at `target`, with `target` in pass_fds: either
+    a copy at `target` in pmd, to close after the spawn (F_DUPFD hands out the lowest free
+    number from `target` up, atomically, so it is `target` exactly when that was free),
+    or, when pmd uses `target` itself, the dup2 for the child to run before exec."""
+    if source == target:
+        return None, None
+    copy = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, target)
+    if copy == target:
+        return copy, None
+    os.close(copy)
+
+    def move() -> None:  # in the child, after fork: a plain system call, no import
+        os.dup2(source, target)
+
+    return None, move
 
 
 def program_env(

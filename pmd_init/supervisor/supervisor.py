@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
-from ..store.files import read_json
+from ..store.records import EphemeralEntry, PidsEntry, Records
 from ..store.storage import StorageError
+from .depends import DependencyGate, NotReady, not_ready
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import (
     Conflict,
@@ -32,13 +34,18 @@ from .errors import (
     NotFound,
     OperationFailed,
     PortConflict,
+    Refused,
     StorageFailed,
+    Waiting,
 )
-from .events import Event, EventBus, StateEvent
+from .events import Event, EventBus, ReadyEvent, StateEvent
 from .health import HealthMonitor
 from .instance import Instance
+from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
 from .memory import MemoryWatch
+from .proctree import ProcessSampler
 from .program import Program
+from .readiness import Readiness
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
@@ -72,6 +79,8 @@ class Supervisor:
         forward: bool = True,
         log_roots: Iterable[Path] = (),
         ephemeral_grace: float = 600.0,
+        memory_interval: float = DEFAULT_MEMORY_INTERVAL,
+        webhook_ca_file: Path | None = None,
     ) -> None:
         self.loop = loop
         self.store = store
@@ -85,9 +94,14 @@ class Supervisor:
         self.runtime = Runtime.on_loop(loop, children, self.events.publish, log_dir,
                                        self.base_env, forward)
         self.forwarders = self.runtime.forwarders
+        #: What readiness sources need of pmd's own (probe tasks, the notify socket);
+        #: instances reach it
+        #: through their runtime.
+        self.readiness = self.runtime.readiness = Readiness(
+            loop, children, self.base_env, notify_path=state_dir / "notify.sock")
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
-        self.ephemeral_path = state_dir / "ephemeral.json"
+        self.records = Records(state_dir, store.storage)
         self.ephemeral_report: list[dict[str, object]] = []
         self.on_fatal_exit: Callable[[Instance], None] | None = None
         self._seq = itertools.count(1)
@@ -100,8 +114,16 @@ class Supervisor:
         # The watchers subscribe to the events themselves; shutdown closes each of them.
         self.health = HealthMonitor(loop, self.events, children, self.base_env,
                                     restart=Instance.restart)
-        self.memory = MemoryWatch(loop, self.events, restart=Instance.restart)
-        self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for)
+        #: The one /proc sampler of this pmd: the memory watch and the API's usage figures
+        #: share its scan (proctree.py).
+        self.sampler = ProcessSampler()
+        self.memory = MemoryWatch(loop, self.events, restart=Instance.restart,
+                                  sampler=self.sampler, interval=memory_interval)
+        self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for,
+                                          ca_file=webhook_ca_file)
+        #: Programs asked to start whose depends_on does not hold yet.
+        self.gate = DependencyGate(loop, self._dependency, self._release)
+        self.events.subscribe(self.gate.on_event)
         #: Instances in no program's slot: a reload's replacement until it takes over, and
         #: the instance it replaced while that one stops (reload.py). Shutdown stops them.
         self.extra_instances: set[Instance] = set()
@@ -132,10 +154,38 @@ class Supervisor:
             raise NotFound(f"quick-start program '{temporary_id}' not found", field="id")
         return program
 
+    def _dependency(self, name: str) -> Program | None:
+        """What a depends_on name means: a program of programs.json (quick-starts are
+        not in the graph)."""
+        for program in self.programs.values():
+            if program.name == name:
+                return program
+        return None
+
+    def launch(self, program: Program, delay: float | None = None) -> None:
+        """Start a program as boot does: once its dependencies hold, after its delay."""
+        if self.gate.request(program):
+            program.start(delay=program.spec.delay_seconds if delay is None else delay)
+
+    def _release(self, program: Program) -> None:
+        if program.spec.enabled and program.id in self.programs:
+            program.start(delay=program.spec.delay_seconds)
+
+    def unmet(self, program: Program) -> list[Unmet]:
+        """What a program's start waits for now (empty: nothing)."""
+        return self.gate.unmet(program)
+
+    def not_ready(self) -> tuple[int, list[NotReady]]:
+        """The container's readiness: how many programs count (enabled boot programs,
+        not lazy ones), and those of them that are not in their ready condition."""
+        counted = [p for p in self.programs.values() if self._boots(p.spec)]
+        missing = [r for r in (not_ready(p) for p in counted) if r is not None]
+        return len(counted), missing
+
     def specs(self) -> list[ProgramSpec]:
         return [p.spec for p in self.programs.values()]
 
-    def _webhooks_for(self, event: StateEvent) -> WebhooksSpec | None:
+    def _webhooks_for(self, event: StateEvent | ReadyEvent) -> WebhooksSpec | None:
         program = self.ephemeral.get(event.temporary_id) if event.temporary_id is not None \
             else self.programs.get(event.program_id or 0)
         return program.spec.webhooks if program is not None else None
@@ -152,7 +202,7 @@ class Supervisor:
         delayed program never holds up the others."""
         for program in sorted(self.programs.values(), key=lambda p: (p.spec.priority, p.id)):
             if self._boots(program.spec):
-                program.start(delay=program.spec.delay_seconds)
+                self.launch(program)
 
     @staticmethod
     def _boots(spec: ProgramSpec) -> bool:
@@ -179,7 +229,7 @@ class Supervisor:
                 assert spec.id is not None
                 added = self.programs[spec.id] = Program(self.runtime, spec)
                 if self._boots(spec):
-                    added.start(delay=spec.delay_seconds)
+                    self.launch(added)
                 report["added"].append(name)
                 continue
             spec = spec.model_copy(update={"id": existing.id})
@@ -188,6 +238,7 @@ class Supervisor:
                 continue
             self._replace_spec(existing, spec)
             report["changed"].append(name)
+        self.gate.poke()  # changed depends_on: what waits may be free now
         return report
 
     # ---- persistent programs (the daemon API) --------------------------------------
@@ -234,16 +285,34 @@ class Supervisor:
             if os.path.islink(path) or os.path.isdir(path):
                 raise Invalid(f"{field}: {value} is a symlink or a folder", field=field)
 
+    @staticmethod
+    def _check_graph(specs: list[ProgramSpec]) -> None:
+        try:
+            check_graph(specs)
+        except GraphError as exc:
+            raise Invalid(f"depends_on: {exc}", field="depends_on") from None
+
+    def _check_no_dependents(self, program: Program, doing: str) -> None:
+        """Removing or renaming a program others depend on would leave them waiting for
+        a name that no longer exists: refused, naming them."""
+        others = [s for s in self.specs() if s.id != program.id]
+        dependents = dependents_of(others, program.name)
+        if dependents:
+            raise Refused(f"cannot {doing} '{program.name}': {', '.join(dependents)} "
+                          "depend on it", field="depends_on", code="HAS_DEPENDENTS",
+                          details={"dependents": dependents})
+
     def add(self, spec: ProgramSpec) -> Program:
         self.check_log_paths(spec)
         self._check_unique(spec)
         if spec.id is None:
             spec = spec.model_copy(update={"id": max(self.programs, default=0) + 1})
         assert spec.id is not None
+        self._check_graph([*self.specs(), spec])
         self._save([*self.specs(), spec])
         program = self.programs[spec.id] = Program(self.runtime, spec)
         if self._boots(spec):
-            program.start()
+            self.launch(program, delay=0)
         return program
 
     def edit(self, program_id: int, changes: dict[str, Any]) -> Program:
@@ -264,8 +333,12 @@ class Supervisor:
             raise Invalid.from_validation(exc, merged) from None
         self.check_log_paths(spec, old=program.spec)
         self._check_unique(spec, ignore=program)
+        if spec.name != program.name:
+            self._check_no_dependents(program, "rename")
+        self._check_graph([spec if s.id == program_id else s for s in self.specs()])
         self._save([spec if s.id == program_id else s for s in self.specs()])
         self._replace_spec(program, spec)
+        self.gate.poke()  # changed depends_on: what waits may be free now
         return program
 
     def _replace_spec(self, program: Program, spec: ProgramSpec) -> None:
@@ -308,6 +381,7 @@ class Supervisor:
         inst.wait_state(STOPPED_STATES).add_done_callback(close)
 
     def _drop(self, program: Program) -> list[asyncio.Future[ProgramState]]:
+        self.gate.forget(program)
         futures = program.stop_all()
         for inst in program.instances.values():
             self._close_logs_later(inst)
@@ -318,6 +392,7 @@ class Supervisor:
     def remove(self, program_id: int) -> list[asyncio.Future[ProgramState]]:
         """Saved without it, then stopped: the futures say when its instances are gone."""
         program = self.get(program_id)
+        self._check_no_dependents(program, "remove")
         self._save([s for s in self.specs() if s.id != program_id])
         return self._drop(program)
 
@@ -342,15 +417,16 @@ class Supervisor:
         program = self.get(program_id)
         if program.spec.enabled == enabled:
             if enabled and self._boots(program.spec) and not program.is_active():
-                program.start()
+                self.launch(program, delay=0)
             return program
         spec = program.spec.model_copy(update={"enabled": enabled})
         self._save([spec if s.id == program_id else s for s in self.specs()])
         program.spec = spec
         if not enabled:
+            self.gate.forget(program)
             program.stop_all()
         elif self._boots(spec):
-            program.start()
+            self.launch(program, delay=0)
         return program
 
     # ---- control -------------------------------------------------------------------
@@ -369,13 +445,22 @@ class Supervisor:
             raise Disabled(program.name)
         return self.instances_for(program, port)
 
-    def start(self, program: Program, port: int | None = None) -> list[Instance]:
+    def start(self, program: Program, port: int | None = None,
+              force: bool = False) -> list[Instance]:
+        """A start by hand: refused while its dependencies do not hold, unless forced."""
         instances = self._startable(program, port)
+        if not force and not program.is_active():
+            missing = self.gate.unmet(program)
+            if missing:
+                raise Waiting(program.name, missing)
+        self.gate.forget(program)
         for inst in instances:
             inst.start()
         return instances
 
     def stop(self, program: Program, port: int | None = None) -> list[asyncio.Future[ProgramState]]:
+        if port is None:
+            self.gate.forget(program)
         return [inst.stop() for inst in self.instances_for(program, port)]
 
     def restart(self, program: Program, port: int | None = None) -> list[Instance]:
@@ -400,10 +485,6 @@ class Supervisor:
 
     # ---- pids.json: re-adoption after pmd itself was killed (subreaper mode) ----------
 
-    @property
-    def pids_path(self) -> Path:
-        return self.state_dir / "pids.json"
-
     def _pids_changed(self, event: Event) -> None:
         # One write per burst of changes, never a timer while idle.
         if isinstance(event, StateEvent) and self._pids_timer is None:
@@ -411,32 +492,30 @@ class Supervisor:
 
     def write_pids(self) -> None:
         self._pids_timer = None
-        entries = [
+        entries: list[PidsEntry] = [
             {"program": p.name, "port": i.port, "pid": i.pid, "state": i.state.value,
              "start": process_start_ticks(i.pid), "started_at": i.started_at,
              "restarts": i.restarts}
             for p in self.programs.values() for i in p.instances.values() if i.pid
         ]
         try:
-            self.storage.write_json(self.pids_path,
-                                    {"boot": boot_identity(), "instances": entries},
-                                    durable=False)
+            self.records.write_pids(boot_identity(), entries)
         except OSError as exc:
-            log.warning("could not write %s: %s", self.pids_path, exc)
+            log.warning("could not write %s: %s", self.records.pids_path, exc)
 
     def readopt_survivors(self) -> int:
         """At a fresh start as a subreaper: programs started by a pmd that was killed are
         still running; watch them (pidfd) and read their pipes instead of starting twins."""
         try:
-            doc = read_json(self.pids_path)
+            record = self.records.read_pids()
         except (OSError, ValueError):
             return 0
-        if not isinstance(doc, dict) or doc.get("boot") != boot_identity():
+        if record is None or record[0] != boot_identity():
             return 0
         by_name = {p.name: p for p in self.programs.values()}
         adopted = 0
-        for entry in doc.get("instances") or []:
-            program = by_name.get(entry.get("program"))
+        for entry in record[1]:
+            program = by_name.get(str(entry.get("program")))
             inst = program.instance(entry.get("port")) if program else None
             if program is None or inst is None or inst.pid is not None \
                     or not program.spec.enabled:
@@ -484,12 +563,13 @@ class Supervisor:
         # pmd restarted after a crash knows of, and one that cannot be written never runs.
         self.ephemeral[temporary_id] = program
         try:
-            self.storage.write_json(self.ephemeral_path, self.ephemeral_document())
+            self.records.write_ephemeral(boot_identity(), self.ephemeral_entries())
         except OSError as exc:
             del self.ephemeral[temporary_id]
             if isinstance(exc, StorageError):
                 raise storage_failed(exc) from None
-            raise OperationFailed(f"could not write {self.ephemeral_path}: {exc}") from None
+            raise OperationFailed(
+                f"could not write {self.records.ephemeral_path}: {exc}") from None
         if ttl:
             program._ttl_timer = self.loop.call_later(ttl, self._expire, temporary_id)
         program.start(delay=spec.delay_seconds)
@@ -556,8 +636,8 @@ class Supervisor:
                 self.by_name(program.name) is None:  # not if its name was reused meanwhile
             shutil.rmtree(self.log_dir / program.log_folder, ignore_errors=True)
 
-    def ephemeral_document(self) -> dict[str, object]:
-        entries = []
+    def ephemeral_entries(self) -> list[EphemeralEntry]:
+        entries: list[EphemeralEntry] = []
         for program in self.ephemeral.values():
             if program.finished_at is not None:
                 continue
@@ -570,39 +650,41 @@ class Supervisor:
                 "pid": inst.pid,
                 "pid_start": process_start_ticks(inst.pid) if inst.pid else None,
             })
-        return {"version": 1, "boot": boot_identity(), "programs": entries}
+        return entries
 
     def save_ephemeral(self) -> None:
         """For changes that are not launches (a pid, a finished program): a failure is
         logged and shown in /health, and the file stays as it was. What it then says wrongly
         is a pid missing or a program that is gone, both cleaned up at the next start."""
         try:
-            self.storage.write_json(self.ephemeral_path, self.ephemeral_document())
+            self.records.write_ephemeral(boot_identity(), self.ephemeral_entries())
         except OSError as exc:
-            log.error("could not write %s: %s", self.ephemeral_path, exc)
+            log.error("could not write %s: %s", self.records.ephemeral_path, exc)
 
     def reconcile_ephemeral(self) -> None:
         """At a fresh start (not a re-exec): clean entries from an earlier boot, re-adopt
         programs that are still alive (pmd restarted as a subreaper)."""
         try:
-            doc = read_json(self.ephemeral_path)
-        except FileNotFoundError:
-            return
+            record = self.records.read_ephemeral()
         except (OSError, ValueError) as exc:
             log.error("ephemeral.json unreadable (%s): starting with none", exc)
             self.ephemeral_report.append({"problem": str(exc)})
             self.save_ephemeral()
             return
-        here = boot_identity()
-        same_boot = isinstance(doc, dict) and doc.get("boot") == here
-        for entry in (doc.get("programs") or []) if isinstance(doc, dict) else []:
+        if record is None:
+            return
+        boot, entries = record
+        same_boot = boot == boot_identity()
+        for entry in entries:
             temporary_id = entry.get("temporary_id")
             reason = None
-            if not same_boot:
+            if not isinstance(temporary_id, str):
+                reason = "unusable entry: no temporary_id"
+            elif not same_boot:
                 reason = "earlier container boot"
             elif not same_process(entry.get("pid"), entry.get("pid_start")):
                 reason = "process gone"
-            if reason is None:
+            if reason is None and isinstance(temporary_id, str):
                 try:
                     spec = ProgramSpec.model_validate(entry["spec"])
                     self._readopt(temporary_id, spec, entry)
@@ -635,17 +717,25 @@ class Supervisor:
     # ---- shutdown ------------------------------------------------------------------
 
     async def shutdown(self, deadline: float) -> None:
-        """Stop everything in reverse priority order, each priority group concurrently,
-        within `deadline` (loop time); then SIGKILL whatever is left. Every watcher is
-        closed, its tasks and timers cancelled and awaited."""
-        # Watchers first: a probe or a memory sample must not restart what is stopping.
+        """Stop everything in reverse priority order, each priority group concurrently, a
+        program's dependents before it, within `deadline` (loop time); then SIGKILL
+        whatever is left. Every watcher is closed, its tasks and timers cancelled and
+        awaited."""
+        # Watchers first: a probe or a memory sample must not restart what is stopping,
+        # and nothing waiting for its dependencies may start now.
+        self.gate.close()
         self.memory.close()
         await self.health.close()
+        await self.readiness.close()
         programs = self.all_programs()
         everything: list[asyncio.Future[ProgramState]] = [
             inst.stop() for inst in list(self.extra_instances)]
-        for priority in sorted({p.spec.priority for p in programs}, reverse=True):
-            group = [f for p in programs if p.spec.priority == priority for f in p.stop_all()]
+        by_name: dict[str, list[Program]] = {}
+        for program in programs:
+            by_name.setdefault(program.name, []).append(program)
+        # Reverse priority, and dependents before what they depend on (stop_waves).
+        for wave in stop_waves([p.spec for p in programs]):
+            group = [f for name in wave for p in by_name.get(name, ()) for f in p.stop_all()]
             everything += group
             pending = [f for f in group if not f.done()]
             remaining = deadline - self.loop.time()
@@ -683,12 +773,15 @@ class Supervisor:
                 for p in self.all_programs()
             ],
             "ephemeral_report": self.ephemeral_report,
+            "waiting": [p.key for p in self.gate.waiting()],
+            "notify_socket": self.readiness.hand_over(),
         }
 
     def adopt(self, raw: object) -> None:
         """After re-exec: the same processes, still our children, under the new pmd."""
         # Built here, not at import: a fresh boot should not pay for the schema.
         snap = TypeAdapter(SupervisorSnapshot).validate_python(raw)
+        self.readiness.take_over(snap.get("notify_socket"))
         programs = snap.get("programs", [])
         self.runtime.children.keep_early({
             pid for p in programs
@@ -719,6 +812,12 @@ class Supervisor:
             for inst_snap in entry.get("extra_instances", []):
                 self._adopt_extra(program, inst_snap)
         self.ephemeral_report = list(snap.get("ephemeral_report") or [])
+        # A boot that waited on dependencies goes on waiting (or starts what now may).
+        by_key = {p.key: p for p in self.programs.values()}
+        for key in snap.get("waiting") or []:
+            waiting = by_key.get(key)
+            if waiting is not None and not waiting.is_active():
+                self.launch(waiting)
 
     def _adopt_extra(self, program: Program, snap: InstanceSnapshot) -> None:
         """A reload was under way when pmd re-executed: its replacement never took over (or
@@ -742,6 +841,11 @@ class Supervisor:
 
     def capture_fds(self) -> list[int]:
         return [c.fd for i in self.everything() for c in i.captures if c.fd >= 0]
+
+    def readiness_fds(self) -> list[int]:
+        """The notification pipes of runs not ready yet (readiness `fd`): kept open across
+        a re-exec, like the log pipes."""
+        return [i.ready_fd for i in self.everything() if i.ready_fd is not None]
 
     def describe_event(self, event: StateEvent) -> str:
         return f"{event.instance}: {event.from_state} -> {event.to_state}"

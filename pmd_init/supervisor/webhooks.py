@@ -1,4 +1,5 @@
-"""Webhooks: the delivery of a program's state changes to the URLs its webhooks name.
+"""Webhooks: the delivery of a program's state changes, and of its instances becoming
+ready (`READY`), to the URLs its webhooks name.
 
 Which targets may be named is model/webhook_rules.py's (https only, no userinfo, no private,
 loopback or otherwise non-public address); redirects are not followed. The rules are checked
@@ -35,15 +36,14 @@ from urllib.parse import SplitResult, urlsplit
 
 from .. import __version__
 from ..model.webhook_rules import address_problem, ip_literal
-from .events import Event, EventBus, StateEvent
+from .events import Event, EventBus, ReadyEvent, StateEvent
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..model.spec import WebhooksSpec
 
 log = logging.getLogger("pmd.webhooks")
-
-#: A PEM file of CA certificates trusted besides the system's (a test CA).
-CA_FILE_ENV = "PMD_WEBHOOK_CA_FILE"
 
 #: Deliveries waiting in all lanes together; more are dropped (and counted).
 MAX_PENDING = 1000
@@ -83,6 +83,31 @@ def payload(event: StateEvent, hostname: str) -> dict[str, object]:
         "exit_code": event.exit_code,
         "timestamp": iso_utc(event.time),
         "hostname": hostname,
+        # BACKOFF: why it waits ("failed_start" or "start_limit") and until when
+        "reason": event.reason,
+        "retry_at": iso_utc(event.retry_at) if event.retry_at is not None else None,
+    }
+
+
+def ready_payload(event: ReadyEvent, hostname: str) -> dict[str, object]:
+    """A READY delivery's body: the state change's keys (no states: readiness is not
+    one), and `via`, the readiness source that said so."""
+    return {
+        "program_id": event.program_id,
+        "program": event.program,
+        "instance": event.instance,
+        "port": event.port,
+        "temporary_id": event.temporary_id,
+        "event": "READY",
+        "from_state": None,
+        "to_state": None,
+        "pid": event.pid,
+        "exit_code": None,
+        "timestamp": iso_utc(event.time),
+        "hostname": hostname,
+        "reason": None,
+        "retry_at": None,
+        "via": event.via,
     }
 
 
@@ -164,19 +189,21 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 
 class WebhookDispatcher:
-    """Delivers the state changes of programs whose spec has webhooks enabled (health
-    verdicts are not webhook events: the `events` a spec may name are states).
+    """Delivers the state changes and READY events of programs whose spec has webhooks
+    enabled (health verdicts are not webhook events: the `events` a spec may name are
+    states and READY).
 
     `spec_for` maps an event to the webhooks of the program it is about (or None); it is
     called in the EventBus callback, so it must be a lookup, nothing more.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, events: EventBus,
-                 spec_for: Callable[[StateEvent], WebhooksSpec | None],
-                 max_pending: int = MAX_PENDING) -> None:
+                 spec_for: Callable[[StateEvent | ReadyEvent], WebhooksSpec | None],
+                 max_pending: int = MAX_PENDING, ca_file: Path | None = None) -> None:
         self.loop = loop
         self.spec_for = spec_for
         self.max_pending = max_pending
+        self.ca_file = ca_file  # trusted besides the system's CAs (settings' webhook_ca_file)
         self.hostname = socket.gethostname()
         self.sent = 0
         self.failed = 0
@@ -195,16 +222,24 @@ class WebhookDispatcher:
     # ---- intake (synchronous, from the EventBus) -----------------------------------
 
     def on_event(self, event: Event) -> None:
-        if not isinstance(event, StateEvent):
+        if isinstance(event, StateEvent):
+            if event.reason == "adopted":  # pmd changed hands, not the program
+                return
+            name = event.to_state.value
+        elif isinstance(event, ReadyEvent):
+            name = "READY"
+        else:
             return
-        if self._closed or event.reason == "adopted":  # pmd changed hands, not the program
+        if self._closed:
             return
         hooks = self.spec_for(event)
         if hooks is None or not hooks.enabled or not hooks.urls:
             return
-        if not matches(hooks.events, event.to_state.value):
+        if not matches(hooks.events, name):
             return
-        body = json.dumps(payload(event, self.hostname), separators=(",", ":")).encode()
+        body = json.dumps(payload(event, self.hostname) if isinstance(event, StateEvent)
+                          else ready_payload(event, self.hostname),
+                          separators=(",", ":")).encode()
         headers = tuple(hooks.headers.items())
         for url in dict.fromkeys(hooks.urls):
             if self._pending >= self.max_pending:
@@ -214,7 +249,7 @@ class WebhookDispatcher:
                                 "so far", self._pending, self.dropped)
                 continue
             self._lanes.setdefault(url, deque()).append(Delivery(
-                url=url, event=event.to_state.value, body=body, headers=headers,
+                url=url, event=name, body=body, headers=headers,
                 timeout=float(hooks.timeout), retry=hooks.retry,
                 delivery_id=os.urandom(8).hex()))
             self._pending += 1
@@ -335,7 +370,7 @@ class WebhookDispatcher:
     async def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
             # Loading the system's CA store takes tens of milliseconds: not on the loop.
-            self._ssl = await self.loop.run_in_executor(None, _make_context)
+            self._ssl = await self.loop.run_in_executor(None, _make_context, self.ca_file)
         return self._ssl
 
     # ---- shutdown ------------------------------------------------------------------
@@ -361,9 +396,8 @@ class WebhookDispatcher:
                      self.dropped)
 
 
-def _make_context() -> ssl.SSLContext:
+def _make_context(ca_file: Path | None) -> ssl.SSLContext:
     context = ssl.create_default_context()
-    cafile = os.environ.get(CA_FILE_ENV)
-    if cafile:
-        context.load_verify_locations(cafile=cafile)
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
     return context

@@ -37,14 +37,38 @@ def _port(value: Any) -> int | None:
 # a request the fuzzer made invalid on purpose stays invalid, and a valid one stays valid.
 
 
+#: A program the fuzz run's pmd has from its start (openapi_fuzz_run.py), that a
+#: generated dependency can name: names must be programs that exist.
+EXISTING = "web"
+
+
+def _depends(body: dict[str, Any]) -> None:
+    """depends_on names programs that exist, and not the program itself."""
+    depends = body.get("depends_on")
+    valid_keys = (isinstance(depends, (dict, list)) and len(depends) <= 64
+                  and all(isinstance(k, str) and 1 <= len(k) <= 128 for k in depends))
+    if not valid_keys or not depends:
+        return
+    assert isinstance(depends, (dict, list))
+    if body.get("name") == EXISTING:
+        body["depends_on"] = {} if isinstance(depends, dict) else []
+    elif isinstance(depends, dict):
+        body["depends_on"] = {EXISTING: next(iter(depends.values()))}
+    else:
+        body["depends_on"] = [EXISTING]
+
+
 def _program(body: dict[str, Any], edit: bool) -> None:
-    """ProgramSpec's rules between fields that the document cannot state."""
+    """ProgramSpec's rules between fields that the document cannot state: a port range's
+    order and size, dependencies on programs that exist, an edit's id and stored
+    fields."""
     ports = body.get("port_range")
     if isinstance(ports, dict):  # ordered, at most 1024 ports
         start, end = _port(ports.get("start")), _port(ports.get("end"))
         if start is not None and end is not None:
             low, high = sorted((start, end))
             body["port_range"] = {**ports, "start": low, "end": min(high, low + 1023)}
+    _depends(body)
     if edit:
         # An edit's program has no port range unless the edit gives one.
         if isinstance(body.get("port_param"), str) and body.get("port_range") is None:
@@ -60,6 +84,7 @@ def _program(body: dict[str, Any], edit: bool) -> None:
 def _pm2(body: dict[str, Any]) -> None:
     """POST /api/processes: a range of ports is ordered, and `instances` with a range
     must match its size (without a range the document says 1)."""
+    _depends(body)
     port = body.get("port")
     if not (isinstance(port, str) and "-" in port):
         return

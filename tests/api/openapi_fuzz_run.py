@@ -51,7 +51,8 @@ def main() -> int:
         argv = [sys.executable, "-m", "schemathesis.cli", "run",
                 f"{pmd.url}/api/openapi.json", "--checks", "all", "--seed", seed,
                 "--max-examples", examples, "--workers", "1", "--request-timeout", "10",
-                "--no-color", "--report", "json", "--report-json-path", str(report),
+                "--no-color", "--no-shrink",  # a failure is reported as found, in time
+                "--report", "json", "--report-json-path", str(report),
                 *EXCLUDED]
         env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.api.openapi_fuzz_hooks",
                "PYTHONPATH": str(ROOT)}

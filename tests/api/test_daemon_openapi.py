@@ -19,7 +19,7 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
         ("post", "/programs/{program_id}/enable"), ("post", "/programs/{program_id}/disable"),
         ("get", "/status"), ("get", "/status/{program_id}"),
         ("get", "/programs/{program_id}/logs"), ("get", "/programs/{program_id}/logs/stream"),
-        ("get", "/health"), ("get", "/quick-start"), ("post", "/quick-start"),
+        ("get", "/health"), ("get", "/ready"), ("get", "/quick-start"), ("post", "/quick-start"),
         ("get", "/quick-start/{temporary_id}/status"), ("get", "/quick-start/{temporary_id}/logs"),
         ("post", "/quick-start/{temporary_id}/stop"),
     }
@@ -53,7 +53,7 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
                      "/programs/{program_id}/start", "/programs/{program_id}/restart",
                      "/programs/{program_id}/stop")}
     start = body_schema("post", "/programs/{program_id}/start")
-    assert set(start["properties"]) == {"port", "wait", "timeout", "if_not_running"}
+    assert set(start["properties"]) == {"port", "wait", "timeout", "if_not_running", "force"}
     params = {p["name"]: p for p in paths[API + "/programs"]["get"]["parameters"]}
     assert set(params) == {"hoody_kit", "lazy_load", "enabled", "boot", "port", "port_span",
                            "include_status", "include_stats"}
@@ -64,6 +64,7 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
     get_one = paths[API + "/programs/{program_id}"]["get"]["parameters"]
     assert {"name": "program_id", "in": "path", "required": True,
             "schema": {"type": "integer"}} in get_one
+    assert "503" in paths[API + "/ready"]["get"]["summary"]
     # no key set: nothing asks for one
     assert all("security" not in op for ops in paths.values() for op in ops.values())
     assert "securitySchemes" not in doc["components"]
@@ -122,4 +123,5 @@ def test_with_an_api_key_every_route_but_two_declares_it(tmp_path):
     assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     for path, ops in paths.items():
         for op in ops.values():
-            assert ("security" in op) == (path not in ("/", API + "/health")), path
+            assert ("security" in op) == (path not in ("/", API + "/health", API + "/ready")), \
+                path

@@ -155,13 +155,17 @@ def test_the_lifecycle_is_posted_with_payload_and_headers(hooked, receiver):
     wait_until(lambda: "EXITED" in events(receiver, "/ok/life"), timeout=10,
                what="the EXITED webhook")
     seen = receiver.seen("/ok/life")
-    assert [r["body"]["event"] for r in seen] == ["STARTING", "RUNNING", "EXITED"]
-    starting, running, exited = (r["body"] for r in seen)
+    # "all" includes READY: a program without a readiness source is ready at RUNNING
+    assert [r["body"]["event"] for r in seen] == ["STARTING", "RUNNING", "READY", "EXITED"]
+    starting, running, ready, exited = (r["body"] for r in seen)
+    assert ready == {**running, "event": "READY", "from_state": None, "to_state": None,
+                     "via": "running", "timestamp": ready["timestamp"]}
     assert starting == {
         "program_id": answer["id"], "program": "hook-life", "instance": "hook-life",
         "port": None, "temporary_id": None, "event": "STARTING", "from_state": "STOPPED",
         "to_state": "STARTING", "pid": starting["pid"], "exit_code": None,
-        "timestamp": starting["timestamp"], "hostname": socket.gethostname()}
+        "timestamp": starting["timestamp"], "hostname": socket.gethostname(),
+        "reason": None, "retry_at": None}
     assert running["from_state"] == "STARTING" and running["pid"] == pid
     assert (exited["from_state"], exited["to_state"], exited["exit_code"]) == \
         ("RUNNING", "EXITED", 3)
@@ -177,7 +181,7 @@ def test_the_lifecycle_is_posted_with_payload_and_headers(hooked, receiver):
         assert h["Connection"] == "close"
         assert h["Host"] == f"127.0.0.1:{receiver.port}"
         assert (h["Authorization"], h["X-Team"]) == ("Bearer abc", "ops")
-    assert health(hooked)["sent"] >= 3
+    assert health(hooked)["sent"] >= 4
 
 
 def test_only_the_chosen_events_are_posted(hooked, receiver):
@@ -293,7 +297,6 @@ def test_the_vetted_address_is_dialled_and_the_certificate_checked_on_the_name(
     the one connected to, and TLS checks the certificate against the name: hook.test is in
     the certificate, other.test is not."""
     monkeypatch.setenv(webhook_rules.ALLOW_LOOPBACK_ENV, "1")
-    monkeypatch.setenv(webhooks.CA_FILE_ENV, str(cert / "cert.pem"))
     resolved: list[str] = []
 
     async def main() -> dict[str, int]:
@@ -308,7 +311,8 @@ def test_the_vetted_address_is_dialled_and_the_certificate_checked_on_the_name(
                                    f"https://other.test:{receiver.port}/ok/wrong-name"],
                              retry=2)
         bus = EventBus()
-        dispatcher = webhooks.WebhookDispatcher(loop, bus, lambda e: hooks)
+        dispatcher = webhooks.WebhookDispatcher(loop, bus, lambda e: hooks,
+                                                ca_file=cert / "cert.pem")
         bus.publish(StateEvent(program_id=1, program="p", instance="p", port=None,
                                from_state=ProgramState.STARTING,
                                to_state=ProgramState.RUNNING, pid=1, exit_code=None,

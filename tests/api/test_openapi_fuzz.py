@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = os.environ.get("PMD_OPENAPI_FUZZ_EXAMPLES") or "20"
+EXAMPLES = os.environ.get("PMD_OPENAPI_FUZZ_EXAMPLES") or "10"
 SEED = "20261203"
 
 

@@ -111,3 +111,18 @@ def test_ws_and_the_list_agree_on_expected_exits(pmd):
     assert exits["exits-listed"]["status"] == listed["exits-listed"]["status"] == "stopped"
     assert exits["killed-listed"]["status"] == listed["killed-listed"]["status"] == "errored"
     assert exits["exits-listed"]["process_status"] == "stopped"
+
+
+def test_a_start_held_by_the_start_rate_limit_is_streamed_with_its_reason(pmd):
+    http = pmd.http
+    with connect(f"ws://127.0.0.1:{pmd.port}/ws", open_timeout=5) as ws:
+        json.loads(ws.recv(timeout=5))  # the snapshot
+        create(http, name="looper", script="sh -c 'exit 1'", min_uptime=0,
+               autorestart=True)
+        held, seen = receive_until(ws, lambda m: m.get("name") == "looper"
+                                   and m.get("to") == "BACKOFF")
+        assert held["from"] == "EXITED" and held["reason"] == "start_limit"
+        assert held["retry_at"].endswith("Z") and held["retry_at"] >= held["time"]
+        starts = [m for m in seen if m.get("name") == "looper" and m.get("to") == "STARTING"]
+        assert len(starts) == 5  # systemd's default burst, then the wait
+    http.delete("/api/processes/looper")

@@ -184,8 +184,9 @@ def test_stalled_readers_do_not_block_the_loop(pmd):
             if index % 10 == 0:  # state changes for the stalled dashboards
                 pmd.http.post(f"{API}/programs/{ident}/restart")
             time.sleep(0.02)
-        latencies.sort()
-        assert latencies[len(latencies) // 2] < 0.25 and latencies[-1] < 1.0, latencies
+        # Every answer within a second (stalled readers never hold the loop); the typical
+        # figure is bench's to report, not a test's to time.
+        assert max(latencies) < 1.0, sorted(latencies)
     finally:
         for sock in sockets:
             sock.close()

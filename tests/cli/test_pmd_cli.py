@@ -173,3 +173,13 @@ def test_the_client_imports_no_server_code():
          "('sanic', 'pydantic', 'psutil', 'orjson')))"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert probe.stdout.strip() == "[]", probe.stderr
+
+
+def test_list_shows_what_a_program_waits_for():
+    from pmd_init.cli.pmd import status_text
+
+    assert status_text({"status": "online"}) == "online"
+    assert status_text({"status": "launching", "waiting_for": ["db (healthy)", "c (ready)"],
+                        "blocked": None}) == "launching (waiting for db (healthy), c (ready))"
+    assert status_text({"status": "launching", "waiting_for": ["m (completed_successfully)"],
+                        "blocked": "m exited 3"}) == "launching (blocked: m exited 3)"

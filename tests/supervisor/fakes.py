@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pmd_init.model.states import ProgramState
-from pmd_init.supervisor.events import StateEvent
+from pmd_init.supervisor.events import Event, ReadyEvent, StateEvent
 from pmd_init.supervisor.runtime import ExitCallback, Runtime
 from pmd_init.supervisor.spawn import SpawnError, SpawnRequest
 
@@ -48,6 +48,7 @@ class FakeWorld:
         self.spawn_fails: str | None = None
         self.signals: list[tuple[int, int]] = []
         self.events: list[StateEvent] = []
+        self.ready: list[ReadyEvent] = []
 
     def close(self) -> None:
         self._loop.close()
@@ -116,11 +117,15 @@ class FakeWorld:
         self.signals.append((pid, signum))
         return True
 
-    def runtime(self, publish: Callable[[StateEvent], None] | None = None) -> Runtime:
-        """`publish`: an event bus's, besides the record kept in `events`."""
+    def runtime(self, publish: Callable[[Event], None] | None = None) -> Runtime:
+        """`publish`: an event bus's, besides the record kept in `events` (state changes)
+        and `ready`."""
 
-        def record(event: StateEvent) -> None:
-            self.events.append(event)
+        def record(event: Event) -> None:
+            if isinstance(event, StateEvent):
+                self.events.append(event)
+            elif isinstance(event, ReadyEvent):
+                self.ready.append(event)
             if publish is not None:
                 publish(event)
 

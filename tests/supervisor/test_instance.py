@@ -95,6 +95,35 @@ def test_failed_starts_back_off_1_2_3_then_fatal(world: FakeWorld) -> None:
     assert world.path()[-2:] == [(S.STARTING, S.BACKOFF), (S.BACKOFF, S.FATAL)]
 
 
+def retry_gaps(world: FakeWorld, inst: Instance, failures: int) -> list[float]:
+    """Fail `failures` starts at once (exit 0.5 s after each spawn); the waits between an
+    exit and the next spawn, from the STARTING events' own times."""
+    inst.start()
+    for _ in range(failures):
+        world.advance(0.5)
+        world.exit(inst.pid, exited(1))
+        assert inst.retry_at is None or inst.retry_at == world.time() + world.pending()[0]
+        world.advance(world.pending()[0] if world.pending() else 0)
+    exits = [e.time for e in world.events if e.to_state == S.BACKOFF]
+    spawns = [e.time for e in world.events if e.to_state == S.STARTING][1:]
+    return [round(b - a, 3) for a, b in zip(exits, spawns, strict=False)]
+
+
+def test_exponential_backoff_is_capped(world: FakeWorld) -> None:
+    inst = make(world, startretries=8, backoff="exponential", backoff_max_seconds=20)
+    assert retry_gaps(world, inst, 8) == [1, 2, 4, 8, 16, 20, 20, 20]
+    world.advance(0.5)
+    world.exit(inst.pid, exited(1))
+    assert inst.state == S.FATAL
+
+
+def test_startretries_minus_one_retries_forever(world: FakeWorld) -> None:
+    inst = make(world, startretries=-1, backoff_max_seconds=5)
+    gaps = retry_gaps(world, inst, 200)
+    assert gaps[:6] == [1, 2, 3, 4, 5, 5] and set(gaps[5:]) == {5}
+    assert inst.state == S.STARTING and inst.backoff == 200
+
+
 def test_spawn_error_backs_off_with_the_reason(world: FakeWorld) -> None:
     inst = make(world, startretries=0)
     world.spawn_fails = "command not found: /bin/prog"
@@ -134,6 +163,68 @@ def test_expected_exit_is_final(world: FakeWorld) -> None:
     assert inst.state == S.EXITED and not inst.want
     world.advance(10)
     assert inst.state == S.EXITED and len(world.spawned) == 1
+
+
+def test_oneshot_success_is_exited_and_completed(world: FakeWorld) -> None:
+    inst = make(world, oneshot=True, exitcodes=[0, 2])
+    inst.start()
+    assert inst.state == S.RUNNING  # startsecs 0: nothing to survive
+    world.advance(3)
+    world.exit(inst.pid, exited(2))
+    assert (inst.state, inst.completed, inst.exit_code, inst.want) == (S.EXITED, True, 2, False)
+    world.advance(60)
+    assert len(world.spawned) == 1  # never restarted
+
+
+def test_oneshot_failure_is_fatal_with_its_code(world: FakeWorld) -> None:
+    inst = make(world, oneshot=True)
+    inst.start()
+    world.exit(inst.pid, exited(3))
+    assert (inst.state, inst.completed, inst.exit_code) == (S.FATAL, False, 3)
+    assert world.path()[-1] == (S.RUNNING, S.FATAL) and world.events[-1].exit_code == 3
+    inst.start()  # by hand: it runs again, the verdict cleared
+    assert inst.state == S.RUNNING and inst.completed is None
+    world.advance(60)
+    assert len(world.spawned) == 2
+
+
+def test_without_readiness_running_is_ready(world: FakeWorld) -> None:
+    inst = make(world, startsecs=1)
+    inst.start()
+    assert inst.ready_at is None
+    world.advance(1)
+    assert inst.ready_at == world.time() and [e.via for e in world.ready] == ["running"]
+    world.exit(inst.pid, exited(0))
+    assert inst.ready_at is None  # readiness belongs to a run
+
+
+def test_not_ready_in_time_is_a_failed_start_then_fatal(world: FakeWorld) -> None:
+    inst = make(world, startsecs=1, startretries=1, stop_timeout=2,
+                readiness={"fd": 3, "timeout_seconds": 5})
+    inst.start()
+    world.advance(1)
+    assert inst.state == S.RUNNING and inst.ready_at is None and not world.ready
+    world.advance(4)
+    assert world.signals == [(1000, signal.SIGTERM)]
+    world.advance(2)
+    assert world.signals[-1] == (1000, signal.SIGKILL)  # it ignored the stop signal
+    world.exit(inst.pid, exited(137))
+    assert inst.state == S.BACKOFF and inst.backoff_reason == "ready_timeout"
+    assert world.path()[-2:] == [(S.RUNNING, S.EXITED), (S.EXITED, S.BACKOFF)]
+    world.advance(1)  # second try: ready this time, the timeout goes with it
+    assert inst.state == S.STARTING
+    inst.mark_ready("fd")
+    world.advance(10)
+    assert inst.state == S.RUNNING and inst.ready_at == EPOCH + 8
+    assert [e.via for e in world.ready] == ["fd"]
+    inst.stop()
+    world.exit(inst.pid, exited(0))
+    inst.start()  # RUNNING does not reset the count of failed starts; ready does
+    for _ in range(2):
+        world.advance(5)
+        world.exit(inst.pid, exited(143))
+        world.advance(1)
+    assert inst.state == S.FATAL and inst.backoff == 2
 
 
 def test_restart_is_scheduled_not_spawned_in_the_reapers_pass(world: FakeWorld) -> None:
@@ -362,6 +453,25 @@ def test_a_restart_decided_before_a_reexec_happens_after_it(world: FakeWorld) ->
     assert twin.state == S.EXITED
     world.advance(0)
     assert twin.state == S.RUNNING and twin.restarts == 1
+
+
+def test_readiness_survives_a_reexec(world: FakeWorld) -> None:
+    inst = make(world, startsecs=0, readiness={"fd": 3, "timeout_seconds": 10})
+    inst.start()
+    world.advance(4)
+    snap = inst.snapshot()
+    fresh = make(world, startsecs=0, readiness={"fd": 3, "timeout_seconds": 10})
+    fresh.adopt(snap)
+    world.advance(5.9)
+    assert fresh.state == S.RUNNING and not fresh._not_ready
+    world.advance(0.1)  # what was left of the timeout: 6 s, not 10
+    assert fresh._not_ready
+    ready = make(world, startsecs=0, readiness={"fd": 3})
+    ready.start()
+    ready.mark_ready("fd")
+    again = make(world, startsecs=0, readiness={"fd": 3})
+    again.adopt(ready.snapshot())
+    assert again.ready_at == ready.ready_at
 
 
 def test_snapshot_round_trip(world: FakeWorld) -> None:

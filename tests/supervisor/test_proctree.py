@@ -21,11 +21,16 @@ FAMILY = r"""
 import json, os, sys, time
 
 def child(setup):
+    # the parent waits until the child has left (or kept) its group: the pids it prints
+    # must describe groups as they are, not as they will be a moment later
+    done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         setup()
+        os.write(done_w, b"x")
         time.sleep(60)
         os._exit(0)
+    os.read(done_r, 1)
     return pid
 
 same_group = child(lambda: None)
@@ -93,6 +98,8 @@ def test_usage_and_rss_agree_with_the_group(family):
     cpu, rss = sampler.usage(leader)
     assert rss == group.rss == sampler.rss(leader)
     assert cpu >= 0.0
+    totals = sampler.totals(leader)  # what GET /metrics shows
+    assert totals is not None and totals[1] == rss and totals[0] >= 0.0
 
 
 def test_a_gone_group_has_no_usage():
@@ -102,6 +109,7 @@ def test_a_gone_group_has_no_usage():
     assert sampler.group(proc.pid) is None
     assert sampler.rss(proc.pid) is None
     assert sampler.usage(proc.pid) == (0.0, 0)
+    assert sampler.totals(proc.pid) is None
 
 
 def test_a_program_started_after_the_scan_is_still_seen():

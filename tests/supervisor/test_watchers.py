@@ -21,6 +21,7 @@ from pmd_init.supervisor.events import Event, EventBus, HealthEvent, StateEvent
 from pmd_init.supervisor.health import HealthMonitor
 from pmd_init.supervisor.instance import Instance
 from pmd_init.supervisor.memory import MemoryWatch
+from pmd_init.supervisor.proctree import ProcessSampler
 from pmd_init.supervisor.program import Program
 from pmd_init.supervisor.supervisor import Supervisor
 from tests.supervisor.fakes import FakeWorld
@@ -205,7 +206,8 @@ def test_closing_cancels_and_awaits_every_probe(world, probes) -> None:
 
 def test_memory_watch_follows_running_and_keeps_a_timer_only_while_watching(world) -> None:
     bus = EventBus()
-    watch = MemoryWatch(world, bus, restart=Instance.restart, interval=5.0)
+    watch = MemoryWatch(world, bus, restart=Instance.restart, sampler=ProcessSampler(),
+                        interval=5.0)
     runtime = world.runtime(bus.publish)
     limited = Program(runtime, spec(startsecs=1, max_memory_restart=1 << 30)).primary
     unlimited = Program(runtime, spec(name="q", id=2, startsecs=0)).primary

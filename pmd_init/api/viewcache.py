@@ -1,0 +1,78 @@
+"""Serialized answers of the listing routes, built once per change instead of per request.
+
+A client that polls every program's status (a dashboard, `pmd list` in a loop, 16
+connections of a load balancer's checks) asks for the same bytes until something changes.
+An answer is kept as its JSON bytes with the stamp of what it showed, and served again
+while the stamp holds. The stamp is:
+- the number of events the supervisor has published: every state change, health
+  change and readiness (each carries pid, exit code, restarts, retry time with it);
+- every program (persistent and quick-start), its spec and its dependency wait, by
+  identity: specs are frozen, so an add, edit, enable, removal or reload (through the API
+  or SIGHUP) gives new objects, and a start that waits for its dependencies sets a new
+  wait;
+- the wall-clock second: uptimes, CPU figures (the sampler rescans once a second) and
+  the rare counters that change without an event (log bytes dropped on a full disk) are
+  at most a second old.
+Taking the stamp costs a few microseconds per program; building an answer costs the
+views and orjson, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from itertools import chain
+from typing import Any
+
+import orjson
+
+from ..supervisor.events import Event
+from ..supervisor.supervisor import Supervisor
+
+#: Distinct answers kept (one per route and query string); past it the table starts over.
+MAX_ENTRIES = 64
+
+
+def dumps(value: Any) -> bytes:
+    """The bytes Sanic's json() would send with pmd's dumps (server.py)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+class ViewCache:
+    __slots__ = ("_supervisor", "_events", "_entries", "_unsubscribe", "hits", "builds")
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._events = 0
+        self._entries: dict[Hashable, tuple[tuple[Any, ...], bytes]] = {}
+        self._unsubscribe = supervisor.events.subscribe(self._on_event)
+        self.hits = 0
+        self.builds = 0
+
+    def _on_event(self, event: Event) -> None:
+        self._events += 1
+
+    def stamp(self) -> tuple[Any, ...]:
+        sup = self._supervisor
+        parts: list[Any] = [self._events, int(time.time())]
+        for program in chain(sup.programs.values(), sup.ephemeral.values()):
+            parts += (program, program.spec, program.waiting)
+        return tuple(parts)
+
+    def answer(self, key: Hashable, build: Callable[[], Any]) -> bytes:
+        """The JSON bytes of `build()`, reused while the stamp holds."""
+        stamp = self.stamp()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == stamp:
+            self.hits += 1
+            return entry[1]
+        body = dumps(build())
+        self.builds += 1
+        if len(self._entries) >= MAX_ENTRIES and key not in self._entries:
+            self._entries.clear()
+        self._entries[key] = (stamp, body)
+        return body
+
+    def close(self) -> None:
+        self._unsubscribe()
+        self._entries.clear()

@@ -1,0 +1,142 @@
+"""depends_on with real programs: a boot in dependency order (from the programs' own
+marker files), waiting and blocked programs in both API families, a start of a waiting
+program refused unless forced, and a shutdown that stops dependents first."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from tests.api.helpers import API, assert_error
+from tests.harness import Pmd
+
+
+def stamp(base: Path, name: str, then: str = "exec sleep 60") -> str:
+    """A command that writes its start time to <base>/<name>.start, and on TERM its stop
+    time to <name>.stop."""
+    return (f"sh -c 'date +%s.%N > {base}/{name}.start; "
+            f"trap \"date +%s.%N > {base}/{name}.stop; exit 0\" TERM; {then}'")
+
+
+def started(base: Path, name: str) -> float:
+    return float((base / f"{name}.start").read_text())
+
+
+def written(path: Path) -> bool:
+    """The shell creates a marker before `date` writes into it."""
+    try:
+        return path.read_text().endswith("\n")
+    except FileNotFoundError:
+        return False
+
+
+def prog(name: str, command: str, **fields: object) -> dict[str, object]:
+    return {"name": name, "command": command, "boot": True, "startsecs": 0.5,
+            "stop_timeout": 3, **fields}
+
+
+def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    sleeper = "trap \"date +%s.%N > {b}/{n}.stop; exit 0\" TERM; while :; do sleep 0.05; done"
+    programs = [
+        prog("migrate", f"sh -c 'sleep 0.6; date +%s.%N > {base}/migrate.start'",
+             oneshot=True),
+        prog("db", stamp(base, "db", sleeper.format(b=base, n="db")), startsecs=1,
+             depends_on={"migrate": "completed_successfully"}),
+        prog("api", stamp(base, "api", sleeper.format(b=base, n="api")),
+             depends_on={"db": "running"}),
+        prog("worker", stamp(base, "worker", sleeper.format(b=base, n="worker")),
+             depends_on={"api": "running"}, priority=1),
+        prog("broken", "sh -c 'exit 3'", oneshot=True),
+        prog("after-broken", "sleep 60", depends_on={"broken": "completed_successfully"}),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        pmd.wait_for(lambda: written(base / "worker.start"), timeout=15)
+        # order and gaps from the programs' own clocks: each after its condition held
+        assert started(base, "db") >= started(base, "migrate")
+        assert started(base, "api") - started(base, "db") >= 1 - 0.3  # db's startsecs
+        assert started(base, "worker") - started(base, "api") >= 0.5 - 0.3
+        # a blocked dependent says why, in both families, and a start is a 409
+        status = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['after-broken']}")
+                                       .json()["status"]).get("blocked") and s)
+        assert status["status"] == "STOPPED"
+        assert status["waiting_for"] == ["broken (completed_successfully)"]
+        assert status["blocked"] == "broken exited 3"
+        pm2 = {p["name"]: p for p in http.get("/api/processes").json()}
+        assert pm2["after-broken"]["status"] == "launching"
+        assert pm2["after-broken"]["blocked"] == "broken exited 3"
+        error = assert_error(http.post(f"{API}/programs/{ids['after-broken']}/start", json={}),
+                             409, "DEPENDENCIES_NOT_READY", "force")
+        assert error["details"]["waiting_for"] == ["broken (completed_successfully)"]
+        assert http.get(f"{API}/status/{ids['after-broken']}").json()["status"]["status"] \
+            == "STOPPED"  # the refusal changed nothing
+        forced = http.post(f"{API}/programs/{ids['after-broken']}/start", json={"force": True})
+        assert forced.status_code == 200, forced.text
+        assert "waiting_for" not in http.get(f"{API}/status/{ids['after-broken']}") \
+            .json()["status"]
+        pmd.signal(signal.SIGTERM)
+        pmd.wait(timeout=15)
+    # worker's priority 1 would stop it last; its dependency on api stops it first
+    stops = {n: float((base / f"{n}.stop").read_text()) for n in ("worker", "api", "db")}
+    assert stops["worker"] <= stops["api"] <= stops["db"], stops
+
+
+def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    programs = [
+        prog("db", f"sh -c 'sleep 0.8; date +%s.%N > {base}/db.ready; "
+                   f"echo accepting connections >&2; exec sleep 60'",
+             readiness={"log_line": "^accepting conn", "timeout_seconds": 10}),
+        prog("api", stamp(base, "api"), depends_on=["db"]),
+        prog("mute", "sleep 60", startretries=1,
+             readiness={"log_line": "never", "timeout_seconds": 0.6}, stop_timeout=1),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
+        assert started(base, "api") >= float((base / "db.ready").read_text())
+        db = http.get(f"{API}/status/{ids['db']}").json()["status"]
+        assert db["ready"] is True and db["ready_at"]
+        mute = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['mute']}")
+                                     .json()["status"])["status"] == "FATAL" and s,
+                            timeout=10)
+        assert mute.get("ready") is None and mute["restarts"] == 0
+        events = pmd.stderr_text()
+        assert "mute: not ready within 0.6s" in events
+
+
+def test_a_reexec_in_a_waiting_boot_keeps_pids_and_finishes_in_order(tmp_path: Path) -> None:
+    base = tmp_path / "marks"
+    base.mkdir()
+    gate = base / "go"
+    programs = [
+        prog("db", f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; "
+                   f"date +%s.%N > {base}/db.ready; echo up; exec sleep 60'",
+             readiness={"log_line": "^up$"}),
+        prog("api", stamp(base, "api"), depends_on=["db"]),
+    ]
+    with Pmd(tmp_path / "pmd", programs) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        db = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['db']}")
+                                   .json()["status"])["status"] == "RUNNING" and s)
+        assert db["ready"] is False
+        api = http.get(f"{API}/status/{ids['api']}").json()["status"]
+        assert api["waiting_for"] == ["db (ready)"]
+        (pmd.state_dir / "api.json").unlink()  # the new image binds a new port (port 0)
+        assert http.post(f"{API}/reexec").json()["success"] is True
+        pmd.wait_ready()
+        http = pmd.http
+        assert http.get(f"{API}/status/{ids['db']}").json()["status"]["pid"] == db["pid"]
+        assert http.get(f"{API}/status/{ids['api']}").json()["status"]["waiting_for"] == \
+            ["db (ready)"]
+        gate.touch()
+        pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
+        assert started(base, "api") >= float((base / "db.ready").read_text())
+        after = http.get(f"{API}/status/{ids['db']}").json()["status"]
+        assert after["ready"] is True and after["pid"] == db["pid"]

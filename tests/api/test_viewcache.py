@@ -1,0 +1,63 @@
+"""The listing routes' cache: the same bytes while nothing they show changed, a new answer
+after any event, spec, program, dependency wait or second."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pmd_init.api import viewcache
+from pmd_init.api.viewcache import ViewCache
+from pmd_init.supervisor.events import EventBus
+
+
+def fake_supervisor(n: int) -> Any:
+    programs = {i: SimpleNamespace(id=i, spec=("spec", i), waiting=None) for i in range(n)}
+    return SimpleNamespace(events=EventBus(), programs=programs, ephemeral={})
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    now = SimpleNamespace(t=1000.2)
+    monkeypatch.setattr(viewcache.time, "time", lambda: now.t)
+    return now
+
+
+def test_an_answer_is_built_once_until_something_it_shows_changes(clock):
+    sup = fake_supervisor(3)
+    cache = ViewCache(sup)
+    builds: list[int] = []
+
+    def build() -> dict[str, int]:
+        builds.append(1)
+        return {"n": len(builds)}
+
+    def ask() -> bytes:
+        return cache.answer("status", build)
+
+    assert ask() == b'{"n":1}' and ask() == b'{"n":1}' and len(builds) == 1
+    clock.t = 1000.9  # the same second
+    assert ask() == b'{"n":1}'
+    sup.events.publish(object())  # a state, health or readiness event
+    assert ask() == b'{"n":2}'
+    sup.programs[1].spec = ("spec", 1, "edited")  # an edit, an enable, a reload
+    assert ask() == b'{"n":3}'
+    sup.programs[2].waiting = lambda: []  # a start that waits for its dependencies
+    assert ask() == b'{"n":4}'
+    sup.ephemeral["q"] = SimpleNamespace(spec=("quick",), waiting=None)
+    assert ask() == b'{"n":5}'
+    del sup.programs[0]
+    assert ask() == b'{"n":6}'
+    clock.t = 1001.0  # uptimes move on
+    assert ask() == b'{"n":7}'
+    assert ask() == b'{"n":7}' and cache.builds == 7 and cache.hits == 3
+
+
+def test_each_route_and_query_has_its_answer_and_the_table_is_bounded(clock):
+    cache = ViewCache(fake_supervisor(1))
+    for i in range(viewcache.MAX_ENTRIES + 5):
+        assert cache.answer(("programs", f"q={i}"), lambda i=i: [i]) == f"[{i}]".encode()
+    assert len(cache._entries) <= viewcache.MAX_ENTRIES
+    cache.close()
