@@ -1,6 +1,8 @@
 """depends_on with real programs: a boot in dependency order (from the programs' own
-marker files), waiting and blocked programs in both API families, a start of a waiting
-program refused unless forced, and a shutdown that stops dependents first."""
+marker files), waiting and blocked programs in both API families (a oneshot that exited 3,
+a dependency gone FATAL), a start of a waiting program refused unless forced, a readiness
+timeout that backs off then goes FATAL, and a shutdown that stops dependents first. Each
+test runs with pmd as a subreaper and as PID 1 of a PID namespace."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import signal
 from pathlib import Path
 
 from tests.api.helpers import API, assert_error
-from tests.harness import Pmd
+from tests.harness import Pmd, both_inits
 
 
 def stamp(base: Path, name: str, then: str = "exec sleep 60") -> str:
@@ -35,7 +37,8 @@ def prog(name: str, command: str, **fields: object) -> dict[str, object]:
             "stop_timeout": 3, **fields}
 
 
-def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) -> None:
+@both_inits
+def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     sleeper = "trap \"date +%s.%N > {b}/{n}.stop; exit 0\" TERM; while :; do sleep 0.05; done"
@@ -50,8 +53,11 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
              depends_on={"api": "running"}, priority=1),
         prog("broken", "sh -c 'exit 3'", oneshot=True),
         prog("after-broken", "sleep 60", depends_on={"broken": "completed_successfully"}),
+        # exits before its startsecs with no retry left: FATAL, which blocks its dependent
+        prog("crashy", "sh -c 'exit 1'", startretries=0),
+        prog("after-crashy", "sleep 60", depends_on=["crashy"]),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         pmd.wait_for(lambda: written(base / "worker.start"), timeout=15)
@@ -73,6 +79,13 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
         assert error["details"]["waiting_for"] == ["broken (completed_successfully)"]
         assert http.get(f"{API}/status/{ids['after-broken']}").json()["status"]["status"] \
             == "STOPPED"  # the refusal changed nothing
+        crashy = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['after-crashy']}")
+                                       .json()["status"]).get("blocked") and s)
+        assert crashy["status"] == "STOPPED" and crashy["waiting_for"] == ["crashy (ready)"]
+        assert crashy["blocked"] == "crashy exited 1"
+        assert http.get(f"{API}/status/{ids['crashy']}").json()["status"]["status"] == "FATAL"
+        assert_error(http.post(f"{API}/programs/{ids['after-crashy']}/start", json={}),
+                     409, "DEPENDENCIES_NOT_READY", "force")
         forced = http.post(f"{API}/programs/{ids['after-broken']}/start", json={"force": True})
         assert forced.status_code == 200, forced.text
         assert "waiting_for" not in http.get(f"{API}/status/{ids['after-broken']}") \
@@ -84,7 +97,9 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
     assert stops["worker"] <= stops["api"] <= stops["db"], stops
 
 
-def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path: Path) -> None:
+@both_inits
+def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(
+        tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     programs = [
@@ -95,7 +110,7 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path
         prog("mute", "sleep 60", startretries=1,
              readiness={"log_line": "never", "timeout_seconds": 0.6}, stop_timeout=1),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
@@ -108,9 +123,19 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path
         assert mute.get("ready") is None and mute["restarts"] == 0
         events = pmd.stderr_text()
         assert "mute: not ready within 0.6s" in events
+        # each timeout is a failed start: BACKOFF, a retry, and FATAL once none is left
+        moves = [line.split("mute: ", 1)[1] for line in events.splitlines()
+                 if "mute: " in line and " -> " in line]
+        assert [" ".join(m.split()[:3]) for m in moves
+                if m.split()[2] in ("BACKOFF", "FATAL")] == \
+            ["EXITED -> BACKOFF", "EXITED -> BACKOFF", "BACKOFF -> FATAL"], moves
+        assert "EXITED -> BACKOFF exit 143 (ready_timeout)" in moves, moves
+        assert events.count("mute: not ready within 0.6s") == 2
 
 
-def test_a_reexec_in_a_waiting_boot_keeps_pids_and_finishes_in_order(tmp_path: Path) -> None:
+@both_inits
+def test_a_reexec_in_a_waiting_boot_keeps_pids_and_finishes_in_order(
+        tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     gate = base / "go"
@@ -120,7 +145,7 @@ def test_a_reexec_in_a_waiting_boot_keeps_pids_and_finishes_in_order(tmp_path: P
              readiness={"log_line": "^up$"}),
         prog("api", stamp(base, "api"), depends_on=["db"]),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         db = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['db']}")
