@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 from tests.api.helpers import API, assert_error
 from tests.harness import Pmd, both_inits
@@ -140,28 +141,45 @@ def test_a_reexec_in_a_waiting_boot_keeps_pids_and_finishes_in_order(
     base.mkdir()
     gate = base / "go"
     programs = [
+        # ready at once: its readiness, and its pid, must survive the re-exec
+        prog("cache", f"sh -c 'date +%s.%N > {base}/cache.ready; echo up; exec sleep 60'",
+             readiness={"log_line": "^up$"}),
         prog("db", f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; "
                    f"date +%s.%N > {base}/db.ready; echo up; exec sleep 60'",
              readiness={"log_line": "^up$"}),
-        prog("api", stamp(base, "api"), depends_on=["db"]),
+        prog("api", stamp(base, "api"), depends_on=["db", "cache"]),
+        prog("worker", stamp(base, "worker"), depends_on={"api": "running"}),
     ]
     with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
-        db = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['db']}")
-                                   .json()["status"])["status"] == "RUNNING" and s)
+
+        def status(name: str) -> dict[str, Any]:
+            return dict(http.get(f"{API}/status/{ids[name]}").json()["status"])
+
+        cache = pmd.wait_for(lambda: (s := status("cache")).get("ready") and s)
+        db = pmd.wait_for(lambda: (s := status("db"))["status"] == "RUNNING" and s)
         assert db["ready"] is False
-        api = http.get(f"{API}/status/{ids['api']}").json()["status"]
-        assert api["waiting_for"] == ["db (ready)"]
+        assert status("api")["waiting_for"] == ["db (ready)"]
+        assert status("worker")["waiting_for"] == ["api (running)"]
+        pmd_pid = pmd.pid
         (pmd.state_dir / "api.json").unlink()  # the new image binds a new port (port 0)
         assert http.post(f"{API}/reexec").json()["success"] is True
         pmd.wait_ready()
         http = pmd.http
-        assert http.get(f"{API}/status/{ids['db']}").json()["status"]["pid"] == db["pid"]
-        assert http.get(f"{API}/status/{ids['api']}").json()["status"]["waiting_for"] == \
-            ["db (ready)"]
+        assert pmd.pid == pmd_pid  # the same process, a new image
+        for name, before in (("cache", cache), ("db", db)):
+            now = status(name)
+            assert (now["status"], now["pid"]) == ("RUNNING", before["pid"]), (name, now)
+        assert status("cache")["ready"] is True
+        assert status("cache")["ready_at"] == cache["ready_at"]
+        assert status("db")["ready"] is False
+        assert status("api")["waiting_for"] == ["db (ready)"]
+        assert status("worker")["waiting_for"] == ["api (running)"]
         gate.touch()
-        pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
+        pmd.wait_for(lambda: written(base / "worker.start"), timeout=10)
         assert started(base, "api") >= float((base / "db.ready").read_text())
-        after = http.get(f"{API}/status/{ids['db']}").json()["status"]
+        assert started(base, "worker") - started(base, "api") >= 0.5 - 0.3  # api's startsecs
+        after = status("db")
         assert after["ready"] is True and after["pid"] == db["pid"]
+        assert status("cache")["pid"] == cache["pid"]
