@@ -122,6 +122,7 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(
                                      .json()["status"])["status"] == "FATAL" and s,
                             timeout=10)
         assert mute.get("ready") is None and mute["restarts"] == 0
+        assert mute["backoff_reason"] == "ready_timeout"  # FATAL says why its starts failed
         events = pmd.stderr_text()
         assert "mute: not ready within 0.6s" in events
         # each timeout is a failed start: BACKOFF, a retry, and FATAL once none is left
@@ -130,7 +131,9 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(
         assert [" ".join(m.split()[:3]) for m in moves
                 if m.split()[2] in ("BACKOFF", "FATAL")] == \
             ["EXITED -> BACKOFF", "EXITED -> BACKOFF", "BACKOFF -> FATAL"], moves
-        assert "EXITED -> BACKOFF exit 143 (ready_timeout)" in moves, moves
+        assert moves[-2:] == ["EXITED -> BACKOFF exit 143 (ready_timeout)",
+                              "BACKOFF -> FATAL exit 143 (ready_timeout)"], moves
+        assert moves.count("EXITED -> BACKOFF exit 143 (ready_timeout)") == 2, moves
         assert events.count("mute: not ready within 0.6s") == 2
 
 
