@@ -23,7 +23,8 @@ system-deps:
 ## Start pmd in the foreground with the example config (a subreaper, not PID 1).
 run: $(STAMP)
 	@mkdir -p $(RUN_DIR)/state $(RUN_DIR)/log
-	$(BIN)/pmd_init --config-dir config --state-dir $(RUN_DIR)/state \
+	@$(BIN)/python scripts/run-config config $(RUN_DIR)/config
+	$(BIN)/pmd_init --config-dir $(RUN_DIR)/config --state-dir $(RUN_DIR)/state \
 		--log-dir $(RUN_DIR)/log --socket $(RUN_DIR)/pmd.sock \
 		--host 127.0.0.1 --port 9615
 

@@ -290,8 +290,10 @@ def bit(sig: int) -> int:
 def test_ignored_signals_stay_ignored_for_the_command_and_the_mask_is_reset(
         tmp_path, mode, pid1):
     out = tmp_path / "main.status"
-    command = ["sh", "-c", f"grep ^Sig /proc/self/status > {out}.tmp; mv {out}.tmp {out}; "
-                           f"trap 'exit 9' TERM; while :; do sleep 0.05; done"]
+    # the trap is in place before the status file says the command is up (a TERM that
+    # came first would kill the shell: 143)
+    command = ["sh", "-c", f"trap 'exit 9' TERM; grep ^Sig /proc/self/status > {out}.tmp; "
+                           f"mv {out}.tmp {out}; while :; do sleep 0.05; done"]
     programs = [{"name": "svc", "boot": True, "startsecs": 0,
                  "command": f"sh -c 'grep ^Sig /proc/self/status > {tmp_path}/svc.tmp; "
                             f"mv {tmp_path}/svc.tmp {tmp_path}/svc.status; sleep 1000'"}]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +29,16 @@ def can_unshare() -> bool:
     probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
                            capture_output=True, timeout=10)
     return probe.returncode == 0
+
+
+#: Run a test with pmd both ways: as a subreaper (`pid1=False`) and as PID 1 of a fresh
+#: PID namespace (`pid1=True`, skipped where unshare is refused). The test takes a `pid1`
+#: argument and passes it on to Pmd.
+both_inits = pytest.mark.parametrize("pid1", [
+    pytest.param(False, id="subreaper"),
+    pytest.param(True, id="pid1", marks=pytest.mark.skipif(
+        not can_unshare(), reason="needs unshare --pid (root)")),
+])
 
 
 class Pmd:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..model.states import ProgramState
 from ..supervisor.instance import Instance
 from ..supervisor.proctree import ProcessSampler
 from ..supervisor.program import Program
@@ -52,6 +53,8 @@ def instance_status(inst: Instance) -> dict[str, Any]:
     if inst.retry_at is not None:  # BACKOFF: when the next attempt comes, and why it waits
         view["retry_at"] = iso(inst.retry_at)
         view["backoff_reason"] = inst.backoff_reason
+    elif inst.backoff_reason is not None and inst.state == ProgramState.FATAL:
+        view["backoff_reason"] = inst.backoff_reason  # why its starts failed
     dropped = sum(f.dropped for f in (inst.stdout_log, inst.stderr_log) if f is not None)
     if dropped:
         view["log_dropped_bytes"] = dropped  # a full or failing disk, reported not hidden

@@ -118,7 +118,8 @@ def _why_not_ready(program: Program, inst: Instance) -> str:
         return f"{where}backing off ({inst.backoff_reason or 'failed_start'})"
     if inst.state == S.FATAL:
         if inst.exit_code is not None:
-            return f"{where}FATAL, exited {inst.exit_code}"
+            why = f" ({inst.backoff_reason})" if inst.backoff_reason else ""
+            return f"{where}FATAL, exited {inst.exit_code}{why}"
         return f"{where}FATAL" + (f": {inst.spawn_error}" if inst.spawn_error else "")
     if inst.state == S.EXITED:
         return f"{where}exited {inst.exit_code}"

@@ -158,7 +158,9 @@ class Instance:
         self.state = new
         self.state_since = self.rt.clock.time()
         if new != S.BACKOFF:
-            self.retry_at = self.backoff_reason = None
+            self.retry_at = None
+            if new != S.FATAL:  # a FATAL after failed starts keeps why they failed
+                self.backoff_reason = None
         self.rt.publish(StateEvent(
             program_id=self.program.id, program=self.program.name, instance=self.name,
             port=self.port, from_state=old, to_state=new, pid=self.pid,
@@ -496,10 +498,13 @@ class Instance:
         spec = self.program.spec
         self.backoff += 1
         if 0 <= spec.startretries < self.backoff or not self.want:
-            self._set_state(S.BACKOFF, self.exit_code)
+            # the last failed start says why, as the earlier ones did (ready_timeout ...),
+            # in its events and, once FATAL, in its status
+            self.backoff_reason = reason
+            self._set_state(S.BACKOFF, self.exit_code, reason=reason)
             if self.want:
                 self.want = False
-                self._set_state(S.FATAL, self.exit_code)
+                self._set_state(S.FATAL, self.exit_code, reason=reason)
             else:
                 self._set_state(S.STOPPED)
             return
@@ -712,6 +717,8 @@ class Instance:
             self._adopt_state(S.BACKOFF)
             self._later(delay, self._delayed_start)
         elif state in (S.EXITED, S.FATAL):
+            if state == S.FATAL:
+                self.backoff_reason = snap.get("backoff_reason")  # why its starts failed
             self._adopt_state(state)
         if self._restart_pending and self.want and self.state in STOPPED_STATES:
             self._soon(self._delayed_start)  # decided by the previous pmd, not yet done

@@ -4,9 +4,22 @@ rule of the graph refused with a 400 (or a 409) that changes nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from tests.api.helpers import API, assert_error, program
+from tests.harness import Pmd, can_unshare
+
+
+@pytest.fixture(scope="module")
+def pmd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pmd]:
+    """The dependency rules run against pmd as PID 1 of its own PID namespace (the
+    issue's setting), where unshare is allowed; else as a subreaper."""
+    base: Path = tmp_path_factory.mktemp("pmd-deps")
+    with Pmd(base, [], pid1=can_unshare()) as running:
+        yield running
 
 
 def add(http, body):  # noqa: ANN001, ANN201

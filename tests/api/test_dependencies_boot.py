@@ -1,14 +1,17 @@
 """depends_on with real programs: a boot in dependency order (from the programs' own
-marker files), waiting and blocked programs in both API families, a start of a waiting
-program refused unless forced, and a shutdown that stops dependents first."""
+marker files), waiting and blocked programs in both API families (a oneshot that exited 3,
+a dependency gone FATAL), a start of a waiting program refused unless forced, a readiness
+timeout that backs off then goes FATAL, and a shutdown that stops dependents first. Each
+test runs with pmd as a subreaper and as PID 1 of a PID namespace."""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 from tests.api.helpers import API, assert_error
-from tests.harness import Pmd
+from tests.harness import Pmd, both_inits
 
 
 def stamp(base: Path, name: str, then: str = "exec sleep 60") -> str:
@@ -35,7 +38,8 @@ def prog(name: str, command: str, **fields: object) -> dict[str, object]:
             "stop_timeout": 3, **fields}
 
 
-def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) -> None:
+@both_inits
+def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     sleeper = "trap \"date +%s.%N > {b}/{n}.stop; exit 0\" TERM; while :; do sleep 0.05; done"
@@ -50,8 +54,11 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
              depends_on={"api": "running"}, priority=1),
         prog("broken", "sh -c 'exit 3'", oneshot=True),
         prog("after-broken", "sleep 60", depends_on={"broken": "completed_successfully"}),
+        # exits before its startsecs with no retry left: FATAL, which blocks its dependent
+        prog("crashy", "sh -c 'exit 1'", startretries=0),
+        prog("after-crashy", "sleep 60", depends_on=["crashy"]),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         pmd.wait_for(lambda: written(base / "worker.start"), timeout=15)
@@ -73,6 +80,13 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
         assert error["details"]["waiting_for"] == ["broken (completed_successfully)"]
         assert http.get(f"{API}/status/{ids['after-broken']}").json()["status"]["status"] \
             == "STOPPED"  # the refusal changed nothing
+        crashy = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['after-crashy']}")
+                                       .json()["status"]).get("blocked") and s)
+        assert crashy["status"] == "STOPPED" and crashy["waiting_for"] == ["crashy (ready)"]
+        assert crashy["blocked"] == "crashy exited 1"
+        assert http.get(f"{API}/status/{ids['crashy']}").json()["status"]["status"] == "FATAL"
+        assert_error(http.post(f"{API}/programs/{ids['after-crashy']}/start", json={}),
+                     409, "DEPENDENCIES_NOT_READY", "force")
         forced = http.post(f"{API}/programs/{ids['after-broken']}/start", json={"force": True})
         assert forced.status_code == 200, forced.text
         assert "waiting_for" not in http.get(f"{API}/status/{ids['after-broken']}") \
@@ -84,7 +98,9 @@ def test_boot_waits_blocks_and_shuts_down_in_dependency_order(tmp_path: Path) ->
     assert stops["worker"] <= stops["api"] <= stops["db"], stops
 
 
-def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path: Path) -> None:
+@both_inits
+def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(
+        tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     programs = [
@@ -95,7 +111,7 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path
         prog("mute", "sleep 60", startretries=1,
              readiness={"log_line": "never", "timeout_seconds": 0.6}, stop_timeout=1),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
@@ -106,37 +122,67 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(tmp_path
                                      .json()["status"])["status"] == "FATAL" and s,
                             timeout=10)
         assert mute.get("ready") is None and mute["restarts"] == 0
+        assert mute["backoff_reason"] == "ready_timeout"  # FATAL says why its starts failed
         events = pmd.stderr_text()
         assert "mute: not ready within 0.6s" in events
+        # each timeout is a failed start: BACKOFF, a retry, and FATAL once none is left
+        moves = [line.split("mute: ", 1)[1] for line in events.splitlines()
+                 if "mute: " in line and " -> " in line]
+        assert [" ".join(m.split()[:3]) for m in moves
+                if m.split()[2] in ("BACKOFF", "FATAL")] == \
+            ["EXITED -> BACKOFF", "EXITED -> BACKOFF", "BACKOFF -> FATAL"], moves
+        assert moves[-2:] == ["EXITED -> BACKOFF exit 143 (ready_timeout)",
+                              "BACKOFF -> FATAL exit 143 (ready_timeout)"], moves
+        assert moves.count("EXITED -> BACKOFF exit 143 (ready_timeout)") == 2, moves
+        assert events.count("mute: not ready within 0.6s") == 2
 
 
-def test_a_reexec_in_a_waiting_boot_keeps_pids_and_finishes_in_order(tmp_path: Path) -> None:
+@both_inits
+def test_a_reexec_in_a_waiting_boot_keeps_pids_and_finishes_in_order(
+        tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     gate = base / "go"
     programs = [
+        # ready at once: its readiness, and its pid, must survive the re-exec
+        prog("cache", f"sh -c 'date +%s.%N > {base}/cache.ready; echo up; exec sleep 60'",
+             readiness={"log_line": "^up$"}),
         prog("db", f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; "
                    f"date +%s.%N > {base}/db.ready; echo up; exec sleep 60'",
              readiness={"log_line": "^up$"}),
-        prog("api", stamp(base, "api"), depends_on=["db"]),
+        prog("api", stamp(base, "api"), depends_on=["db", "cache"]),
+        prog("worker", stamp(base, "worker"), depends_on={"api": "running"}),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
-        db = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['db']}")
-                                   .json()["status"])["status"] == "RUNNING" and s)
+
+        def status(name: str) -> dict[str, Any]:
+            return dict(http.get(f"{API}/status/{ids[name]}").json()["status"])
+
+        cache = pmd.wait_for(lambda: (s := status("cache")).get("ready") and s)
+        db = pmd.wait_for(lambda: (s := status("db"))["status"] == "RUNNING" and s)
         assert db["ready"] is False
-        api = http.get(f"{API}/status/{ids['api']}").json()["status"]
-        assert api["waiting_for"] == ["db (ready)"]
+        assert status("api")["waiting_for"] == ["db (ready)"]
+        assert status("worker")["waiting_for"] == ["api (running)"]
+        pmd_pid = pmd.pid
         (pmd.state_dir / "api.json").unlink()  # the new image binds a new port (port 0)
         assert http.post(f"{API}/reexec").json()["success"] is True
         pmd.wait_ready()
         http = pmd.http
-        assert http.get(f"{API}/status/{ids['db']}").json()["status"]["pid"] == db["pid"]
-        assert http.get(f"{API}/status/{ids['api']}").json()["status"]["waiting_for"] == \
-            ["db (ready)"]
+        assert pmd.pid == pmd_pid  # the same process, a new image
+        for name, before in (("cache", cache), ("db", db)):
+            now = status(name)
+            assert (now["status"], now["pid"]) == ("RUNNING", before["pid"]), (name, now)
+        assert status("cache")["ready"] is True
+        assert status("cache")["ready_at"] == cache["ready_at"]
+        assert status("db")["ready"] is False
+        assert status("api")["waiting_for"] == ["db (ready)"]
+        assert status("worker")["waiting_for"] == ["api (running)"]
         gate.touch()
-        pmd.wait_for(lambda: written(base / "api.start"), timeout=10)
+        pmd.wait_for(lambda: written(base / "worker.start"), timeout=10)
         assert started(base, "api") >= float((base / "db.ready").read_text())
-        after = http.get(f"{API}/status/{ids['db']}").json()["status"]
+        assert started(base, "worker") - started(base, "api") >= 0.5 - 0.3  # api's startsecs
+        after = status("db")
         assert after["ready"] is True and after["pid"] == db["pid"]
+        assert status("cache")["pid"] == cache["pid"]

@@ -22,6 +22,7 @@ from pmd_init.api.listeners import (
     wanted,
 )
 from pmd_init.settings import Settings
+from pmd_init.supervisor.events import EventBus
 
 REQUEST = b"GET /api/status HTTP/1.1\r\nHost: pmd\r\nConnection: close\r\n\r\n"
 
@@ -108,7 +109,9 @@ def test_a_failed_exec_serves_again_on_the_same_sockets(tmp_path: Path) -> None:
 
     Sanic.test_mode = True  # other tests of this process may have made an app named pmd
     s = settings(tmp_path)
-    init = SimpleNamespace(settings=s, supervisor=None, service=None, started_at=time.time())
+    # what create_app reads of the init; the listing cache follows the supervisor's events
+    init = SimpleNamespace(settings=s, supervisor=SimpleNamespace(events=EventBus()),
+                           service=None, started_at=time.time())
 
     async def main() -> None:
         api = ApiServer(init, s)  # type: ignore[arg-type]

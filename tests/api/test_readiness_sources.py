@@ -1,6 +1,9 @@
 """Readiness sources with real programs, each releasing its dependents only once it said
 so, observed from the programs' own marker files: a startup probe (http and script),
-systemd's notify protocol (sent by hand and by `systemd-notify`, forgeries ignored)."""
+systemd's notify protocol (sent by hand and by `systemd-notify`, forgeries ignored), s6's
+notification fd. Each test runs with pmd as a subreaper and as PID 1 of a PID namespace,
+where the notify credentials pmd checks are the namespace's pids (a sender outside it,
+such as this test, has none there: pid 0)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.api.test_dependencies_boot import API, prog, stamp, started, written
-from tests.harness import Pmd
+from tests.harness import Pmd, both_inits
 
 
 def free_port() -> int:
@@ -24,7 +27,8 @@ def marked(base: Path, name: str) -> float:
     return float((base / name).read_text())
 
 
-def test_a_startup_probe_makes_ready_at_its_first_success(tmp_path: Path) -> None:
+@both_inits
+def test_a_startup_probe_makes_ready_at_its_first_success(tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     port = free_port()
@@ -38,7 +42,7 @@ def test_a_startup_probe_makes_ready_at_its_first_success(tmp_path: Path) -> Non
              readiness={"probe": {"type": "script", "command": f"test -e {base}/flag.up"}}),
         prog("api", stamp(base, "api"), depends_on={"web": "ready", "flag": "ready"}),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         pmd.wait_for(lambda: written(base / "api.start"), timeout=15)
@@ -79,7 +83,9 @@ time.sleep(60)
 """
 
 
-def test_notify_ready_by_hand_status_stopping_and_forgeries_ignored(tmp_path: Path) -> None:
+@both_inits
+def test_notify_ready_by_hand_status_stopping_and_forgeries_ignored(
+        tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     (base / "send.py").write_text(SEND_BY_HAND)
@@ -95,7 +101,7 @@ def test_notify_ready_by_hand_status_stopping_and_forgeries_ignored(tmp_path: Pa
         prog("plain", f"sh -c 'echo \"${{NOTIFY_SOCKET:-none}}\" > {base}/plain.env; "
                       "exec sleep 60'"),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         pmd.wait_for(lambda: written(base / "after.start"), timeout=15)
@@ -109,6 +115,8 @@ def test_notify_ready_by_hand_status_stopping_and_forgeries_ignored(tmp_path: Pa
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stray:
             stray.sendto(b"READY=1", str(sock))
         pmd.wait_for(lambda: pmd.stderr_text().count("ignored: not in the process group") >= 2)
+        if pid1:  # the kernel gives pmd no pid for a sender outside its namespace
+            assert "notify message from pid 0 ignored" in pmd.stderr_text()
         victim = http.get(f"{API}/status/{ids['victim']}").json()["status"]
         assert victim["ready"] is False and "notify_status" not in victim
         assert (base / "plain.env").read_text().strip() == "none"  # only notify programs
@@ -120,9 +128,10 @@ def test_notify_ready_by_hand_status_stopping_and_forgeries_ignored(tmp_path: Pa
     assert not sock.exists()  # removed at shutdown
 
 
+@both_inits
 @pytest.mark.skipif(shutil.which("systemd-notify") is None,
                     reason="systemd-notify not installed (Debian: apt-get install systemd)")
-def test_systemd_notify_ready_releases_dependents(tmp_path: Path) -> None:
+def test_systemd_notify_ready_releases_dependents(tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     programs = [
@@ -132,7 +141,7 @@ def test_systemd_notify_ready_releases_dependents(tmp_path: Path) -> None:
              readiness={"notify": True, "timeout_seconds": 20}),
         prog("api", stamp(base, "api"), depends_on={"db": "ready"}),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         pmd.wait_for(lambda: written(base / "api.start"), timeout=15)
@@ -142,7 +151,8 @@ def test_systemd_notify_ready_releases_dependents(tmp_path: Path) -> None:
         assert db["notify_status"] == "accepting connections"
 
 
-def test_notify_across_a_reexec_keeps_its_socket_and_readiness(tmp_path: Path) -> None:
+@both_inits
+def test_notify_across_a_reexec_keeps_its_socket_and_readiness(tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     gate = base / "go"
@@ -160,7 +170,7 @@ def test_notify_across_a_reexec_keeps_its_socket_and_readiness(tmp_path: Path) -
              environment={"GATE": str(base)}),
         prog("api", stamp(base, "api"), depends_on=["db"]),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         early = pmd.wait_for(lambda: (s := http.get(f"{API}/status/{ids['early']}")
@@ -197,7 +207,8 @@ time.sleep(60)
 """
 
 
-def test_fd_notification_at_any_number_and_across_a_reexec(tmp_path: Path) -> None:
+@both_inits
+def test_fd_notification_at_any_number_and_across_a_reexec(tmp_path: Path, pid1: bool) -> None:
     base = tmp_path / "marks"
     base.mkdir()
     (base / "fd.py").write_text(FD_READY)
@@ -213,7 +224,7 @@ def test_fd_notification_at_any_number_and_across_a_reexec(tmp_path: Path) -> No
         prog("api", stamp(base, "api"), depends_on=["low", "high"]),
         prog("worker", stamp(base, "worker"), depends_on=["late"]),
     ]
-    with Pmd(tmp_path / "pmd", programs) as pmd:
+    with Pmd(tmp_path / "pmd", programs, pid1=pid1) as pmd:
         http = pmd.http
         ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
         pmd.wait_for(lambda: written(base / "api.start"), timeout=15)

@@ -225,6 +225,11 @@ def test_not_ready_in_time_is_a_failed_start_then_fatal(world: FakeWorld) -> Non
         world.exit(inst.pid, exited(143))
         world.advance(1)
     assert inst.state == S.FATAL and inst.backoff == 2
+    # the last failed start says why too, and FATAL keeps it until the next start
+    assert inst.backoff_reason == "ready_timeout"
+    assert [e.reason for e in world.events[-2:]] == ["ready_timeout", "ready_timeout"]
+    inst.start()
+    assert inst.state == S.STARTING and inst.backoff_reason is None
 
 
 def test_restart_is_scheduled_not_spawned_in_the_reapers_pass(world: FakeWorld) -> None:
