@@ -194,3 +194,38 @@ def test_a_program_deleted_during_its_reload_keeps_no_replacement(tmp_path):
         error = pm2_error(outcome[0], 500, "OPERATION_FAILED")
         assert "removed during the reload" in error["message"]
         wait_until(lambda: children_of(pmd.pid) == set(), 10, "no process left")
+
+
+def test_a_reload_waits_for_the_replacements_readiness(tmp_path):
+    """A program that declares readiness is replaced only once the new instance says it is
+    ready: each old instance is stopped after its replacement's own "ready" stamp."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    first = free_ports(2)
+    second = first + 1
+    script = (f"trap \"date +%s.%N > {marks}/stop.$PORT.$$; exit 0\" TERM; "
+              f"n=$(ls {marks} | grep -c \"^gen.$PORT.\"); touch {marks}/gen.$PORT.$$; "
+              # the replacement takes a second to get ready
+              f"if [ \"$n\" -gt 0 ]; then sleep 1; fi; "
+              f"date +%s.%N > {marks}/ready.$PORT.$$; echo ready; "
+              f"while :; do sleep 0.1; done")
+    program = {"name": "ready-web", "user": "root", "boot": True, "startsecs": 0,
+               "command": f"sh -c '{script}'", "stop_timeout": 5,
+               "port_range": {"start": first, "end": second},
+               "readiness": {"log_line": "^ready$", "timeout_seconds": 20}}
+    with Pmd(tmp_path, [program], env=ENV) as pmd:
+        wait_until(lambda: len(list(marks.glob("ready.*"))) == 2, 15, "first generation ready")
+        response = pmd.http.post("/api/processes/ready-web/reload", timeout=60)
+        assert response.status_code == 200, response.text
+        assert sorted(response.json()["replaced"]) == [first, second]
+
+    def stamp(kind: str, port: int) -> dict[int, float]:
+        return {int(p.name.split(".")[2]): float(p.read_text())
+                for p in marks.glob(f"{kind}.{port}.*")}
+
+    for port in (first, second):
+        ready, stopped = stamp("ready", port), stamp("stop", port)
+        old = min(ready, key=ready.get)  # the first generation's pid on this port
+        new = max(ready, key=ready.get)
+        assert old != new and old in stopped
+        assert stopped[old] >= ready[new], (port, ready, stopped)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..model.states import STOPPED_STATES, ProgramState
 from .errors import Disabled
+from .events import Event, ReadyEvent, StateEvent
 from .instance import Instance
 from .waits import until_running
 
@@ -54,10 +55,16 @@ class ReloadReport:
                 "failed_port": self.failed_port, "reason": self.reason}
 
 
+#: How long a replacement may take to say it is ready when its readiness has no timeout.
+READY_BUDGET = 60.0
+
+
 def replacement_timeout(program: Program) -> float:
-    """Long enough for startsecs plus every retry of the health check."""
+    """Long enough for startsecs, readiness, and every retry of the health check."""
     spec = program.spec
     budget = spec.startsecs + 10.0
+    if spec.readiness is not None:
+        budget += spec.readiness.timeout_seconds or READY_BUDGET
     check = spec.health_check
     if check is not None:
         budget += check.retries * (check.interval + check.timeout)
@@ -140,6 +147,15 @@ async def _ready(sup: Supervisor, new: Instance, timeout: float) -> str | None:
         if new.spawn_error:
             return new.spawn_error
         return f"{state.value.lower()} (exit code {new.exit_code})"
+    if new.program.spec.readiness is not None:
+        # The old instance serves until the new one says it is ready, not merely running.
+        try:
+            ready = await asyncio.wait_for(_until_ready(sup, new),
+                                           max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return f"not ready after {timeout:g}s"
+        if not ready:
+            return f"not ready: {new.state.value.lower()} (exit code {new.exit_code})"
     if new.program.spec.health_check is None:
         return None
     try:
@@ -152,6 +168,27 @@ async def _ready(sup: Supervisor, new: Instance, timeout: float) -> str | None:
     check = sup.health.state_of(new)
     detail = check.last_error if check is not None and check.last_error else new.state.value
     return f"unhealthy: {detail}"
+
+
+async def _until_ready(sup: Supervisor, inst: Instance) -> bool:
+    """True once `inst` is ready; False if its run ends first (it left RUNNING)."""
+    if inst.ready_at is not None:
+        return True
+    outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def on_event(event: Event) -> None:
+        if event.source is not inst or outcome.done():
+            return
+        if isinstance(event, ReadyEvent):
+            outcome.set_result(True)
+        elif isinstance(event, StateEvent) and event.to_state != S.RUNNING:
+            outcome.set_result(False)
+
+    unsubscribe = sup.events.subscribe(on_event)
+    try:
+        return await outcome
+    finally:
+        unsubscribe()
 
 
 async def _settle(future: asyncio.Future[ProgramState], timeout: float) -> None:
