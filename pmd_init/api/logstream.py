@@ -27,7 +27,7 @@ from sanic.request import Request
 
 from ..logs.capture import Capture
 from ..logs.tail import backup_path, last_lines
-from ..supervisor.events import StateEvent
+from ..supervisor.events import Event, ReadyEvent, StateEvent
 from ..supervisor.instance import Instance
 from .context import context
 
@@ -71,6 +71,8 @@ class LogFollower:
         #: The captures listened to, each with its unsubscribe.
         self.hooked: dict[Capture, Callable[[], None]] = {}
         self.response: Any = None
+        #: `ready` events to send (the followed instance said it is ready), in order.
+        self.notices: list[bytes] = []
 
     # ---- wake-ups ------------------------------------------------------------------
 
@@ -220,8 +222,19 @@ class LogFollower:
             content_type="text/event-stream; charset=utf-8",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         name = inst.name
-        unsubscribe = sup.events.subscribe(
-            lambda e: self._poke() if isinstance(e, StateEvent) and e.instance == name else None)
+
+        def on_event(event: Event) -> None:
+            if event.instance != name:
+                return
+            if isinstance(event, ReadyEvent):
+                data = orjson.dumps({"instance": event.instance, "via": event.via,
+                                     "pid": event.pid, "time": event.time}).decode()
+                self.notices.append(sse_event(data, event="ready"))
+                self._poke()
+            elif isinstance(event, StateEvent):
+                self._poke()
+
+        unsubscribe = sup.events.subscribe(on_event)
         try:
             await self.response.send(b"retry: 1000\n\n")
             if not await self._start(path, backups, offset, lines):
@@ -237,6 +250,9 @@ class LogFollower:
                     return
                 if not await self._drain():
                     return
+                while self.notices:  # after the lines logged before it
+                    if not await self._send(self.notices.pop(0)):
+                        return
                 try:
                     await asyncio.wait_for(self._wait(), HEARTBEAT)
                 except TimeoutError:

@@ -225,3 +225,18 @@ def test_streams_end_when_pmd_shuts_down(tmp_path):
         events = read_events(http, f"{API}/programs/1/logs/stream", until=stop_pmd)
         assert text_of(events) == ["up"]
         assert pmd.wait(timeout=5) == 0
+
+
+def test_the_stream_says_when_the_program_becomes_ready(http):
+    i = http.post(f"{API}/programs/add", json=program(
+        "announcer", "sh -c 'echo booting; sleep 0.5; echo up; exec sleep 30'",
+        readiness={"log_line": "^up$"})).json()["id"]
+    http.post(f"{API}/programs/{i}/start")
+    events = read_events(http, f"{API}/programs/{i}/logs/stream",
+                         until=lambda es: any(e.get("event") == "ready" for e in es))
+    ready = next(e for e in events if e.get("event") == "ready")
+    body = json.loads(ready["data"])
+    assert body["via"] == "log_line" and body["instance"] == "announcer"
+    # after the line that made it ready
+    assert "up" in text_of(events[:events.index(ready)])
+    http.post(f"{API}/programs/remove/{i}")
