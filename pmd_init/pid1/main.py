@@ -223,9 +223,17 @@ class Init:
             log.error("SIGHUP: programs.json not reloaded: %s", exc)
             return
         self.config_problem = None
-        self.reload_report = self.supervisor.apply(specs)
-        log.info("SIGHUP: reloaded programs.json: %s",
-                 {k: v for k, v in self.reload_report.items() if v and k != "kept"})
+        if self.service is None:
+            return
+
+        def applied(task: asyncio.Task[dict[str, list[str]]]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                return  # the service's tasks log what failed
+            self.reload_report = report = task.result()
+            log.info("SIGHUP: reloaded programs.json: %s",
+                     {k: v for k, v in report.items() if v and k != "kept"})
+
+        self.service.apply_config(specs).add_done_callback(applied)
 
     def handle_sigusr1(self) -> None:
         """Reopen every log file (after an outside rotation)."""

@@ -129,6 +129,15 @@ class Service:
             futures = self.supervisor.remove(program_id)
         await _settle(futures, program.spec.stop_timeout + 5)
 
+    def apply_config(self, specs: list[ProgramSpec]) -> asyncio.Task[dict[str, list[str]]]:
+        """SIGHUP's reload of programs.json, in turn with the API's changes of it (a reset
+        under way ends first); an owned task, since a signal has no one to await it."""
+        return self.tasks.spawn(self._apply_config(specs), "reload programs.json")
+
+    async def _apply_config(self, specs: list[ProgramSpec]) -> dict[str, list[str]]:
+        async with self._config:
+            return self.supervisor.apply(specs)
+
     async def reset(self) -> int:
         """Back to programs.default.json, booted; the number of programs after it."""
         return await self.tasks.run(self._reset(), "reset")

@@ -36,6 +36,10 @@ class StandIn:
         self.calls.append(f"add {spec}")
         return spec
 
+    def apply(self, specs: Any) -> dict[str, list[str]]:
+        self.calls.append(f"apply {specs}")
+        return {"added": list(specs)}
+
 
 class Named:
     def __init__(self, name: str) -> None:
@@ -123,6 +127,20 @@ def test_a_reset_cut_off_by_its_caller_still_ends_and_holds_off_an_add():
         return sup.calls
 
     assert run(scenario()) == ["reset begins", "reset ends", "add extra"]
+
+
+def test_a_sighup_reload_waits_for_a_reset_under_way():
+    async def scenario() -> list[str]:
+        sup = StandIn()
+        service = Service(sup)  # type: ignore[arg-type]
+        resetting = asyncio.ensure_future(service.reset())
+        await asyncio.sleep(0.01)
+        report = await service.apply_config(["a"])  # type: ignore[list-item]
+        assert report == {"added": ["a"]}
+        await resetting
+        return sup.calls
+
+    assert run(scenario()) == ["reset begins", "reset ends", "apply ['a']"]
 
 
 def test_a_second_reload_of_a_program_is_refused_until_the_first_ends(monkeypatch):
