@@ -8,7 +8,7 @@ Sanic types `request.app.ctx` as whatever the app was given; handlers take it th
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sanic import Request, Sanic
@@ -63,6 +63,8 @@ class AppContext:
     openapi_document: dict[str, Any] | None = None
     metrics_registry: CollectorRegistry | None = None
     log_streams_closing: asyncio.Event | None = None
+    #: Log streams read their opening tails one at a time (logstream.py).
+    opening_tails: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 PmdApp = Sanic[Config, AppContext]

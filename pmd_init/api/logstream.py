@@ -35,6 +35,9 @@ HEARTBEAT = 15.0
 CHUNK = 256 << 10  # per send: a stalled reader holds about this much, not more
 PARTIAL_MAX = 64 << 10  # a line longer than this is sent in pieces
 LINES_MAX = 10000
+#: The most a stream's opening tail reads (the logs route reads more): it is read on the
+#: loop in one go, and a stream's purpose is what comes next.
+OPENING_TAIL_BYTES = 4 << 20
 
 
 def _open(path: Path) -> int | None:
@@ -187,7 +190,12 @@ class LogFollower:
         if offset is None:
             # The same tail as the logs route (into the backups when the current file is
             # short), then the current file from its first line in that tail.
-            tail = last_lines(path, lines, backups, current=self.fd)
+            # One opening tail at a time, each in a loop turn of its own: the tail is read
+            # in one go (up to three files of a chatty program), and fifty streams opened
+            # at once must not read theirs back to back while every request waits.
+            async with context(self.request).opening_tails:
+                tail = last_lines(path, lines, backups, current=self.fd,
+                                  max_bytes=OPENING_TAIL_BYTES)
             if not await self._send_backup_lines([t.text for t in tail if t.backup]):
                 return False
             first = next((t.start for t in tail if not t.backup), None)
