@@ -21,7 +21,8 @@ class Client:
     """A request and its streamed response; `leave()` is the client closing the connection."""
 
     def __init__(self, events: EventBus) -> None:
-        self.app = SimpleNamespace(ctx=SimpleNamespace(supervisor=SimpleNamespace(events=events)))
+        self.app = SimpleNamespace(ctx=SimpleNamespace(supervisor=SimpleNamespace(events=events),
+                                                   opening_tails=asyncio.Lock()))
         self.transport = SimpleNamespace(is_closing=lambda: self.gone)
         self.gone = False
         self.received = b""
