@@ -22,10 +22,9 @@ import ast
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGE = REPO / "pmd_init"
+from tests.test_layout import MODULES, PACKAGE, REPO  # one reading of the package's modules
+
 ROOT = "pmd_init"
 
 #: The modules that may read the environment (a package name covers its modules).
@@ -59,17 +58,6 @@ MUTATORS = frozenset({"append", "appendleft", "extend", "extendleft", "insert", 
 CONSTANT_NAME = re.compile(r"_?[A-Z][A-Z0-9_]*|__all__")
 
 
-def _modules() -> dict[str, Path]:
-    found = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(REPO).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        found[".".join(parts)] = path
-    return found
-
-
-MODULES = _modules()
 TREES = {name: ast.parse(path.read_text(), filename=str(path)) for name, path in MODULES.items()}
 
 
