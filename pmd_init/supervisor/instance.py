@@ -76,11 +76,11 @@ START_LIMIT_BACKOFF_MAX = 60.0
 class Instance:
     __slots__ = (
         "program", "port", "rt", "state", "pid", "popen", "started_at", "started_mono",
-        "stopped_at", "exit_code", "spawn_error", "backoff", "restarts", "want",
-        "_timer", "_waiters", "stdout_log", "stderr_log", "captures", "_restart_after_stop",
-        "state_since", "health_status", "adopted", "retry_at", "backoff_reason",
-        "_starts", "_limit_hits", "_restart_pending", "completed", "ready_at",
-        "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "notify_status",
+        "stopped_at", "exit_code", "spawn_error", "backoff", "restarts", "_want",
+        "_timer", "_waiters", "_changed", "stdout_log", "stderr_log", "captures",
+        "_restart_after_stop", "state_since", "health_status", "adopted", "retry_at",
+        "backoff_reason", "_starts", "_limit_hits", "_restart_pending", "completed",
+        "ready_at", "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "notify_status",
         "notify_stopping", "_notify_watch", "ready_fd", "__weakref__",
     )
 
@@ -99,9 +99,11 @@ class Instance:
         self.spawn_error: str | None = None
         self.backoff = 0
         self.restarts = 0
-        self.want = False
+        self._want = False
         self._timer: Cancellable | None = None
         self._waiters: list[tuple[frozenset[ProgramState], asyncio.Future[ProgramState]]] = []
+        #: Futures of wait_change(): resolved by the next change of state or of `want`.
+        self._changed: list[asyncio.Future[None]] = []
         self.stdout_log: LogFile | None = None
         self.stderr_log: LogFile | None = None
         self.captures: list[Capture] = []
@@ -149,6 +151,30 @@ class Instance:
             return None
         return max(0.0, self.rt.clock.monotonic() - self.started_mono)
 
+    @property
+    def want(self) -> bool:
+        """The desired state: running (True) or stopped. A stop of an instance that is
+        stopped already changes only this, so it wakes wait_change() as a state does."""
+        return self._want
+
+    @want.setter
+    def want(self, value: bool) -> None:
+        if value != self._want:
+            self._want = value
+            self._wake_changed()
+
+    def wait_change(self) -> asyncio.Future[None]:
+        """A future that resolves at the next change of `state` or of `want`."""
+        future: asyncio.Future[None] = self.rt.timers.create_future()
+        self._changed.append(future)
+        return future
+
+    def _wake_changed(self) -> None:
+        changed, self._changed = self._changed, []
+        for future in changed:
+            if not future.done():
+                future.set_result(None)
+
     # ---- the machine ---------------------------------------------------------------
 
     def _set_state(self, new: ProgramState, exit_code: int | None = None,
@@ -168,6 +194,7 @@ class Instance:
             temporary_id=self.program.temporary_id, reason=reason,
             retry_at=self.retry_at, source=self,
         ))
+        self._wake_changed()
         if self._waiters:
             keep = []
             for states, future in self._waiters:

@@ -36,5 +36,6 @@ async def until_running(inst: Instance, timeout: float, *, retries: bool) -> Pro
             ended = state in SETTLED
         if ended:
             return state
-        change = inst.wait_state(set(ProgramState) - {state})
-        await asyncio.wait_for(change, max(0.0, deadline - loop.time()))
+        # a state, or only `want`: a stop of a stopped instance that a restart was queued
+        # for changes nothing else, and must end the wait at once, not at its timeout
+        await asyncio.wait_for(inst.wait_change(), max(0.0, deadline - loop.time()))

@@ -50,6 +50,11 @@ class FakeWorld:
         self.events: list[StateEvent] = []
         self.ready: list[ReadyEvent] = []
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the instances' futures belong to, for driving a waiter."""
+        return self._loop
+
     def close(self) -> None:
         self._loop.close()
 

@@ -4,6 +4,7 @@ under a second)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pmd_init.model.spec import ProgramSpec
 from pmd_init.model.states import TRANSITIONS, ProgramState
 from pmd_init.supervisor.instance import START_LIMIT_BACKOFF_MAX, Instance
 from pmd_init.supervisor.program import Program
+from pmd_init.supervisor.waits import until_running
 from tests.supervisor.fakes import EPOCH, FakeWorld, exited
 
 S = ProgramState
@@ -309,6 +311,29 @@ def test_restart_stops_then_starts(world: FakeWorld) -> None:
     assert inst.state == S.STOPPED
     world.advance(0)
     assert inst.state == S.RUNNING and inst.pid != first and inst.restarts == 1
+
+
+def test_a_waited_start_ends_when_a_queued_restart_is_stopped(world: FakeWorld) -> None:
+    # Between a restart's exit and its queued spawn the instance is STOPPED and wanted; a
+    # stop then changes only `want`. The waiter must see that at once, not at its timeout.
+    inst = make(world, startsecs=0)
+    inst.start()
+    inst.restart()
+    world.exit(inst.pid, signal.SIGTERM)
+    assert inst.state == S.STOPPED and inst.want
+    loop = world.loop
+
+    async def wait_and_stop() -> tuple[ProgramState, float]:
+        started = loop.time()
+        waiting = loop.create_task(until_running(inst, 30, retries=True))
+        await asyncio.sleep(0)
+        inst.stop()
+        return await waiting, loop.time() - started
+
+    state, took = loop.run_until_complete(wait_and_stop())
+    assert state == S.STOPPED and not inst.want and took < 5
+    world.advance(1)
+    assert inst.state == S.STOPPED and len(world.spawned) == 1
 
 
 def test_start_while_stopping_starts_after(world: FakeWorld) -> None:
