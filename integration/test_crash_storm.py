@@ -143,7 +143,9 @@ def assert_init_duties(seen: Storm, programs: int = PROGRAMS) -> None:
 def test_crash_storm_as_pid1_with_the_default_start_limit(tmp_path):
     tag = f"storm-{tmp_path.name}"
     seen = run_storm(Pmd(tmp_path, storm(tag), pid1=True, grace=GRACE), tag)
-    assert seen.came_up_s < 2.0, seen.summary()
+    # the defect: with the storm, the API took 28.8 s or never came up; how fast it comes
+    # up on an idle machine is the bench's figure, not this test's
+    assert seen.came_up_s < 10.0, seen.summary()
     assert_init_duties(seen)
     # the limit engaged: every program went through BACKOFF "start_limit" at least once
     # (5 starts in 10 s by default, and they crash at once)

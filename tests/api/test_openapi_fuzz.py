@@ -40,7 +40,7 @@ def test_schemathesis_finds_no_failure(tmp_path):
     done = subprocess.run(
         ["unshare", "--net", "--", sys.executable, str(HERE / "openapi_fuzz_run.py"),
          str(tmp_path), EXAMPLES, SEED],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=660)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-12000:]
     assert "passed" in output, output[-4000:]
