@@ -20,6 +20,7 @@ from typing import Any
 
 from ..settings import Settings, parse_settings
 from . import signals
+from .logsink import LoopTurnHandler
 from .maincmd import MainCommand
 from .reaper import Reaper
 from .signals import SignalQueue
@@ -425,6 +426,8 @@ class Init:
                 os.set_inheritable(listener["fd"], True)
             for fd in self.supervisor.readiness_fds():
                 os.set_inheritable(fd, True)
+            for handler in logging.getLogger("pmd").handlers:
+                handler.flush()  # the lines of this loop turn, before the image goes
             sys.stdout.flush()
             sys.stderr.flush()
             self.signals.restore()
@@ -513,7 +516,7 @@ def log_level(settings: Settings, stderr_is_tty: bool) -> str:
 
 
 def _setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LoopTurnHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s pmd %(levelname)s %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("pmd")
