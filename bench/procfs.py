@@ -60,6 +60,21 @@ def rss_kib(pid: int) -> int | None:
     return status_field(pid, "VmRSS")
 
 
+def uss_kib(pid: int) -> int | None:
+    """Unique set size: the pages only this process holds (Private_Clean + Private_Dirty
+    of smaps_rollup), what the kernel would free if it exited."""
+    total, found = 0, False
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+                    found = True
+    except (OSError, ValueError):
+        return None
+    return total if found else None
+
+
 def ctx_switches(pid: int) -> int:
     """voluntary + nonvoluntary context switches, summed over the live threads."""
     total = 0
