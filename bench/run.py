@@ -398,7 +398,10 @@ def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "
         seconds = t_done - t_start
         stdout_bytes = run.stdout_bytes if stdout_pipe else \
             (base / "init.stdout").stat().st_size
+        # each 100-byte line once more on pmd's stdout, after its `[writer] ` prefix
+        expected = opts.capture_bytes // 100 * (100 + len(b"[writer] "))
         return {"seconds": seconds, "mib_per_s": opts.capture_bytes / MiB / seconds,
+                "forward_expected": expected,
                 "init_cpu_s": cpu1 - cpu0, "log_bytes": size, "init_stdout_bytes": stdout_bytes,
                 "source": source, "forward": forward, "stdout_pipe": stdout_pipe}
     finally:
@@ -678,6 +681,15 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
         lambda k: med(raw, "capture_pipe", k, "mib_per_s"), better="higher")
     row("capture, stdout a pipe: init CPU", "cpu-s",
         lambda k: med(raw, "capture_pipe", k, "init_cpu_s"))
+
+    def forwarded(kind: str) -> float | None:  # pmd's `[name] line` copies that reached it
+        runs = raw.get("capture_pipe", {}).get(kind, [])
+        if kind != "pmd" or not runs:
+            return None
+        return statistics.median(100 * r["init_stdout_bytes"] / r["forward_expected"]
+                                 for r in runs)
+
+    row("capture, stdout a pipe: lines forwarded", "%", forwarded, better="higher")
 
     def listing(pmd_key: str, figure: str) -> Callable[[str], float | None]:
         def get(kind: str) -> float | None:

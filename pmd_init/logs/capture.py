@@ -184,9 +184,19 @@ class Forwarder:
         if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
             try:
                 own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-                return own
             except OSError:
                 pass
+            else:
+                if stat.S_ISFIFO(mode):
+                    # A container runtime reads pmd's stdout through a pipe of 64 KiB: a
+                    # chunk of a fast writer (up to 1 MiB) would not fit, and lines would
+                    # be dropped whenever the reader lags a little. The pipe the programs
+                    # write into is as large.
+                    try:
+                        fcntl.fcntl(own, F_SETPIPE_SZ, PIPE_SIZE)
+                    except OSError:
+                        pass  # over the unprivileged limit: keep what the runtime made
+                return own
         if stat.S_ISSOCK(mode):
             own = os.dup(fd)
             os.set_blocking(own, False)  # a socket description is ours to share badly
