@@ -15,11 +15,10 @@ from sanic import Request, Sanic
 from sanic.config import Config
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
-
     from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
+    from .prometheus import PmdCollector
     from .viewcache import ViewCache
 
 
@@ -57,11 +56,11 @@ class AppContext:
     #: The listing routes' answers, kept as bytes until what they show changes.
     views: ViewCache
     #: The rate limiter's state (ratelimit.py), the OpenAPI document once built
-    #: (openapi.py), the metrics registry from the first scrape on (metrics.py), and the
+    #: (openapi.py), the metrics collector from the first scrape on (metrics.py), and the
     #: event that ends every log stream at shutdown (daemon.py).
     rate_limiter: object | None = None
     openapi_document: dict[str, Any] | None = None
-    metrics_registry: CollectorRegistry | None = None
+    metrics_collector: PmdCollector | None = None
     log_streams_closing: asyncio.Event | None = None
     #: Log streams read their opening tails one at a time (logstream.py).
     opening_tails: asyncio.Lock = field(default_factory=asyncio.Lock)
