@@ -18,8 +18,13 @@ if TYPE_CHECKING:
     from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
-    from .prometheus import PmdCollector
     from .viewcache import ViewCache
+
+
+class Scraper(Protocol):
+    """What `GET /metrics` renders (prometheus.PmdCollector, built on the first scrape)."""
+
+    def scrape(self, openmetrics: bool) -> bytes: ...
 
 
 class OrphanCount(Protocol):
@@ -60,7 +65,7 @@ class AppContext:
     #: event that ends every log stream at shutdown (daemon.py).
     rate_limiter: object | None = None
     openapi_document: dict[str, Any] | None = None
-    metrics_collector: PmdCollector | None = None
+    metrics_collector: Scraper | None = None
     log_streams_closing: asyncio.Event | None = None
     #: Log streams read their opening tails one at a time (logstream.py).
     opening_tails: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -106,6 +106,7 @@ class CreateProcess(BaseModel):
     oneshot: bool = False
     backoff: Literal[BACKOFF_KINDS] | None = None  # type: ignore[valid-type]
     backoff_max_seconds: Annotated[float, Field(ge=1, le=86400)] | None = None
+    env_file: list[str] | str | None = None  # dotenv files, read at each start
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -161,7 +162,7 @@ class CreateProcess(BaseModel):
             "description": self.description, "boot": True, "enabled": True,
             "depends_on": self.depends_on, "readiness": self.readiness,
             "oneshot": self.oneshot or None, "backoff": self.backoff,
-            "backoff_max_seconds": self.backoff_max_seconds,
+            "backoff_max_seconds": self.backoff_max_seconds, "env_file": self.env_file,
         }
         if self.max_restarts is not None:
             fields["startretries"] = self.max_restarts

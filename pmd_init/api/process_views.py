@@ -162,6 +162,8 @@ def detail_view(program: Program, sup: Supervisor) -> dict[str, Any]:
         "user": spec.user,
         "autorestart": {"true": True, "false": False}.get(spec.autorestart, spec.autorestart),
     }
+    if spec.env_file:
+        view["config"]["env_file"] = list(spec.env_file)
     view["health_check"] = health_view(program, sup)
     view["health_status"] = health_summary(program)
     primary = program.primary

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..model.expand import ExpansionError, expand
 from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
@@ -275,6 +276,12 @@ class Supervisor:
             value = getattr(spec, field)
             if value is None or (old is not None and getattr(old, field) == value):
                 continue
+            try:  # the path the file will have: pmd's environment is fixed for its life
+                value = expand(value, self.base_env)
+            except ExpansionError as exc:
+                raise Invalid(f"{field}: {exc}", field=field) from None
+            if not value.startswith("/"):
+                raise Invalid(f"{field}: {value} is not an absolute path", field=field)
             path = os.path.normpath(value)
             parent = os.path.realpath(os.path.dirname(path))
             if not any(parent == root or parent.startswith(root.rstrip("/") + "/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tests.api.helpers import API
 from tests.harness import Pmd
 
@@ -74,7 +76,11 @@ def test_openapi_states_what_the_validators_check(http):
     doc = http.get("/api/openapi.json").json()
     schemas = doc["components"]["schemas"]
     add = schemas["AddProgramRequest"]["properties"]
-    assert "root" in add["user"]["enum"] and add["user"]["pattern"]
+    # an account of this system, or ${VAR} references that expand to one at start
+    accounts, references = add["user"]["anyOf"]
+    assert "root" in accounts["enum"] and add["user"]["pattern"]
+    assert re.match(references["pattern"], "${APP_USER:-app}")
+    assert not re.match(references["pattern"], "${APP_USER")
     assert add["name"]["pattern"] and add["command"]["pattern"]
     edit = schemas["EditProgramRequest"]["properties"]
     for name in ("name", "command", "user"):  # may be left out, never nulled
