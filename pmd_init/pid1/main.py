@@ -106,6 +106,7 @@ class Init:
         self.service = Service(sup)
         sup.events.subscribe(self._log_event)
         if state is not None:
+            store.load()  # which file each program lives in (programs.d), for API edits
             sup.adopt(state["supervisor"])
             self._adopt_main(state.get("main"))
             self.started_at = state.get("started_at", self.started_at)
@@ -113,8 +114,9 @@ class Init:
         else:
             specs = store.load()
             if store.report.problem:
-                self.config_problem = store.report.problem
                 log.error("booting from %s: %s", store.report.source, store.report.problem)
+            self.config_problem = "; ".join(
+                p for p in (store.report.problem, *store.dropins.problems) if p) or None
             sup.load(specs)
             if os.getpid() != 1:  # as PID 1 a fresh start is a fresh container
                 sup.readopt_survivors()
@@ -223,7 +225,8 @@ class Init:
             self.config_problem = f"reload refused: {exc}"
             log.error("SIGHUP: programs.json not reloaded: %s", exc)
             return
-        self.config_problem = None
+        # programs.d's problems: those files or programs are left out, the rest applies
+        self.config_problem = "; ".join(self.supervisor.store.dropins.problems) or None
         if self.service is None:
             return
 

@@ -260,8 +260,11 @@ class Supervisor:
                     f"{program.spec.port_range.end})", field="port_range")
 
     def _save(self, specs: list[ProgramSpec]) -> None:
+        # an edit that renames a program: its file (programs.d) goes with it
+        renamed = {self.programs[s.id].name: s.name for s in specs
+                   if s.id in self.programs and self.programs[s.id].name != s.name}
         try:
-            self.store.save(specs)
+            self.store.save(specs, renamed)
         except StorageError as exc:
             raise storage_failed(exc) from None
         except OSError as exc:
