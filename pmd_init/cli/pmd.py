@@ -376,6 +376,31 @@ def cmd_quick_start(client: Client, args: argparse.Namespace) -> int:
 
 # ---- arguments -------------------------------------------------------------------------
 
+def cmd_import(client: Client, args: argparse.Namespace) -> int:
+    """Needs no pmd: reads a file, prints (or writes) programs.json."""
+    from pathlib import Path
+
+    from .importer import SourceError, import_file, write_atomically
+
+    try:
+        result = import_file(Path(args.file), args.format)
+    except SourceError as exc:
+        raise CliError(str(exc)) from None
+    for where, what, why in result.skipped:
+        print(f"pmd import: {where}: {what} not carried over: {why}", file=sys.stderr)
+    data = json.dumps(result.document(), indent=2) + "\n"
+    if args.write:
+        try:
+            write_atomically(Path(args.write), data.encode())
+        except OSError as exc:
+            raise CliError(f"cannot write {args.write}: {exc.strerror or exc}") from None
+        print(f"pmd import: {len(result.programs)} programs written to {args.write}",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(data)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -449,6 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="return once it is RUNNING")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="environment variable (repeatable)")
+    p = add("import", cmd_import, "print programs.json made from a supervisord .conf, a "
+            "Procfile or a PM2 ecosystem file (what cannot be carried over is listed on "
+            "stderr)")
+    p.add_argument("file", help="supervisord.conf, Procfile, ecosystem.config.js or .json")
+    p.add_argument("--format", choices=("supervisord", "procfile", "pm2"),
+                   help="the file's format (default: from its name)")
+    p.add_argument("--write", metavar="PATH",
+                   help="write programs.json there (atomically) instead of printing it")
     return parser
 
 
