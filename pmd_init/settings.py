@@ -30,7 +30,7 @@ class Settings:
     grace: float = 8.0
     command: list[str] = field(default_factory=list)
     remap_exit: dict[int, int] = field(default_factory=dict)
-    log_forward: bool = True
+    log_forward: str = "prefixed"
     log_roots: list[Path] = field(default_factory=lambda: [Path("/var/log")])
     api: bool = True
     rate_limit: int = 100  # requests a minute per client address on the /api family, 0: off
@@ -233,7 +233,9 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         pdeathsig = parse_signal(args.pdeathsig) if args.pdeathsig else None
     except ValueError as exc:
         parser.error(str(exc))
-    forward = (_env("PMD_LOG_FORWARD", "1") or "1").lower() not in ("0", "false", "no", "off")
+    forward = forward_mode(_env("PMD_LOG_FORWARD", "1") or "1")
+    if forward is None:
+        parser.error("PMD_LOG_FORWARD must be 1, 0, prefixed, timestamped, raw, json or off")
     roots = [Path(r) for r in (args.log_roots or "").split(":") if r]
     try:
         ephemeral_grace = float(_env("PMD_EPHEMERAL_GRACE") or 600.0)
@@ -272,3 +274,14 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         rewrite=job_control_rewrites(rewrite, args.single_child),
         pdeathsig=pdeathsig,
     )
+
+
+def forward_mode(value: str) -> str | None:
+    """PMD_LOG_FORWARD: a mode of logs.capture.FORWARD_MODES, or the switch it was
+    (1/true/yes/on: prefixed; 0/false/no: off); None when it is neither."""
+    value = value.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return "prefixed"
+    if value in ("0", "false", "no"):
+        return "off"
+    return value if value in ("prefixed", "timestamped", "raw", "json", "off") else None

@@ -12,6 +12,7 @@ from sanic import Request
 
 from ..model.spec import (
     BACKOFF_KINDS,
+    FORWARD_MODES,
     USER_RE,
     Condition,
     HealthCheckSpec,
@@ -107,6 +108,7 @@ class CreateProcess(BaseModel):
     backoff: Literal[BACKOFF_KINDS] | None = None  # type: ignore[valid-type]
     backoff_max_seconds: Annotated[float, Field(ge=1, le=86400)] | None = None
     env_file: list[str] | str | None = None  # dotenv files, read at each start
+    log_forward: Literal[FORWARD_MODES] | None = None  # type: ignore[valid-type]
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -163,6 +165,7 @@ class CreateProcess(BaseModel):
             "depends_on": self.depends_on, "readiness": self.readiness,
             "oneshot": self.oneshot or None, "backoff": self.backoff,
             "backoff_max_seconds": self.backoff_max_seconds, "env_file": self.env_file,
+            "log_forward": self.log_forward,
         }
         if self.max_restarts is not None:
             fields["startretries"] = self.max_restarts

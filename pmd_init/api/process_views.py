@@ -164,6 +164,8 @@ def detail_view(program: Program, sup: Supervisor) -> dict[str, Any]:
     }
     if spec.env_file:
         view["config"]["env_file"] = list(spec.env_file)
+    if spec.log_forward is not None:
+        view["config"]["log_forward"] = spec.log_forward
     view["health_check"] = health_view(program, sup)
     view["health_status"] = health_summary(program)
     primary = program.primary

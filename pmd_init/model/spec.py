@@ -46,6 +46,8 @@ WEBHOOK_EVENTS = (
 CONDITIONS = ("started", "running", "ready", "healthy", "completed", "completed_successfully")
 Condition = Literal[CONDITIONS]  # type: ignore[valid-type]
 BACKOFF_KINDS = ("linear", "exponential")
+#: logs.capture.FORWARD_MODES (model imports nothing of pmd; test_spec holds them equal)
+FORWARD_MODES = ("prefixed", "timestamped", "raw", "json", "off")
 
 
 def depends_mapping(value: Any) -> Any:
@@ -266,6 +268,8 @@ class ProgramSpec(Model):
     # dotenv files read at each start, under `environment` (model/expand.py)
     env_file: Annotated[list[str], BeforeValidator(one_or_more),
                         AfterValidator(env_files)] = Field(default_factory=list, max_length=16)
+    # how its lines reach pmd's stdout (logs/capture.py); None: PMD_LOG_FORWARD's
+    log_forward: Literal[FORWARD_MODES] | None = None  # type: ignore[valid-type]
 
     @field_validator("depends_on", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..logs.capture import ByteCount, Capture, LogFile
+from ..logs.capture import ByteCount, Capture, LineStyle, LogFile
 from ..logs.times import export
 from ..model.expand import ExpansionError, expand
 from ..model.spec import backoff_delay
@@ -401,11 +401,14 @@ class Instance:
             return
         forward_out, forward_err = self.rt.forwarders
         prefix = f"[{self.name}] ".encode()
+        mode = self.program.spec.log_forward or self.rt.forward_mode
         for fd, logfile, forward, stream in (
                 (out_fd, self.stdout_log, forward_out, "stdout"),
                 (err_fd, self.stderr_log, forward_err, "stderr")):
+            style = None if mode == "prefixed" else \
+                LineStyle(mode, self.program.name, self.port, stream)
             self.captures.append(make(fd, logfile, forward, prefix, self._capture_closed,
-                                      self.log_bytes[stream]))
+                                      self.log_bytes[stream], style))
 
     def _capture_closed(self, capture: Capture) -> None:
         if capture in self.captures:

@@ -77,7 +77,7 @@ class Supervisor:
         state_dir: Path,
         log_dir: Path,
         base_env: Mapping[str, str],
-        forward: bool = True,
+        forward: bool | str = True,
         log_roots: Iterable[Path] = (),
         ephemeral_grace: float = 600.0,
         memory_interval: float = DEFAULT_MEMORY_INTERVAL,
