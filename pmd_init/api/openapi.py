@@ -210,6 +210,8 @@ MODEL_RULES: dict[str, dict[str, dict[str, Any]]] = {
         "headers": {"propertyNames": {"pattern": _HEADER_NAME},
                     "additionalProperties": {"type": "string", "pattern": _HEADER_VALUE}},
     },
+    # a hook's command is a shell's line, not expanded by pmd (model/hooks.py)
+    "HookSpec": {"command": {"pattern": _NOT_BLANK}},
     "HealthCheckSpec": {
         # http:// or https:// with a host (no IPv6 brackets: kept simple and exact)
         "url": {"pattern": rf"^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~:@!$&'()*+,;=%-]+"

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sanic import Request
 
+from ..model.hooks import HookSpec
 from ..model.spec import (
     BACKOFF_KINDS,
     FORWARD_MODES,
@@ -109,6 +110,7 @@ class CreateProcess(BaseModel):
     backoff_max_seconds: Annotated[float, Field(ge=1, le=86400)] | None = None
     env_file: list[str] | str | None = None  # dotenv files, read at each start
     log_forward: Literal[FORWARD_MODES] | None = None  # type: ignore[valid-type]
+    hooks: list[HookSpec] | None = None  # local event hooks (model/hooks.py)
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -165,7 +167,7 @@ class CreateProcess(BaseModel):
             "depends_on": self.depends_on, "readiness": self.readiness,
             "oneshot": self.oneshot or None, "backoff": self.backoff,
             "backoff_max_seconds": self.backoff_max_seconds, "env_file": self.env_file,
-            "log_forward": self.log_forward,
+            "log_forward": self.log_forward, "hooks": self.hooks,
         }
         if self.max_restarts is not None:
             fields["startretries"] = self.max_restarts

@@ -166,6 +166,8 @@ def detail_view(program: Program, sup: Supervisor) -> dict[str, Any]:
         view["config"]["env_file"] = list(spec.env_file)
     if spec.log_forward is not None:
         view["config"]["log_forward"] = spec.log_forward
+    if spec.hooks:
+        view["config"]["hooks"] = [hook.model_dump(mode="json") for hook in spec.hooks]
     view["health_check"] = health_view(program, sup)
     view["health_status"] = health_summary(program)
     primary = program.primary

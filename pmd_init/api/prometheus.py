@@ -165,6 +165,11 @@ class PmdCollector:
         for result in ("sent", "failed", "dropped"):
             deliveries.add(f'result="{result}"', webhooks[result])
         yield deliveries
+        hooks = sup.hooks.counters()
+        runs = Family("pmd_hook_runs", "counter", "Local event hook runs by result")
+        for result in ("ok", "failed", "timeout", "dropped", "error"):
+            runs.add(f'result="{result}"', hooks[result])
+        yield runs
         pending = Family("pmd_webhook_deliveries_pending", "gauge",
                          "Webhook deliveries waiting to be sent")
         pending.add("", webhooks["pending"])

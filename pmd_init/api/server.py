@@ -115,6 +115,7 @@ def register_core_routes(app: PmdApp) -> None:
             "forward_dropped_bytes": sum(
                 f.dropped for f in init.supervisor.forwarders if f is not None),
             "webhooks": init.supervisor.webhooks.counters(),
+            "hooks": init.supervisor.hooks.counters(),
             "storage": init.supervisor.storage.view(),
         })
 

@@ -32,6 +32,7 @@ from pydantic import (
 
 from .expand import USER_REFERENCES, env_files, one_or_more
 from .expand import check as check_references
+from .hooks import HookSpec
 from .webhook_rules import check_header_name, check_header_value, check_url
 
 KIT_ROOT = "/hoody/plugins"
@@ -270,6 +271,8 @@ class ProgramSpec(Model):
                         AfterValidator(env_files)] = Field(default_factory=list, max_length=16)
     # how its lines reach pmd's stdout (logs/capture.py); None: PMD_LOG_FORWARD's
     log_forward: Literal[FORWARD_MODES] | None = None  # type: ignore[valid-type]
+    # commands run on its state changes (model/hooks.py, supervisor/hooks.py)
+    hooks: list[HookSpec] = Field(default_factory=list, max_length=16)
 
     @field_validator("depends_on", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..model.expand import ExpansionError, expand
 from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
+from ..model.hooks import HookSpec
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.records import EphemeralEntry, PidsEntry, Records
@@ -41,6 +42,7 @@ from .errors import (
 )
 from .events import Event, EventBus, ReadyEvent, StateEvent
 from .health import HealthMonitor
+from .hooks import HookRunner
 from .instance import Instance
 from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
 from .memory import MemoryWatch
@@ -122,6 +124,8 @@ class Supervisor:
                                   sampler=self.sampler, interval=memory_interval)
         self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for,
                                           ca_file=webhook_ca_file)
+        #: Programs' local event hooks (hooks.py); runs are children like programs.
+        self.hooks = HookRunner(loop, self.events, children, self.base_env, self._hooks_for)
         #: Programs asked to start whose depends_on does not hold yet.
         self.gate = DependencyGate(loop, self._dependency, self._release)
         self.events.subscribe(self.gate.on_event)
@@ -190,6 +194,11 @@ class Supervisor:
         program = self.ephemeral.get(event.temporary_id) if event.temporary_id is not None \
             else self.programs.get(event.program_id or 0)
         return program.spec.webhooks if program is not None else None
+
+    def _hooks_for(self, event: StateEvent | ReadyEvent) -> list[HookSpec]:
+        program = self.ephemeral.get(event.temporary_id) if event.temporary_id is not None \
+            else self.programs.get(event.program_id or 0)
+        return program.spec.hooks if program is not None else []
 
     # ---- boot and reload -----------------------------------------------------------
 
@@ -763,6 +772,7 @@ class Supervisor:
         # The STOPPING/STOPPED notifications just queued get what is left of the grace.
         left_over = max(0.0, deadline - self.loop.time())
         await self.webhooks.close(drain=min(DRAIN_SECONDS, left_over))
+        self.hooks.close()
         if self._pids_timer is not None:  # the burst of stops is written now, not never
             self._pids_timer.cancel()
             self.write_pids()
