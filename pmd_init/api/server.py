@@ -76,7 +76,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, metrics, openapi, process, ws
+    from . import daemon, metrics, openapi, process, ui, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
@@ -84,6 +84,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     app.blueprint(daemon.bp)
     app.blueprint(openapi.bp)
     app.blueprint(metrics.bp)
+    app.blueprint(ui.bp)
     return app
 
 

@@ -7,8 +7,9 @@ changes; and a `metrics` message every `interval` seconds (default 5, `?interval
 between 0.2 and 300) while the connection is open: nobody listening, nothing sampled.
 The format is documented in docs/process-api.md.
 
-Authentication is the API's (a header, or `?token=` since browsers cannot set headers
-on a WebSocket); the Unix socket is trusted.
+Authentication is the API's (a header; since browsers cannot set headers on a WebSocket,
+also the subprotocol `pmd.key.<base64url key>` offered beside `pmd`, or `?token=`); the
+Unix socket is trusted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 from ..supervisor.events import Event, HealthEvent, ReadyEvent, StateEvent
 from ..supervisor.instance import Instance
 from ..supervisor.supervisor import Supervisor
+from .auth import WS_SUBPROTOCOL
 from .context import context
 from .openapi import doc
 from .process_views import iso, pm2_status, process_id, process_view, program_pm2_status
@@ -141,7 +143,8 @@ HANDSHAKE = [
 ]
 
 
-@bp.websocket("/ws")  # type: ignore[untyped-decorator]  # sanic leaves it unannotated
+# `pmd` is the subprotocol a browser offers beside the one that carries its key (auth.py).
+@bp.websocket("/ws", subprotocols=[WS_SUBPROTOCOL])  # type: ignore[untyped-decorator]
 @doc("Live events and metrics over a WebSocket (a snapshot first)", parameters=HANDSHAKE,
      responses={"101": {"description": "the WebSocket protocol from here on (426 Upgrade "
                                "Required without a handshake)"}})
