@@ -117,14 +117,12 @@ def register_core_routes(app: PmdApp) -> None:
                 f.dropped for f in init.supervisor.forwarders if f is not None),
             "webhooks": init.supervisor.webhooks.counters(),
             "storage": init.supervisor.storage.view(),
+            # /ready's verdict, always with a 200 here: a page that shows it must not
+            # log a failed request whenever the container is not ready
+            "readiness": readiness(request),
         })
 
-    @app.get("/api/v1/daemon/ready")
-    @doc("The container's readiness, for orchestrators: 200 when every enabled boot "
-         "program is in its ready condition, else 503",
-         response="ready; a 503 has the same shape with ready: false. Without the key "
-                  "(when one is set) only the verdict and the counts")
-    async def ready(request: Request) -> HTTPResponse:
+    def readiness(request: Request) -> dict[str, Any]:
         total, missing = init.supervisor.not_ready()
         view: dict[str, Any] = {
             "ready": not missing,
@@ -134,7 +132,16 @@ def register_core_routes(app: PmdApp) -> None:
         if auth.authenticated(request, init.settings.api_key):
             view["not_ready"] = [{"name": r.name, "id": r.id, "state": r.state,
                                   "reason": r.reason} for r in missing]
-        return json(view, status=503 if missing else 200)
+        return view
+
+    @app.get("/api/v1/daemon/ready")
+    @doc("The container's readiness, for orchestrators: 200 when every enabled boot "
+         "program is in its ready condition, else 503",
+         response="ready; a 503 has the same shape with ready: false. Without the key "
+                  "(when one is set) only the verdict and the counts")
+    async def ready(request: Request) -> HTTPResponse:
+        view = readiness(request)
+        return json(view, status=200 if view["ready"] else 503)
 
     @app.post("/api/v1/daemon/reexec")
     async def reexec(request: Request) -> HTTPResponse:

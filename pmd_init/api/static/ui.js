@@ -18,6 +18,7 @@ const S = {
   needsKey: document.querySelector('meta[name="pmd-auth"]').content === "key",
   key: null,
   programs: new Map(),  // "p:<id>" or "q:<temporary id>" -> entry
+  live: new Map(),      // same keys -> figures from /ws: { cpu, mem, health, ports }
   rows: new Map(),      // same keys -> <tr> in a list
   events: [],
   ws: null, wsDelay: 1000, wsTimer: 0,
@@ -65,8 +66,7 @@ async function api(path, options) {
   const response = await fetch(path, opts);
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
-  // /ready answers 503 with its usual body when not every program is ready
-  if (!response.ok && !(response.status === 503 && path === API + "/ready")) {
+  if (!response.ok) {
     const error = (body && body.error) || {};
     if (response.status === 401 && S.needsKey) askKey(error.message || "the key was refused");
     throw new ApiError(response.status, error.code || "HTTP_" + response.status,
@@ -149,20 +149,16 @@ function instanceFrom(status, now) {
     restarts: status.restarts || 0,
     exit_code: status.exit_code === undefined ? null : status.exit_code,
     ready: status.ready === undefined ? null : status.ready,
-    health: null, since: status.since || null,
+    since: status.since || null,
     retry_at: status.retry_at || null, reason: status.backoff_reason || null,
   };
 }
 
-function keep(old, entry) {
-  // figures that come from /ws (health, CPU, memory) survive a reload of the views
-  if (!old) return entry;
-  entry.cpu = old.cpu; entry.mem = old.mem; entry.health = old.health;
-  for (const inst of entry.instances) {
-    const before = old.instances.find((i) => i.port === inst.port);
-    if (before) inst.health = before.health;
-  }
-  return entry;
+function live(key) {
+  // /ws's figures (health, CPU, memory) by program; they may come before the views do
+  let figures = S.live.get(key);
+  if (!figures) S.live.set(key, figures = { cpu: null, mem: null, health: null, ports: {} });
+  return figures;
 }
 
 async function refresh() {
@@ -180,20 +176,19 @@ async function refresh() {
         const spec = Object.assign({}, p);
         delete spec.status;
         const key = "p:" + p.id;
-        next.set(key, keep(S.programs.get(key), {
+        next.set(key, {
           key, kind: "p", id: p.id, name: p.name, spec, instances,
           state: status.status, ranged: status.type === "port-range",
           waiting: status.waiting_for || null, blocked: status.blocked || null,
-          cpu: null, mem: null, health: null,
-        }));
+        });
       }
       for (const q of quick.ephemeral_programs) {
         const key = "q:" + q.temporary_id;
         const inst = instanceFrom(Object.assign({}, q, { status: q.status.toUpperCase() }), now);
-        next.set(key, keep(S.programs.get(key), {
+        next.set(key, {
           key, kind: "q", id: q.temporary_id, name: q.name, spec: q, instances: [inst],
-          state: inst.state, ranged: false, cpu: null, mem: null, health: null,
-        }));
+          state: inst.state, ranged: false,
+        });
       }
       S.programs = next;
       render();
@@ -214,7 +209,8 @@ function scheduleRefresh() {
 }
 
 async function verdicts() {
-  const [health, ready] = await Promise.all([api(API + "/health"), api(API + "/ready")]);
+  const health = await api(API + "/health");
+  const ready = health.readiness;
   const box = $("verdicts");
   box.hidden = false;
   set($("v-health"), health.status === "ok" ? `ok (version ${health.version}, pid ${health.pid})`
@@ -302,12 +298,16 @@ function onMessage(m) {
       if (m.exit_code !== null) inst.exit_code = m.exit_code;
       inst.since = new Date(m.timestamp * 1000).toISOString();
       entry.state = entry.ranged ? overall(entry) : m.to;
+      live(entry.key).health = healthOf(entry);
       render();
     }
   } else if (m.type === "health") {
     record({ t: Date.parse(m.time) / 1000, key: keyOf(m.id), name: m.name, port: m.port,
              text: `health ${m.from} \u2192 ${m.to}` });
-    if (inst) { inst.health = m.to; entry.health = healthOf(entry); render(); }
+    const figures = live(keyOf(m.id));
+    figures.ports[m.port ?? ""] = m.to;
+    figures.health = entry ? healthOf(entry) : m.to;
+    render();
   } else if (m.type === "ready") {
     record({ t: m.timestamp, key: keyOf(m.id), name: m.name, port: m.port,
              text: `ready (${m.via})` });
@@ -324,7 +324,9 @@ function overall(entry) {
 }
 
 function healthOf(entry) {
-  const running = entry.instances.filter((i) => i.state === "RUNNING").map((i) => i.health);
+  const ports = live(entry.key).ports;
+  const running = entry.instances.filter((i) => i.state === "RUNNING")
+    .map((i) => ports[i.port ?? ""]);
   if (!running.length) return "unknown";
   if (running.includes("unhealthy")) return "unhealthy";
   return running.every((h) => h === "healthy") ? "healthy" : "unknown";
@@ -332,17 +334,13 @@ function healthOf(entry) {
 
 function usage(processes, snapshot) {
   for (const p of processes) {
-    const entry = S.programs.get(keyOf(p.id));
-    if (!entry) continue;
-    entry.cpu = p.cpu_usage;
-    entry.mem = p.memory_usage;
+    const figures = live(keyOf(p.id));
+    figures.cpu = p.cpu_usage;
+    figures.mem = p.memory_usage;
     if (snapshot) {
-      entry.health = p.health_status;
-      for (const i of p.instances || []) {
-        const inst = entry.instances.find((x) => x.port === i.port);
-        if (inst) inst.health = i.health_status;
-      }
-      if (!p.instances && entry.instances[0]) entry.instances[0].health = p.health_status;
+      figures.health = p.health_status;
+      for (const i of p.instances || []) figures.ports[i.port] = i.health_status;
+      if (!p.instances) figures.ports[""] = p.health_status;
     }
   }
   render();
@@ -386,8 +384,10 @@ function cells(entry) {
     name.append(el("div", { class: "ports", text: (entry.blocked ? "blocked: " : "waiting for ")
       + (entry.blocked || [].concat(entry.waiting).join(", ")) }));
   }
-  const cpu = entry.cpu === null ? "" : entry.cpu.toFixed(1) + " %";
-  const mem = entry.mem === null ? "" : bytes(entry.mem);
+  const figures = live(entry.key);
+  const alive = entry.instances.some((i) => i.pid);
+  const cpu = figures.cpu === null || !alive ? "" : figures.cpu.toFixed(1) + " %";
+  const mem = figures.mem === null || !alive ? "" : bytes(figures.mem);
   const quick = entry.kind === "q";
   return [
     name,
@@ -399,11 +399,12 @@ function cells(entry) {
                        text: entry.instances.reduce((n, i) => n + i.restarts, 0) }),
     el("td", { "data-label": "CPU", text: cpu }),
     el("td", { "data-label": "Memory", text: mem }),
-    quick ? el("td", { "data-label": "Expires", text: entry.spec.expires_at || "" })
+    quick ? el("td", { "data-label": "Expires", text: entry.spec.expires_at
+                       ? clock(Date.parse(entry.spec.expires_at) / 1000) : "" })
           : el("td", { "data-label": "Ready", text: readyText(entry) }),
     quick ? el("td", { class: "cmd", "data-label": "Command", text: entry.spec.command })
           : el("td", { "data-label": "Health", text: entry.spec.health_check
-                       ? (entry.health || "unknown") : "" }),
+                       ? (figures.health || "unknown") : "" }),
   ];
 }
 
@@ -457,7 +458,8 @@ function renderDetail() {
     el("td", { class: "restarts", "data-label": "Restarts", text: i.restarts }),
     el("td", { "data-label": "Exit code", text: i.exit_code ?? "" }),
     el("td", { "data-label": "Ready", text: i.ready === null ? "" : i.ready ? "ready" : "not ready" }),
-    el("td", { "data-label": "Health", text: entry.spec.health_check ? (i.health || "unknown") : "" }),
+    el("td", { "data-label": "Health", text: entry.spec.health_check
+               ? (live(entry.key).ports[i.port ?? ""] || "unknown") : "" }),
     el("td", { "data-label": "Since", text: i.since ? clock(Date.parse(i.since) / 1000) : "" })));
   $("d-instances").replaceChildren(...rows);
   const alive = entry.instances.some((i) => ALIVE.includes(i.state));
