@@ -229,6 +229,9 @@ def test_an_operator_unlocks_watches_and_acts(pmd: Pmd, browser: WebDriver) -> N
     driver.find_element(By.LINK_TEXT, "\u2190 All programs").click()
     _wait(driver, "the list again", lambda d: _state(d, "web") == "RUNNING")
     assert driver.execute_script("return window.__sameLoad === true;")
+    # the readiness verdict follows too: only waiter (exited) is not ready now
+    _wait(driver, "the readiness verdict", lambda d: d.find_element(By.ID, "v-ready").text
+          == "not ready: 1 of 4 waiting: waiter (exited 3)")
 
     shot = os.environ.get("PMD_UI_SCREENSHOT")
     if shot:
