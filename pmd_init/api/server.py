@@ -205,9 +205,12 @@ class ApiServer:
         self._write_port_file()
 
     async def _create_servers(self) -> None:
+        from .ws import Protocol  # /ws's handshake (create_app imports its routes likewise)
+
         for listener in self.listeners:
             server = await self.app.create_server(
                 sock=listener.sock.dup(), backlog=BACKLOG, return_asyncio_server=True,
+                protocol=Protocol,
                 asyncio_server_kwargs={"start_serving": False},
             )
             assert server is not None  # create_server already awaited it: .server is bound

@@ -19,10 +19,12 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from sanic import Blueprint, Request
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from ..supervisor.events import Event, HealthEvent, ReadyEvent, StateEvent
@@ -143,8 +145,7 @@ HANDSHAKE = [
 ]
 
 
-# `pmd` is the subprotocol a browser offers beside the one that carries its key (auth.py).
-@bp.websocket("/ws", subprotocols=[WS_SUBPROTOCOL])  # type: ignore[untyped-decorator]
+@bp.websocket("/ws")  # type: ignore[untyped-decorator]  # sanic leaves it unannotated
 @doc("Live events and metrics over a WebSocket (a snapshot first)", parameters=HANDSHAKE,
      responses={"101": {"description": "the WebSocket protocol from here on (426 Upgrade "
                                "Required without a handshake)"}})
@@ -192,6 +193,22 @@ async def stream(request: Request, ws: WebsocketImplProtocol) -> None:
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader
+
+
+class Protocol(WebSocketProtocol):
+    """Sanic's protocol, choosing the `pmd` subprotocol for a client that offers it: a
+    browser that sends its key as a subprotocol (auth.py) fails the handshake unless the
+    server picks one it offered. A route's fixed `subprotocols` cannot do it: with one
+    named, the handshake refuses every client that offers none, as /ws's others do."""
+
+    async def websocket_handshake(self, request: Request,
+                                  subprotocols: Sequence[str] | None = None
+                                  ) -> WebsocketImplProtocol:
+        offered = {item.strip() for item in
+                   request.headers.get("sec-websocket-protocol", "").split(",")}
+        chosen = [WS_SUBPROTOCOL] if WS_SUBPROTOCOL in offered else subprotocols
+        ws: WebsocketImplProtocol = await super().websocket_handshake(request, chosen)
+        return ws
 
 
 async def _drain(ws: WebsocketImplProtocol) -> None:

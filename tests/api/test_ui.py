@@ -85,9 +85,10 @@ def _subprotocol(key: str) -> str:
     return "pmd.key." + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
-async def _first_message(url: str, subprotocols: list[str]) -> tuple[str | None, str]:
+async def _first_message(url: str, subprotocols: list[str] | None,
+                         headers: dict[str, str] | None = None) -> tuple[str | None, str]:
     async with websockets.connect(url, subprotocols=subprotocols,  # type: ignore[arg-type]
-                                  open_timeout=10) as ws:
+                                  additional_headers=headers, open_timeout=10) as ws:
         message = await asyncio.wait_for(ws.recv(), 10)
         return ws.subprotocol, str(message)
 
@@ -105,3 +106,11 @@ def test_ws_takes_the_key_as_a_subprotocol(keyed: Pmd) -> None:
     with pytest.raises(InvalidStatus) as missing:
         asyncio.run(_first_message(url, ["pmd"]))
     assert missing.value.response.status_code == 401
+
+
+def test_ws_clients_that_offer_no_pmd_subprotocol_connect_as_before(keyed: Pmd) -> None:
+    url = f"ws://127.0.0.1:{keyed.port}/ws"
+    key = {"X-API-Key": KEY}
+    for offered in (None, ["graphql-ws"]):
+        chosen, message = asyncio.run(_first_message(url, offered, key))
+        assert chosen is None and '"type":"snapshot"' in message
