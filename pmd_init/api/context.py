@@ -69,6 +69,8 @@ class AppContext:
     log_streams_closing: asyncio.Event | None = None
     #: Log streams read their opening tails one at a time (logstream.py).
     opening_tails: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The dashboard's files, read from the package on first use (ui.py).
+    ui_files: dict[str, bytes] = field(default_factory=dict)
 
 
 PmdApp = Sanic[Config, AppContext]

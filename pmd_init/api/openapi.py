@@ -30,7 +30,7 @@ from .. import __version__
 from ..model.expand import USER_REFERENCES, references_pattern
 from ..model.spec import READINESS_SOURCES, USER_RE
 from ..model.webhook_rules import HEADER_VALUE_MAX, RESERVED_HEADERS
-from .auth import PUBLIC_PATHS
+from .auth import is_public
 from .context import PmdApp, app_of
 from .process_requests import PORT_TEXT
 
@@ -398,7 +398,7 @@ def build(app: PmdApp) -> dict[str, Any]:
                 op["parameters"].append(extra)
             if "responses" in info:  # in place of the 200; errors stay documented
                 op["responses"] = {**info["responses"], "default": op["responses"]["default"]}
-            if secured and raw not in PUBLIC_PATHS:
+            if secured and not is_public(raw):
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(path, {})[method.lower()] = op
     settings = app.ctx.settings

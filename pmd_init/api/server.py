@@ -76,7 +76,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, metrics, openapi, process, ws
+    from . import daemon, metrics, openapi, process, ui, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
@@ -84,6 +84,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     app.blueprint(daemon.bp)
     app.blueprint(openapi.bp)
     app.blueprint(metrics.bp)
+    app.blueprint(ui.bp)
     return app
 
 
@@ -117,14 +118,12 @@ def register_core_routes(app: PmdApp) -> None:
             "webhooks": init.supervisor.webhooks.counters(),
             "hooks": init.supervisor.hooks.counters(),
             "storage": init.supervisor.storage.view(),
+            # /ready's verdict, always with a 200 here: a page that shows it must not
+            # log a failed request whenever the container is not ready
+            "readiness": readiness(request),
         })
 
-    @app.get("/api/v1/daemon/ready")
-    @doc("The container's readiness, for orchestrators: 200 when every enabled boot "
-         "program is in its ready condition, else 503",
-         response="ready; a 503 has the same shape with ready: false. Without the key "
-                  "(when one is set) only the verdict and the counts")
-    async def ready(request: Request) -> HTTPResponse:
+    def readiness(request: Request) -> dict[str, Any]:
         total, missing = init.supervisor.not_ready()
         view: dict[str, Any] = {
             "ready": not missing,
@@ -134,7 +133,16 @@ def register_core_routes(app: PmdApp) -> None:
         if auth.authenticated(request, init.settings.api_key):
             view["not_ready"] = [{"name": r.name, "id": r.id, "state": r.state,
                                   "reason": r.reason} for r in missing]
-        return json(view, status=503 if missing else 200)
+        return view
+
+    @app.get("/api/v1/daemon/ready")
+    @doc("The container's readiness, for orchestrators: 200 when every enabled boot "
+         "program is in its ready condition, else 503",
+         response="ready; a 503 has the same shape with ready: false. Without the key "
+                  "(when one is set) only the verdict and the counts")
+    async def ready(request: Request) -> HTTPResponse:
+        view = readiness(request)
+        return json(view, status=200 if view["ready"] else 503)
 
     @app.post("/api/v1/daemon/reexec")
     async def reexec(request: Request) -> HTTPResponse:
@@ -198,9 +206,12 @@ class ApiServer:
         self._write_port_file()
 
     async def _create_servers(self) -> None:
+        from .ws import Protocol  # /ws's handshake (create_app imports its routes likewise)
+
         for listener in self.listeners:
             server = await self.app.create_server(
                 sock=listener.sock.dup(), backlog=BACKLOG, return_asyncio_server=True,
+                protocol=Protocol,
                 asyncio_server_kwargs={"start_serving": False},
             )
             assert server is not None  # create_server already awaited it: .server is bound
