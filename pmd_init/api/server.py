@@ -111,6 +111,7 @@ def register_core_routes(app: PmdApp) -> None:
             "pid": os.getpid(),
             "programs": len(init.supervisor.programs),
             "config_problem": init.config_problem,
+            "socket_problems": sorted(init.supervisor.sockets.problems.values()),
             "ephemeral_cleaned": init.supervisor.ephemeral_report[-100:],
             "orphans_reaped": init.reaper.orphans_reaped,
             "forward_dropped_bytes": sum(

@@ -33,6 +33,8 @@ from pydantic import (
 from .expand import USER_REFERENCES, env_files, one_or_more
 from .expand import check as check_references
 from .hooks import HookSpec
+from .policies import RLIMITS, Rlimit, StopStep, check_rlimits, restart_delay
+from .sockets import SocketSpec
 from .webhook_rules import check_header_name, check_header_value, check_url
 
 KIT_ROOT = "/hoody/plugins"
@@ -247,7 +249,9 @@ class ProgramSpec(Model):
     exitcodes: list[Annotated[int, Field(ge=0, le=255)]] = Field(default_factory=lambda: [0])
     startsecs: Annotated[float, Field(ge=0, le=3600)] = 1
     startretries: Annotated[int, Field(ge=-1, le=1000)] = 3  # -1: retry forever
-    stop_signal: Literal[STOP_SIGNALS] = "TERM"  # type: ignore[valid-type]
+    # one name (then SIGKILL after stop_timeout), or steps sent one after another
+    stop_signal: Literal[STOP_SIGNALS] | Annotated[  # type: ignore[valid-type]
+        list[StopStep], Field(min_length=1, max_length=8)] = "TERM"
     stop_timeout: Annotated[float, Field(ge=0, le=3600)] = 10
     # pmd's own
     shutdown_on_exit: bool = False
@@ -273,6 +277,20 @@ class ProgramSpec(Model):
     log_forward: Literal[FORWARD_MODES] | None = None  # type: ignore[valid-type]
     # commands run on its state changes (model/hooks.py, supervisor/hooks.py)
     hooks: list[HookSpec] = Field(default_factory=list, max_length=16)
+    # sockets pmd binds and holds, passed with systemd's protocol (model/sockets.py)
+    sockets: Annotated[list[SocketSpec], Field(max_length=32)] | None = None
+    # "connection": not started at boot; the first connection to one of its sockets does
+    start_on: Literal["connection"] | None = None
+    idle_stop_after: Annotated[float, Field(gt=0, le=86400)] | None = None
+    # the waits before restarts (seconds, the last repeats), instead of `backoff`
+    restart_delays: Annotated[list[Annotated[float, Field(ge=0, le=86400)]],
+                              Field(min_length=1, max_length=64)] | None = None
+    # recycle a running program after max_age seconds, plus up to max_age_jitter
+    max_age: Annotated[float, Field(gt=0, le=31536000)] | None = None
+    max_age_jitter: Annotated[float, Field(ge=0, le=31536000)] | None = None
+    # resource limits set in the child (model/policies.py)
+    rlimits: Annotated[dict[Literal[RLIMITS], Rlimit],  # type: ignore[valid-type]
+                       AfterValidator(check_rlimits)] | None = None
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -381,16 +399,50 @@ class ProgramSpec(Model):
                 and not self.logs_enabled:
             raise ValueError("readiness.log_line needs logs_enabled: pmd reads the lines "
                              "from the program's log pipes")
+        self._check_sockets()
         if self.oneshot:  # it runs once: nothing to restart, nothing to survive
             object.__setattr__(self, "autorestart", "false")
             object.__setattr__(self, "startsecs", 0)
         return self
 
+    def _check_sockets(self) -> None:
+        names = [sock.name for sock in self.sockets or ()]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"sockets.{index}: socket '{name}' is listed twice")
+        if self.start_on == "connection" and not self.sockets:
+            raise ValueError("start_on: connection needs sockets (the first connection to "
+                             "one of them starts the program)")
+        if self.idle_stop_after is not None and self.start_on != "connection":
+            raise ValueError("idle_stop_after needs start_on: connection")
+        if self.max_age_jitter is not None and self.max_age is None:
+            raise ValueError("max_age_jitter needs max_age")
+        if self.sockets and self.port_range is not None:
+            raise ValueError("sockets cannot be combined with port_range")
+        fd = self.readiness.fd if self.readiness is not None else None
+        if fd is not None and 3 <= fd < 3 + len(names):
+            raise ValueError(f"readiness.fd {fd} is taken by the sockets (fds 3 to "
+                             f"{2 + len(names)}): choose {3 + len(names)} or above")
+
     # ---- derived views -------------------------------------------------------------
 
     @property
     def stop_signum(self) -> int:
-        return int(getattr(signal, "SIG" + self.stop_signal))
+        """The first signal of a stop."""
+        return self.stop_steps[0][0]
+
+    @property
+    def stop_steps(self) -> list[tuple[int, float]]:
+        """(signal, seconds to wait for the exit) for each step; SIGKILL after the last."""
+        if isinstance(self.stop_signal, str):
+            return [(int(getattr(signal, "SIG" + self.stop_signal)), self.stop_timeout)]
+        return [(int(getattr(signal, "SIG" + step.signal)), step.wait)
+                for step in self.stop_signal]
+
+    @property
+    def on_connection(self) -> bool:
+        """Started by the first connection to one of its sockets, not at boot."""
+        return self.start_on == "connection"
 
     @property
     def effective_port_param(self) -> str:
@@ -400,7 +452,10 @@ class ProgramSpec(Model):
         return list(self.port_range.ports()) if self.port_range else [None]
 
     def retry_delay(self, attempt: int) -> float:
-        """The wait before the `attempt`th retry of a failed start."""
+        """The wait before the `attempt`th retry of a failed start: `restart_delays`
+        when given, else the `backoff` schedule."""
+        if self.restart_delays:
+            return restart_delay(self.restart_delays, attempt)
         return backoff_delay(attempt, self.backoff, self.backoff_max_seconds)
 
     def expects_exit(self, code: int | None) -> bool:

@@ -69,6 +69,7 @@ class Init:
         ignored = signals.inherited_ignored()
         self.signals = SignalQueue(loop, self._dispatch)
         self.signals.install()
+        signals.reset_mask()  # after a re-exec: what arrived meanwhile is delivered now
         self._set_pdeathsig()
         self.reaper = Reaper(loop, warn_orphans=s.warn_reap)
         self._become_subreaper()
@@ -403,6 +404,10 @@ class Init:
         log pipes and the API's listening sockets stay open (handed over by number),
         timers resume."""
         log.info("re-executing pmd in place")
+        # From here a HUP or TERM waits for the new image (the mask and pending signals
+        # survive execve): acted on now, its work (a reload's task) would be cut off by
+        # the exec. Exits are still reaped while the operations under way settle.
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(signals.HANDLED) - {signal.SIGCHLD})
         listeners: list[dict[str, Any]] = []
         # A reset cut off by the exec would leave the defaults saved and not running; a
         # reload cut off is undone by the new pmd (its replacement is stopped).
@@ -431,8 +436,15 @@ class Init:
                 os.set_inheritable(fd, True)
             for handler in logging.getLogger("pmd").handlers:
                 handler.flush()  # the lines of this loop turn, before the image goes
+            for fd in self.supervisor.socket_fds():
+                os.set_inheritable(fd, True)
             sys.stdout.flush()
             sys.stderr.flush()
+            # Held, not lost and not fatal: between the exec and the new image's handlers
+            # (a few hundred ms of imports) a HUP or TERM at its default action would kill
+            # pmd. The mask and pending signals survive execve; the new pmd unblocks them
+            # once its handlers are in.
+            signal.pthread_sigmask(signal.SIG_BLOCK, signals.HANDLED)
             self.signals.restore()
             env = dict(os.environ)
             env[REEXEC_ENV] = str(self._reexec_path)
@@ -441,6 +453,9 @@ class Init:
         except OSError as exc:
             log.error("re-exec failed: %s; carrying on", exc)
             self.signals.install()
+            signals.reset_mask()
+            for fd in self.supervisor.socket_fds():
+                os.set_inheritable(fd, False)
             for inst in self.supervisor.everything():
                 for capture in inst.captures:
                     if capture.fd >= 0:
@@ -552,8 +567,11 @@ def _report_exec_failure(settings: Settings, exc: Exception) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # First of all: a mask inherited from the caller would hold back TERM until it is reset.
-    signals.reset_mask()
+    # First of all: a mask inherited from the caller would hold back TERM until it is
+    # reset. Not after a re-exec: the previous image blocked the signals it handles so that
+    # they wait for this one's handlers (Init.run unblocks them).
+    if REEXEC_ENV not in os.environ:
+        signals.reset_mask()
     args = sys.argv[1:] if argv is None else argv
     if args and (args[0] == "--compat" or args[0].startswith("--compat=")):
         from .compat import parse_compat

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..model.graph import GraphError, check_graph
+from ..model.sockets import SocketError, socket_definitions
 from ..model.spec import ProgramSpec
 from .dropins import DropIns, merge
 from .files import read_json
@@ -98,6 +99,10 @@ def parse_programs(raw: object, check_dependencies: bool = True) -> list[Program
     except GraphError as exc:
         index = next(i for i, s in enumerate(result) if s.name == exc.program)
         raise ConfigError(f"programs[{index}].depends_on: {exc}") from None
+    try:
+        socket_definitions((s.name, s.sockets) for s in result)
+    except SocketError as exc:
+        raise ConfigError(str(exc)) from None
     return result
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..logs.capture import ByteCount, Capture, LineStyle, LogFile
 from ..logs.times import export
 from ..model.expand import ExpansionError, expand
+from ..model.policies import rlimit_number
 from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 from .events import Event, EventBus, ReadyEvent, StateEvent
@@ -355,6 +356,11 @@ class Instance:
         if spec.logs_enabled:
             pipes = [Capture.make_pipe(), Capture.make_pipe()]
             out_w, err_w = pipes[0][1], pipes[1][1]
+        listen_fds: list[tuple[str, int]] = []
+        if spec.sockets:
+            if self.rt.sockets is None:
+                raise SpawnError("sockets are not available in this pmd")
+            listen_fds = self.rt.sockets.fds_for(spec.sockets)
         notification: tuple[int, int] | None = None
         if spec.readiness is not None and spec.readiness.fd is not None \
                 and self.rt.readiness is not None:
@@ -366,6 +372,9 @@ class Instance:
                 stderr=err_w if err_w is not None else subprocess.DEVNULL,
                 extra_fd=None if notification is None or spec.readiness is None
                 else (notification[1], spec.readiness.fd or 0),
+                listen_fds=listen_fds,
+                rlimits=[(rlimit_number(name), *limit.pair())
+                         for name, limit in (spec.rlimits or {}).items()],
             ))
         except BaseException:
             for r, w in [*pipes, *([notification] if notification else [])]:

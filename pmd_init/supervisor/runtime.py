@@ -24,6 +24,7 @@ from .events import Event
 from .spawn import SpawnRequest, killpg, spawn
 
 if TYPE_CHECKING:
+    from ..model.sockets import SocketSpec
     from ..model.spec import HealthCheckSpec, ProgramSpec
 
 #: A raw wait status, or None when the exit of a non-child (watched by pidfd) is unknown.
@@ -89,6 +90,13 @@ class ReadinessSources(Protocol):
     def follow_fd(self, fd: int, on_ready: Callable[[], None],
                   on_closed: Callable[[], None]) -> Callable[[], None]:
         """Own `fd` (a pipe's read end) until the returned function closes it."""
+
+
+class SocketSource(Protocol):
+    """The sockets pmd holds for programs (sockets.py's `SocketSet`)."""
+
+    def fds_for(self, specs: list[SocketSpec]) -> list[tuple[str, int]]:
+        """(name, fd) of each listed socket, in order; SpawnError when one is missing."""
 
 
 class SystemClock:
@@ -181,6 +189,8 @@ class Runtime:
     #: Probes, the notify socket and notification fds; None: those sources are not acted
     #: on (unit tests without a loop).
     readiness: ReadinessSources | None = None
+    #: The sockets programs list; None: a program with sockets cannot start.
+    sockets: SocketSource | None = None
     #: Where scheduled restarts wait for their turn (built from `timers`).
     starts: StartQueue = field(init=False)
 

@@ -61,3 +61,5 @@ class SupervisorSnapshot(TypedDict, total=False):
     ephemeral_report: list[dict[str, Any]]
     #: The notify socket, kept open across the exec: {"fd": n, "path": p}.
     notify_socket: dict[str, Any] | None
+    #: The sockets held for programs, kept open across the exec: {"name", "spec", "fd"}.
+    sockets: list[dict[str, Any]]

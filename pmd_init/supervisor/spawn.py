@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
+import resource
 import shlex
 import subprocess
 from collections.abc import Callable, Mapping
@@ -104,6 +105,11 @@ class SpawnRequest:
     preexec: Callable[[], None] | None = None
     #: (an fd of pmd's, the number the child gets it at): readiness `fd`.
     extra_fd: tuple[int, int] | None = None
+    #: Sockets passed with systemd's protocol: (name, pmd's fd), given at 3, 4, ... in
+    #: this order, with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (the child's own pid).
+    listen_fds: list[tuple[str, int]] = field(default_factory=list)
+    #: (RLIMIT_*, soft, hard) set in the child before exec.
+    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
@@ -118,7 +124,19 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         kwargs["process_group"] = 0
     preexec = req.preexec
     placed: int | None = None
-    if req.extra_fd is not None:
+    env = req.env
+    if req.listen_fds or req.rlimits:
+        assert preexec is None  # programs have none; the main command has no sockets
+        moves = [(fd, 3 + index) for index, (_, fd) in enumerate(req.listen_fds)]
+        if req.extra_fd is not None:
+            moves.append(req.extra_fd)
+        env = dict(req.env)
+        if req.listen_fds:
+            env.update(listen_env(req.listen_fds))
+        preexec = in_child(moves, req.rlimits, req.argv,
+                           env if req.listen_fds else None)
+        kwargs["pass_fds"] = tuple(target for _, target in moves)
+    elif req.extra_fd is not None:
         source, target = req.extra_fd
         placed, move = place_fd(source, target)
         kwargs["pass_fds"] = (target,)
@@ -134,7 +152,7 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
             stdout=req.stdout,
             stderr=req.stderr,
             cwd=req.cwd,
-            env=req.env,
+            env=env,
             close_fds=True,
             restore_signals=True,
             preexec_fn=preexec,
@@ -175,6 +193,44 @@ def place_fd(source: int, target: int) -> tuple[int | None, Callable[[], None] |
         os.dup2(source, target)
 
     return None, move
+
+
+def listen_env(listen_fds: list[tuple[str, int]]) -> dict[str, str]:
+    """systemd's sd_listen_fds variables (LISTEN_PID is set in the child), and
+    PMD_SOCKET_<NAME> = the fd number for programs that do not speak the protocol."""
+    env = {"LISTEN_FDS": str(len(listen_fds)),
+           "LISTEN_FDNAMES": ":".join(name for name, _ in listen_fds)}
+    for index, (name, _) in enumerate(listen_fds):
+        env["PMD_SOCKET_" + name.upper()] = str(3 + index)
+    return env
+
+
+def in_child(moves: list[tuple[int, int]], rlimits: list[tuple[int, int, int]],
+             argv: list[str], env: dict[str, str] | None) -> Callable[[], None]:
+    """What runs in the child between fork and exec (after the privilege drop, before
+    Popen's own exec): put each (fd, target) at its target, set the rlimits, and, when
+    `env` is given (sockets), exec the program here with LISTEN_PID = its own pid, which
+    nobody knows before the fork. If that exec fails, Popen's exec of the same argv
+    follows and reports the error as it does for every program (127, 126)."""
+    top = max([3, *(target for _, target in moves), *(fd for fd, _ in moves)]) + 1
+
+    def run() -> None:  # plain system calls: nothing imported, nothing allocated much
+        # First out of the way (a source may sit at another one's target), then in place.
+        staged = [(fcntl.fcntl(fd, fcntl.F_DUPFD, top), target) for fd, target in moves]
+        for fd, target in staged:
+            os.dup2(fd, target)  # inheritable, as dup2 makes it
+            os.close(fd)
+        for which, soft, hard in rlimits:
+            resource.setrlimit(which, (soft, hard))
+        if env is None:
+            return
+        env["LISTEN_PID"] = str(os.getpid())
+        try:
+            os.execvpe(argv[0], argv, env)
+        except OSError:
+            return
+
+    return run
 
 
 def program_env(

@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..model.expand import ExpansionError, expand
 from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
 from ..model.hooks import HookSpec
+from ..model.sockets import SocketError, socket_definitions
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.records import EphemeralEntry, PidsEntry, Records
@@ -51,6 +52,7 @@ from .program import Program
 from .readiness import Readiness
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
+from .sockets import SocketSet
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ log = logging.getLogger("pmd.supervisor")
 RESTART_FIELDS = frozenset({
     "command", "user", "directory", "environment", "port_range", "port_param",
     "terminal_shell", "display", "stdout_logfile", "stderr_logfile", "logs_enabled",
+    "sockets", "rlimits",
 })
 
 
@@ -102,6 +105,8 @@ class Supervisor:
         #: through their runtime.
         self.readiness = self.runtime.readiness = Readiness(
             loop, children, self.base_env, notify_path=state_dir / "notify.sock")
+        #: The listening sockets programs list (sockets.py), held across their restarts.
+        self.sockets = self.runtime.sockets = SocketSet(loop)
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
         self.records = Records(state_dir, store.storage)
@@ -206,6 +211,14 @@ class Supervisor:
         for spec in specs:
             assert spec.id is not None
             self.programs[spec.id] = Program(self.runtime, spec)
+        self.sync_sockets()
+
+    def sync_sockets(self) -> None:
+        """Hold the sockets the programs define now (binding new ones, closing unused)."""
+        try:
+            self.sockets.sync((s.name, s.sockets) for s in self.specs())
+        except SocketError as exc:  # parse_programs and add/edit refuse this first
+            log.error("sockets: %s", exc)
 
     def boot(self) -> None:
         """Start enabled boot programs in ascending priority, each after its own delay; a
@@ -223,6 +236,12 @@ class Supervisor:
         changed ones restart if running; the rest keep running untouched."""
         old_by_name = {p.name: p for p in self.programs.values()}
         new_by_name = {s.name: s for s in new_specs}
+        # New sockets are bound before anything that uses them starts; sockets kept are
+        # the same descriptors, so their backlogs carry over.
+        try:
+            self.sockets.sync((s.name, s.sockets) for s in new_specs)
+        except SocketError as exc:
+            log.error("sockets: %s", exc)
         report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "kept": []}
         used = set(self.programs)  # a removed program's id is not given to a new one
         for name, program in old_by_name.items():
@@ -311,6 +330,19 @@ class Supervisor:
         except GraphError as exc:
             raise Invalid(f"depends_on: {exc}", field="depends_on") from None
 
+    def _check_sockets(self, spec: ProgramSpec, specs: list[ProgramSpec]) -> None:
+        """The set's rules (a used name is defined, one name is one address), then the new
+        definitions are bound: a port taken is a 400 now, not a spawn failure later."""
+        try:
+            socket_definitions((s.name, s.sockets) for s in specs)
+        except SocketError as exc:
+            raise Invalid(str(exc), field=exc.field) from None
+        try:
+            self.sockets.try_bind(spec.sockets or [])
+        except ValueError as exc:
+            raise Invalid(f"sockets: {exc}", field="sockets", code="SOCKET_UNAVAILABLE") \
+                from None
+
     def _check_no_dependents(self, program: Program, doing: str) -> None:
         """Removing or renaming a program others depend on would leave them waiting for
         a name that no longer exists: refused, naming them."""
@@ -328,7 +360,12 @@ class Supervisor:
             spec = spec.model_copy(update={"id": max(self.programs, default=0) + 1})
         assert spec.id is not None
         self._check_graph([*self.specs(), spec])
-        self._save([*self.specs(), spec])
+        self._check_sockets(spec, [*self.specs(), spec])
+        try:
+            self._save([*self.specs(), spec])
+        except BaseException:
+            self.sync_sockets()  # what try_bind held for it is let go
+            raise
         program = self.programs[spec.id] = Program(self.runtime, spec)
         if self._boots(spec):
             self.launch(program, delay=0)
@@ -355,8 +392,14 @@ class Supervisor:
         if spec.name != program.name:
             self._check_no_dependents(program, "rename")
         self._check_graph([spec if s.id == program_id else s for s in self.specs()])
-        self._save([spec if s.id == program_id else s for s in self.specs()])
+        self._check_sockets(spec, [spec if s.id == program_id else s for s in self.specs()])
+        try:
+            self._save([spec if s.id == program_id else s for s in self.specs()])
+        except BaseException:
+            self.sync_sockets()
+            raise
         self._replace_spec(program, spec)
+        self.sync_sockets()
         self.gate.poke()  # changed depends_on: what waits may be free now
         return program
 
@@ -406,6 +449,8 @@ class Supervisor:
             self._close_logs_later(inst)
         if program.id is not None:
             self.programs.pop(program.id, None)
+        if program.spec.sockets:
+            self.sync_sockets()  # closed when no program names them any more
         return futures
 
     def remove(self, program_id: int) -> list[asyncio.Future[ProgramState]]:
@@ -776,6 +821,7 @@ class Supervisor:
         if self._pids_timer is not None:  # the burst of stops is written now, not never
             self._pids_timer.cancel()
             self.write_pids()
+        self.sockets.close()
 
     # ---- re-exec -------------------------------------------------------------------
 
@@ -795,6 +841,7 @@ class Supervisor:
             "ephemeral_report": self.ephemeral_report,
             "waiting": [p.key for p in self.gate.waiting()],
             "notify_socket": self.readiness.hand_over(),
+            "sockets": self.sockets.hand_over(),
         }
 
     def adopt(self, raw: object) -> None:
@@ -802,6 +849,7 @@ class Supervisor:
         # Built here, not at import: a fresh boot should not pay for the schema.
         snap = TypeAdapter(SupervisorSnapshot).validate_python(raw)
         self.readiness.take_over(snap.get("notify_socket"))
+        self.sockets.take_over(snap.get("sockets"))
         programs = snap.get("programs", [])
         self.runtime.children.keep_early({
             pid for p in programs
@@ -832,6 +880,7 @@ class Supervisor:
             for inst_snap in entry.get("extra_instances", []):
                 self._adopt_extra(program, inst_snap)
         self.ephemeral_report = list(snap.get("ephemeral_report") or [])
+        self.sync_sockets()
         # A boot that waited on dependencies goes on waiting (or starts what now may).
         by_key = {p.key: p for p in self.programs.values()}
         for key in snap.get("waiting") or []:
@@ -861,6 +910,10 @@ class Supervisor:
 
     def capture_fds(self) -> list[int]:
         return [c.fd for i in self.everything() for c in i.captures if c.fd >= 0]
+
+    def socket_fds(self) -> list[int]:
+        """The sockets held for programs: kept open across a re-exec."""
+        return self.sockets.fds()
 
     def readiness_fds(self) -> list[int]:
         """The notification pipes of runs not ready yet (readiness `fd`): kept open across

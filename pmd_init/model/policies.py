@@ -1,0 +1,96 @@
+"""How a program is stopped, restarted and limited, beyond supervisord's knobs: a list of
+stop signals, an explicit list of restart delays, recycling by age with jitter, and
+resource limits applied in the child. Imports nothing of pmd but the signal names.
+"""
+
+from __future__ import annotations
+
+import resource
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: The signals a stop step may send (supervisord's stopsignal names).
+STEP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "WINCH")
+#: rlimits a program may set, each the name of RLIMIT_<NAME> in lower case.
+RLIMITS = ("nofile", "nproc", "as", "core", "cpu")
+UNLIMITED = "unlimited"
+
+
+class StopStep(BaseModel):
+    """One step of a stop: send `signal` to the process group, then wait up to `wait`
+    seconds for it to exit before the next step (SIGKILL after the last)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signal: Literal[STEP_SIGNALS]  # type: ignore[valid-type]
+    wait: Annotated[float, Field(ge=0, le=3600)] = 10
+
+    @model_validator(mode="before")
+    @classmethod
+    def _signal_name(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("signal"), str):
+            value = {**value, "signal": value["signal"].upper().removeprefix("SIG")}
+        return value
+
+
+RlimitValue = Annotated[int, Field(ge=0, le=2**63 - 1)] | Literal["unlimited"]
+
+
+class Rlimit(BaseModel):
+    """A soft and a hard limit; a single value in programs.json sets both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    soft: RlimitValue
+    hard: RlimitValue
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single(cls, value: Any) -> Any:
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            return {"soft": value, "hard": value}
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Rlimit:
+        if _number(self.soft) > _number(self.hard):
+            raise ValueError("soft must not be above hard")
+        return self
+
+    def pair(self) -> tuple[int, int]:
+        return _number(self.soft), _number(self.hard)
+
+
+def _number(value: int | str) -> int:
+    return resource.RLIM_INFINITY if value == UNLIMITED else int(value)
+
+
+def check_rlimits(limits: dict[str, Rlimit]) -> dict[str, Rlimit]:
+    """A limit above pmd's own hard limit cannot be set in a child that runs as another
+    user (raising a hard limit needs CAP_SYS_RESOURCE, and the child has dropped it by
+    then): refused here, at add/edit or when programs.json is read, not at the spawn."""
+    for name, limit in limits.items():
+        _, pmd_hard = resource.getrlimit(rlimit_number(name))
+        if pmd_hard == resource.RLIM_INFINITY:
+            continue
+        soft, hard = limit.pair()
+        for which, value in (("hard", hard), ("soft", soft)):
+            if value == resource.RLIM_INFINITY or value > pmd_hard:
+                raise ValueError(f"{name}: {which} {_show(value)} is above pmd's own hard "
+                                 f"limit {pmd_hard}")
+    return limits
+
+
+def rlimit_number(name: str) -> int:
+    return int(getattr(resource, "RLIMIT_" + name.upper()))
+
+
+def _show(value: int) -> str:
+    return UNLIMITED if value == resource.RLIM_INFINITY else str(value)
+
+
+def restart_delay(delays: list[float], attempt: int) -> float:
+    """The wait before restart number `attempt` (1, 2, ...): the list's entry, the last
+    one repeating."""
+    return delays[min(max(attempt, 1), len(delays)) - 1]
