@@ -27,7 +27,7 @@ from sanic import Blueprint, Request
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from ..supervisor.events import Event, HealthEvent, ReadyEvent, StateEvent
+from ..supervisor.events import Event, HealthEvent, ReadyEvent, SignalEvent, StateEvent
 from ..supervisor.instance import Instance
 from ..supervisor.supervisor import Supervisor
 from .auth import WS_SUBPROTOCOL
@@ -93,11 +93,21 @@ def ready_message(event: ReadyEvent) -> dict[str, Any]:
             "timestamp": event.time}
 
 
+def signal_message(event: SignalEvent) -> dict[str, Any]:
+    return {"type": "signal", "id": event.temporary_id or event.program_id,
+            "name": event.program, "instance": event.instance, "port": event.port,
+            "pid": event.pid, "signal": event.signal, "step": event.step,
+            "steps": event.steps, "wait": event.wait, "time": iso(event.time),
+            "timestamp": event.time}
+
+
 def event_message(sup: Supervisor, event: Event) -> dict[str, Any]:
     if isinstance(event, HealthEvent):
         return health_message(event)
     if isinstance(event, ReadyEvent):
         return ready_message(event)
+    if isinstance(event, SignalEvent):
+        return signal_message(event)
     return state_message(sup, event)
 
 

@@ -273,8 +273,13 @@ class Init:
 
     def _log_event(self, event: Any) -> None:
         # Not at the top: pmd_init.supervisor is imported only once the signal handlers are in.
-        from ..supervisor.events import ReadyEvent, StateEvent
+        from ..supervisor.events import ReadyEvent, SignalEvent, StateEvent
 
+        if isinstance(event, SignalEvent):
+            log.info("%s: stop step %d of %d: SIG%s to pid %d%s", event.instance, event.step,
+                     event.steps, event.signal.removeprefix("SIG"), event.pid,
+                     f", next in {event.wait:g} s" if event.step <= event.steps else "")
+            return
         if isinstance(event, ReadyEvent):
             if event.via != "running":  # RUNNING itself is logged already
                 log.info("%s: ready (%s)", event.instance, event.via)

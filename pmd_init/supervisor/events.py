@@ -1,5 +1,6 @@
 """The one stream of what happens to instances: state changes (`StateEvent`), health
-verdict changes (`HealthEvent`) and readiness (`ReadyEvent`). The supervisor's own
+verdict changes (`HealthEvent`), readiness (`ReadyEvent`) and the signals of a stop
+(`SignalEvent`). The supervisor's own
 bookkeeping, the dependency gate, the health and memory watchers, webhooks, the WebSocket
 and the log streams subscribe here instead of polling the supervisor or calling each
 other; each subscriber handles the event types it wants and ignores the rest."""
@@ -92,7 +93,33 @@ class ReadyEvent:
                 "time": self.time, "via": self.via, "temporary_id": self.temporary_id}
 
 
-Event = StateEvent | HealthEvent | ReadyEvent
+@dataclass(frozen=True, slots=True)
+class SignalEvent:
+    """pmd sent a signal to an instance's process group while stopping it: step `step` of
+    `steps` of its stop_signal list (`wait` seconds until the next), or the SIGKILL after
+    the last step (`step` = steps + 1, wait 0)."""
+
+    program_id: int | None
+    program: str
+    instance: str
+    port: int | None
+    pid: int
+    signal: str
+    step: int
+    steps: int
+    wait: float
+    time: float
+    temporary_id: str | None = None
+    source: object = field(default=None, compare=False, repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"program_id": self.program_id, "program": self.program,
+                "instance": self.instance, "port": self.port, "pid": self.pid,
+                "signal": self.signal, "step": self.step, "steps": self.steps,
+                "wait": self.wait, "time": self.time, "temporary_id": self.temporary_id}
+
+
+Event = StateEvent | HealthEvent | ReadyEvent | SignalEvent
 Subscriber = Callable[[Event], None]
 
 

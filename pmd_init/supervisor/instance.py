@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Protocol
 from ..logs.capture import ByteCount, Capture, LineStyle, LogFile
 from ..logs.times import export
 from ..model.expand import ExpansionError, expand
-from ..model.policies import rlimit_number
+from ..model.policies import restart_delay, rlimit_number
 from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
-from .events import Event, EventBus, ReadyEvent, StateEvent
+from .events import Event, EventBus, ReadyEvent, SignalEvent, StateEvent
 from .expansion import expand_spec
 from .readiness import LogLineWatch
 from .spawn import (
@@ -84,7 +84,7 @@ class Instance:
         "_restart_after_stop", "state_since", "health_status", "adopted", "retry_at",
         "backoff_reason", "_starts", "_limit_hits", "_restart_pending", "completed",
         "ready_at", "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "notify_status",
-        "notify_stopping", "_notify_watch", "ready_fd", "__weakref__",
+        "notify_stopping", "_notify_watch", "ready_fd", "_streak", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -140,6 +140,9 @@ class Instance:
         #: readiness `fd`: pmd's read end of this run's notification pipe, until it is
         #: ready (or gone); handed over across a re-exec.
         self.ready_fd: int | None = None
+        #: Automatic restarts in a row (restart_delays' index); a run as long as the
+        #: start-rate window, or a start by hand, begins a new streak.
+        self._streak = 0
 
     # ---- identity ------------------------------------------------------------------
 
@@ -247,6 +250,7 @@ class Instance:
         self.backoff = 0
         self._starts.clear()
         self._limit_hits = 0
+        self._streak = 0
         self._restart_pending = False
         if delay > 0:
             self._later(delay, self._delayed_start)
@@ -271,11 +275,12 @@ class Instance:
             self._cancel_timer()  # a pending boot delay or restart
         return self.wait_state(STOPPED_STATES)
 
-    def restart(self) -> None:
+    def restart(self, reason: str | None = None) -> None:
+        """Stop, then start again; `reason` goes on the STOPPING event (max_age ...)."""
         if self.state in (S.STARTING, S.RUNNING):
             self.want = True
             self._restart_after_stop = True
-            self._begin_stop()
+            self._begin_stop(reason)
         else:
             self.start()
 
@@ -631,6 +636,7 @@ class Instance:
             self.rt.clock.monotonic() - self.started_mono >= spec.start_limit_interval
         if ran:
             self._limit_hits = 0  # a run as long as the window: the loop is broken
+            self._streak = 0
         self._set_state(S.EXITED, code)
         if not again:
             return
@@ -641,29 +647,58 @@ class Instance:
                         len(self._starts), spec.start_limit_interval, wait)
             self._backoff_for(wait, "start_limit")
             return
+        if spec.restart_delays:
+            self._streak += 1
+            delay = restart_delay(spec.restart_delays, self._streak)
+            if delay > 0:
+                self._backoff_for(delay, "restart_delay")
+                return
         # Restart from the exit event itself (no tick, no delay after a good run), but in
         # a callback of its own, after the reaper's pass.
         self._soon(self._delayed_start)
 
-    def _begin_stop(self) -> None:
-        spec = self.program.spec
+    def _begin_stop(self, reason: str | None = None) -> None:
         self._cancel_timer()
         self._disarm_readiness()
         self._not_ready = False
-        self._set_state(S.STOPPING)
-        if self.pid is None or not self.rt.killpg(self.pid, spec.stop_signum):
+        self._set_state(S.STOPPING, reason=reason)
+        self._stop_step(0)
+
+    def _stop_step(self, index: int) -> None:
+        """Step `index` of the stop: its signal to the group, then a wait for the exit
+        before the next step; SIGKILL after the last (the one place that escalates)."""
+        self._timer = None
+        if self.state != S.STOPPING or self.pid is None:
             return
-        if spec.stop_timeout > 0:
-            self._later(spec.stop_timeout, self._escalate)
-        else:
+        steps = self.program.spec.stop_steps
+        if index >= len(steps):
             self._escalate()
+            return
+        signum, wait = steps[index]
+        if not self.rt.killpg(self.pid, signum):
+            return
+        self._signalled(signum, index + 1, len(steps), wait)
+        if wait > 0:
+            self._later(wait, lambda: self._stop_step(index + 1))
+        else:
+            self._stop_step(index + 1)
 
     def _escalate(self) -> None:
         self._timer = None
         if self.state == S.STOPPING and self.pid is not None:
+            steps = self.program.spec.stop_steps
             log.warning("%s did not stop in %ss: SIGKILL", self.name,
-                        self.program.spec.stop_timeout)
-            self.rt.killpg(self.pid, signal.SIGKILL)
+                        sum(wait for _, wait in steps))
+            if self.rt.killpg(self.pid, signal.SIGKILL):
+                self._signalled(signal.SIGKILL, len(steps) + 1, len(steps), 0.0)
+
+    def _signalled(self, signum: int, step: int, steps: int, wait: float) -> None:
+        assert self.pid is not None
+        self.rt.publish(SignalEvent(
+            program_id=self.program.id, program=self.program.name, instance=self.name,
+            port=self.port, pid=self.pid, signal=signal.Signals(signum).name, step=step,
+            steps=steps, wait=wait, time=self.rt.clock.time(),
+            temporary_id=self.program.temporary_id, source=self))
 
     # ---- re-exec and adoption ------------------------------------------------------
 
@@ -677,6 +712,7 @@ class Instance:
             "restart_after_stop": self._restart_after_stop,
             "retry_at": self.retry_at, "backoff_reason": self.backoff_reason,
             "starts": list(self._starts), "limit_hits": self._limit_hits,
+            "streak": self._streak,
             "restart_pending": self._restart_pending, "completed": self.completed,
             "ready_at": self.ready_at, "notify_status": self.notify_status,
             "notify_stopping": self.notify_stopping, "ready_fd": self.ready_fd,
@@ -703,6 +739,7 @@ class Instance:
         self._restart_after_stop = snap.get("restart_after_stop", False)
         self._starts.extend(snap.get("starts", []))
         self._limit_hits = snap.get("limit_hits", 0)
+        self._streak = snap.get("streak", 0)
         self._restart_pending = snap.get("restart_pending", False)
         self.completed = snap.get("completed")
         self.ready_at = snap.get("ready_at") if state in RUNNING_STATES else None

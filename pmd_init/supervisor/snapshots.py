@@ -30,6 +30,8 @@ class InstanceSnapshot(TypedDict, total=False):
     starts: list[float]
     limit_hits: int
     restart_pending: bool
+    #: Automatic restarts in a row (restart_delays' index).
+    streak: int
     completed: bool | None
     ready_at: float | None
     notify_status: str | None

@@ -50,6 +50,7 @@ from .memory import MemoryWatch
 from .proctree import ProcessSampler
 from .program import Program
 from .readiness import Readiness
+from .recycle import Recycler
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
 from .sockets import SocketSet
@@ -127,6 +128,9 @@ class Supervisor:
         self.sampler = ProcessSampler()
         self.memory = MemoryWatch(loop, self.events, restart=Instance.restart,
                                   sampler=self.sampler, interval=memory_interval)
+        #: max_age: each running instance's recycle timer (recycle.py).
+        self.recycler = Recycler(loop, self.runtime.clock, self.events,
+                                 restart=Instance.restart)
         self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for,
                                           ca_file=webhook_ca_file)
         #: Programs' local event hooks (hooks.py); runs are children like programs.
@@ -789,6 +793,7 @@ class Supervisor:
         # and nothing waiting for its dependencies may start now.
         self.gate.close()
         self.memory.close()
+        self.recycler.close()
         await self.health.close()
         await self.readiness.close()
         programs = self.all_programs()

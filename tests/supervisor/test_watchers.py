@@ -17,7 +17,7 @@ import pytest
 from pmd_init.model.spec import HealthCheckSpec, ProgramSpec
 from pmd_init.model.states import ProgramState
 from pmd_init.store.programs import ProgramStore
-from pmd_init.supervisor.events import Event, EventBus, HealthEvent, StateEvent
+from pmd_init.supervisor.events import Event, EventBus, HealthEvent, SignalEvent, StateEvent
 from pmd_init.supervisor.health import HealthMonitor
 from pmd_init.supervisor.instance import Instance
 from pmd_init.supervisor.memory import MemoryWatch
@@ -156,9 +156,11 @@ def test_a_health_verdict_change_reaches_every_subscriber_after_its_cause(world,
         first = health[0]
         assert first.source is inst and first.program_id == 1 and first.program == "p"
         assert first.instance == "p:4000" and first.port == 4000 and first.time > 0
-        # Leaving RUNNING ends the verdict, and subscribers see it in that order.
-        assert isinstance(after[-2], StateEvent) and after[-2].to_state == S.STOPPING
-        assert after[-1] is health[-1]
+        # Leaving RUNNING ends the verdict, and subscribers see it in that order (the stop's
+        # signal, sent once STOPPING is delivered, is an event of its own).
+        assert isinstance(after[-1], SignalEvent) and after[-1].signal == "SIGTERM"
+        assert isinstance(after[-3], StateEvent) and after[-3].to_state == S.STOPPING
+        assert after[-2] is health[-1]
         await monitor.close()
 
     asyncio.run(scenario())

@@ -1,0 +1,200 @@
+"""Stopping and restarting as configured, with real programs and pmd's own event
+timestamps (from /ws): a list of stop signals followed step by step, restart_delays
+spacing restarts, max_age with jitter recycling replicas apart, rlimits in the child's
+/proc/PID/limits."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from websockets.sync.client import connect
+
+from tests.api.helpers import API, assert_error, program, wait_until
+from tests.api.process_helpers import ENV
+from tests.harness import Pmd, both_inits
+
+
+class Events:
+    """Every message of pmd's /ws, read in a thread of its own while the test acts."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def of(self, name: str, kind: str = "state_change") -> list[dict[str, Any]]:
+        with self.lock:
+            return [m for m in self.messages if m.get("type") == kind and m.get("name") == name]
+
+    def wait(self, predicate: Any, timeout: float = 15.0, what: str = "events") -> Any:
+        return wait_until(predicate, timeout=timeout, what=what)
+
+
+@contextmanager
+def events(pmd: Pmd) -> Iterator[Events]:
+    seen = Events()
+    with connect(f"ws://127.0.0.1:{pmd.port}/ws?interval=300", open_timeout=5) as ws:
+        ws.recv(timeout=5)  # the snapshot: what follows happens after this point
+
+        def read() -> None:
+            try:
+                for raw in ws:
+                    with seen.lock:
+                        seen.messages.append(json.loads(raw))
+            except Exception:  # noqa: BLE001 - closed at the end of the test
+                return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            yield seen
+        finally:
+            ws.close()
+            reader.join(5)
+
+
+def add(pmd: Pmd, body: dict[str, object]) -> int:
+    response = pmd.http.post(f"{API}/programs/add", json=body)
+    assert response.status_code in (200, 201), response.text
+    return int(response.json()["program"]["id"])
+
+
+def trap_all(marks: Path, then: str = "") -> str:
+    """A shell that writes the time each signal arrives to <marks>/<SIG>, and goes on."""
+    traps = " ".join(f"trap \"date +%s.%N > {marks}/{sig}; {then}\" {sig};"
+                     for sig in ("QUIT", "INT", "TERM", "HUP"))
+    return f"sh -c '{traps} while :; do sleep 0.05; done'"
+
+
+@both_inits
+def test_the_stop_signal_list_is_followed_step_by_step(tmp_path: Path, pid1: bool) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    steps = [{"signal": "QUIT", "wait": 0.8}, {"signal": "INT", "wait": 0.8},
+             {"signal": "SIGTERM", "wait": 0.8}]
+    with Pmd(tmp_path / "pmd", [], pid1=pid1, env=ENV) as pmd, events(pmd) as seen:
+        pid = add(pmd, program("stubborn", trap_all(marks), stop_signal=steps,
+                               stop_timeout=60, startsecs=0, boot=True))
+        seen.wait(lambda: any(m["to"] == "RUNNING" for m in seen.of("stubborn")))
+        assert pmd.http.post(f"{API}/programs/{pid}/stop", json={}).status_code == 200
+        stopped = seen.wait(lambda: [m for m in seen.of("stubborn") if m["to"] == "STOPPED"])
+        sent = seen.of("stubborn", "signal")
+        assert [(m["signal"], m["step"], m["steps"]) for m in sent] == [
+            ("SIGQUIT", 1, 3), ("SIGINT", 2, 3), ("SIGTERM", 3, 3), ("SIGKILL", 4, 3)]
+        times = [m["timestamp"] for m in sent]
+        for earlier, later in zip(times, times[1:], strict=False):
+            assert 0.8 <= later - earlier < 1.1, times  # each step waited its `wait`
+        assert stopped[0]["exit_code"] == 137  # killed after the last step
+        # the program received them in that order, each after the previous step's wait
+        got = [float((marks / sig).read_text()) for sig in ("QUIT", "INT", "TERM")]
+        assert got == sorted(got) and got[2] - got[0] >= 1.6 - 0.1, got
+
+        # one that exits at the first step is sent nothing more
+        quick = tmp_path / "quick"
+        quick.mkdir()
+        qid = add(pmd, program("quick", trap_all(quick, then="exit 0"), stop_signal=steps,
+                               startsecs=0, boot=True))
+        seen.wait(lambda: any(m["to"] == "RUNNING" for m in seen.of("quick")))
+        pmd.http.post(f"{API}/programs/{qid}/stop", json={})
+        done = seen.wait(lambda: [m for m in seen.of("quick") if m["to"] == "STOPPED"])
+        assert done[0]["exit_code"] == 0
+        assert [m["signal"] for m in seen.of("quick", "signal")] == ["SIGQUIT"]
+        assert not (quick / "INT").exists()
+
+
+def test_a_single_stop_signal_keeps_its_meaning_and_bad_lists_are_400(tmp_path: Path) -> None:
+    with Pmd(tmp_path / "pmd", [], env=ENV) as pmd:
+        http = pmd.http
+        url = f"{API}/programs/add"
+        assert_error(http.post(url, json=program("a", stop_signal=[])), 400,
+                     "VALIDATION_ERROR", "stop_signal")
+        assert_error(http.post(url, json=program("b", stop_signal=[{"signal": "KILL"}])), 400,
+                     "VALIDATION_ERROR", "stop_signal")
+        assert_error(http.post(url, json=program("c", stop_signal=[
+            {"signal": "TERM", "wait": -1}])), 400, "VALIDATION_ERROR", "stop_signal")
+        assert_error(http.post(url, json=program("d", restart_delays=[1, -2])), 400,
+                     "VALIDATION_ERROR", "restart_delays.1")
+        assert_error(http.post(url, json=program("e", max_age_jitter=3)), 400,
+                     "VALIDATION_ERROR")
+        assert http.get(f"{API}/programs").json()["programs"] == []
+        pid = add(pmd, program("f", stop_signal="sigint"))
+        got = http.get(f"{API}/programs/{pid}").json()["program"]
+        assert got["stop_signal"] == "INT"
+
+
+@both_inits
+def test_restart_delays_space_the_restarts_as_listed(tmp_path: Path, pid1: bool) -> None:
+    marks = tmp_path / "starts"
+    delays = [0.4, 1.0, 1.6]
+    with Pmd(tmp_path / "pmd", [], pid1=pid1, env=ENV) as pmd, events(pmd) as seen:
+        add(pmd, program("flaky", f"sh -c 'date +%s.%N >> {marks}; exit 3'", boot=True,
+                         startsecs=0, autorestart=True, start_limit_burst=0,
+                         restart_delays=delays))
+        seen.wait(lambda: len([m for m in seen.of("flaky") if m["to"] == "STARTING"]) >= 5)
+        states = seen.of("flaky")
+        exits = [m["timestamp"] for m in states if m["to"] == "EXITED"]
+        starts = [m["timestamp"] for m in states if m["to"] == "STARTING"]
+        waits = [m for m in states if m["to"] == "BACKOFF"]
+        assert all(m["reason"] == "restart_delay" for m in waits), waits
+        # after exit n, the start n+1 comes after restart_delays[n] (the last repeating)
+        for n, expected in enumerate([*delays, delays[-1]]):
+            gap = starts[n + 1] - exits[n]
+            assert expected <= gap < expected + 0.3, (n, gap, expected)
+        lines = [float(x) for x in marks.read_text().split()]
+        for n, expected in enumerate([*delays, delays[-1]]):
+            assert lines[n + 1] - lines[n] >= expected
+
+
+@both_inits
+def test_max_age_with_jitter_recycles_replicas_apart(tmp_path: Path, pid1: bool) -> None:
+    names = [f"replica{n}" for n in range(5)]
+    with Pmd(tmp_path / "pmd", [], pid1=pid1, env=ENV) as pmd, events(pmd) as seen:
+        ids = [add(pmd, program(name, "sleep 60", startsecs=0, max_age=1, max_age_jitter=3))
+               for name in names]
+        add(pmd, program("steady", "sleep 60", startsecs=0, max_age=1))
+        for pid in [*ids, ids[-1] + 1]:
+            assert pmd.http.post(f"{API}/programs/{pid}/start", json={}).status_code == 200
+
+        def recycled(name: str) -> list[dict[str, Any]]:
+            return [m for m in seen.of(name) if m["to"] == "STOPPING"]
+
+        seen.wait(lambda: all(recycled(n) for n in [*names, "steady"]), timeout=20)
+        ages = []
+        for name in [*names, "steady"]:
+            running = next(m for m in seen.of(name) if m["to"] == "RUNNING")
+            stop = recycled(name)[0]
+            assert stop["reason"] == "max_age"
+            ages.append(stop["timestamp"] - running["timestamp"])
+            # and it came back: a recycle is a restart
+            seen.wait(lambda name=name: len([m for m in seen.of(name)
+                                             if m["to"] == "RUNNING"]) >= 2)
+        *jittered, steady = ages
+        assert all(1.0 <= age < 4.3 for age in jittered), jittered
+        assert 1.0 <= steady < 1.3, steady
+        # drawn apart: five replicas started together are not recycled together
+        assert max(jittered) - min(jittered) >= 0.3, jittered
+
+
+@both_inits
+def test_rlimits_are_set_in_the_child(tmp_path: Path, pid1: bool) -> None:
+    out = tmp_path / "limits.txt"
+    command = f"sh -c 'cat /proc/$$/limits > {out}.tmp; mv {out}.tmp {out}; exec sleep 60'"
+    with Pmd(tmp_path / "pmd", [], pid1=pid1, env=ENV) as pmd:
+        add(pmd, program("limited", command, boot=True, startsecs=0,
+                         rlimits={"nofile": {"soft": 256, "hard": 512}, "core": 0,
+                                  "nproc": 1000, "as": "unlimited", "cpu": 3600}))
+        wait_until(out.exists, timeout=10, what="the child's limits")
+        limits = {line[:26].strip(): line[26:].split()[:2]
+                  for line in out.read_text().splitlines()[1:]}
+        assert limits["Max open files"] == ["256", "512"]
+        assert limits["Max core file size"] == ["0", "0"]
+        assert limits["Max processes"] == ["1000", "1000"]
+        assert limits["Max address space"] == ["unlimited", "unlimited"]
+        assert limits["Max cpu time"] == ["3600", "3600"]
+        error = assert_error(pmd.http.post(f"{API}/programs/add", json=program(
+            "greedy", rlimits={"nofile": 2**40})), 400, "VALIDATION_ERROR", "rlimits")
+        assert "hard limit" in error["message"]
