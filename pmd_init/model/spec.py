@@ -413,7 +413,7 @@ class ProgramSpec(Model):
         if self.start_on == "connection" and not self.sockets:
             raise ValueError("start_on: connection needs sockets (the first connection to "
                              "one of them starts the program)")
-        if self.idle_stop_after is not None and self.start_on != "connection":
+        if self.idle_stop_after is not None and not self.on_connection:
             raise ValueError("idle_stop_after needs start_on: connection")
         if self.max_age_jitter is not None and self.max_age is None:
             raise ValueError("max_age_jitter needs max_age")
@@ -441,8 +441,9 @@ class ProgramSpec(Model):
 
     @property
     def on_connection(self) -> bool:
-        """Started by the first connection to one of its sockets, not at boot."""
-        return self.start_on == "connection"
+        """Started by the first connection to one of its sockets, not at boot; a
+        `lazy_load` program with sockets is one too."""
+        return self.start_on == "connection" or (self.lazy_load and bool(self.sockets))
 
     @property
     def effective_port_param(self) -> str:

@@ -262,12 +262,13 @@ class Instance:
         if self.want and self.state in STOPPED_STATES | {S.BACKOFF}:
             self._spawn()
 
-    def stop(self) -> asyncio.Future[ProgramState]:
-        """Want it stopped: stop signal to the group, SIGKILL after stop_timeout."""
+    def stop(self, reason: str | None = None) -> asyncio.Future[ProgramState]:
+        """Want it stopped: stop signal to the group, SIGKILL after stop_timeout.
+        `reason` goes on the STOPPING event (idle ...)."""
         self.want = False
         self._restart_after_stop = False
         if self.state in (S.STARTING, S.RUNNING):
-            self._begin_stop()
+            self._begin_stop(reason)
         elif self.state == S.BACKOFF:
             self._cancel_timer()
             self._set_state(S.STOPPED)

@@ -160,6 +160,21 @@ class SocketSet:
                 self.loop.remove_reader(held.sock.fileno())
                 held.on_connection = None
 
+    def busy(self, names: Iterable[str]) -> bool:
+        """Has any of these sockets a connection open or waiting to be accepted? Read
+        from the kernel's tables of this network namespace (the programs' too)."""
+        ports: set[int] = set()
+        paths: set[str] = set()
+        for name in names:
+            held = self.held.get(name)
+            if held is None:
+                continue
+            if held.spec.port is not None:
+                ports.add(held.spec.port)
+            elif held.spec.path is not None:
+                paths.add(held.spec.path)
+        return bool(ports and _tcp_busy(ports)) or bool(paths and _unix_busy(paths))
+
     # ---- re-exec -----------------------------------------------------------------------
 
     def hand_over(self) -> list[dict[str, Any]]:
@@ -265,6 +280,47 @@ def _unlink_socket(spec: SocketSpec) -> None:
             _unlink_stale(spec.path)
         except OSError:
             pass
+
+
+#: /proc/net/tcp's st column: 01 ESTABLISHED, 0A LISTEN (whose rx_queue is the number of
+#: connections waiting to be accepted).
+TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"
+#: /proc/net/unix's St column for a connected socket.
+UNIX_CONNECTED = "03"
+
+
+def _tcp_busy(ports: set[int]) -> bool:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows, None)
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) < 5:
+                        continue
+                    port = int(fields[1].rsplit(":", 1)[1], 16)
+                    if port not in ports:
+                        continue
+                    if fields[3] == TCP_ESTABLISHED:
+                        return True
+                    if fields[3] == TCP_LISTEN and int(fields[4].split(":")[1], 16) > 0:
+                        return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
+
+
+def _unix_busy(paths: set[str]) -> bool:
+    try:
+        with open("/proc/net/unix") as rows:
+            next(rows, None)
+            for row in rows:
+                fields = row.split()
+                if len(fields) >= 8 and fields[5] == UNIX_CONNECTED and fields[7] in paths:
+                    return True
+    except OSError:
+        pass
+    return False
 
 
 def _reason(exc: BaseException) -> str:

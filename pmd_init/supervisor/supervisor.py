@@ -28,6 +28,7 @@ from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.records import EphemeralEntry, PidsEntry, Records
 from ..store.storage import StorageError
+from .activation import Activation
 from .depends import DependencyGate, NotReady, not_ready
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import (
@@ -138,6 +139,10 @@ class Supervisor:
         #: Programs asked to start whose depends_on does not hold yet.
         self.gate = DependencyGate(loop, self._dependency, self._release)
         self.events.subscribe(self.gate.on_event)
+        #: start_on: connection (activation.py).
+        self.activation = Activation(
+            loop, self.events, self.sockets, self.launch,
+            current=lambda p: p.id is not None and self.programs.get(p.id) is p)
         #: Instances in no program's slot: a reload's replacement until it takes over, and
         #: the instance it replaced while that one stops (reload.py). Shutdown stops them.
         self.extra_instances: set[Instance] = set()
@@ -230,10 +235,18 @@ class Supervisor:
         for program in sorted(self.programs.values(), key=lambda p: (p.spec.priority, p.id)):
             if self._boots(program.spec):
                 self.launch(program)
+        self.arm_activations()
 
     @staticmethod
     def _boots(spec: ProgramSpec) -> bool:
-        return spec.enabled and spec.boot and not spec.lazy_load
+        return spec.enabled and spec.boot and not spec.lazy_load and not spec.on_connection
+
+    def arm_activations(self) -> None:
+        """Watch the sockets of every enabled, stopped start_on: connection program (again:
+        a socket bound anew has no watch yet)."""
+        for program in self.programs.values():
+            if program.spec.on_connection:
+                self.activation.arm(program)
 
     def apply(self, new_specs: list[ProgramSpec]) -> dict[str, list[str]]:
         """SIGHUP: the diff by name. Added programs start (if they boot), removed ones stop,
@@ -272,6 +285,7 @@ class Supervisor:
             self._replace_spec(existing, spec)
             report["changed"].append(name)
         self.gate.poke()  # changed depends_on: what waits may be free now
+        self.arm_activations()
         return report
 
     # ---- persistent programs (the daemon API) --------------------------------------
@@ -373,6 +387,7 @@ class Supervisor:
         program = self.programs[spec.id] = Program(self.runtime, spec)
         if self._boots(spec):
             self.launch(program, delay=0)
+        self.arm_activations()
         return program
 
     def edit(self, program_id: int, changes: dict[str, Any]) -> Program:
@@ -404,6 +419,9 @@ class Supervisor:
             raise
         self._replace_spec(program, spec)
         self.sync_sockets()
+        if not spec.on_connection or not spec.enabled:
+            self.activation.disarm(program)
+        self.arm_activations()
         self.gate.poke()  # changed depends_on: what waits may be free now
         return program
 
@@ -492,9 +510,11 @@ class Supervisor:
         program.spec = spec
         if not enabled:
             self.gate.forget(program)
+            self.activation.disarm(program)
             program.stop_all()
         elif self._boots(spec):
             self.launch(program, delay=0)
+        self.arm_activations()
         return program
 
     # ---- control -------------------------------------------------------------------
@@ -794,6 +814,7 @@ class Supervisor:
         self.gate.close()
         self.memory.close()
         self.recycler.close()
+        self.activation.close()
         await self.health.close()
         await self.readiness.close()
         programs = self.all_programs()
@@ -886,6 +907,7 @@ class Supervisor:
                 self._adopt_extra(program, inst_snap)
         self.ephemeral_report = list(snap.get("ephemeral_report") or [])
         self.sync_sockets()
+        self.arm_activations()
         # A boot that waited on dependencies goes on waiting (or starts what now may).
         by_key = {p.key: p for p in self.programs.values()}
         for key in snap.get("waiting") or []:

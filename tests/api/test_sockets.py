@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -238,6 +240,64 @@ def test_a_socket_that_cannot_be_bound_stops_only_its_programs(tmp_path: Path,
         assert any("'web'" in p and str(port) in p for p in health["socket_problems"]), health
         assert http.get(f"{API}/status/2").json()["status"]["status"] == "RUNNING"
         assert "socket 'web'" in json.dumps(status) or "socket 'web'" in pmd.stderr_text()
+
+
+@both_inits
+def test_start_on_connection_starts_with_the_first_connection_and_stops_when_idle(
+        tmp_path: Path, pid1: bool) -> None:
+    host, port = free_address()
+    spec = server(tmp_path, host, port, start_on="connection", idle_stop_after=1.0)
+    with Pmd(tmp_path / "pmd", [spec], pid1=pid1) as pmd:
+        http = pmd.http
+
+        def status() -> dict[str, object]:
+            return http.get(f"{API}/status/1").json()["status"]  # type: ignore[no-any-return]
+
+        assert status()["status"] == "STOPPED" and not status().get("pid")
+        # the first connection starts the program, and that program answers it
+        first = ask(host, port)
+        now = status()
+        assert now["status"] == "RUNNING" and now["pid"] == first
+        # the server closes each connection after its answer: idle from here
+        wait_until(lambda: status()["status"] == "STOPPED", timeout=10, what="the idle stop")
+        assert "no connection for 1 s: stopping it" in pmd.stderr_text()
+        # and the next connection starts it again
+        second = ask(host, port)
+        assert second != first and status()["pid"] == second
+
+
+@both_inits
+def test_a_non_root_program_serves_port_80_through_a_socket_pmd_bound(
+        tmp_path: Path, pid1: bool) -> None:
+    host, _ = free_address()
+    # the script where `nobody` may read it, run by the system's python3
+    shared = Path(tempfile.mkdtemp(prefix="pmd-sock-"))
+    shared.chmod(0o755)
+    (shared / "server.py").write_text(SERVER)
+    (shared / "server.py").chmod(0o644)
+    spec = {**server(tmp_path, host, 80, user="nobody"),
+            "command": f"/usr/bin/python3 {shared}/server.py"}
+    with Pmd(tmp_path / "pmd", [spec], pid1=pid1) as pmd:
+        answer = wait_until(lambda: _try_ask(host, 80), timeout=10, what="an answer on port 80")
+        status = pmd.http.get(f"{API}/status/1").json()["status"]
+        assert answer == status["pid"]
+        pid = answer if not pid1 else _outer_pid(pmd, answer)
+        uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:4]
+        assert set(uids) == {str(pwd_uid("nobody"))}  # not root, not able to bind port 80
+    shutil.rmtree(shared)
+
+
+def _try_ask(host: str, port: int) -> int | None:
+    try:
+        return ask(host, port)
+    except OSError:
+        return None
+
+
+def pwd_uid(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
 
 
 if __name__ == "__main__":  # pragma: no cover
