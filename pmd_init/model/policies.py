@@ -15,6 +15,8 @@ STEP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "WINCH")
 #: rlimits a program may set, each the name of RLIMIT_<NAME> in lower case.
 RLIMITS = ("nofile", "nproc", "as", "core", "cpu")
 UNLIMITED = "unlimited"
+#: What a program that reached FATAL does (supervisor/fatal.py).
+ON_FATAL = ("restart_later", "stop_container", "stop_dependents")
 
 
 class StopStep(BaseModel):

@@ -33,7 +33,7 @@ from pydantic import (
 from .expand import USER_REFERENCES, env_files, one_or_more
 from .expand import check as check_references
 from .hooks import HookSpec
-from .policies import RLIMITS, Rlimit, StopStep, check_rlimits, restart_delay
+from .policies import ON_FATAL, RLIMITS, Rlimit, StopStep, check_rlimits, restart_delay
 from .sockets import SocketSpec
 from .webhook_rules import check_header_name, check_header_value, check_url
 
@@ -288,6 +288,10 @@ class ProgramSpec(Model):
     # recycle a running program after max_age seconds, plus up to max_age_jitter
     max_age: Annotated[float, Field(gt=0, le=31536000)] | None = None
     max_age_jitter: Annotated[float, Field(ge=0, le=31536000)] | None = None
+    # what a FATAL program does: retried after fatal_retry_after, pmd shut down with its
+    # exit code, or its dependents stopped until it runs again
+    on_fatal: Literal[ON_FATAL] | None = None  # type: ignore[valid-type]
+    fatal_retry_after: Annotated[float, Field(gt=0, le=86400)] | None = None
     # resource limits set in the child (model/policies.py)
     rlimits: Annotated[dict[Literal[RLIMITS], Rlimit],  # type: ignore[valid-type]
                        AfterValidator(check_rlimits)] | None = None
@@ -417,6 +421,8 @@ class ProgramSpec(Model):
             raise ValueError("idle_stop_after needs start_on: connection")
         if self.max_age_jitter is not None and self.max_age is None:
             raise ValueError("max_age_jitter needs max_age")
+        if self.fatal_retry_after is not None and self.on_fatal != "restart_later":
+            raise ValueError("fatal_retry_after needs on_fatal: restart_later")
         if self.sockets and self.port_range is not None:
             raise ValueError("sockets cannot be combined with port_range")
         fd = self.readiness.fd if self.readiness is not None else None

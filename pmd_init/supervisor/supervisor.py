@@ -43,6 +43,7 @@ from .errors import (
     Waiting,
 )
 from .events import Event, EventBus, ReadyEvent, StateEvent
+from .fatal import FatalPolicy
 from .health import HealthMonitor
 from .hooks import HookRunner
 from .instance import Instance
@@ -139,6 +140,11 @@ class Supervisor:
         #: Programs asked to start whose depends_on does not hold yet.
         self.gate = DependencyGate(loop, self._dependency, self._release)
         self.events.subscribe(self.gate.on_event)
+        #: on_fatal (fatal.py).
+        self.fatal = FatalPolicy(
+            loop, self.events, programs=lambda: list(self.programs.values()),
+            launch=self.launch, stop=self.stop,
+            stop_container=self._stop_container)
         #: start_on: connection (activation.py).
         self.activation = Activation(
             loop, self.events, self.sockets, self.launch,
@@ -631,6 +637,10 @@ class Supervisor:
         if inst.program.spec.shutdown_on_exit and self.on_fatal_exit is not None:
             self.on_fatal_exit(inst)
 
+    def _stop_container(self, inst: Instance) -> None:
+        if self.on_fatal_exit is not None and not inst.program.spec.shutdown_on_exit:
+            self.on_fatal_exit(inst)  # (shutdown_on_exit has asked already)
+
     # ---- quick-start (ephemeral) programs ------------------------------------------
 
     def new_temporary_id(self) -> str:
@@ -815,6 +825,7 @@ class Supervisor:
         self.memory.close()
         self.recycler.close()
         self.activation.close()
+        self.fatal.close()
         await self.health.close()
         await self.readiness.close()
         programs = self.all_programs()

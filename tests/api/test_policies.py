@@ -198,3 +198,67 @@ def test_rlimits_are_set_in_the_child(tmp_path: Path, pid1: bool) -> None:
         error = assert_error(pmd.http.post(f"{API}/programs/add", json=program(
             "greedy", rlimits={"nofile": 2**40})), 400, "VALIDATION_ERROR", "rlimits")
         assert "hard limit" in error["message"]
+
+
+@both_inits
+def test_on_fatal_restart_later_retries_after_its_wait(tmp_path: Path, pid1: bool) -> None:
+    with Pmd(tmp_path / "pmd", [], pid1=pid1, env=ENV) as pmd, events(pmd) as seen:
+        add(pmd, program("flaky", "sh -c 'exit 4'", boot=True, startsecs=1, startretries=0,
+                         on_fatal="restart_later", fatal_retry_after=1))
+        seen.wait(lambda: len([m for m in seen.of("flaky") if m["to"] == "FATAL"]) >= 3)
+        states = seen.of("flaky")
+        fatal = [m["timestamp"] for m in states if m["to"] == "FATAL"]
+        starts = [m["timestamp"] for m in states if m["to"] == "STARTING"]
+        for n in range(2):  # each FATAL is followed by a start fatal_retry_after later
+            gap = starts[n + 1] - fatal[n]
+            assert 1.0 <= gap < 1.3, (n, gap)
+
+
+@both_inits
+def test_on_fatal_stop_container_exits_with_the_programs_code(tmp_path: Path,
+                                                               pid1: bool) -> None:
+    programs = [
+        {"name": "vital", "command": "sh -c 'exit 7'", "boot": True, "startsecs": 1,
+         "startretries": 1, "on_fatal": "stop_container"},
+        {"name": "other", "command": "sleep 60", "boot": True, "startsecs": 0},
+    ]
+    pmd = Pmd(tmp_path / "pmd", programs, pid1=pid1)
+    with pmd:
+        assert pmd.wait(timeout=20) == 7
+    assert "vital is gone for good" in pmd.stderr_text()
+
+
+@both_inits
+def test_on_fatal_stop_dependents_stops_them_and_starts_them_on_recovery(
+        tmp_path: Path, pid1: bool) -> None:
+    ok = tmp_path / "db.ok"
+    ok.touch()
+    db = f"sh -c 'test -e {ok} || exit 1; exec sleep 60'"
+    with Pmd(tmp_path / "pmd", [], pid1=pid1, env=ENV) as pmd, events(pmd) as seen:
+        http = pmd.http
+        dbid = add(pmd, program("db", db, boot=True, startsecs=0.5, startretries=0,
+                                on_fatal="stop_dependents"))
+        add(pmd, program("api", "sleep 60", boot=True, startsecs=0,
+                         depends_on={"db": "running"}))
+        add(pmd, program("worker", "sleep 60", boot=True, startsecs=0,
+                         depends_on={"api": "running"}))
+        add(pmd, program("bystander", "sleep 60", boot=True, startsecs=0))
+
+        def entered(name: str, state: str) -> list[dict[str, Any]]:
+            return [m for m in seen.of(name) if m["to"] == state]
+
+        seen.wait(lambda: entered("worker", "RUNNING"))
+        ok.unlink()
+        assert http.post(f"{API}/programs/{dbid}/restart", json={}).status_code == 200
+        seen.wait(lambda: entered("api", "STOPPED") and entered("worker", "STOPPED"))
+        fatal_at = entered("db", "FATAL")[0]["timestamp"]
+        assert entered("api", "STOPPING")[0]["timestamp"] >= fatal_at
+        assert entered("worker", "STOPPING")[0]["timestamp"] >= fatal_at
+        assert not entered("bystander", "STOPPING")
+        # it recovers (started by hand): its dependents start again, in dependency order
+        ok.touch()
+        assert http.post(f"{API}/programs/{dbid}/start", json={}).status_code == 200
+        seen.wait(lambda: len(entered("worker", "RUNNING")) == 2)
+        back = entered("db", "RUNNING")[-1]["timestamp"]
+        api_again = entered("api", "STARTING")[-1]["timestamp"]
+        assert back <= api_again <= entered("worker", "STARTING")[-1]["timestamp"]
