@@ -32,7 +32,6 @@ from ..supervisor.errors import (
     Invalid,
     NotFound,
     OperationFailed,
-    Refused,
     StartFailed,
     WaitTimeout,
 )
@@ -56,8 +55,9 @@ class Service:
         self.supervisor = supervisor
         self.tasks = OwnedTasks()
         self._config = asyncio.Lock()
-        #: Programs with a reload under way: a second reload of one is refused.
-        self._reloading: set[Program] = set()
+        #: Programs with a reload under way: the lock later reloads of it wait on, in
+        #: order, and how many reloads hold or wait for it.
+        self._reloading: dict[Program, tuple[asyncio.Lock, int]] = {}
 
     # ---- finding programs ----------------------------------------------------------
 
@@ -264,13 +264,14 @@ class Service:
         fails is an OperationFailed whose details are the report."""
         if move_to is not None and await self.change_ports(program, *move_to):
             return ReloadReport(mode="restart")  # new listeners: nothing to hand over
-        if program in self._reloading:
-            raise Refused(f"program '{program.name}' is already being reloaded")
-        self._reloading.add(program)
+        # A reload asked while another of the same program runs waits for it, in order
+        # (circus's lesson: concurrent commands queue, they do not fail as "busy").
+        lock, users = self._reloading.get(program, (asyncio.Lock(), 0))
+        self._reloading[program] = (lock, users + 1)
         try:
-            task = self.tasks.spawn(self._reload(program), f"reload {program.name}")
+            task = self.tasks.spawn(self._reload(program, lock), f"reload {program.name}")
         except BaseException:
-            self._reloading.discard(program)
+            self._release_reload(program)
             raise
         report = await asyncio.shield(task)
         if not report.ok:
@@ -279,11 +280,19 @@ class Service:
                 f"{report.reason}; the old instance keeps serving", details=report.as_dict())
         return report
 
-    async def _reload(self, program: Program) -> ReloadReport:
+    async def _reload(self, program: Program, lock: asyncio.Lock) -> ReloadReport:
         try:
-            return await reload_program(self.supervisor, program)
+            async with lock:
+                return await reload_program(self.supervisor, program)
         finally:
-            self._reloading.discard(program)
+            self._release_reload(program)
+
+    def _release_reload(self, program: Program) -> None:
+        lock, users = self._reloading[program]
+        if users <= 1:
+            del self._reloading[program]
+        else:
+            self._reloading[program] = (lock, users - 1)
 
     # ---- quick-start ---------------------------------------------------------------
 

@@ -143,31 +143,40 @@ def test_a_sighup_reload_waits_for_a_reset_under_way():
     assert run(scenario()) == ["reset begins", "reset ends", "apply ['a']"]
 
 
-def test_a_second_reload_of_a_program_is_refused_until_the_first_ends(monkeypatch):
+def test_reloads_of_one_program_queue_in_order_and_each_says_what_it_did(monkeypatch):
     gate: dict[str, asyncio.Event] = {}
+    log: list[str] = []
 
     async def slow_reload(sup: Any, program: Any, timeout: float | None = None
                           ) -> ReloadReport:
+        number = sum(entry.startswith("begin") for entry in log) + 1
+        log.append(f"begin {number}")
         await gate["open"].wait()
-        return ReloadReport(mode="zero-downtime", replaced=[4000])
+        log.append(f"end {number}")
+        return ReloadReport(mode="zero-downtime", replaced=[4000 + number])
 
     monkeypatch.setattr(service_module, "reload_program", slow_reload)
 
-    async def scenario() -> None:
+    async def scenario() -> list[ReloadReport]:
         gate["open"] = asyncio.Event()
         service = Service(StandIn())  # type: ignore[arg-type]
         program = Named("web")
         first = asyncio.ensure_future(service.reload(program))  # type: ignore[arg-type]
         await asyncio.sleep(0)
-        first.cancel()  # the client went away: the reload goes on, and is still guarded
-        with pytest.raises(Refused, match="already being reloaded"):
-            await service.reload(program)  # type: ignore[arg-type]
+        first.cancel()  # the client went away: the reload goes on, and still holds the turn
+        second = asyncio.ensure_future(service.reload(program))  # type: ignore[arg-type]
+        third = asyncio.ensure_future(service.reload(program))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert log == ["begin 1"]  # the others wait: no conflict, no overlap
         gate["open"].set()
+        reports = [await second, await third]
         await service.tasks.settle(1.0)
-        report = await service.reload(program)  # type: ignore[arg-type]
-        assert report.replaced == [4000]
+        assert not service._reloading
+        return reports
 
-    run(scenario())
+    reports = run(scenario())
+    assert log == ["begin 1", "end 1", "begin 2", "end 2", "begin 3", "end 3"]
+    assert [r.replaced for r in reports] == [[4002], [4003]]
 
 
 def test_quick_start_names():
