@@ -8,7 +8,7 @@ from __future__ import annotations
 import resource
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: The signals a stop step may send (supervisord's stopsignal names).
 STEP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "WINCH")
@@ -90,6 +90,44 @@ def rlimit_number(name: str) -> int:
 
 def _show(value: int) -> str:
     return UNLIMITED if value == resource.RLIM_INFINITY else str(value)
+
+
+class WatchSpec(BaseModel):
+    """Restart the program when a file under `paths` changes (inotify; directories are
+    watched with their subdirectories), unless its name or path matches a glob of
+    `ignore`; changes within `debounce` seconds of each other are one change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    paths: Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]],
+                     Field(min_length=1, max_length=32)]
+    ignore: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]],
+                      Field(max_length=64)] = Field(default_factory=list)
+    debounce: Annotated[float, Field(ge=0, le=3600)] = 0.5
+
+    @field_validator("paths", "ignore")
+    @classmethod
+    def _text(cls, value: list[str]) -> list[str]:
+        for index, item in enumerate(value):
+            if any(c in item for c in "\x00\n\r"):
+                raise ValueError(f"item {index} must not contain NUL or a line break")
+        return value
+
+
+def check_cron(value: str | None) -> str | None:
+    """Five fields (minute hour day-of-month month day-of-week), or six with seconds
+    last; croniter parses it (imported here: only programs with a schedule pay for it)."""
+    if value is None:
+        return value
+    fields = value.split()
+    if len(fields) not in (5, 6):
+        raise ValueError("must have five fields (minute hour day month weekday), or six "
+                         "with seconds last")
+    from croniter import croniter
+
+    if not croniter.is_valid(value):
+        raise ValueError(f"not a valid cron expression: {value!r}")
+    return value
 
 
 def restart_delay(delays: list[float], attempt: int) -> float:

@@ -33,7 +33,16 @@ from pydantic import (
 from .expand import USER_REFERENCES, env_files, one_or_more
 from .expand import check as check_references
 from .hooks import HookSpec
-from .policies import ON_FATAL, RLIMITS, Rlimit, StopStep, check_rlimits, restart_delay
+from .policies import (
+    ON_FATAL,
+    RLIMITS,
+    Rlimit,
+    StopStep,
+    WatchSpec,
+    check_cron,
+    check_rlimits,
+    restart_delay,
+)
 from .sockets import SocketSpec
 from .webhook_rules import check_header_name, check_header_value, check_url
 
@@ -292,6 +301,9 @@ class ProgramSpec(Model):
     # exit code, or its dependents stopped until it runs again
     on_fatal: Literal[ON_FATAL] | None = None  # type: ignore[valid-type]
     fatal_retry_after: Annotated[float, Field(gt=0, le=86400)] | None = None
+    # restart on a schedule (cron, the container's time zone), or when files change
+    cron_restart: Annotated[str | None, AfterValidator(check_cron)] = None
+    watch: WatchSpec | None = None
     # resource limits set in the child (model/policies.py)
     rlimits: Annotated[dict[Literal[RLIMITS], Rlimit],  # type: ignore[valid-type]
                        AfterValidator(check_rlimits)] | None = None
@@ -421,6 +433,10 @@ class ProgramSpec(Model):
             raise ValueError("idle_stop_after needs start_on: connection")
         if self.max_age_jitter is not None and self.max_age is None:
             raise ValueError("max_age_jitter needs max_age")
+        if self.watch is not None:
+            for index, path in enumerate(self.watch.paths):
+                if not path.startswith("/") and self.directory is None:
+                    raise ValueError(f"watch.paths.{index}: a relative path needs directory")
         if self.fatal_retry_after is not None and self.on_fatal != "restart_later":
             raise ValueError("fatal_retry_after needs on_fatal: restart_later")
         if self.sockets and self.port_range is not None:
@@ -454,6 +470,13 @@ class ProgramSpec(Model):
     @property
     def effective_port_param(self) -> str:
         return self.port_param or "--port"
+
+    def watched_paths(self) -> list[str]:
+        """watch.paths, relative ones taken from `directory`."""
+        if self.watch is None:
+            return []
+        return [p if p.startswith("/") else os.path.join(self.directory or "/", p)
+                for p in self.watch.paths]
 
     def ports(self) -> list[int | None]:
         return list(self.port_range.ports()) if self.port_range else [None]

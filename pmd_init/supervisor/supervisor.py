@@ -29,6 +29,7 @@ from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.records import EphemeralEntry, PidsEntry, Records
 from ..store.storage import StorageError
 from .activation import Activation
+from .cron import CronRestarts
 from .depends import DependencyGate, NotReady, not_ready
 from .ephemeral import boot_identity, process_start_ticks, same_process
 from .errors import (
@@ -56,6 +57,7 @@ from .recycle import Recycler
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
 from .sockets import SocketSet
+from .watch import FileWatch
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
 if TYPE_CHECKING:
@@ -145,6 +147,9 @@ class Supervisor:
             loop, self.events, programs=lambda: list(self.programs.values()),
             launch=self.launch, stop=self.stop,
             stop_container=self._stop_container)
+        #: cron_restart (cron.py) and watch (watch.py).
+        self.cron = CronRestarts(loop)
+        self.watch = FileWatch(loop, self._restart_for_change)
         #: start_on: connection (activation.py).
         self.activation = Activation(
             loop, self.events, self.sockets, self.launch,
@@ -241,11 +246,61 @@ class Supervisor:
         for program in sorted(self.programs.values(), key=lambda p: (p.spec.priority, p.id)):
             if self._boots(program.spec):
                 self.launch(program)
-        self.arm_activations()
+        self._specs_changed()
 
     @staticmethod
     def _boots(spec: ProgramSpec) -> bool:
         return spec.enabled and spec.boot and not spec.lazy_load and not spec.on_connection
+
+    def _specs_changed(self) -> None:
+        """What follows the set of programs: socket watches, schedules, file watches."""
+        self.arm_activations()
+        programs = list(self.programs.values())
+        self.cron.sync(programs)
+        self.watch.sync(programs)
+
+    async def _restart_for_change(self, program: Program) -> None:
+        """watch: the program, then each running program that depends on it (directly or
+        through another) in start order, each once the one before it is ready again."""
+        specs = self.specs()
+        found: set[str] = set()
+        todo = [program.name]
+        while todo:
+            for name in dependents_of(specs, todo.pop()):
+                if name not in found and name != program.name:
+                    found.add(name)
+                    todo.append(name)
+        later = [name for wave in reversed(stop_waves(specs)) for name in
+                 sorted(wave, key=lambda n: (self._priority(n), n)) if name in found]
+        for step in [program, *(self._dependency(name) for name in later)]:
+            if step is None or step.id is None or self.programs.get(step.id) is not step:
+                continue
+            running = [i for i in step.instances.values() if i.state in RUNNING_STATES]
+            for inst in running:
+                inst.restart(reason="watch")
+            if running:
+                await asyncio.gather(*(self._until_ready(i) for i in running))
+
+    def _priority(self, name: str) -> int:
+        program = self._dependency(name)
+        return program.spec.priority if program is not None else 999
+
+    async def _until_ready(self, inst: Instance, timeout: float = 60.0) -> None:
+        """Once this instance's next run is ready (or it went FATAL, or `timeout`)."""
+        done: asyncio.Future[None] = self.loop.create_future()
+
+        def on_event(event: Event) -> None:
+            if event.source is not inst or done.done():
+                return
+            if isinstance(event, ReadyEvent) or (
+                    isinstance(event, StateEvent) and event.to_state == ProgramState.FATAL):
+                done.set_result(None)
+
+        unsubscribe = self.events.subscribe(on_event)
+        try:
+            await asyncio.wait({done}, timeout=timeout)
+        finally:
+            unsubscribe()
 
     def arm_activations(self) -> None:
         """Watch the sockets of every enabled, stopped start_on: connection program (again:
@@ -291,7 +346,7 @@ class Supervisor:
             self._replace_spec(existing, spec)
             report["changed"].append(name)
         self.gate.poke()  # changed depends_on: what waits may be free now
-        self.arm_activations()
+        self._specs_changed()
         return report
 
     # ---- persistent programs (the daemon API) --------------------------------------
@@ -393,7 +448,7 @@ class Supervisor:
         program = self.programs[spec.id] = Program(self.runtime, spec)
         if self._boots(spec):
             self.launch(program, delay=0)
-        self.arm_activations()
+        self._specs_changed()
         return program
 
     def edit(self, program_id: int, changes: dict[str, Any]) -> Program:
@@ -427,7 +482,7 @@ class Supervisor:
         self.sync_sockets()
         if not spec.on_connection or not spec.enabled:
             self.activation.disarm(program)
-        self.arm_activations()
+        self._specs_changed()
         self.gate.poke()  # changed depends_on: what waits may be free now
         return program
 
@@ -479,6 +534,7 @@ class Supervisor:
             self.programs.pop(program.id, None)
         if program.spec.sockets:
             self.sync_sockets()  # closed when no program names them any more
+        self._specs_changed()
         return futures
 
     def remove(self, program_id: int) -> list[asyncio.Future[ProgramState]]:
@@ -520,7 +576,7 @@ class Supervisor:
             program.stop_all()
         elif self._boots(spec):
             self.launch(program, delay=0)
-        self.arm_activations()
+        self._specs_changed()
         return program
 
     # ---- control -------------------------------------------------------------------
@@ -826,6 +882,8 @@ class Supervisor:
         self.recycler.close()
         self.activation.close()
         self.fatal.close()
+        self.cron.close()
+        await self.watch.close()
         await self.health.close()
         await self.readiness.close()
         programs = self.all_programs()
@@ -918,7 +976,7 @@ class Supervisor:
                 self._adopt_extra(program, inst_snap)
         self.ephemeral_report = list(snap.get("ephemeral_report") or [])
         self.sync_sockets()
-        self.arm_activations()
+        self._specs_changed()
         # A boot that waited on dependencies goes on waiting (or starts what now may).
         by_key = {p.key: p for p in self.programs.values()}
         for key in snap.get("waiting") or []:

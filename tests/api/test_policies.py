@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -262,3 +263,73 @@ def test_on_fatal_stop_dependents_stops_them_and_starts_them_on_recovery(
         back = entered("db", "RUNNING")[-1]["timestamp"]
         api_again = entered("api", "STARTING")[-1]["timestamp"]
         assert back <= api_again <= entered("worker", "STARTING")[-1]["timestamp"]
+
+
+@both_inits
+def test_a_watched_change_restarts_the_program_then_its_dependents_in_order(
+        tmp_path: Path, pid1: bool) -> None:
+    conf = tmp_path / "conf"
+    (conf / "sub").mkdir(parents=True)
+    with Pmd(tmp_path / "pmd", [], pid1=pid1, env=ENV) as pmd, events(pmd) as seen:
+        add(pmd, program("cfg", "sleep 60", boot=True, startsecs=0.3,
+                         watch={"paths": [str(conf)], "ignore": ["*.tmp"], "debounce": 0.3}))
+        add(pmd, program("api", "sleep 60", boot=True, startsecs=0.3,
+                         depends_on={"cfg": "ready"}))
+        add(pmd, program("worker", "sleep 60", boot=True, startsecs=0.3,
+                         depends_on=["api"]))
+        add(pmd, program("bystander", "sleep 60", boot=True, startsecs=0))
+
+        def entered(name: str, state: str) -> list[dict[str, Any]]:
+            return [m for m in seen.of(name) if m["to"] == state]
+
+        seen.wait(lambda: entered("worker", "RUNNING"))
+        # an ignored name changes nothing (three times the debounce, and no restart)
+        (conf / "sub" / "scratch.tmp").write_text("x")
+        time.sleep(1.0)
+        assert not entered("cfg", "STOPPING")
+        # a real change, in a subdirectory, written in three bursts: one restart
+        for n in range(3):
+            (conf / "sub" / "app.ini").write_text(f"v{n}")
+        seen.wait(lambda: len(entered("worker", "RUNNING")) == 2, timeout=20)
+        for name in ("cfg", "api", "worker"):
+            stops = entered(name, "STOPPING")
+            assert [m["reason"] for m in stops] == ["watch"], (name, stops)
+        assert not entered("bystander", "STOPPING")
+        # in dependency order: each restarts once the one it depends on is ready again
+        ready = {m["name"]: m["timestamp"] for m in seen.of("cfg", "ready")[1:]
+                 + seen.of("api", "ready")[1:]}
+        assert entered("api", "STOPPING")[0]["timestamp"] >= ready["cfg"]
+        assert entered("worker", "STOPPING")[0]["timestamp"] >= ready["api"]
+
+
+def test_cron_and_watch_are_validated_with_the_field_named(tmp_path: Path) -> None:
+    with Pmd(tmp_path / "pmd", [], env=ENV) as pmd:
+        url = f"{API}/programs/add"
+        for bad in ("* * *", "61 * * * *", "every minute"):
+            assert_error(pmd.http.post(url, json=program("a", cron_restart=bad)), 400,
+                         "VALIDATION_ERROR", "cron_restart")
+        assert_error(pmd.http.post(url, json=program("b", watch={"paths": []})), 400,
+                     "VALIDATION_ERROR", "watch.paths")
+        assert_error(pmd.http.post(url, json=program("c", watch={"paths": ["rel"]})), 400,
+                     "VALIDATION_ERROR")
+        assert_error(pmd.http.post(url, json=program("d", watch={
+            "paths": ["/tmp"], "debounce": -1})), 400, "VALIDATION_ERROR", "watch.debounce")
+        assert pmd.http.get(f"{API}/programs").json()["programs"] == []
+
+
+@both_inits
+def test_cron_restart_restarts_on_its_schedule(tmp_path: Path, pid1: bool) -> None:
+    with Pmd(tmp_path / "pmd", [], pid1=pid1, env=ENV) as pmd, events(pmd) as seen:
+        # six fields: every 2 seconds (a test cannot wait for minutes)
+        add(pmd, program("nightly", "sleep 60", boot=True, startsecs=0,
+                         cron_restart="* * * * * */2"))
+        add(pmd, program("idle", "sleep 60", startsecs=0, cron_restart="* * * * * */2"))
+        seen.wait(lambda: len([m for m in seen.of("nightly") if m["to"] == "STOPPING"]) >= 3,
+                  timeout=15)
+        stops = [m for m in seen.of("nightly") if m["to"] == "STOPPING"][:3]
+        assert all(m["reason"] == "cron" for m in stops)
+        for stop in stops:  # on the schedule's moments: even seconds
+            second = stop["timestamp"]
+            assert int(second) % 2 == 0 and second - int(second) < 0.3, second
+        # a program that is not running is not started by its schedule
+        assert not seen.of("idle")
