@@ -231,6 +231,22 @@ BETWEEN_FIELDS: dict[str, str] = {
     "instances": "as many as the ports of `port` (one port each); 1 without a range",
     "depends_on": "other programs' names (not its own), each with the condition it waits "
                   "for",
+    "sockets": "each a TCP socket (port, with host, backlog, reuse_port) or a Unix socket "
+               "(path, with mode, owner), or a name alone for a socket another program "
+               "defines; names once per list; one name is one address for every program; "
+               "not with port_range; bound at add/edit: a 400 SOCKET_UNAVAILABLE when it "
+               "cannot be (a port taken; through the API a Unix socket's folder must exist "
+               "and its path be free)",
+    "start_on": "connection needs sockets",
+    "idle_stop_after": "needs start_on: connection",
+    "stop_signal": "one signal name (SIGKILL after stop_timeout), or 1-8 steps "
+                   "{signal, wait}, SIGKILL after the last step's wait",
+    "max_age_jitter": "needs max_age",
+    "fatal_retry_after": "needs on_fatal: restart_later",
+    "rlimits": "soft not above hard, neither above pmd's own hard limit",
+    "cron_restart": "five cron fields (minute hour day month weekday), or six with seconds "
+                    "last",
+    "watch": "relative paths need directory",
 }
 #: An edit may leave these out, but not set them to null.
 NOT_NULL_IN_EDIT = ("name", "command", "user")

@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-#: The signals a stop step may send (supervisord's stopsignal names).
-STEP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "WINCH")
+#: The signals a stop step may send (supervisord's stopsignal names, KILL aside: it
+#: follows the last step anyway).
+STEP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2")
 #: rlimits a program may set, each the name of RLIMIT_<NAME> in lower case.
 RLIMITS = ("nofile", "nproc", "as", "core", "cpu")
 UNLIMITED = "unlimited"
@@ -66,6 +67,30 @@ class Rlimit(BaseModel):
 
 def _number(value: int | str) -> int:
     return resource.RLIM_INFINITY if value == UNLIMITED else int(value)
+
+
+class Rlimits(BaseModel):
+    """Resource limits set in the child before exec (systemd's LimitNOFILE= ...): each a
+    number or "unlimited" (soft and hard alike) or {soft, hard}."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True,
+                              validate_by_name=True, validate_by_alias=True)
+
+    nofile: Rlimit | None = None
+    nproc: Rlimit | None = None
+    as_: Rlimit | None = Field(default=None, alias="as")
+    core: Rlimit | None = None
+    cpu: Rlimit | None = None
+
+    @model_validator(mode="after")
+    def _within_pmds(self) -> Rlimits:
+        check_rlimits(self.items())
+        return self
+
+    def items(self) -> dict[str, Rlimit]:
+        """name (as RLIMIT_<NAME> has it, lower case) -> limit, for the ones given."""
+        return {name: limit for name in RLIMITS
+                if (limit := getattr(self, "as_" if name == "as" else name)) is not None}
 
 
 def check_rlimits(limits: dict[str, Rlimit]) -> dict[str, Rlimit]:

@@ -35,12 +35,10 @@ from .expand import check as check_references
 from .hooks import HookSpec
 from .policies import (
     ON_FATAL,
-    RLIMITS,
-    Rlimit,
+    Rlimits,
     StopStep,
     WatchSpec,
     check_cron,
-    check_rlimits,
     restart_delay,
 )
 from .sockets import SocketSpec
@@ -305,8 +303,7 @@ class ProgramSpec(Model):
     cron_restart: Annotated[str | None, AfterValidator(check_cron)] = None
     watch: WatchSpec | None = None
     # resource limits set in the child (model/policies.py)
-    rlimits: Annotated[dict[Literal[RLIMITS], Rlimit],  # type: ignore[valid-type]
-                       AfterValidator(check_rlimits)] | None = None
+    rlimits: Rlimits | None = None
 
     @field_validator("depends_on", mode="before")
     @classmethod

@@ -380,7 +380,8 @@ class Instance:
                 else (notification[1], spec.readiness.fd or 0),
                 listen_fds=listen_fds,
                 rlimits=[(rlimit_number(name), *limit.pair())
-                         for name, limit in (spec.rlimits or {}).items()],
+                         for name, limit in (spec.rlimits.items() if spec.rlimits
+                                             else {}).items()],
             ))
         except BaseException:
             for r, w in [*pipes, *([notification] if notification else [])]:

@@ -75,7 +75,10 @@ class SocketSet:
 
     def try_bind(self, specs: Iterable[SocketSpec]) -> None:
         """Bind the definitions that are new, now (add/edit): raises ValueError naming the
-        socket when one cannot be bound, and then holds nothing new."""
+        socket when one cannot be bound, and then holds nothing new. Through the API a
+        Unix socket's folder must exist and its path must be free: pmd runs as root, and
+        the API must not become a way to replace another service's socket or to make
+        folders anywhere (programs.json, written by the admin, may do both)."""
         bound: list[str] = []
         try:
             for spec in specs:
@@ -85,11 +88,17 @@ class SocketSet:
                 if held is not None and held.spec.address == spec.address:
                     continue
                 if held is not None:  # a new address for the name: bound when applied
+                    if spec.path is not None and spec.path == held.spec.path:
+                        continue  # a new mode or owner: the same file, bound anew
+                    if spec.path is not None:
+                        _check_new_path(spec.path)
                     probe = bind(spec)
                     probe.close()
                     _unlink_socket(spec)
                     continue
                 try:
+                    if spec.path is not None:
+                        _check_new_path(spec.path)
                     self.held[spec.name] = Held(spec, bind(spec))
                 except (OSError, ValueError) as exc:
                     raise ValueError(f"socket '{spec.name}' ({spec.describe()}) cannot be "
@@ -251,6 +260,13 @@ def bind(spec: SocketSpec) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _check_new_path(path: str) -> None:
+    if not os.path.isdir(os.path.dirname(path) or "/"):
+        raise ValueError(f"folder {os.path.dirname(path)} does not exist")
+    if os.path.lexists(path):
+        raise ValueError(f"{path} exists already")
 
 
 def _owner(owner: str | None) -> tuple[int, int]:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pmd.watch")
 
-#: Directories watched under one path at most (inotify watches are a kernel resource).
+#: Paths watched at most, all programs together (inotify watches are a kernel resource:
+#: fs.inotify.max_user_watches is often 8192 for everything the user runs).
 MAX_DIRECTORIES = 4096
 
 
@@ -40,8 +41,9 @@ class FileWatch:
         self._reader: asyncio.Task[None] | None = None
         #: what the current inotify watches: (program, its paths)
         self._wanted: dict[Program, tuple[str, ...]] = {}
-        #: watch descriptor -> [(program, the root path it was asked for)]
+        #: watch descriptor -> [(program, the root path it was asked for)], and its Watch
         self._owners: dict[int, list[tuple[Program, str]]] = {}
+        self._watches: dict[int, Any] = {}
         self._debounce: dict[Program, asyncio.TimerHandle] = {}
         self._chains: dict[Program, asyncio.Task[None]] = {}
         self._again: set[Program] = set()
@@ -49,37 +51,60 @@ class FileWatch:
         self._retired: list[asyncio.Task[None]] = []
 
     def sync(self, programs: Iterable[Program]) -> None:
-        """Watch exactly the enabled programs' watch paths; rebuilt when they change."""
+        """Watch exactly the enabled programs' watch paths: a program whose paths
+        changed is watched anew, the others keep their watches."""
         wanted = {p: tuple(p.spec.watched_paths()) for p in programs
                   if p.spec.watch is not None and p.spec.enabled}
-        if wanted == self._wanted:
-            return
-        self._stop_reading()
-        self._wanted = wanted
-        for program in [p for p in self._debounce if p not in wanted]:
-            self._debounce.pop(program).cancel()
+        for program in [p for p, paths in self._wanted.items() if wanted.get(p) != paths]:
+            self._forget(program)
         if not wanted:
+            self._stop_reading()
             return
-        from asyncinotify import Inotify
+        if self._inotify is None:
+            from asyncinotify import Inotify
 
-        self._inotify = Inotify()
+            self._inotify = Inotify()
+            self._reader = self.loop.create_task(self._read(), name="pmd watch")
         for program, paths in wanted.items():
+            if program in self._wanted:
+                continue
+            self._wanted[program] = paths
             for path in paths:
                 self._add_tree(program, path, path)
-        self._reader = self.loop.create_task(self._read(), name="pmd watch")
+
+    def _forget(self, program: Program) -> None:
+        self._wanted.pop(program, None)
+        pending = self._debounce.pop(program, None)
+        if pending is not None:
+            pending.cancel()
+        for wd, owners in list(self._owners.items()):
+            owners[:] = [(p, root) for p, root in owners if p is not program]
+            if not owners:
+                del self._owners[wd]
+                watch = self._watches.pop(wd, None)
+                if watch is not None and self._inotify is not None:
+                    try:
+                        self._inotify.rm_watch(watch)
+                    except OSError:
+                        pass  # gone with its file
 
     def _add_tree(self, program: Program, root: str, path: str) -> None:
+        """`path`, and below it every directory of the same file system (as `find -xdev`:
+        a watch of / does not walk /proc), up to MAX_DIRECTORIES in all."""
         if not os.path.isdir(path):
             self._add(program, root, path)
             return
-        count = 0
+        try:
+            device = os.stat(path).st_dev
+        except OSError:
+            return
         for directory, subdirs, _ in os.walk(path):
+            if len(self._watches) >= MAX_DIRECTORIES:
+                log.warning("%s: %d paths watched already: %s and below are not",
+                            program.name, MAX_DIRECTORIES, directory)
+                return
             self._add(program, root, directory)
-            count += 1
-            if count >= MAX_DIRECTORIES:
-                log.warning("%s: watching only the first %d directories under %s",
-                            program.name, MAX_DIRECTORIES, root)
-                subdirs.clear()
+            subdirs[:] = [d for d in subdirs if _same_device(directory, d, device)]
 
     def _add(self, program: Program, root: str, path: str) -> None:
         from asyncinotify import Mask
@@ -91,6 +116,7 @@ class FileWatch:
         except OSError as exc:
             log.warning("%s: cannot watch %s: %s", program.name, path, exc)
             return
+        self._watches[watch.wd] = watch
         owners = self._owners.setdefault(watch.wd, [])
         if (program, root) not in owners:
             owners.append((program, root))
@@ -162,6 +188,8 @@ class FileWatch:
             self._inotify.close()
             self._inotify = None
         self._owners.clear()
+        self._watches.clear()
+        self._wanted = {}
 
     async def close(self) -> None:
         """Stop watching; cancel and await the reader and the restart chains."""
@@ -177,3 +205,10 @@ class FileWatch:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._chains.clear()
+
+
+def _same_device(parent: str, name: str, device: int) -> bool:
+    try:
+        return os.lstat(os.path.join(parent, name)).st_dev == device
+    except OSError:
+        return False

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from typing import Any
 
 import schemathesis
@@ -58,6 +60,67 @@ def _depends(body: dict[str, Any]) -> None:
         body["depends_on"] = [EXISTING]
 
 
+def _dicts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _policies(body: dict[str, Any]) -> None:
+    """The sockets, schedules, watches and limits a generated program asks for, made
+    harmless and consistent: sockets in the run's folder (its cwd) or on loopback, no
+    socket named twice or left undefined, a watch of a folder of the run, a cron
+    expression that parses, limits within pmd's own, each needed field present."""
+    sockets = body.get("sockets")
+    if _dicts(sockets) and sockets:
+        fixed = []
+        for index, item in enumerate(sockets):
+            item = {k: v for k, v in item.items() if k not in ("host", "owner")}
+            name = f"fz{next(_COUNTER)}_{index}"
+            item["name"] = name
+            if "path" in item or "port" not in item:
+                item.pop("port", None)
+                item.pop("reuse_port", None)
+                item["path"] = os.path.join(os.getcwd(), f"{name}.sock")
+            else:
+                item.pop("mode", None)
+                item["host"] = "127.0.0.1"
+                item["port"] = 20000 + next(_COUNTER) % 20000
+            fixed.append(item)
+        body["sockets"] = fixed
+        body.pop("port_range", None)
+    if body.get("start_on") == "connection" and not (_dicts(body.get("sockets"))
+                                                    and body.get("sockets")):
+        body["sockets"] = [{"name": f"fz{next(_COUNTER)}",
+                            "path": os.path.join(os.getcwd(), f"fz{next(_COUNTER)}.sock")}]
+    if _number(body.get("idle_stop_after")) and body.get("start_on") != "connection":
+        del body["idle_stop_after"]
+    if _number(body.get("max_age_jitter")) and not _number(body.get("max_age")):
+        body["max_age"] = 3600
+    if _number(body.get("fatal_retry_after")):
+        body["on_fatal"] = "restart_later"
+    if isinstance(body.get("cron_restart"), str):
+        body["cron_restart"] = "0 3 * * *"
+    watch = body.get("watch")
+    if isinstance(watch, dict) and isinstance(watch.get("paths"), list) and watch["paths"] \
+            and all(isinstance(p, str) for p in watch["paths"]):
+        folder = os.path.join(os.getcwd(), "watched")
+        os.makedirs(folder, exist_ok=True)
+        body["watch"] = {**watch, "paths": [folder]}
+    limits = body.get("rlimits")
+    if isinstance(limits, dict):
+        for name, value in list(limits.items()):
+            if _number(value) or value == "unlimited":
+                limits[name] = 64
+            elif isinstance(value, dict) and {"soft", "hard"} <= set(value):
+                limits[name] = {"soft": 64, "hard": 64}
+
+
+_COUNTER = itertools.count(1)
+
+
 def _program(body: dict[str, Any], edit: bool) -> None:
     """ProgramSpec's rules between fields that the document cannot state: a port range's
     order and size, dependencies on programs that exist, an edit's id and stored
@@ -69,6 +132,7 @@ def _program(body: dict[str, Any], edit: bool) -> None:
             low, high = sorted((start, end))
             body["port_range"] = {**ports, "start": low, "end": min(high, low + 1023)}
     _depends(body)
+    _policies(body)
     if edit:
         # An edit's program has no port range unless the edit gives one.
         if isinstance(body.get("port_param"), str) and body.get("port_range") is None:
