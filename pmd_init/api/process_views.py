@@ -168,6 +168,7 @@ def detail_view(program: Program, sup: Supervisor) -> dict[str, Any]:
         view["config"]["log_forward"] = spec.log_forward
     if spec.hooks:
         view["config"]["hooks"] = [hook.model_dump(mode="json") for hook in spec.hooks]
+    view["config"].update(policies_view(program))
     view["health_check"] = health_view(program, sup)
     view["health_status"] = health_summary(program)
     primary = program.primary
@@ -178,6 +179,25 @@ def detail_view(program: Program, sup: Supervisor) -> dict[str, Any]:
                                "created_at": iso(program.created_at),
                                "expires_at": iso(program.expires_at),
                                "finished_at": iso(program.finished_at)}
+    return view
+
+
+#: pmd's own fields of a program, shown in a process's `config` (`pmd show`) when set.
+POLICY_FIELDS = ("sockets", "start_on", "idle_stop_after", "restart_delays", "max_age",
+                 "max_age_jitter", "cron_restart", "watch", "on_fatal", "fatal_retry_after",
+                 "rlimits")
+
+
+def policies_view(program: Program) -> dict[str, Any]:
+    """The sockets (with the fd each run gets), stop steps, restart and recycle policies,
+    limits: only those the program sets, as programs.json has them."""
+    stored = program.spec.to_json()
+    view = {name: stored[name] for name in POLICY_FIELDS if name in stored}
+    if "sockets" in view:
+        view["sockets"] = [{**sock, "fd": 3 + index}
+                           for index, sock in enumerate(view["sockets"])]
+    if not isinstance(program.spec.stop_signal, str):
+        view["stop_signal"] = stored["stop_signal"]
     return view
 
 

@@ -461,6 +461,7 @@ class Init:
             signals.reset_mask()
             for fd in self.supervisor.socket_fds():
                 os.set_inheritable(fd, False)
+            self.supervisor.arm_activations()  # hand-over stopped watching the sockets
             for inst in self.supervisor.everything():
                 for capture in inst.captures:
                     if capture.fd >= 0:

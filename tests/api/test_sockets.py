@@ -87,6 +87,9 @@ def test_a_program_gets_its_sockets_with_systemds_protocol(tmp_path: Path, pid1:
         # LISTEN_PID is the program's own pid (set between fork and exec), as pmd sees it
         assert listen_pid == own_pid == str(status["pid"])
         assert (count, names, web_fd, admin_fd) == ("2", "web:admin", "3", "4")
+        # `pmd show` (the process API's detail) lists them with the fd each run gets
+        config = pmd.http.get("/api/processes/1").json()["config"]
+        assert [(x["name"], x["fd"]) for x in config["sockets"]] == [("web", 3), ("admin", 4)]
         # fds 3 and 4 are the listening sockets, in the listed order
         pid = int(own_pid) if not pid1 else _outer_pid(pmd, int(own_pid))
         fd3, fd4 = (os.readlink(f"/proc/{pid}/fd/{n}") for n in (3, 4))
