@@ -95,6 +95,13 @@ class SocketSpec(BaseModel):
             return ("tcp", self.host or "0.0.0.0", self.port, bool(self.reuse_port))
         return ("unix", self.path, self.mode, self.owner)
 
+    @property
+    def endpoint(self) -> tuple[object, ...]:
+        """Where it listens: two sockets may not share it."""
+        if self.kind == "tcp":
+            return ("tcp", self.host or "0.0.0.0", self.port)
+        return ("unix", self.path)
+
     def describe(self) -> str:
         if self.kind == "tcp":
             return f"{self.host or '0.0.0.0'}:{self.port}"
@@ -131,7 +138,7 @@ def socket_definitions(
             owners.setdefault(sock.name, program)
     by_address: dict[tuple[object, ...], str] = {}
     for name, sock in defined.items():
-        other = by_address.setdefault(sock.address[:2], name)
+        other = by_address.setdefault(sock.endpoint, name)
         if other != name:
             raise SocketError(f"sockets: '{name}' and '{other}' are the same address "
                               f"{sock.describe()}", "sockets")
