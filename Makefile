@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_PATH := PATH="$$PATH:$(CURDIR)/$(BENCH_VENV)/bin"
 
-.PHONY: run test unit integration lint bench bench-metrics bench-imports chaos clean system-deps
+.PHONY: run test unit integration lint bench bench-metrics bench-imports bench-sockets chaos clean system-deps
 
 $(STAMP): pyproject.toml
 	@./scripts/system-deps
@@ -54,6 +54,12 @@ bench-metrics: $(STAMP)
 ## What each part of pmd's imports costs, in time and RSS, in the order a start loads them.
 bench-imports: $(STAMP)
 	$(BIN)/python bench/imports.py
+
+## What holding a socket per program costs, 100 programs, against supervisord's
+## fcgi-program sockets (docs/sockets-and-policies.md).
+bench-sockets: $(STAMP)
+	@PYTHON=$(PYTHON) ./scripts/bench-deps $(BENCH_VENV)
+	$(BENCH_PATH) $(BIN)/python bench/sockets.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(RUN_DIR) .pytest_cache
