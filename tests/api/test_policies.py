@@ -184,7 +184,7 @@ def test_max_age_with_jitter_recycles_replicas_apart(tmp_path: Path, pid1: bool)
 @both_inits
 def test_rlimits_are_set_in_the_child(tmp_path: Path, pid1: bool) -> None:
     out = tmp_path / "limits.txt"
-    command = f"sh -c 'cat /proc/$$/limits > {out}.tmp; mv {out}.tmp {out}; exec sleep 60'"
+    command = f"sh -c 'cat /proc/$$$$/limits > {out}.tmp; mv {out}.tmp {out}; exec sleep 60'"
     with Pmd(tmp_path / "pmd", [], pid1=pid1, env=ENV) as pmd:
         add(pmd, program("limited", command, boot=True, startsecs=0,
                          rlimits={"nofile": {"soft": 256, "hard": 512}, "core": 0,

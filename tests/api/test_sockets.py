@@ -76,7 +76,8 @@ def test_a_program_gets_its_sockets_with_systemds_protocol(tmp_path: Path, pid1:
     host, port = free_address()
     unix = tmp_path / "run" / "admin.sock"
     out = tmp_path / "env.txt"
-    command = (f"sh -c 'echo \"$LISTEN_PID $$ $LISTEN_FDS $LISTEN_FDNAMES $PMD_SOCKET_WEB "
+    # `$$$$`: pmd reads `$$` as one `$` (model/expand.py), the shell gets `$$`, its own pid
+    command = (f"sh -c 'echo \"$LISTEN_PID $$$$ $LISTEN_FDS $LISTEN_FDNAMES $PMD_SOCKET_WEB "
                f"$PMD_SOCKET_ADMIN\" > {out}.tmp; mv {out}.tmp {out}; exec sleep 60'")
     programs = [{"name": "env", "command": command, "boot": True, "startsecs": 0,
                  "sockets": [{"name": "web", "host": host, "port": port},
