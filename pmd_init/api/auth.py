@@ -12,8 +12,10 @@ import hmac
 
 from sanic.request import Request
 
-#: Open without a key. /ready tells an anonymous caller only its verdict and counts.
-PUBLIC_PATHS = frozenset({"/", "/api/v1/daemon/health", "/api/v1/daemon/ready"})
+#: Open without a key. /ready, /readyz and /startupz tell an anonymous caller only their
+#: verdict and counts (the orchestrator's probes carry no key).
+PUBLIC_PATHS = frozenset({"/", "/api/v1/daemon/health", "/api/v1/daemon/ready",
+                          "/livez", "/readyz", "/startupz"})
 
 
 def presented_key(request: Request) -> str | None:

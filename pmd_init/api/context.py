@@ -17,9 +17,11 @@ from sanic.config import Config
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
+    from ..model.budget import ShutdownPlan
     from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
+    from .verdicts import Verdicts
     from .viewcache import ViewCache
 
 
@@ -45,7 +47,11 @@ class Owner(Protocol):
     @property
     def reaper(self) -> OrphanCount: ...
 
+    @property
+    def verdicts(self) -> Verdicts: ...
+
     def request_reexec(self) -> bool: ...
+    def shutdown_plan(self) -> ShutdownPlan: ...
 
 
 @dataclass

@@ -76,7 +76,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, metrics, openapi, process, ws
+    from . import daemon, metrics, openapi, probes, process, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
@@ -84,6 +84,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     app.blueprint(daemon.bp)
     app.blueprint(openapi.bp)
     app.blueprint(metrics.bp)
+    app.blueprint(probes.bp)
     return app
 
 
@@ -116,6 +117,7 @@ def register_core_routes(app: PmdApp) -> None:
                 f.dropped for f in init.supervisor.forwarders if f is not None),
             "webhooks": init.supervisor.webhooks.counters(),
             "storage": init.supervisor.storage.view(),
+            "shutdown": init.shutdown_plan().as_dict(),
         })
 
     @app.get("/api/v1/daemon/ready")
@@ -124,16 +126,10 @@ def register_core_routes(app: PmdApp) -> None:
          response="ready; a 503 has the same shape with ready: false. Without the key "
                   "(when one is set) only the verdict and the counts")
     async def ready(request: Request) -> HTTPResponse:
-        total, missing = init.supervisor.not_ready()
-        view: dict[str, Any] = {
-            "ready": not missing,
-            "programs": {"total": total, "ready": total - len(missing),
-                         "not_ready": len(missing)},
-        }
-        if auth.authenticated(request, init.settings.api_key):
-            view["not_ready"] = [{"name": r.name, "id": r.id, "state": r.state,
-                                  "reason": r.reason} for r in missing]
-        return json(view, status=503 if missing else 200)
+        # /readyz's verdict (verdicts.py), names whenever the caller may see them.
+        status, view = init.verdicts.readyz(
+            names=auth.authenticated(request, init.settings.api_key))
+        return json(view, status=status)
 
     @app.post("/api/v1/daemon/reexec")
     async def reexec(request: Request) -> HTTPResponse:

@@ -116,12 +116,15 @@ def test_bodies_are_strict_about_json_types(http):
     assert response.status_code == 400 and "autorestart" in response.text
 
 
-def test_with_an_api_key_every_route_but_two_declares_it(tmp_path):
+#: Open without a key: the root, health, and the orchestrators' probes.
+PUBLIC = ("/", API + "/health", API + "/ready", "/livez", "/readyz", "/startupz")
+
+
+def test_with_an_api_key_every_public_route_is_open_and_the_rest_declare_it(tmp_path):
     with Pmd(tmp_path, [], api_key="k3y") as pmd:
         doc = pmd.http.get("/api/openapi.json").json()
     paths = doc["paths"]
     assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     for path, ops in paths.items():
         for op in ops.values():
-            assert ("security" in op) == (path not in ("/", API + "/health", API + "/ready")), \
-                path
+            assert ("security" in op) == (path not in PUBLIC), path
