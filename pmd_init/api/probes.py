@@ -31,8 +31,8 @@ def _answers(verdict: str, meaning: str) -> dict[str, object]:
 def _respond(request: Request) -> HTTPResponse:
     ctx = context(request)
     names = auth.authenticated(request, ctx.settings.api_key)
-    status, body = ctx.init.verdicts.answer(request.path, verbose="verbose" in request.args,
-                                            names=names)
+    verbose = "verbose" in request.get_args(keep_blank_values=True)  # `?verbose` alone
+    status, body = ctx.init.verdicts.answer(request.path, verbose=verbose, names=names)
     return json(body, status=status, headers={"Cache-Control": "no-store"})
 
 
