@@ -38,7 +38,10 @@ def test_a_termination_grace_too_small_is_a_problem_naming_the_programs():
         plan.problem
     fits = plan_shutdown(specs, delay=5, grace=30, termination_grace=26)
     assert fits.budget == 20 and fits.problem is None
-    assert plan_shutdown(specs, delay=0, grace=8, termination_grace=None).problem is not None
+    # Without the orchestrator's figure, --grace caps the shutdown as it always did.
+    assert plan_shutdown(specs, delay=0, grace=8, termination_grace=None).problem is None
+    tight = plan_shutdown(specs, delay=0, grace=8, termination_grace=30)
+    assert tight.budget == 8 and "--grace is 8 s" in (tight.problem or "")
     assert plan.as_dict()["worst_case_seconds"] == 20.0
 
 

@@ -56,15 +56,15 @@ class ShutdownPlan:
 
     @property
     def problem(self) -> str | None:
-        """Why the worst case does not fit (None when it does): names the programs whose
-        stop timeouts make it up, and the figures."""
+        """Why the worst case does not fit in the orchestrator's budget (None when it
+        does, or when that budget is not known): names the programs whose stop timeouts
+        make it up, and the figures."""
         worst = self.worst_case
-        if worst <= self.budget:
-            return None
+        if self.termination_grace is None or worst <= self.budget:
+            return None  # without the orchestrator's figure, --grace caps it as always
         chain = " + ".join(f"{w.longest} {_secs(w.seconds)}" for w in self.waves
                            if w.seconds > 0)
-        if self.termination_grace is not None and \
-                self.budget < self.grace:
+        if self.budget < self.grace:
             limit = (f"the termination grace of {_secs(self.termination_grace)} less the "
                      f"shutdown delay of {_secs(self.delay)} and {_secs(EXIT_MARGIN)} for "
                      f"pmd's exit leaves {_secs(self.budget)}")

@@ -86,8 +86,9 @@ class Init:
                                     ignored=ignored)
         if not s.programs:
             return await self._run_bare()
-        for folder in (s.state_dir, s.log_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        for folder, what in ((s.state_dir, "state dir (--state-dir)"),
+                             (s.log_dir, "log dir (--log-dir)")):
+            _prepare_folder(folder, what)
 
         from ..service import Service
         from ..store.programs import ProgramStore
@@ -612,6 +613,24 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_exception(exc)
     else:
         future.set_result(result)
+
+
+def _prepare_folder(folder: Path, what: str) -> None:
+    """Create one of pmd's folders if need be, and say clearly when pmd cannot write there
+    (a read-only root file system, an arbitrary uid): pmd goes on, without what it would
+    have written there (program log files, its state), and health's storage says so."""
+    who = f"uid {os.getuid()} gid {os.getgid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("the %s %s cannot be created by %s (%s): mount a writable volume there "
+                  "(an emptyDir, a tmpfs) or point pmd elsewhere", what, folder, who,
+                  exc.strerror or exc)
+        return
+    if not os.access(folder, os.W_OK | os.X_OK):
+        log.error("the %s %s is not writable by %s: mount a writable volume there (an "
+                  "emptyDir, a tmpfs), or give it to this uid or to group %d with g+w",
+                  what, folder, who, os.getgid())
 
 
 def _raise_nofile() -> None:
