@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from integration.helpers import status
+from integration.helpers import children, status
 from tests.api.process_helpers import free_ports
 from tests.harness import Pmd, can_unshare
 
@@ -241,3 +241,41 @@ def test_the_probe_port_is_kept_across_reexec(tmp_path):
         assert probe(port, "/livez").status_code == 200
         assert pmd.pid == before
         assert "handed-over probe listener" not in pmd.stderr_text()
+
+
+class SharedNamespacePmd(Pmd):
+    """pmd as in a pod with shareProcessNamespace: true: PID 2 of a PID namespace whose
+    PID 1 is another process (a shell that only waits, as the pause container does)."""
+
+    def argv(self) -> list[str]:
+        self.pid1 = False
+        inner = super().argv()
+        self.pid1 = True
+        return ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                '"$@" & wait', "pause", *inner]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        pause = self.wait_for(lambda: children(self.proc.pid), what="the pause") \
+            if self.proc else []
+        return int(self.wait_for(lambda: children(pause[0]), what="pmd")[0])
+
+
+def test_not_pid_1_in_a_shared_process_namespace_pmd_is_the_subreaper(tmp_path):
+    # A program whose child is orphaned at once: it must come to pmd, not to PID 1.
+    forker = {"name": "forker", "user": "root", "boot": True,
+              "command": "sh -c '(sleep 300 &) ; exec sleep 600'"}
+    with SharedNamespacePmd(tmp_path, [forker], pid1=True) as pmd:
+        assert Path(f"/proc/{pmd.pid}/status").read_text().count("NSpid:") == 1
+        nspid = next(line for line in Path(f"/proc/{pmd.pid}/status").read_text()
+                     .splitlines() if line.startswith("NSpid:")).split()
+        assert nspid[-1] == "2"  # pmd is not PID 1 of its namespace
+
+        def orphans() -> list[int]:
+            return [c for c in children(pmd.pid)
+                    if Path(f"/proc/{c}/cmdline").read_bytes() == b"sleep\x00300\x00"]
+
+        assert pmd.wait_for(orphans, what="the orphan adopted by pmd")
+        assert "cannot become a child subreaper" not in pmd.stderr_text()
+        assert pmd.http.get("/livez").status_code == 200
