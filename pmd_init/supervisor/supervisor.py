@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..model.budget import share
 from ..model.expand import ExpansionError, expand
 from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
 from ..model.hooks import HookSpec
@@ -51,6 +53,7 @@ from .program import Program
 from .readiness import Readiness
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
+from .startup import not_started
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
 if TYPE_CHECKING:
@@ -60,6 +63,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pmd.supervisor")
 
 #: Changing these restarts a running program (the issue's rule), plus what shapes the argv.
+#: The exit code of a process SIGKILL ended (128 + 9).
+KILLED = 128 + signal.SIGKILL
+
 RESTART_FIELDS = frozenset({
     "command", "user", "directory", "environment", "port_range", "port_param",
     "terminal_shell", "display", "stdout_logfile", "stderr_logfile", "logs_enabled",
@@ -185,6 +191,13 @@ class Supervisor:
         not lazy ones), and those of them that are not in their ready condition."""
         counted = [p for p in self.programs.values() if self._boots(p.spec)]
         missing = [r for r in (not_ready(p) for p in counted) if r is not None]
+        return len(counted), missing
+
+    def not_started(self) -> tuple[int, list[NotReady]]:
+        """Boot's progress, for a startup probe: how many programs count (as for
+        `not_ready`), and those of them that have neither started nor settled."""
+        counted = [p for p in self.programs.values() if self._boots(p.spec)]
+        missing = [r for r in (not_started(p) for p in counted) if r is not None]
         return len(counted), missing
 
     def specs(self) -> list[ProgramSpec]:
@@ -735,11 +748,24 @@ class Supervisor:
 
     # ---- shutdown ------------------------------------------------------------------
 
-    async def shutdown(self, deadline: float) -> None:
+    async def shutdown(self, deadline: float) -> list[str]:
         """Stop everything in reverse priority order, each priority group concurrently, a
         program's dependents before it, within `deadline` (loop time); then SIGKILL
         whatever is left. Every watcher is closed, its tasks and timers cancelled and
-        awaited."""
+        awaited. Returns the names of the instances that had to be killed.
+
+        When the groups' worst cases (their longest stop_timeout each) add up past the
+        time left, each group gets a share in proportion to its worst case and what is
+        left of it at the end of its share is killed: every group still gets its stop
+        signal before the deadline (model/budget.py)."""
+        killed: list[str] = []
+
+        def note_kill(event: Event) -> None:
+            if isinstance(event, StateEvent) and event.exit_code == KILLED \
+                    and event.to_state in STOPPED_STATES:
+                killed.append(event.instance)
+
+        unsubscribe = self.events.subscribe(note_kill)
         # Watchers first: a probe or a memory sample must not restart what is stopping,
         # and nothing waiting for its dependencies may start now.
         self.gate.close()
@@ -753,15 +779,28 @@ class Supervisor:
         for program in programs:
             by_name.setdefault(program.name, []).append(program)
         # Reverse priority, and dependents before what they depend on (stop_waves).
-        for wave in stop_waves([p.spec for p in programs]):
-            group = [f for name in wave for p in by_name.get(name, ()) for f in p.stop_all()]
+        waves = stop_waves([p.spec for p in programs])
+        worsts = [max((p.spec.stop_timeout for name in wave for p in by_name.get(name, ())),
+                      default=0.0) for wave in waves]
+        for index, wave in enumerate(waves):
+            members = [p for name in wave for p in by_name.get(name, ())]
+            group = [f for p in members for f in p.stop_all()]
             everything += group
             pending = [f for f in group if not f.done()]
             remaining = deadline - self.loop.time()
-            if pending and remaining > 0:
-                await asyncio.wait(pending, timeout=remaining)
+            allowed = share(remaining, worsts[index], sum(worsts[index:]))
+            if pending and allowed > 0:
+                await asyncio.wait(pending, timeout=allowed)
             if self.loop.time() >= deadline:
                 break
+            late = [i for p in members for i in p.instances.values() if i.pid is not None]
+            if late:  # its share is over: the next group's turn
+                log.warning("shutdown budget: SIGKILL %s after %.1f s to let the next "
+                            "group stop in time", ", ".join(i.name for i in late), allowed)
+                for inst in late:
+                    inst.kill_now()
+                await asyncio.wait([i.wait_state(STOPPED_STATES) for i in late],
+                                   timeout=max(0.05, min(1.0, deadline - self.loop.time())))
         left = [i for i in self.everything() if i.pid is not None]
         if left:
             log.warning("grace period over: SIGKILL %s", ", ".join(i.name for i in left))
@@ -769,6 +808,7 @@ class Supervisor:
                 inst.kill_now()
             waits = [i.wait_state(STOPPED_STATES) for i in left]
             await asyncio.wait(waits, timeout=2.0)
+        unsubscribe()
         # The STOPPING/STOPPED notifications just queued get what is left of the grace.
         left_over = max(0.0, deadline - self.loop.time())
         await self.webhooks.close(drain=min(DRAIN_SECONDS, left_over))
@@ -776,6 +816,7 @@ class Supervisor:
         if self._pids_timer is not None:  # the burst of stops is written now, not never
             self._pids_timer.cancel()
             self.write_pids()
+        return killed
 
     # ---- re-exec -------------------------------------------------------------------
 
