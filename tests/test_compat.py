@@ -5,6 +5,7 @@ the exit codes and streams the originals document. Signals: integration/test_mai
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,8 +60,18 @@ def test_tini_bad_usage_exits_1_on_stderr(args):
 def test_tini_a_command_that_cannot_run(path, code):
     failed = run("tini", "--", path)
     assert failed.returncode == code
-    assert failed.stderr.startswith(f"[pmd-tini] cannot run {path}: ")
+    # tini's line: "[FATAL tini (PID)] exec CMD failed: REASON"
+    assert re.match(rf"\[FATAL pmd-tini \(\d+\)\] exec {path} failed: \S", failed.stderr)
     assert "Traceback" not in failed.stderr
+
+
+def test_tini_and_dumb_init_word_bad_options_as_the_c_library_does():
+    assert run("tini", "-x", "true").stderr.startswith("pmd-tini: invalid option -- 'x'\n")
+    assert run("dumb-init", "--yolo", "true").stderr == \
+        "pmd-dumb-init: unrecognized option '--yolo'\n"
+    assert run("dumb-init", "true", "-r").returncode == 0  # options end at the command
+    assert run("dumb-init", "-r").stderr == \
+        "pmd-dumb-init: option requires an argument -- 'r'\n"
 
 
 def test_tini_exit_codes_and_remap():
@@ -109,8 +120,7 @@ def test_dumb_init_bad_usage_exits_1(args):
 def test_dumb_init_a_command_that_cannot_run_exits_2():
     failed = run("dumb-init", "/nonexistent/cmd")
     assert failed.returncode == 2
-    assert failed.stderr == "[pmd-dumb-init] cannot run /nonexistent/cmd: " \
-                            "No such file or directory\n"
+    assert failed.stderr == "[pmd-dumb-init] /nonexistent/cmd: No such file or directory\n"
 
 
 def test_dumb_init_settings_and_environment(monkeypatch):

@@ -94,7 +94,7 @@ def parse_tini(args: list[str], prog: str) -> Settings:
     try:
         opts, command = getopt.getopt(args, "p:hvwgle:R:s")
     except getopt.GetoptError as exc:
-        print(f"{prog}: {exc.msg}", file=sys.stderr)
+        print(f"{prog}: {_getopt_message(exc)}", file=sys.stderr)
         _fail(TINI_HELP.format(prog=prog, version=__version__), 1, end="")
     verbosity = _int_env("TINI_VERBOSITY", 1)
     group = bool(os.environ.get("TINI_KILL_PROCESS_GROUP"))
@@ -143,7 +143,7 @@ def parse_dumb_init(args: list[str], prog: str) -> Settings:
         opts, command = getopt.getopt(
             args, "hvVcr:", ["help", "single-child", "rewrite=", "verbose", "version"])
     except getopt.GetoptError as exc:
-        _fail(f"{prog}: {exc.msg}", 1)
+        _fail(f"{prog}: {_getopt_message(exc)}", 1)
     single = os.environ.get("DUMB_INIT_SETSID") == "0"
     debug = os.environ.get("DUMB_INIT_DEBUG") == "1"
     rewrite: dict[int, int] = {}
@@ -203,6 +203,17 @@ def _compat_settings(compat: str, command: list[str], *, single_child: bool,
         job_control=job_control, remap_exit={**base.remap_exit, **remap},
         pdeathsig=pdeathsig, log_level=log_level or env_log_level(), warn_reap=warn_reap,
         compat=compat)
+
+
+def _getopt_message(exc: getopt.GetoptError) -> str:
+    """The C library's getopt wording, which both originals print."""
+    if exc.msg.endswith("not recognized"):
+        return (f"unrecognized option '--{exc.opt}'" if len(exc.opt) > 1
+                else f"invalid option -- '{exc.opt}'")
+    if exc.msg.endswith("requires argument"):
+        return (f"option '--{exc.opt}' requires an argument" if len(exc.opt) > 1
+                else f"option requires an argument -- '{exc.opt}'")
+    return exc.msg
 
 
 def _int_env(name: str, default: int) -> int:

@@ -156,6 +156,10 @@ class Init:
         compatibility start, tini's or dumb-init's command line)."""
         if self.main is not None:
             self._spawn_main()
+        if self.settings.compat == "dumb-init":
+            # dumb-init's way: the command keeps the directory, the init lets go of it, so
+            # that it holds no mount busy. A bare start spawns nothing else that needs it.
+            os.chdir("/")
         self.reaper.reap()
         assert self._done is not None
         mode = await self._done
@@ -546,9 +550,13 @@ def _report_exec_failure(settings: Settings, exc: Exception) -> None:
     reason = os.strerror(errno) if errno else str(exc)
     if settings.compat is None:
         log.error("main command: %s", exc)
+        return
+    # The originals' own lines, under pmd's name for the tool.
+    if settings.compat == "tini":
+        line = f"[FATAL pmd-tini ({os.getpid()})] exec {settings.command[0]} failed: {reason}"
     else:
-        print(f"[pmd-{settings.compat}] cannot run {settings.command[0]}: {reason}",
-              file=sys.stderr, flush=True)
+        line = f"[pmd-{settings.compat}] {settings.command[0]}: {reason}"
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
