@@ -130,9 +130,10 @@ def parse_tini(args: list[str], prog: str) -> Settings:
         _fail(TINI_HELP.format(prog=prog, version=__version__), 1, end="")
     level = "ERROR" if verbosity <= 0 else "WARNING" if verbosity == 1 else \
         "INFO" if verbosity == 2 else "DEBUG"
-    return _compat_settings(
+    settings = _compat_settings(
         "tini", command, single_child=not group, rewrite={}, job_control=False,
         remap=remap, pdeathsig=pdeathsig, log_level=level, warn_reap=warn)
+    return dataclasses.replace(settings, keep_mask=True)
 
 
 # ---- dumb-init -----------------------------------------------------------------------

@@ -42,8 +42,11 @@ def program_base_env(environ: dict[str, str]) -> dict[str, str]:
 
 
 class Init:
-    def __init__(self, settings: Settings, base_env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, base_env: dict[str, str] | None = None,
+                 inherited_mask: frozenset[int] = frozenset()) -> None:
         self.settings = settings
+        #: The signal mask pmd's caller gave it, reset at once (see main()).
+        self.inherited_mask = inherited_mask
         #: Taken before pmd adds anything of its own to os.environ (see main()).
         self.base_env = program_base_env(dict(os.environ) if base_env is None else base_env)
         self.started_at = time.time()
@@ -76,7 +79,8 @@ class Init:
         if s.command:
             self.main = MainCommand(s.command, self.base_env, single_child=s.single_child,
                                     rewrite=s.rewrite, job_control=s.job_control,
-                                    ignored=ignored)
+                                    ignored=ignored,
+                                    mask=self.inherited_mask if s.keep_mask else ())
         if not s.programs:
             return await self._run_bare()
         for folder in (s.state_dir, s.log_dir):
@@ -561,7 +565,7 @@ def _report_exec_failure(settings: Settings, exc: Exception) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     # First of all: a mask inherited from the caller would hold back TERM until it is reset.
-    signals.reset_mask()
+    inherited_mask = signals.reset_mask()
     args = sys.argv[1:] if argv is None else argv
     if args and (args[0] == "--compat" or args[0].startswith("--compat=")):
         from .compat import parse_compat
@@ -569,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = parse_compat(args)
     else:
         settings = parse_settings(args)
-    run(settings)
+    run(settings, inherited_mask)
 
 
 def tini() -> None:
@@ -582,7 +586,7 @@ def dumb_init() -> None:
     main(["--compat", "dumb-init", *sys.argv[1:]])
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, inherited_mask: frozenset[int] = frozenset()) -> None:
     _setup_logging(settings)
     base_env = dict(os.environ)
     # pydantic scans every installed distribution's entry points for plugins on the first
@@ -595,7 +599,7 @@ def run(settings: Settings) -> None:
         prctl.set_name("pmd_init")
     except (ImportError, OSError):
         pass
-    code = asyncio.run(Init(settings, base_env).run())
+    code = asyncio.run(Init(settings, base_env, inherited_mask).run())
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)
