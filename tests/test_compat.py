@@ -117,6 +117,21 @@ def test_dumb_init_bad_usage_exits_1(args):
     assert bad.returncode == 1 and bad.stderr
 
 
+@pytest.mark.parametrize("value", ["", "herp", "15", "15::12", "15:derp", "0", "1:32"])
+def test_dumb_init_words_a_bad_rewrite_as_dumb_init_does(value):
+    bad = run("dumb-init", "-r", "15:12", "-r", value, "echo", "hi")
+    assert (bad.returncode, bad.stderr) == (1, (
+        "Usage: -r option takes <signum>:<signum>, where <signum> is between 1 and 31.\n"
+        "This option can be specified multiple times.\nUse --help for full usage.\n"))
+
+
+def test_dumb_init_without_a_command_prints_its_two_usage_lines():
+    alone = run("dumb-init")
+    assert (alone.returncode, alone.stderr) == (
+        1, "Usage: pmd-dumb-init [option] program [args]\n"
+           "Try pmd-dumb-init --help for full usage.\n")
+
+
 def test_dumb_init_a_command_that_cannot_run_exits_2():
     failed = run("dumb-init", "/nonexistent/cmd")
     assert failed.returncode == 2

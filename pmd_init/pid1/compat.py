@@ -158,26 +158,26 @@ def parse_dumb_init(args: list[str], prog: str) -> Settings:
         elif flag in ("-c", "--single-child"):
             single = True
         elif flag in ("-r", "--rewrite"):
-            rewrite.update(_dumb_rewrite(value, prog))
-    if not command:
-        _fail(f"Usage: {prog} [option] command [[arg] ...]\n"
-              f"{prog} --help shows every option.", 1)
+            rewrite.update(_dumb_rewrite(value))
+    if not command:  # dumb-init's own two lines
+        _fail(f"Usage: {prog} [option] program [args]\nTry {prog} --help for full usage.", 1)
     return _compat_settings(
         "dumb-init", command, single_child=single,
         rewrite=job_control_rewrites(rewrite, single), job_control=True, remap={},
         pdeathsig=None, log_level="DEBUG" if debug else None, warn_reap=False)
 
 
-def _dumb_rewrite(value: str, prog: str) -> dict[int, int]:
+def _dumb_rewrite(value: str) -> dict[int, int]:
     src, sep, dst = value.partition(":")
     try:
         if not sep:
             raise ValueError(value)
         source = parse_signal(src)
         target = 0 if dst.strip() == "0" else parse_signal(dst)
-    except ValueError:
-        _fail(f"{prog}: -r takes SIGNAL:SIGNAL (numbers or names; 0 on the right drops "
-              f"the signal), not {value!r}. Repeat -r for more rewrites.", 1)
+    except ValueError:  # dumb-init's own lines (pmd also takes names and RT signals)
+        _fail("Usage: -r option takes <signum>:<signum>, where <signum> is between 1 and "
+              "31.\nThis option can be specified multiple times.\n"
+              "Use --help for full usage.", 1)
     return {source: target}
 
 
