@@ -23,15 +23,16 @@ The issue's target: pmd's status p99 under 20 ms.
 
 The fault scenarios (bench/faults.py says what each measures): crashloop (the storm with
 100 programs), fleet (1000 programs), flood (a log flood), stalled (stalled clients),
-kill9 (SIGKILL during API writes, 50 rounds), fulldisk (a full state tmpfs).
+qstorm (quick-starts that exit at once, 2 minutes), kill9 (SIGKILL during API writes,
+50 rounds), fulldisk (a full state tmpfs).
 
 Usage: .venv/bin/python bench/chaos.py [--seconds 20] [--programs 20] [--rate 50]
                                        [--only storm,crashloop,fleet,flood,stalled,
-                                               kill9,fulldisk]
+                                               qstorm,kill9,fulldisk]
                                        [--rounds 50] [--fleet 1000]
                                        [--inits pmd,pmd-nolimit,pmd-noforward,supervisord] [--keep]
 Needs: unshare, cc, and supervisord for its column (Debian: apt-get install supervisor);
-root for fulldisk's tmpfs. The whole run takes about 8 minutes.
+root for fulldisk's tmpfs. The whole run takes about 10 minutes.
 Output: the table on stdout, every raw figure in bench/results/chaos-<time>.json.
 """
 
