@@ -65,6 +65,9 @@ class Settings:
     log_level: str | None = None
     #: Warn about every orphan reaped (tini's -w).
     warn_reap: bool = False
+    #: The main command starts with the signal mask pmd's caller gave pmd (tini restores
+    #: it for its child); otherwise with an empty one (dumb-init's way, and pmd's).
+    keep_mask: bool = False
     #: Which tool's command line started pmd ("tini", "dumb-init") or None: it decides
     #: the wording of a few error lines and the exit code of a main command that cannot run.
     compat: str | None = None

@@ -43,8 +43,11 @@ def program_base_env(environ: dict[str, str]) -> dict[str, str]:
 
 
 class Init:
-    def __init__(self, settings: Settings, base_env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, base_env: dict[str, str] | None = None,
+                 inherited_mask: frozenset[int] = frozenset()) -> None:
         self.settings = settings
+        #: The signal mask pmd's caller gave it, reset at once (see main()).
+        self.inherited_mask = inherited_mask
         #: Taken before pmd adds anything of its own to os.environ (see main()).
         self.base_env = program_base_env(dict(os.environ) if base_env is None else base_env)
         self.started_at = time.time()
@@ -84,7 +87,8 @@ class Init:
         if s.command:
             self.main = MainCommand(s.command, self.base_env, single_child=s.single_child,
                                     rewrite=s.rewrite, job_control=s.job_control,
-                                    ignored=ignored)
+                                    ignored=ignored,
+                                    mask=self.inherited_mask if s.keep_mask else ())
         if not s.programs:
             return await self._run_bare()
         for folder, what in ((s.state_dir, "state dir (--state-dir)"),
@@ -183,6 +187,10 @@ class Init:
         compatibility start, tini's or dumb-init's command line)."""
         if self.main is not None:
             self._spawn_main()
+        if self.settings.compat == "dumb-init":
+            # dumb-init's way: the command keeps the directory, the init lets go of it, so
+            # that it holds no mount busy. A bare start spawns nothing else that needs it.
+            os.chdir("/")
         self.reaper.reap()
         assert self._done is not None
         mode = await self._done
@@ -688,14 +696,18 @@ def _report_exec_failure(settings: Settings, exc: Exception) -> None:
     reason = os.strerror(errno) if errno else str(exc)
     if settings.compat is None:
         log.error("main command: %s", exc)
+        return
+    # The originals' own lines, under pmd's name for the tool.
+    if settings.compat == "tini":
+        line = f"[FATAL pmd-tini ({os.getpid()})] exec {settings.command[0]} failed: {reason}"
     else:
-        print(f"[pmd-{settings.compat}] cannot run {settings.command[0]}: {reason}",
-              file=sys.stderr, flush=True)
+        line = f"[pmd-{settings.compat}] {settings.command[0]}: {reason}"
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     # First of all: a mask inherited from the caller would hold back TERM until it is reset.
-    signals.reset_mask()
+    inherited_mask = signals.reset_mask()
     args = sys.argv[1:] if argv is None else argv
     if args and (args[0] == "--compat" or args[0].startswith("--compat=")):
         from .compat import parse_compat
@@ -703,7 +715,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = parse_compat(args)
     else:
         settings = parse_settings(args)
-    run(settings)
+    run(settings, inherited_mask)
 
 
 def tini() -> None:
@@ -716,7 +728,7 @@ def dumb_init() -> None:
     main(["--compat", "dumb-init", *sys.argv[1:]])
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, inherited_mask: frozenset[int] = frozenset()) -> None:
     _setup_logging(settings)
     base_env = dict(os.environ)
     # pydantic scans every installed distribution's entry points for plugins on the first
@@ -729,7 +741,7 @@ def run(settings: Settings) -> None:
         prctl.set_name("pmd_init")
     except (ImportError, OSError):
         pass
-    code = asyncio.run(Init(settings, base_env).run())
+    code = asyncio.run(Init(settings, base_env, inherited_mask).run())
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)
