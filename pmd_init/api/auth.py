@@ -17,8 +17,10 @@ import hmac
 
 from sanic.request import Request
 
-#: Open without a key. /ready tells an anonymous caller only its verdict and counts.
-PUBLIC_PATHS = frozenset({"/", "/api/v1/daemon/health", "/api/v1/daemon/ready", "/ui"})
+#: Open without a key. /ready, /readyz and /startupz tell an anonymous caller only their
+#: verdict and counts (the orchestrator's probes carry no key).
+PUBLIC_PATHS = frozenset({"/", "/api/v1/daemon/health", "/api/v1/daemon/ready", "/ui",
+                          "/livez", "/readyz", "/startupz"})
 #: The dashboard's files (api/ui.py): public like its page, they carry no data.
 PUBLIC_PREFIX = "/ui/"
 #: The WebSocket subprotocol that carries the key, and the one the server answers with.

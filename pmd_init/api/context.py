@@ -15,9 +15,11 @@ from sanic import Request, Sanic
 from sanic.config import Config
 
 if TYPE_CHECKING:
+    from ..model.budget import ShutdownPlan
     from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
+    from .verdicts import Verdicts
     from .viewcache import ViewCache
 
 
@@ -49,7 +51,11 @@ class Owner(Protocol):
     @property
     def reaper(self) -> OrphanCount: ...
 
+    @property
+    def verdicts(self) -> Verdicts: ...
+
     def request_reexec(self) -> bool: ...
+    def shutdown_plan(self) -> ShutdownPlan: ...
 
 
 @dataclass

@@ -248,6 +248,14 @@ BETWEEN_FIELDS: dict[str, str] = {
                     "last",
     "watch": "relative paths need directory",
 }
+#: A quick-start creates and starts in one request: what must hold on this system for
+#: its command to run at all (Supervisor.check_runnable), in words.
+RUNNABLE: dict[str, str] = {
+    "command": "its first word names an executable file: a path, or a name found on the "
+               "program's PATH (its environment's, else pmd's)",
+    "directory": "an existing directory (the user's home when left out)",
+    "terminal_shell": "a shell found on the program's PATH",
+}
 #: An edit may leave these out, but not set them to null.
 NOT_NULL_IN_EDIT = ("name", "command", "user")
 #: More accounts than this and `user` is documented by its pattern alone.
@@ -303,6 +311,8 @@ def _refine(components: dict[str, Any], accounts: list[str], log_roots: list[str
                             branch[key] = value
             if name in BETWEEN_FIELDS:
                 prop["description"] = BETWEEN_FIELDS[name]
+            if model == "QuickStartRequest" and name in RUNNABLE:
+                prop["description"] = RUNNABLE[name]
         if "depends_on" in props:  # a list of names is taken too (spec.depends_mapping)
             prop = props["depends_on"]
             alternatives = prop.pop("anyOf", None) or [

@@ -76,7 +76,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, metrics, openapi, process, ui, ws
+    from . import daemon, metrics, openapi, probes, process, ui, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
@@ -85,6 +85,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     app.blueprint(openapi.bp)
     app.blueprint(metrics.bp)
     app.blueprint(ui.bp)
+    app.blueprint(probes.bp)
     return app
 
 
@@ -119,22 +120,12 @@ def register_core_routes(app: PmdApp) -> None:
             "webhooks": init.supervisor.webhooks.counters(),
             "hooks": init.supervisor.hooks.counters(),
             "storage": init.supervisor.storage.view(),
+            "shutdown": init.shutdown_plan().as_dict(),
             # /ready's verdict, always with a 200 here: a page that shows it must not
             # log a failed request whenever the container is not ready
-            "readiness": readiness(request),
+            "readiness": init.verdicts.readyz(
+                names=auth.authenticated(request, init.settings.api_key))[1],
         })
-
-    def readiness(request: Request) -> dict[str, Any]:
-        total, missing = init.supervisor.not_ready()
-        view: dict[str, Any] = {
-            "ready": not missing,
-            "programs": {"total": total, "ready": total - len(missing),
-                         "not_ready": len(missing)},
-        }
-        if auth.authenticated(request, init.settings.api_key):
-            view["not_ready"] = [{"name": r.name, "id": r.id, "state": r.state,
-                                  "reason": r.reason} for r in missing]
-        return view
 
     @app.get("/api/v1/daemon/ready")
     @doc("The container's readiness, for orchestrators: 200 when every enabled boot "
@@ -142,8 +133,10 @@ def register_core_routes(app: PmdApp) -> None:
          response="ready; a 503 has the same shape with ready: false. Without the key "
                   "(when one is set) only the verdict and the counts")
     async def ready(request: Request) -> HTTPResponse:
-        view = readiness(request)
-        return json(view, status=200 if view["ready"] else 503)
+        # /readyz's verdict (verdicts.py), names whenever the caller may see them.
+        status, view = init.verdicts.readyz(
+            names=auth.authenticated(request, init.settings.api_key))
+        return json(view, status=status)
 
     @app.post("/api/v1/daemon/reexec")
     async def reexec(request: Request) -> HTTPResponse:

@@ -459,6 +459,12 @@ class ProgramSpec(Model):
                 for step in self.stop_signal]
 
     @property
+    def stop_seconds(self) -> float:
+        """How long a stop may take before its SIGKILL: the steps' waits together
+        (`stop_timeout` for one signal name)."""
+        return float(sum(wait for _, wait in self.stop_steps))
+
+    @property
     def on_connection(self) -> bool:
         """Started by the first connection to one of its sockets, not at boot; a
         `lazy_load` program with sockets is one too."""

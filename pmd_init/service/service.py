@@ -127,7 +127,7 @@ class Service:
         async with self._config:
             program = self.program(program_id)
             futures = self.supervisor.remove(program_id)
-        await _settle(futures, program.spec.stop_timeout + 5)
+        await _settle(futures, program.spec.stop_seconds + 5)
 
     def apply_config(self, specs: list[ProgramSpec]) -> asyncio.Task[dict[str, list[str]]]:
         """SIGHUP's reload of programs.json, in turn with the API's changes of it (a reset
@@ -158,7 +158,7 @@ class Service:
             program = self.supervisor.set_enabled(program_id, enabled)
         if not enabled:
             await _settle([i.wait_state(STOPPED_STATES) for i in program.instances.values()],
-                          program.spec.stop_timeout + STOP_SLACK)
+                          program.spec.stop_seconds + STOP_SLACK)
         return program
 
     async def change_ports(self, program: Program, first: int, last: int) -> bool:
@@ -232,7 +232,7 @@ class Service:
             futures = sup.stop_ephemeral(program)
         else:
             futures = sup.stop(program, port)
-        await self.tasks.run(_settle(futures, program.spec.stop_timeout + STOP_SLACK),
+        await self.tasks.run(_settle(futures, program.spec.stop_seconds + STOP_SLACK),
                              f"stop {program.name}")
         return was_running
 
@@ -254,7 +254,7 @@ class Service:
 
     async def _forget(self, program: Program) -> None:
         await _settle(self.supervisor.stop_ephemeral(program),
-                      program.spec.stop_timeout + STOP_SLACK)
+                      program.spec.stop_seconds + STOP_SLACK)
         self.supervisor.forget_ephemeral(program)
 
     async def reload(self, program: Program,

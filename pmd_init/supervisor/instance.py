@@ -793,7 +793,7 @@ class Instance:
             if state == S.STARTING:
                 self._later(self.program.spec.startsecs, self._running)
             elif state == S.STOPPING:
-                self._later(self.program.spec.stop_timeout, self._escalate)
+                self._later(self.program.spec.stop_seconds, self._escalate)
             return
         if state == S.BACKOFF and self.want:
             retry_at = snap.get("retry_at")

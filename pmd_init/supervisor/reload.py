@@ -128,7 +128,7 @@ def _still_wanted(sup: Supervisor, program: Program, port: int, old: Instance) -
 
 async def _retire(sup: Supervisor, inst: Instance) -> None:
     """Stop an instance that is in no slot; shutdown stops it too while it is listed."""
-    await _settle(inst.stop(), inst.program.spec.stop_timeout + 5)
+    await _settle(inst.stop(), inst.program.spec.stop_seconds + 5)
     if inst.state in STOPPED_STATES:
         sup.extra_instances.discard(inst)
     else:  # still going after its stop timeout: forget it once it is gone

@@ -122,12 +122,17 @@ def test_bodies_are_strict_about_json_types(http):
     assert response.status_code == 400 and "autorestart" in response.text
 
 
-def test_with_an_api_key_every_route_but_the_public_ones_declares_it(tmp_path):
+#: Open without a key: the root, health, the dashboard's page and files, and the
+#: orchestrators' probes.
+PUBLIC = ("/", API + "/health", API + "/ready", "/ui", "/ui/{name}", "/livez", "/readyz",
+          "/startupz")
+
+
+def test_with_an_api_key_every_public_route_is_open_and_the_rest_declare_it(tmp_path):
     with Pmd(tmp_path, [], api_key="k3y") as pmd:
         doc = pmd.http.get("/api/openapi.json").json()
     paths = doc["paths"]
     assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     for path, ops in paths.items():
         for op in ops.values():
-            public = path in ("/", API + "/health", API + "/ready", "/ui", "/ui/{name}")
-            assert ("security" in op) == (not public), path
+            assert ("security" in op) == (path not in PUBLIC), path
