@@ -29,6 +29,8 @@ from typing import Any
 #: Fields pmd expands `${VAR}` in (model/expand.py); `$` elsewhere is literal.
 EXPANDED = ("command", "directory", "user", "stdout_logfile", "stderr_logfile")
 STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
+#: What a step of a `stop_signal` list may send (KILL follows the last step anyway).
+STEP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2")
 SIZE_UNITS = {"": 1, "B": 1, "KB": 1 << 10, "K": 1 << 10, "MB": 1 << 20, "M": 1 << 20,
               "GB": 1 << 30, "G": 1 << 30}
 
@@ -279,12 +281,13 @@ def _supervisord_spec(where: str, keys: dict[str, str], names: dict[str, Any],
         spec["exitcodes"] = [int(c) for c in
                              _expand_now(keys.pop("exitcodes"), names, env).split(",") if c]
     if "stopsignal" in keys:
-        value = _expand_now(keys.pop("stopsignal"), names, env).upper().removeprefix("SIG")
-        if value in STOP_SIGNALS:
-            spec["stop_signal"] = value
+        value = _expand_now(keys.pop("stopsignal"), names, env)
+        stop = _stop_signal(value, spec.get("stop_timeout"))
+        if stop is not None:
+            spec["stop_signal"] = stop
         else:
-            note("stopsignal", value, f"pmd stops with one of {', '.join(STOP_SIGNALS)}; "
-                 "TERM is used")
+            note("stopsignal", value, f"pmd stops with one of {', '.join(STOP_SIGNALS)}, "
+                 f"or a list of {', '.join(STEP_SIGNALS)}; TERM is used")
     if "priority" in keys:
         priority = int(_expand_now(keys.pop("priority"), names, env))
         spec["priority"] = min(max(priority, 1), 999)
@@ -324,6 +327,22 @@ def _supervisord_spec(where: str, keys: dict[str, str], names: dict[str, Any],
     return spec
 
 
+def _stop_signal(value: str, wait: float | None) -> str | list[dict[str, Any]] | None:
+    """supervisord's one signal, or Go supervisord's list (`QUIT TERM`, `QUIT,TERM`: each
+    sent in turn, `stopwaitsecs` apart, SIGKILL after the last) as pmd's steps; None when
+    pmd has no such signal."""
+    names = [n.upper().removeprefix("SIG") for n in re.split(r"[\s,]+", value.strip()) if n]
+    if len(names) == 1:
+        return names[0] if names[0] in STOP_SIGNALS else None
+    if names and names[-1] == "KILL":
+        names.pop()  # pmd's SIGKILL after the last step
+    if not names or any(n not in STEP_SIGNALS for n in names) or len(names) > 8:
+        return None
+    if len(names) == 1:
+        return names[0]
+    return [{"signal": n, "wait": 10.0 if wait is None else wait} for n in names]
+
+
 # ---- Procfile ------------------------------------------------------------------------
 
 def from_procfile(path: Path) -> Result:
@@ -360,16 +379,12 @@ INTERPRETERS = {".js": "node", ".cjs": "node", ".mjs": "node", ".ts": "ts-node",
                 ".py": "python3", ".sh": "bash", ".rb": "ruby", ".php": "php",
                 ".pl": "perl", ".coffee": "coffee"}
 PM2_WHY = {
-    "watch": "pmd does not restart on file changes",
-    "ignore_watch": "pmd does not restart on file changes",
-    "watch_options": "pmd does not restart on file changes",
+    "watch_options": "chokidar's options: pmd watches with inotify, without polling",
     "exec_mode": "pmd runs processes, not a Node.js cluster: use `port` ranges",
     "merge_logs": "pmd keeps one log per instance",
     "log_date_format": "pmd's log API gives each line its time",
     "log_file": "pmd keeps stdout and stderr apart",
     "pid_file": "pmd keeps pids itself (pids.json)",
-    "cron_restart": "pmd has no cron restarts",
-    "restart_delay": "pmd restarts at once, then backs off",
     "vizion": "pmd does not track version control",
     "post_update": "pmd does not track version control",
     "force": "pmd refuses two programs of one name",
@@ -492,6 +507,14 @@ def _pm2_spec(where: str, app: dict[str, Any], path: Path, result: Result) -> di
         codes = app.pop("stop_exit_codes")
         spec["exitcodes"] = [int(c) for c in (codes if isinstance(codes, list) else [codes])]
         spec["autorestart"] = "unexpected"
+    if "restart_delay" in app:
+        spec["restart_delays"] = [_duration(app.pop("restart_delay"))]
+    if "cron_restart" in app:
+        cron = _pm2_cron(str(app["cron_restart"]))
+        if cron is not None:
+            spec["cron_restart"] = cron
+            app.pop("cron_restart")
+    _pm2_watch(where, app, spec, result)
     instances = app.pop("instances", None)
     if instances not in (None, 1, "1"):
         result.skip(where, f"instances={instances}",
@@ -503,6 +526,45 @@ def _pm2_spec(where: str, app: dict[str, Any], path: Path, result: Result) -> di
             why = PM2_WHY.get(key, "not a key pmd knows")
         result.skip(where, f"{key}={json.dumps(value)[:60]}", why)
     return spec
+
+
+def _pm2_cron(value: str) -> str | None:
+    """PM2's cron_restart as pmd's: five fields as they are; PM2's six have the seconds
+    first, pmd's last. None for anything else (listed as not carried over)."""
+    fields = value.split()
+    if len(fields) == 5:
+        return value.strip()
+    if len(fields) == 6:
+        return " ".join([*fields[1:], fields[0]])
+    return None
+
+
+def _pm2_watch(where: str, app: dict[str, Any], spec: dict[str, Any],
+               result: Result) -> None:
+    """`watch: true` watches the app's folder, a list those paths (from its folder);
+    `ignore_watch` names to leave out and `watch_delay` (ms) the quiet period. PM2 takes
+    regular expressions in `ignore_watch` too: pmd's are globs, so one that looks like a
+    regular expression is listed instead."""
+    watch = app.pop("watch", None)
+    ignore = app.pop("ignore_watch", None)
+    delay = app.pop("watch_delay", None)
+    if not watch:
+        for key, value in (("ignore_watch", ignore), ("watch_delay", delay)):
+            if value is not None:
+                result.skip(where, f"{key}={json.dumps(value)[:60]}", "`watch` is off")
+        return
+    paths = ["."] if watch is True else [str(p) for p in
+                                         (watch if isinstance(watch, list) else [watch])]
+    globs: list[str] = []
+    for item in ([] if ignore is None else ignore if isinstance(ignore, list) else [ignore]):
+        text = str(item)
+        if re.search(r"[\\^$()|+{}]", text):
+            result.skip(where, f"ignore_watch {json.dumps(text)}",
+                        "a regular expression: pmd's ignore entries are globs")
+        else:
+            globs.append(text)
+    spec["watch"] = {"paths": paths, "ignore": globs,
+                     **({} if delay is None else {"debounce": _duration(delay)})}
 
 
 def write_atomically(path: Path, data: bytes) -> None:

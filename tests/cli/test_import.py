@@ -165,6 +165,38 @@ events=PROCESS_STATE
     assert statuses["web"]["expanded"]["environment"]["PATH"] == "/usr/bin:/bin:/opt/bin"
 
 
+def test_a_list_of_stop_signals_becomes_stop_steps(tmp_path: Path) -> None:
+    """Go supervisord's `stopsignal` list (each signal `stopwaitsecs` after the one before,
+    SIGKILL after the last) is pmd's `stop_signal` steps; a trailing KILL is pmd's own."""
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text("""\
+[program:nginx]
+command=sleep 70
+stopsignal=QUIT, TERM
+stopwaitsecs=4
+
+[program:db]
+command=sleep 71
+stopsignal=SIGINT TERM KILL
+
+[program:odd]
+command=sleep 72
+stopsignal=QUIT WINCH
+""")
+    done = pmd_import(str(conf))
+    assert done.returncode == 0, done.stderr
+    programs = {p["name"]: p for p in json.loads(done.stdout)["programs"]}
+    assert programs["nginx"]["stop_signal"] == [{"signal": "QUIT", "wait": 4.0},
+                                                {"signal": "TERM", "wait": 4.0}]
+    assert programs["db"]["stop_signal"] == [{"signal": "INT", "wait": 10.0},
+                                             {"signal": "TERM", "wait": 10.0}]
+    assert "stop_signal" not in programs["odd"]
+    assert "[program:odd]: stopsignal=QUIT WINCH not carried over" in done.stderr
+    statuses = boot(tmp_path / "pmd", json.loads(done.stdout))
+    assert {n: s["status"] for n, s in statuses.items()} == dict.fromkeys(programs,
+                                                                          "RUNNING")
+
+
 def test_a_procfile_and_its_env(tmp_path: Path) -> None:
     app = tmp_path / "app"
     app.mkdir()
@@ -196,28 +228,39 @@ ECOSYSTEM = {"apps": [
      "interpreter": "python3", "cwd": ".", "env": {"NODE_ENV": "production", "PORT": 3000},
      "env_production": {"NODE_ENV": "production"}, "max_memory_restart": "300M",
      "min_uptime": "2s", "max_restarts": 10, "kill_timeout": 3000, "autorestart": True,
-     "watch": True, "exec_mode": "cluster", "instances": 2},
+     "watch": True, "ignore_watch": ["node_modules", "*.log", "\\.git$"], "watch_delay": 300,
+     "watch_options": {"usePolling": True}, "exec_mode": "cluster", "instances": 2},
     {"name": "cron", "script": "sleep", "args": "62", "interpreter": "none",
-     "exp_backoff_restart_delay": 100, "stop_exit_codes": [0]},
+     "exp_backoff_restart_delay": 100, "stop_exit_codes": [0],
+     "cron_restart": "30 0 3 * * 1-5", "restart_delay": 1500},
 ]}
 
 
 def test_a_pm2_ecosystem_file_json_and_js(tmp_path: Path) -> None:
-    (tmp_path / "server.py").write_text("import time\ntime.sleep(60)\n")
-    (tmp_path / "ecosystem.json").write_text(json.dumps(ECOSYSTEM))
-    done = pmd_import(str(tmp_path / "ecosystem.json"))
+    app = tmp_path / "app"  # watched (watch: true): pmd's own files are not in it
+    app.mkdir()
+    (app / "server.py").write_text("import time\ntime.sleep(60)\n")
+    (app / "ecosystem.json").write_text(json.dumps(ECOSYSTEM))
+    done = pmd_import(str(app / "ecosystem.json"))
     assert done.returncode == 0, done.stderr
     programs = {p["name"]: p for p in json.loads(done.stdout)["programs"]}
     api = programs["api"]
     assert api["command"] == "python3 server.py --workers 2"
-    assert api["directory"] == str(tmp_path.resolve())
+    assert api["directory"] == str(app.resolve())
     assert api["environment"] == {"NODE_ENV": "production", "PORT": "3000"}
     assert (api["max_memory_restart"], api["startsecs"], api["startretries"],
             api["stop_timeout"], api["autorestart"]) == (300 << 20, 2, 10, 3, "true")
     cron = programs["cron"]
     assert (cron["command"], cron["backoff"], cron["exitcodes"], cron["autorestart"]) == \
         ("sleep 62", "exponential", [0], "unexpected")
-    for key in ("env_production", "watch", "exec_mode", "instances=2",
+    # PM2's six-field cron has the seconds first, pmd's last; restart_delay is in ms
+    assert (cron["cron_restart"], cron["restart_delays"]) == ("0 3 * * 1-5 30", [1.5])
+    # watch: true is the app's folder; a regular expression in ignore_watch is listed
+    assert api["watch"] == {"paths": ["."], "ignore": ["node_modules", "*.log"],
+                            "debounce": 0.3}
+    assert "watch" not in cron
+    assert 'ignore_watch "\\\\.git$" not carried over: a regular expression' in done.stderr
+    for key in ("env_production", "watch_options", "exec_mode", "instances=2",
                 "exp_backoff_restart_delay"):
         assert re.search(rf"apps\[\d\]: {key}.* not carried over: \S", done.stderr), key
     statuses = boot(tmp_path / "pmd", json.loads(done.stdout))
@@ -226,11 +269,11 @@ def test_a_pm2_ecosystem_file_json_and_js(tmp_path: Path) -> None:
 
     if shutil.which("node") is None:
         pytest.skip("node is not installed: the .js form is not evaluated")
-    (tmp_path / "ecosystem.config.js").write_text(
+    (app / "ecosystem.config.js").write_text(
         "const shared = {autorestart: true};\n"
         f"module.exports = {{apps: {json.dumps(ECOSYSTEM['apps'])}.map(a => "
         "({...shared, ...a}))};\n")
-    from_js = pmd_import(str(tmp_path / "ecosystem.config.js"))
+    from_js = pmd_import(str(app / "ecosystem.config.js"))
     assert from_js.returncode == 0, from_js.stderr
     assert json.loads(from_js.stdout)["programs"][0] == json.loads(done.stdout)["programs"][0]
 
