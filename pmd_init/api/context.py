@@ -17,9 +17,11 @@ from sanic.config import Config
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
+    from ..model.access import Identities
     from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
+    from .access import AccessControl
     from .viewcache import ViewCache
 
 
@@ -44,6 +46,10 @@ class Owner(Protocol):
     def config_problem(self) -> str | None: ...
     @property
     def reaper(self) -> OrphanCount: ...
+    @property
+    def identities(self) -> Identities: ...
+    @property
+    def identities_problem(self) -> str | None: ...
 
     def request_reexec(self) -> bool: ...
 
@@ -56,6 +62,8 @@ class AppContext:
     settings: Settings
     #: The listing routes' answers, kept as bytes until what they show changes.
     views: ViewCache
+    #: Who each caller is and the level each route needs (access.py).
+    access: AccessControl
     #: The rate limiter's state (ratelimit.py), the OpenAPI document once built
     #: (openapi.py), the metrics registry from the first scrape on (metrics.py), and the
     #: event that ends every log stream at shutdown (daemon.py).
