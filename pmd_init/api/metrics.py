@@ -28,6 +28,6 @@ async def metrics(request: Request) -> HTTPResponse:
 
     ctx = app_of(request).ctx
     if ctx.metrics_registry is None:
-        ctx.metrics_registry = registry_for(ctx.init)
+        ctx.metrics_registry = registry_for(ctx.init, ctx.access.failures)
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return raw(encode(ctx.metrics_registry), content_type=content_type)

@@ -16,7 +16,7 @@ series behind it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -34,8 +34,10 @@ STREAM = ["program", "port", "stream"]
 class PmdCollector:
     """A prometheus_client collector (it has `collect`) over one init's state."""
 
-    def __init__(self, init: Owner) -> None:
+    def __init__(self, init: Owner, auth_failures: Mapping[str, int] | None = None) -> None:
         self.init = init
+        #: access.py's refusals by reason, kept by the app's AccessControl.
+        self.auth_failures = auth_failures
 
     def collect(self) -> Iterator[Metric]:
         sup = self.init.supervisor
@@ -116,11 +118,20 @@ class PmdCollector:
         yield info
         yield GaugeMetricFamily("pmd_programs", "Configured programs",
                                 value=len(sup.programs))
+        if self.auth_failures is not None:
+            refused = CounterMetricFamily(
+                "pmd_api_auth_failures", "API requests refused by access control, by "
+                "reason: missing or invalid key (401), forbidden (403), blocked (429)",
+                labels=["reason"])
+            for reason, times in self.auth_failures.items():
+                refused.add_metric([reason], times)
+            yield refused
 
 
-def registry_for(init: Owner) -> CollectorRegistry:
+def registry_for(init: Owner, auth_failures: Mapping[str, int] | None = None
+                 ) -> CollectorRegistry:
     """The registry a scrape renders: pmd's collector and pmd's own process_* figures."""
     registry = CollectorRegistry()
-    registry.register(PmdCollector(init))
+    registry.register(PmdCollector(init, auth_failures))
     ProcessCollector(registry=registry)
     return registry
