@@ -237,9 +237,6 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
            (("cert", args.tls_cert), ("key", args.tls_key), ("client_ca", args.tls_client_ca))}
     if tls["cert"] is None and (tls["key"] or tls["client_ca"]):
         parser.error("--tls-key and --tls-client-ca need --tls-cert")
-    for name, path in tls.items():
-        if path is not None and not os.access(path, os.R_OK):
-            parser.error(f"--tls-{name.replace('_', '-')}: cannot read {path}")
     try:
         remap = _remap(args.remap_exit or "")
     except ValueError as exc:

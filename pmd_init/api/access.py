@@ -129,11 +129,12 @@ class Peer:
     pid: int | None = None
     cert_sha256: str | None = None
     cert_cn: str | None = None
+    tls: bool = False
 
     @property
     def transport(self) -> str:
         return "unix" if self.uid is not None or self.address == "unix" else \
-            "tls" if self.cert_sha256 is not None else "tcp"
+            "tls" if self.tls else "tcp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +175,9 @@ def peer_of(request: Request) -> Peer:
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         if der:
             peer = Peer(address, cert_sha256=hashlib.sha256(der).hexdigest(),
-                        cert_cn=_common_name(sslobj.getpeercert()))
+                        cert_cn=_common_name(sslobj.getpeercert()), tls=True)
         else:
-            peer = Peer(address)
+            peer = Peer(address, tls=sslobj is not None)
     if info is not None:
         info.ctx.pmd_peer = peer
     return peer

@@ -292,3 +292,32 @@ def test_signal_reaches_the_program(tmp_path):
         assert stopped.json()["error"]["code"] == "NOT_RUNNING"
         assert pmd.uds.post("/api/processes/web/signal",
                             json={"signal": "USR1"}).status_code == 409
+
+
+def test_no_key_is_found_in_clear_in_any_file_pmd_writes(tmp_path):
+    """Keys given on the command line, presented right and wrong, through a SIGHUP and a
+    re-exec: none of them in the config, state or log dirs, nor in pmd's own output."""
+    wrong = "a-wrong-key-guessed-3f9a"
+    logged = program("logged", command="sh -c 'echo started; sleep 30'", enabled=True,
+                     boot=True)
+    pmd = Pmd(tmp_path, [logged], env=ENV, api_key=ADMIN_KEY)
+    write_identities(pmd.config_dir, identities())
+    with pmd:
+        for key in [*KEYS.values(), ADMIN_KEY, wrong]:
+            httpx.get(pmd.url + "/api/processes", headers={"X-API-Key": key}, timeout=10)
+            httpx.get(pmd.url + f"/ws?token={key}", timeout=10)
+            httpx.get(pmd.url + "/metrics", headers={"Authorization": f"Bearer {key}"})
+        pmd.signal(signal.SIGHUP)
+        before = pmd.uds.get(API + "/health").json()["pid"]
+        assert pmd.uds.post(API + "/reexec").status_code == 200
+        pmd.wait_for(lambda: "re-executed" in pmd.stderr_text(), what="the re-exec")
+        assert pmd.uds.get(API + "/health").json()["pid"] == before
+        assert httpx.get(pmd.url + "/api/processes", headers={"X-API-Key": ADMIN_KEY}
+                         ).status_code == 200
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "stdout.log" for p in written)  # the program's log is there
+    assert any(p.name == "pmd.stderr" for p in written)
+    for path in written:
+        content = path.read_bytes()
+        for key in [*KEYS.values(), ADMIN_KEY, wrong]:
+            assert key.encode() not in content, (key, path)
