@@ -313,7 +313,7 @@ class AccessControl:
                 log.warning("authentication failed from %s: wrong API key%s", where,
                             " (its keys are refused for a while)" if blocked else "")
             else:
-                log.info("unauthenticated request from %s", where)
+                log.debug("unauthenticated request from %s", where)
             return error_response(401, "UNAUTHORIZED" if daemon else "PERMISSION_DENIED",
                                   f"{reason} API key",
                                   details={"required_level": needed.label},
