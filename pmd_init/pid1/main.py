@@ -62,10 +62,11 @@ class Init:
     @property
     def identities(self) -> Any:
         """The identities in force (identities.json), for the API's access checks."""
+        if self.identity_store is not None:
+            return self.identity_store.current
         from ..model.access import Identities
 
-        return self.identity_store.current if self.identity_store is not None else \
-            Identities()
+        return Identities()
 
     @property
     def identities_problem(self) -> str | None:
