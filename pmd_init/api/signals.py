@@ -21,17 +21,18 @@ from .models import Request as Body
 from .openapi import doc
 from .process import find
 
-#: Every signal by name, with and without SIG (USR1, SIGUSR1, RTMIN, SIGRTMIN...).
-NAMES = tuple(sorted({s.name for s in sig.Signals} | {s.name[3:] for s in sig.Signals}))
+#: Every signal by its name without SIG (USR1, HUP, RTMIN...), as Pebble and kill -l
+#: name them; one spelling each, so that the document's list is the accepted one.
+NAMES = tuple(sorted(s.name.removeprefix("SIG") for s in sig.Signals))
 SignalName = Literal[NAMES]  # type: ignore[valid-type]
 
 
 def signal_number(name: str) -> int:
-    return int(sig.Signals[name if name.startswith("SIG") else "SIG" + name])
+    return int(sig.Signals["SIG" + name])
 
 
 class SignalRequest(Body):
-    signal: SignalName = Field(description="a signal's name: USR1 or SIGUSR1, HUP, KILL...")
+    signal: SignalName = Field(description="a signal's name without SIG: USR1, HUP, KILL...")
     #: The main process alone instead of its whole process group.
     main_pid: bool = False
 

@@ -410,13 +410,14 @@ def cmd_whoami(client: Client, args: argparse.Namespace) -> int:
 
 
 def signal_name(text: str) -> str:
-    """USR1, SIGUSR1 or 10 as the API's name (unknown ones are the server's 400)."""
+    """USR1, SIGUSR1, usr1 or 10 as the API's name, USR1 (unknown names are the
+    server's 400)."""
     if text.isdigit():
         try:
-            return signal.Signals(int(text)).name
+            return signal.Signals(int(text)).name.removeprefix("SIG")
         except ValueError:
             raise CliError(f"no signal numbered {text}") from None
-    return text.upper()
+    return text.upper().removeprefix("SIG")
 
 
 def cmd_signal(client: Client, args: argparse.Namespace) -> int:

@@ -282,6 +282,10 @@ def test_signal_reaches_the_program(tmp_path):
             cli(["--socket", str(pmd.socket), "signal", "USR1", "web"])
         assert done.value.code == 0
         pmd.wait_for(lambda: marker.exists() and marker.read_text().count("\n") == 1)
+        with pytest.raises(SystemExit) as done:  # the kill(1) spelling, through the API
+            cli(["--socket", str(pmd.socket), "signal", "SIGUSR1", "1"])
+        assert done.value.code == 0
+        pmd.wait_for(lambda: marker.read_text().count("\n") == 2)
         status = pmd.uds.get("/api/processes/web").json()
         assert status["status"] == "online"  # the trap ran; the program lives on
         wrong = pmd.uds.post(API + "/programs/1/signal", json={"signal": "NOPE"})
