@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_PATH := PATH="$$PATH:$(CURDIR)/$(BENCH_VENV)/bin"
 
-.PHONY: run test unit integration lint bench bench-metrics chaos clean system-deps
+.PHONY: run test unit integration lint bench bench-metrics bench-imports chaos clean system-deps
 
 $(STAMP): pyproject.toml
 	@./scripts/system-deps
@@ -50,6 +50,10 @@ chaos: $(STAMP)
 ## A scrape of GET /metrics with 100 programs, and prometheus_client's import cost.
 bench-metrics: $(STAMP)
 	$(BIN)/python bench/metrics.py
+
+## What each part of pmd's imports costs, in time and RSS, in the order a start loads them.
+bench-imports: $(STAMP)
+	$(BIN)/python bench/imports.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(RUN_DIR) .pytest_cache

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,9 +57,20 @@ class Launch:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.t_exec = 0.0
+        #: with stdout_pipe: the bytes read so far from the init's stdout
+        self.stdout_bytes = 0
+        self._drain: threading.Thread | None = None
 
-    def start(self) -> Launch:
-        out = open(self.base / "init.stdout", "wb")
+    def start(self, stdout_pipe: bool = False) -> Launch:
+        """stdout_pipe: the init's stdout is a pipe that a thread of the bench reads and
+        counts, as a container runtime reads a container's (`docker logs`); otherwise
+        it is the file init.stdout."""
+        read_end = -1
+        if stdout_pipe:
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            out = os.fdopen(write_end, "wb")
+        else:
+            out = open(self.base / "init.stdout", "wb")
         err = open(self.base / "init.stderr", "wb")
         self.t_exec = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
@@ -66,6 +78,10 @@ class Launch:
                                      start_new_session=True)
         out.close()
         err.close()
+        if read_end >= 0:
+            self._drain = threading.Thread(target=self._read_stdout, args=(read_end,),
+                                           daemon=True)
+            self._drain.start()
         LIVE.append(self)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -78,6 +94,14 @@ class Launch:
                                    f"{self.stderr_tail()}")
             time.sleep(0.0005)
         raise RuntimeError(f"{self.kind}: no init process under unshare")
+
+    def _read_stdout(self, fd: int) -> None:
+        buffer = bytearray(1 << 20)
+        try:
+            while n := os.readv(fd, (buffer,)):
+                self.stdout_bytes += n
+        finally:
+            os.close(fd)
 
     def stderr_tail(self, n: int = 2000) -> str:
         try:

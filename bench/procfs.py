@@ -60,6 +60,21 @@ def rss_kib(pid: int) -> int | None:
     return status_field(pid, "VmRSS")
 
 
+def uss_kib(pid: int) -> int | None:
+    """Unique set size: the pages only this process holds (Private_Clean + Private_Dirty
+    of smaps_rollup), what the kernel would free if it exited."""
+    total, found = 0, False
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+                    found = True
+    except (OSError, ValueError):
+        return None
+    return total if found else None
+
+
 def ctx_switches(pid: int) -> int:
     """voluntary + nonvoluntary context switches, summed over the live threads."""
     total = 0
@@ -84,6 +99,15 @@ def fd_count(pid: int) -> int | None:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
+        return None
+
+
+def written_bytes(pid: int) -> int | None:
+    """Bytes the process has passed to write(2) and friends (/proc/<pid>/io wchar)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+    except (OSError, StopIteration, ValueError):
         return None
 
 

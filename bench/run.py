@@ -21,7 +21,9 @@ Scenarios:
             with PMD_LOG_FORWARD=0 in the notes. Logs go to /dev/shm when it is a tmpfs
             (--capture-dir to change), so that the figure is the init's and not the disk's
             write-back; pmd's own stdout is a file beside them; tini's column is the program
-            writing straight to a file (no capture at all: the floor)
+            writing straight to a file (no capture at all: the floor). Then the same with
+            the init's stdout a pipe that a thread of the bench drains, as a container
+            runtime drains a container's stdout for `docker logs` (pmd and supervisord)
   list      100 `sleep` programs; each init's listing with status over its Unix socket,
             keep-alive connections (1, then 16) asking as fast as answers come for
             --list-seconds: pmd (defaults) GET /api/v1/daemon/programs?include_status=true,
@@ -33,12 +35,21 @@ Scenarios:
             true): status p50/p99 over the init's Unix socket while they churn, pmd
             (defaults) against supervisord (XML-RPC getAllProcessInfo); bench/chaos.py
             (`make chaos`) has the whole picture
+  scale     the issue's scale rows: 1000 `sleep` programs (bench/faults.py's fleet: exec
+            to all spawned, list with status p99, RSS, SIGTERM to exit), and 100 programs
+            crash-looping for the window (chaos.run_storm: the init's CPU share, status
+            p99); --quick: 250 programs and 30 crash-looping, for pmd and supervisord alike
+            (--only scale,crashloop)
+
+pmd_init is byte-compiled first, as an installed pmd is (PYTHONDONTWRITEBYTECODE would
+otherwise make every start compile it from source).
 
 Times are from the bench's own exec of `unshare` (a few ms, the same for every init).
-The full run takes about 6 minutes, --quick about 100 s.
+The full run takes about 10 minutes, --quick about 3.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--reps N]
-                                     [--only reap,gap,fleet,capture,list,storm,reexec]
+                                     [--only reap,gap,fleet,capture,list,storm,reexec,scale,
+                                             crashloop]
                                      [--inits pmd,tini,supervisord] [--keep]
 Needs: unshare (util-linux) and root or user namespaces; tini and supervisord for the
 anchors (Debian: apt-get install tini supervisor); cc for the crash program.
@@ -67,6 +78,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import faults  # noqa: E402
 import load  # noqa: E402
 import procfs  # noqa: E402
 from chaos import run_storm, storm_rows  # noqa: E402
@@ -94,7 +106,8 @@ from table import med, percentile, pooled, render  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 INITS = ("pmd", "tini", "supervisord")
-SCENARIOS = ("reap", "gap", "fleet", "capture", "list", "storm", "reexec")
+SCENARIOS = ("reap", "gap", "fleet", "capture", "list", "storm", "reexec", "scale",
+             "crashloop")
 #: pmd's listings with status, as the list row asks for them
 LIST_TARGETS = {"programs": "/api/v1/daemon/programs?include_status=true",
                 "status": PMD_STATUS, "processes": "/api/processes"}
@@ -330,6 +343,7 @@ def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
         # settle: past every startsecs (1 s), past pmd's API start-up
         time.sleep(max(0.0, t_all + opts.settle - time.monotonic()))
         result["rss_kib"] = procfs.rss_kib(run.pid)
+        result["uss_kib"] = procfs.uss_kib(run.pid)
         result["threads"] = len(procfs.tasks(run.pid))
         if idle_window > 0:
             c0, cpu0, t0 = procfs.ctx_switches(run.pid), procfs.cpu_seconds(run.pid), \
@@ -348,13 +362,13 @@ def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
 
 
 def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "lines",
-                forward: bool = True) -> dict[str, Any]:
+                forward: bool = True, stdout_pipe: bool = False) -> dict[str, Any]:
     go, start = base / "go", base / "start"
     writer = [pmd_python(), str(BENCH / "writer.py"), "--go", str(go), "--start", str(start),
               "--bytes", str(opts.capture_bytes), "--source", source]
     prog = Prog("writer", writer, startsecs=0, autorestart=False, log_max_bytes=2 << 30)
     env = {"PMD_LOG_FORWARD": "1" if forward else "0"}
-    run = launch(kind, base, [prog], env=env).start()
+    run = launch(kind, base, [prog], env=env).start(stdout_pipe=stdout_pipe)
     target = log_path(kind, base, "writer")
     try:
         assert run.pid is not None
@@ -382,10 +396,14 @@ def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "
             raise RuntimeError(f"{kind}: log has {size} of {opts.capture_bytes} bytes")
         t_start = float(start.read_text())
         seconds = t_done - t_start
-        stdout_bytes = (base / "init.stdout").stat().st_size
+        stdout_bytes = run.stdout_bytes if stdout_pipe else \
+            (base / "init.stdout").stat().st_size
+        # each 100-byte line once more on pmd's stdout, after its `[writer] ` prefix
+        expected = opts.capture_bytes // 100 * (100 + len(b"[writer] "))
         return {"seconds": seconds, "mib_per_s": opts.capture_bytes / MiB / seconds,
+                "forward_expected": expected,
                 "init_cpu_s": cpu1 - cpu0, "log_bytes": size, "init_stdout_bytes": stdout_bytes,
-                "source": source, "forward": forward}
+                "source": source, "forward": forward, "stdout_pipe": stdout_pipe}
     finally:
         run.terminate(15)
 
@@ -479,6 +497,32 @@ def run_reexec(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any
         run.terminate(10)
 
 
+def run_scale(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """The issue's scale rows: --scale-programs `sleep` programs (bench/faults.py's fleet):
+    exec to all spawned, list with status p99 (sequential requests once all are RUNNING),
+    RSS, SIGTERM to exit."""
+    return faults.run_fleet(kind, base, opts.scale_programs, opts.scale_lists,
+                            list_seconds=opts.scale_list_seconds)
+
+
+def run_crashloop(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """--crashloop-programs programs crash-looping for the whole window (chaos.run_storm:
+    startretries 1000, pmd with its default start-rate limit), status asked 20 times a
+    second: the init's CPU share and status p99."""
+    loop = argparse.Namespace(**{**vars(opts), "storm_programs": opts.crashloop_programs,
+                                 "storm_seconds": opts.crashloop_seconds,
+                                 "storm_rate": 20.0})
+    return run_storm(kind, base, loop)
+
+
+def precompile() -> None:
+    """Byte-compile pmd_init, as installing it does (pip writes the .pyc files): a run
+    with PYTHONDONTWRITEBYTECODE set would otherwise compile every module from source at
+    every start, which no installed pmd does."""
+    subprocess.run([pmd_python(), "-m", "compileall", "-q", str(ROOT / "pmd_init")],
+                   check=False, stdout=subprocess.DEVNULL)
+
+
 # ---- orchestration -----------------------------------------------------------------
 
 class Bench:
@@ -530,7 +574,7 @@ class Bench:
             log(f"reap: {o.orphans} double-forked orphans")
             self.rounds("reap", inits, run_reap, o.reap_reps)
         if "gap" in only or "storm" in only:
-            o.crasher = build_crasher(self.tmp)
+            o.crasher = build_crasher(self.tmp)  # crashloop's too
         if "gap" in only:
             log("gap: crash to restart")
             self.rounds("gap", inits, run_gap, o.reps)
@@ -545,6 +589,10 @@ class Bench:
         if "capture" in only:
             log(f"capture: {o.capture_bytes // MiB} MiB to stdout")
             self.rounds("capture", inits, run_capture, o.reps)
+            log("capture: the same, each init's stdout a pipe the bench reads (as under "
+                "docker)")
+            self.rounds("capture_pipe", [k for k in inits if k != "tini"], run_capture, o.reps,
+                        stdout_pipe=True)
             if "pmd" in inits:
                 self.rounds("capture_quiet", ["pmd"], run_capture, o.capture_quiet_reps,
                             forward=False)
@@ -552,6 +600,16 @@ class Bench:
             log(f"list: {o.programs} programs, listings with status at "
                 f"{' and '.join(map(str, LIST_CONNECTIONS))} connections")
             self.rounds("list", [k for k in inits if k != "tini"], run_list, o.reps)
+        if "scale" in only:
+            log(f"scale: {o.scale_programs} programs (spawn, list p99, RSS, SIGTERM)")
+            self.rounds("scale", [k for k in inits if k != "tini"], run_scale, o.scale_reps)
+        if "crashloop" in only:
+            if "gap" not in only and "storm" not in only:
+                o.crasher = build_crasher(self.tmp)
+            log(f"crashloop: {o.crashloop_programs} programs crash-looping for "
+                f"{o.crashloop_seconds:g} s, status 20 times a second")
+            self.rounds("crashloop", [k for k in inits if k != "tini"], run_crashloop,
+                        o.scale_reps)
         if "reexec" in only and "pmd" in inits:
             log(f"reexec: {o.reexecs} re-execs of pmd under a client connecting every 2 ms")
             self.rounds("reexec", ["pmd"], run_reexec, 1)
@@ -606,6 +664,7 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
     row("exec → first program running", "s", lambda k: med(raw, "fleet", k, "first_s"))
     row("SIGTERM → exit, 100 programs", "s", lambda k: med(raw, "fleet", k, "stop_s"))
     row("init RSS, 100 programs", "MiB", lambda k: med(raw, "fleet", k, "rss_kib"), 1 / 1024)
+    row("init USS, 100 programs", "MiB", lambda k: med(raw, "fleet", k, "uss_kib"), 1 / 1024)
     row("init RSS, 1 program", "MiB", lambda k: med(raw, "fleet1", k, "rss_kib"), 1 / 1024)
 
     def per_program(kind: str) -> float | None:
@@ -618,6 +677,19 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
     row("capture 256 MiB of 100-byte lines", "MiB/s", lambda k: med(raw, "capture", k, "mib_per_s"),
         better="higher")
     row("capture: init CPU", "cpu-s", lambda k: med(raw, "capture", k, "init_cpu_s"))
+    row("capture, the init's stdout a pipe (docker)", "MiB/s",
+        lambda k: med(raw, "capture_pipe", k, "mib_per_s"), better="higher")
+    row("capture, stdout a pipe: init CPU", "cpu-s",
+        lambda k: med(raw, "capture_pipe", k, "init_cpu_s"))
+
+    def forwarded(kind: str) -> float | None:  # pmd's `[name] line` copies that reached it
+        runs = raw.get("capture_pipe", {}).get(kind, [])
+        if kind != "pmd" or not runs:
+            return None
+        return statistics.median(100 * r["init_stdout_bytes"] / r["forward_expected"]
+                                 for r in runs)
+
+    row("capture, stdout a pipe: lines forwarded", "%", forwarded, better="higher")
 
     def listing(pmd_key: str, figure: str) -> Callable[[str], float | None]:
         def get(kind: str) -> float | None:
@@ -633,6 +705,18 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
                 fmt="{:.0f}", better="higher")
         row(f"{label}, 16 conn. p99", "ms", listing(name, "c16_p99_ms"))
     rows += storm_rows(raw, inits, short=True)
+    n = next((r["programs"] for runs in raw.get("scale", {}).values() for r in runs), 1000)
+    row(f"scale: exec → {n} programs spawned", "s", lambda k: med(raw, "scale", k, "spawned_s"))
+    row(f"scale: list {n} programs with status p99", "ms",
+        lambda k: med(raw, "scale", k, "p99_ms"))
+    row(f"scale: init RSS, {n} programs", "MiB", lambda k: med(raw, "scale", k, "rss_kib"),
+        1 / 1024)
+    row(f"scale: SIGTERM → exit, {n} programs", "s", lambda k: med(raw, "scale", k, "stop_s"))
+    n = next((r["programs"] for runs in raw.get("crashloop", {}).values() for r in runs), 100)
+    row(f"scale: {n} programs crash-looping, init CPU share", "%",
+        lambda k: med(raw, "crashloop", k, "cpu_share"), 100)
+    row(f"scale: {n} programs crash-looping, status p99", "ms",
+        lambda k: pooled(raw, "crashloop", k, "latencies_ms", 99))
     return rows
 
 
@@ -728,6 +812,13 @@ def main() -> None:
     o.capture_quiet_reps = 1 if quick else 2
     o.reexecs = 5
     o.list_seconds = 2.0 if quick else 4.0
+    # The issue's scale is 1000 programs and 100 crash-looping; supervisord takes minutes
+    # over those (30 s to spawn 1000, seconds a listing, 50 s before it answers while 100
+    # crash-loop), so --quick measures a smaller scale, both inits alike.
+    o.scale_programs = 250 if quick else 1000
+    o.scale_lists, o.scale_list_seconds = (20, 10.0) if quick else (200, 30.0)
+    o.scale_reps = 1 if quick else o.reps
+    o.crashloop_programs, o.crashloop_seconds = (30, 5.0) if quick else (100, 20.0)
     # long enough to hold a burst of pmd's start limit after its first 10 s wait
     o.storm_programs, o.storm_seconds, o.storm_rate, o.storm_settle = \
         20, 10.0 if quick else 20.0, 50.0, 0.5
@@ -736,6 +827,7 @@ def main() -> None:
     inits, problems = check_prerequisites(wanted)
     for p in problems:
         log(f"bench: {p}")
+    precompile()
     started = time.time()
     bench = Bench(o, inits)
     try:

@@ -353,3 +353,31 @@ def test_a_stalled_stdout_drops_whole_chunks_and_counts_them(tmp_path):
         loop.close()
         os.close(r)
         os.close(w)
+
+
+def test_a_burst_to_a_lagging_pipe_reader_fits_in_the_enlarged_pipe(tmp_path):
+    """pmd's stdout is a pipe under a container runtime: a burst of the size of one capture
+    chunk waits in the pipe for a reader that lags, instead of being dropped."""
+    loop = asyncio.new_event_loop()
+    r, w = os.pipe()
+    try:
+        forwarder = Forwarder(loop, w)
+        chunk = b"[p] " + b"y" * 95 + b"\n"
+        burst = chunk * ((900 << 10) // len(chunk))
+        for _ in range(2):  # two chunks: more than the pipe, all within the held buffer
+            forwarder.write(burst)
+        assert forwarder.dropped == 0
+        os.set_blocking(r, False)
+        got = bytearray()
+        for _ in range(200):
+            try:
+                got += os.read(r, 1 << 20)
+            except BlockingIOError:
+                if not forwarder._pending:
+                    break
+                loop.run_until_complete(asyncio.sleep(0.005))  # the writer callback
+        assert bytes(got) == burst * 2
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)

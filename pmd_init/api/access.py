@@ -39,11 +39,17 @@ log = logging.getLogger("pmd.api")
 L = Level
 #: Every route of both families, "METHOD /path" as the router has it, and its level.
 ROUTE_LEVELS: dict[str, Level] = {
-    # open: who pmd is, whether it is alive and ready, who the caller is
+    # open: who pmd is, whether it is alive and ready, who the caller is, the dashboard's
+    # page and files (they carry no data)
     "GET /": L.OPEN,
     "GET /api/v1/daemon/health": L.OPEN,
     "GET /api/v1/daemon/ready": L.OPEN,  # the verdict; the details need read
     "GET /api/v1/daemon/whoami": L.OPEN,
+    "GET /livez": L.OPEN,  # the orchestrator's probes carry no key; names need read
+    "GET /readyz": L.OPEN,
+    "GET /startupz": L.OPEN,
+    "GET /ui": L.OPEN,
+    "GET /ui/<name:str>": L.OPEN,
     # metrics
     "GET /metrics": L.METRICS,
     # read: lists, status, logs, events, the document
@@ -63,6 +69,7 @@ ROUTE_LEVELS: dict[str, Level] = {
     "GET /api/v1/daemon/quick-start": L.READ,
     "GET /api/v1/daemon/quick-start/<temporary_id:str>/status": L.READ,
     "GET /api/v1/daemon/quick-start/<temporary_id:str>/logs": L.READ,
+    "GET /api/v1/daemon/quick-start/<temporary_id:str>/logs/stream": L.READ,
     # operate: start, stop, restart and signal programs that exist
     "POST /api/processes/<ident:str>/stop": L.OPERATE,
     "POST /api/processes/<ident:str>/restart": L.OPERATE,

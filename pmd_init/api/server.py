@@ -72,7 +72,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, metrics, openapi, process, ws
+    from . import daemon, metrics, openapi, probes, process, ui, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
@@ -80,6 +80,8 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     app.blueprint(daemon.bp)
     app.blueprint(openapi.bp)
     app.blueprint(metrics.bp)
+    app.blueprint(ui.bp)
+    app.blueprint(probes.bp)
     from . import signals
 
     app.blueprint(signals.bp)
@@ -115,27 +117,27 @@ def register_core_routes(app: PmdApp) -> None:
             "forward_dropped_bytes": sum(
                 f.dropped for f in init.supervisor.forwarders if f is not None),
             "webhooks": init.supervisor.webhooks.counters(),
+            "hooks": init.supervisor.hooks.counters(),
             "storage": init.supervisor.storage.view(),
             "identities": {"count": len(init.identities.entries),
                            "problem": init.identities_problem},
+            "shutdown": init.shutdown_plan().as_dict(),
+            # /ready's verdict, always with a 200 here: a page that shows it must not
+            # log a failed request whenever the container is not ready
+            "readiness": init.verdicts.readyz(
+                names=access.caller_of(request).level >= Level.READ)[1],
         })
 
     @app.get("/api/v1/daemon/ready")
     @doc("The container's readiness, for orchestrators: 200 when every enabled boot "
          "program is in its ready condition, else 503",
-         response="ready; a 503 has the same shape with ready: false. Without the key "
-                  "(when one is set) only the verdict and the counts")
+         response="ready; a 503 has the same shape with ready: false. A caller below "
+                  "the read level gets only the verdict and the counts")
     async def ready(request: Request) -> HTTPResponse:
-        total, missing = init.supervisor.not_ready()
-        view: dict[str, Any] = {
-            "ready": not missing,
-            "programs": {"total": total, "ready": total - len(missing),
-                         "not_ready": len(missing)},
-        }
-        if access.caller_of(request).level >= Level.READ:
-            view["not_ready"] = [{"name": r.name, "id": r.id, "state": r.state,
-                                  "reason": r.reason} for r in missing]
-        return json(view, status=503 if missing else 200)
+        # /readyz's verdict (verdicts.py), names whenever the caller may read them.
+        status, view = init.verdicts.readyz(
+            names=access.caller_of(request).level >= Level.READ)
+        return json(view, status=status)
 
     @app.get("/api/v1/daemon/whoami")
     @doc("Who pmd takes the caller for (an identity, a local user, the admin key, or "
@@ -230,11 +232,14 @@ class ApiServer:
         self._write_port_file()
 
     async def _create_servers(self) -> None:
+        from .ws import Protocol  # /ws's handshake (create_app imports its routes likewise)
+
         for listener in self.listeners:
             tls = self.tls.context if self.tls is not None and listener.kind == "tcp" else None
             server = await self.app.create_server(
                 sock=listener.sock.dup(), backlog=BACKLOG, return_asyncio_server=True,
                 ssl=tls,
+                protocol=Protocol,
                 asyncio_server_kwargs={"start_serving": False},
             )
             assert server is not None  # create_server already awaited it: .server is bound

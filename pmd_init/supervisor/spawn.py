@@ -24,7 +24,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from errno import ENOENT
+from errno import EACCES, ENOENT, ENOTDIR
 from typing import Any
 
 SHELL_PATHS = {"bash": "bash", "zsh": "zsh", "fish": "fish", "sh": "sh", "tmux": "bash"}
@@ -95,6 +95,8 @@ class SpawnRequest:
     stdout: int | None = None  # an fd, or None to inherit pmd's
     stderr: int | None = None
     stdin_devnull: bool = True
+    #: an fd for the child's stdin (a hook's event pipe), over stdin_devnull
+    stdin_fd: int | None = None
     new_session: bool = True
     extra: dict[str, object] = field(default_factory=dict)
     #: Python run in the child before exec. Only the main command has one (it must take
@@ -127,7 +129,8 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             req.argv,
             executable=None,
-            stdin=subprocess.DEVNULL if req.stdin_devnull else None,
+            stdin=req.stdin_fd if req.stdin_fd is not None
+            else subprocess.DEVNULL if req.stdin_devnull else None,
             stdout=req.stdout,
             stderr=req.stderr,
             cwd=req.cwd,
@@ -172,6 +175,31 @@ def place_fd(source: int, target: int) -> tuple[int | None, Callable[[], None] |
         os.dup2(source, target)
 
     return None, move
+
+
+def cannot_run(argv0: str, env: Mapping[str, str], cwd: str | None
+               ) -> tuple[str, SpawnError] | None:
+    """Why an exec of `argv0` would fail before any process exists, found the way Popen
+    finds it (a name with a slash from `cwd`, a bare name along the environment's PATH):
+    ("directory" or "command", the error), or None when it would run. A check before
+    the spawn, for requests that create and start in one step; the spawn itself still
+    reports what changes in between."""
+    if cwd is not None and not os.path.isdir(cwd):
+        number = ENOENT if not os.path.exists(cwd) else ENOTDIR
+        what = "does not exist" if number == ENOENT else "is not a directory"
+        return "directory", SpawnError(f"directory '{cwd}' {what}", number)
+    if "/" in argv0:
+        candidates = [argv0]
+    else:
+        candidates = [os.path.join(folder, argv0) for folder in os.get_exec_path(dict(env))]
+    found = [c for c in candidates
+             if os.path.isfile(os.path.join(cwd, c) if cwd and not os.path.isabs(c) else c)]
+    if not found:
+        return "command", SpawnError(f"command not found: {argv0}", ENOENT)
+    if not any(os.access(os.path.join(cwd, c) if cwd and not os.path.isabs(c) else c,
+                         os.X_OK) for c in found):
+        return "command", SpawnError(f"permission denied: {found[0]}", EACCES)
+    return None
 
 
 def program_env(

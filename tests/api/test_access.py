@@ -5,6 +5,8 @@ their uid; identities.json's bad entries and reloads; guessing cut off per addre
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import re
 import shutil
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
 
 from pmd_init.api.access import FAILURES_MAX, ROUTE_LEVELS
 from tests.api.access_helpers import (
@@ -33,7 +37,8 @@ from tests.api.process_helpers import ENV
 from tests.harness import Pmd
 
 #: Path parameters that name nothing: an allowed request is then a 404, not an action.
-FILLERS = {"program_id": "999999", "ident": "no-such-process", "temporary_id": "no-such"}
+FILLERS = {"program_id": "999999", "ident": "no-such-process", "temporary_id": "no-such",
+           "name": "ui.js"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +68,7 @@ def served_routes(pmd: Pmd) -> list[tuple[str, str, str]]:
               for path, ops in doc["paths"].items() for method, op in ops.items()]
     as_table = {f"{m} " + re.sub(r"\{(\w+)\}", lambda g: {
         "program_id": "<program_id:int>", "ident": "<ident:str>",
-        "temporary_id": "<temporary_id:str>"}[g.group(1)], p): level
+        "temporary_id": "<temporary_id:str>", "name": "<name:str>"}[g.group(1)], p): level
         for m, p, level in routes}
     assert as_table == {key: level.label for key, level in ROUTE_LEVELS.items()}
     return routes
@@ -134,6 +139,43 @@ def test_ready_tells_an_open_caller_only_its_verdict(pmd):
                                     headers=key_headers("read")).json()
     assert "not_ready" not in httpx.get(pmd.url + API + "/ready",
                                         headers=key_headers("metrics")).json()
+
+
+def test_the_probes_name_programs_to_the_read_level_only(pmd):
+    for caller, named in ((None, False), ("metrics", False), ("read", True)):
+        body = httpx.get(pmd.url + "/readyz?verbose", headers=key_headers(caller),
+                         timeout=10).json()
+        assert "programs" in body and ("not_ready" in body) == named, (caller, body)
+
+
+def test_the_dashboard_asks_for_a_key_below_the_read_level(pmd):
+    def mark(html: str) -> str:
+        found = re.search(r'<meta name="pmd-auth" content="([a-z]+)">', html)
+        assert found, html[:300]
+        return found.group(1)
+
+    assert mark(httpx.get(pmd.url + "/ui", timeout=10).text) == "key"
+    assert mark(pmd.uds.get("/ui").text) == "none"  # root on the socket: admin
+    status, page = request_as(STRANGER_UID, pmd.socket, "GET", "/ui")
+    assert status == 200 and mark(page) == "key"  # a uid without identity: open
+
+
+def test_a_key_offered_as_a_ws_subprotocol_is_that_keys_identity(pmd):
+    url = f"ws://127.0.0.1:{pmd.port}/ws"
+
+    async def first(key: str) -> str:
+        offered = ["pmd", "pmd.key." + base64.urlsafe_b64encode(key.encode()).decode()
+                   .rstrip("=")]
+        async with websockets.connect(url, subprotocols=offered,  # type: ignore[arg-type]
+                                      open_timeout=10) as ws:
+            return str(await asyncio.wait_for(ws.recv(), 10))
+
+    assert '"type":"snapshot"' in asyncio.run(first(KEYS["read"]))
+    with pytest.raises(InvalidStatus) as refused:
+        asyncio.run(first(KEYS["metrics"]))
+    assert refused.value.response.status_code == 403
+    assert json.loads(refused.value.response.body)["error"]["details"] == {
+        "required_level": "read", "level": "metrics", "identity": "metrics-caller"}
 
 
 def test_a_local_user_gets_its_identitys_level(pmd):

@@ -1,0 +1,57 @@
+"""pmd's own log lines on stderr, written once per loop turn.
+
+A burst of state changes (a hundred programs starting, or stopping on SIGTERM) logs a line
+each. Written one by one, that is a system call per line, and as many wake-ups of whoever
+reads pmd's stderr (`docker logs`), while the loop should be reaping and starting. Here
+each record is formatted at once, in order, and what one loop turn logged goes out in one
+write at the end of the turn. Without a running loop (start-up, exit, another thread) a
+record is written at once, and so is a warning or an error, with what came before it: what
+follows one may be a crash or a blocked loop, and the line must be out before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TextIO
+
+
+class LoopTurnHandler(logging.Handler):
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self._lines: list[str] = []
+        self._flush_queued = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
+            return
+        self._lines.append(line)  # emit runs under the handler's lock
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or loop.is_closed() or record.levelno >= logging.WARNING:
+            self.flush()
+        elif not self._flush_queued:
+            self._flush_queued = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._flush_queued = False
+            if not self._lines:
+                return
+            text = "".join(self._lines)
+            self._lines.clear()
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nothing to tell anyone
+                pass
+        finally:
+            self.release()
