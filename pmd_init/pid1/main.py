@@ -60,6 +60,7 @@ class Init:
         self._shutting_down = False
         self._force = False
         self.api: Any = None
+        self.identity_store: Any = None
         self.supervisor: Any = None
         self.service: Any = None
         #: /livez, /readyz, /startupz, for the API and the probe port alike.
@@ -69,6 +70,19 @@ class Init:
         #: shutdown_delay while that runs.
         self._term_at: float | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def identities(self) -> Any:
+        """The identities in force (identities.json), for the API's access checks."""
+        if self.identity_store is not None:
+            return self.identity_store.current
+        from ..model.access import Identities
+
+        return Identities()
+
+    @property
+    def identities_problem(self) -> str | None:
+        return self.identity_store.problem if self.identity_store is not None else None
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -97,9 +111,12 @@ class Init:
             _prepare_folder(folder, what)
 
         from ..service import Service
+        from ..store.identities import IdentityStore
         from ..store.programs import ProgramStore
         from ..supervisor.supervisor import Supervisor
 
+        self.identity_store = IdentityStore(s.config_dir)
+        self.identity_store.load()
         store = ProgramStore(s.config_dir, s.state_dir)
         # Before anything writes: every write is synchronous, so a temp file now is one
         # that a killed pmd left behind, whatever pid it names (ours too, after a re-exec).
@@ -283,6 +300,7 @@ class Init:
 
         if self.supervisor is None:
             return
+        self._reload_access()
         try:
             specs = self.supervisor.store.reread()
         except (ConfigError, OSError) as exc:
@@ -302,6 +320,14 @@ class Init:
                      {k: v for k, v in report.items() if v and k != "kept"})
 
         self.service.apply_config(specs).add_done_callback(applied)
+
+    def _reload_access(self) -> None:
+        """identities.json and the TLS files, re-read; what does not load keeps the last
+        good one in force."""
+        if self.identity_store is not None:
+            self.identity_store.load()
+        if self.api is not None:
+            self.api.reload_access()
 
     def handle_sigusr1(self) -> None:
         """Reopen every log file (after an outside rotation)."""
@@ -741,7 +767,22 @@ def main(argv: list[str] | None = None) -> None:
         settings = parse_compat(args)
     else:
         settings = parse_settings(args)
+        if settings.tls_cert is not None and not os.environ.get(REEXEC_ENV):
+            _check_tls(settings)
     run(settings, inherited_mask)
+
+
+def _check_tls(settings: Settings) -> None:
+    """A TLS file that does not load stops a fresh start with one line, before any
+    program runs (after a re-exec the API goes on without TCP instead: see ApiServer)."""
+    from ..api.tls import TlsError, build_context
+
+    assert settings.tls_cert is not None
+    try:
+        build_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    except TlsError as exc:
+        print(f"pmd_init: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def tini() -> None:

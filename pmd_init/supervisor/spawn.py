@@ -282,6 +282,15 @@ def describe_exit(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def kill(pid: int, signum: int) -> bool:
+    """Signal one process (a program's main pid alone); False if gone."""
+    try:
+        os.kill(pid, signum)
+        return True
+    except OSError:
+        return False
+
+
 def killpg(pid: int, signum: int) -> bool:
     """Signal a process group (the program and everything it started); False if gone."""
     try:

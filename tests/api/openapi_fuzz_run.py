@@ -53,7 +53,9 @@ def main() -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     empty = base / "empty-path"
     empty.mkdir(parents=True, exist_ok=True)
-    programs = [{"name": "web", "command": "/bin/sleep 600", "user": "root", "boot": True},
+    # stop_timeout 1: the signal routes may STOP web, whose next stop then waits for it
+    programs = [{"name": "web", "command": "/bin/sleep 600", "user": "root", "boot": True,
+                 "stop_timeout": 1},
                 {"name": "ranged", "command": "/bin/sleep 600", "user": "root",
                  "port_range": {"start": 7600, "end": 7601}}]
     pmd = Pmd(base / "pmd", programs, args=["--rate-limit", "0", "--rate-burst", "0"],
