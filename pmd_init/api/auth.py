@@ -14,6 +14,13 @@ from sanic.request import Request
 
 #: Open without a key. /ready tells an anonymous caller only its verdict and counts.
 PUBLIC_PATHS = frozenset({"/", "/api/v1/daemon/health", "/api/v1/daemon/ready"})
+#: The admin level: running a command is a shell in the container. Over TCP these need
+#: the key, and are refused outright when no key is set; the Unix socket is trusted.
+ADMIN_PREFIXES = ("/api/v1/daemon/exec",)
+
+
+def needs_admin(path: str) -> bool:
+    return path.startswith(ADMIN_PREFIXES)
 
 
 def presented_key(request: Request) -> str | None:
@@ -50,6 +57,17 @@ def authenticated(request: Request, expected: str | None) -> bool:
     if expected is None or over_unix_socket(request):
         return True
     return key_matches(expected, presented_key(request))
+
+
+def admin_refusal(request: Request, expected: str | None) -> str | None:
+    """Why an admin route is refused although no key is configured (the other routes are
+    open then): None when the route is not an admin one, a key is set (`check` decides),
+    or the request came over the Unix socket."""
+    if expected is not None or not needs_admin(request.path) or request.method == "OPTIONS":
+        return None
+    if over_unix_socket(request):
+        return None
+    return "exec over TCP needs an API key (--api-key); use the Unix socket or set one"
 
 
 def check(request: Request, expected: str | None) -> str | None:

@@ -61,6 +61,9 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     errors.install(app)
 
     async def authenticate(request: Request) -> HTTPResponse | None:
+        refused = auth.admin_refusal(request, init.settings.api_key)
+        if refused is not None:
+            return error_response(403, "FORBIDDEN", refused)
         reason = auth.check(request, init.settings.api_key)
         if reason is not None:
             # The PM2-compatible family has its document's codes: PERMISSION_DENIED.
@@ -76,12 +79,13 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, metrics, openapi, process, ws
+    from . import daemon, execs, metrics, openapi, process, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
 
     app.blueprint(daemon.bp)
+    app.blueprint(execs.bp)
     app.blueprint(openapi.bp)
     app.blueprint(metrics.bp)
     return app

@@ -95,6 +95,7 @@ class SpawnRequest:
     stdout: int | None = None  # an fd, or None to inherit pmd's
     stderr: int | None = None
     stdin_devnull: bool = True
+    stdin: int | None = None  # an fd for the child's stdin; wins over stdin_devnull
     new_session: bool = True
     extra: dict[str, object] = field(default_factory=dict)
     #: Python run in the child before exec. Only the main command has one (it must take
@@ -127,7 +128,8 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             req.argv,
             executable=None,
-            stdin=subprocess.DEVNULL if req.stdin_devnull else None,
+            stdin=req.stdin if req.stdin is not None else
+            subprocess.DEVNULL if req.stdin_devnull else None,
             stdout=req.stdout,
             stderr=req.stderr,
             cwd=req.cwd,

@@ -39,6 +39,7 @@ from .errors import (
     Waiting,
 )
 from .events import Event, EventBus, ReadyEvent, StateEvent
+from .execs import Execs
 from .health import HealthMonitor
 from .instance import Instance
 from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
@@ -101,6 +102,8 @@ class Supervisor:
             loop, children, self.base_env, notify_path=state_dir / "notify.sock")
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
+        #: Commands run through the exec API, with their streams (execs.py).
+        self.execs = Execs(loop, children)
         self.records = Records(state_dir, store.storage)
         self.ephemeral_report: list[dict[str, object]] = []
         self.on_fatal_exit: Callable[[Instance], None] | None = None
@@ -725,6 +728,7 @@ class Supervisor:
         # and nothing waiting for its dependencies may start now.
         self.gate.close()
         self.memory.close()
+        await self.execs.close()
         await self.health.close()
         await self.readiness.close()
         programs = self.all_programs()
@@ -836,6 +840,7 @@ class Supervisor:
 
     def kill_all(self) -> None:
         """A second TERM during shutdown: SIGKILL every group at once."""
+        self.execs.kill_all()
         for inst in self.everything():
             inst.kill_now()
 
