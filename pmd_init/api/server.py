@@ -119,6 +119,10 @@ def register_core_routes(app: PmdApp) -> None:
             "forward_dropped_bytes": sum(
                 f.dropped for f in init.supervisor.forwarders if f is not None),
             "webhooks": init.supervisor.webhooks.counters(),
+            "log_targets": {
+                "targets": init.supervisor.shipping.view()
+                if init.supervisor.shipping is not None else {},
+                "problems": init.supervisor.log_target_problems},
             "storage": init.supervisor.storage.view(),
         })
 

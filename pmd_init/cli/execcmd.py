@@ -20,14 +20,12 @@ import sys
 import termios
 import tty
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .wsclient import BINARY, TEXT, HandshakeError, WebSocket, handshake
 
 if TYPE_CHECKING:
     import argparse
-
-    from .pmd import Client
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 #: Stop reading stdin while this much is queued for pmd: pmd's own pace rules.
@@ -39,6 +37,20 @@ LOST = 255
 
 class ExecError(Exception):
     pass
+
+
+class Client(Protocol):
+    """What of pmd.py's Client exec uses (named here: pmd.py imports this module)."""
+
+    url: str | None
+    socket_path: str
+    api_key: str | None
+    timeout: float
+
+    @property
+    def where(self) -> str: ...
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any: ...
 
 
 def _window() -> tuple[int, int] | None:

@@ -22,6 +22,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from .shipping import Tap
 from .times import LineTimes, SavedTimes
 
 log = logging.getLogger("pmd.logs")
@@ -264,7 +265,7 @@ class Capture:
     API's log streams) subscribes to it and unsubscribes when done."""
 
     __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_line_break", "_partial",
-                 "_on_eof", "bytes_read", "_listeners", "_buffer", "_count")
+                 "_on_eof", "bytes_read", "_listeners", "_buffer", "_count", "_tap")
 
     def __init__(
         self,
@@ -276,8 +277,10 @@ class Capture:
         on_eof: Callable[[Capture], None] | None = None,
         count: ByteCount | None = None,
         buffer: bytearray | None = None,
+        tap: Tap | None = None,
     ) -> None:
         self._loop = loop
+        self._tap = tap  # log targets (shipping.py): never waits, drops when they lag
         self.fd = fd
         self.logfile = logfile
         self._forward = forward
@@ -361,6 +364,8 @@ class Capture:
             self.logfile.write(data)
         if self._forward is not None:
             self._forward_lines(data)
+        if self._tap is not None:
+            self._tap(data)
         if self._listeners:
             chunk = data.tobytes()
             for listener in tuple(self._listeners):
@@ -405,5 +410,7 @@ class Capture:
         if self._partial and self._forward is not None:
             self._forward.write(self._prefix, self._partial, b"\n")
             self._partial = b""
+        if self._tap is not None:
+            self._tap.close()
         if self._on_eof is not None:
             self._on_eof(self)

@@ -83,6 +83,7 @@ class Init:
             folder.mkdir(parents=True, exist_ok=True)
 
         from ..service import Service
+        from ..store.logtargets import load_log_targets
         from ..store.programs import ProgramStore
         from ..supervisor.supervisor import Supervisor
 
@@ -98,10 +99,15 @@ class Init:
             handed_over = take_handed_over(state.get("listeners"))
         if state is not None and isinstance(state.get("base_env"), dict):
             self.base_env = state["base_env"]  # what programs got before, unchanged
+        targets, target_problems = load_log_targets(s.config_dir, self.base_env)
+        for problem in target_problems:
+            log.error("%s (the other log targets load)", problem)
         self.supervisor = sup = Supervisor(
             loop, self.reaper, store, s.state_dir, s.log_dir, self.base_env,
             forward=s.log_forward, log_roots=s.log_roots, ephemeral_grace=s.ephemeral_grace,
-            memory_interval=s.memory_interval, webhook_ca_file=s.webhook_ca_file)
+            memory_interval=s.memory_interval, webhook_ca_file=s.webhook_ca_file,
+            log_targets=targets)
+        sup.log_target_problems = target_problems
         sup.on_fatal_exit = self._program_gone
         self.service = Service(sup)
         sup.events.subscribe(self._log_event)
@@ -112,8 +118,10 @@ class Init:
             log.info("re-executed: %d programs adopted", len(sup.programs) + len(sup.ephemeral))
         else:
             specs = store.load()
+            if store.report.problem or target_problems:
+                self.config_problem = "; ".join(filter(None, [store.report.problem,
+                                                              *target_problems]))
             if store.report.problem:
-                self.config_problem = store.report.problem
                 log.error("booting from %s: %s", store.report.source, store.report.problem)
             sup.load(specs)
             if os.getpid() != 1:  # as PID 1 a fresh start is a fresh container

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..logs.capture import READ_SIZE, ByteCount, Capture, Forwarder, LogFile
+from ..logs.shipping import Shippers, Source, Tap
 from ..logs.times import SavedTimes
 from .events import Event
 from .spawn import SpawnRequest, killpg, spawn
@@ -157,7 +158,8 @@ class _Queued:
 
 
 CaptureFactory = Callable[[int, "LogFile | None", "Forwarder | None", bytes,
-                           Callable[[Capture], None], "ByteCount | None"], Capture]
+                           Callable[[Capture], None], "ByteCount | None", "Tap | None"],
+                          Capture]
 
 
 @dataclass(slots=True)
@@ -172,6 +174,8 @@ class Runtime:
     base_env: Mapping[str, str] = field(default_factory=dict)
     forwarders: tuple[Forwarder | None, Forwarder | None] = (None, None)
     capture: CaptureFactory | None = None
+    #: The log targets' shippers; None when there are none (no tap on any capture).
+    shipping: Shippers | None = None
     #: Capture times of lines logged before a re-exec, until their files are opened again:
     #: adopting instances fill it, their log files claim from it, the log routes read it.
     saved_times: SavedTimes = field(default_factory=SavedTimes)
@@ -184,6 +188,12 @@ class Runtime:
     def __post_init__(self) -> None:
         self.starts = StartQueue(self.timers)
 
+    def tap(self, program: str, instance: str, stream: str, pid: int | None) -> Tap | None:
+        """What ships this stream's lines to the log targets that select the program."""
+        if self.shipping is None:
+            return None
+        return self.shipping.tap(Source(program, instance, stream, pid))
+
     @classmethod
     def on_loop(cls, loop: asyncio.AbstractEventLoop, children: ChildWatcher,
                 publish: Callable[[Event], None], log_dir: Path,
@@ -192,9 +202,9 @@ class Runtime:
 
         def capture(fd: int, logfile: LogFile | None, forward_to: Forwarder | None,
                     prefix: bytes, on_eof: Callable[[Capture], None],
-                    count: ByteCount | None) -> Capture:
+                    count: ByteCount | None, tap: Tap | None) -> Capture:
             return Capture(loop, fd, logfile, forward_to, prefix, on_eof=on_eof, count=count,
-                           buffer=buffer)
+                           buffer=buffer, tap=tap)
 
         return cls(
             timers=loop, children=children, publish=publish, log_dir=log_dir,

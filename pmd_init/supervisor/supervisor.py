@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..logs.shipping import Shippers, ShipTarget
 from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
+from ..model.logtargets import LogTargetSpec, parse_http_url, parse_syslog_address
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.records import EphemeralEntry, PidsEntry, Records
@@ -64,6 +66,14 @@ RESTART_FIELDS = frozenset({
 })
 
 
+def ship_target(name: str, spec: LogTargetSpec) -> ShipTarget:
+    where = parse_syslog_address(spec.address) if spec.address is not None else \
+        parse_http_url(spec.url or "")
+    return ShipTarget(name=name, kind=spec.type, where=where, labels=spec.labels,
+                      headers=spec.headers, batch_lines=spec.batch_lines,
+                      batch_seconds=spec.batch_seconds, buffer_lines=spec.buffer_lines)
+
+
 def storage_failed(exc: StorageError) -> StorageFailed:
     return StorageFailed(exc.message, exc.code, exc.details())
 
@@ -82,6 +92,7 @@ class Supervisor:
         ephemeral_grace: float = 600.0,
         memory_interval: float = DEFAULT_MEMORY_INTERVAL,
         webhook_ca_file: Path | None = None,
+        log_targets: Mapping[str, LogTargetSpec] | None = None,
     ) -> None:
         self.loop = loop
         self.store = store
@@ -95,6 +106,15 @@ class Supervisor:
         self.runtime = Runtime.on_loop(loop, children, self.events.publish, log_dir,
                                        self.base_env, forward)
         self.forwarders = self.runtime.forwarders
+        #: The log targets (logs/shipping.py), each with its task; none: no tap anywhere.
+        self.shipping: Shippers | None = None
+        if log_targets:
+            self.shipping = self.runtime.shipping = Shippers(
+                loop, [(ship_target(name, spec), spec.selects)
+                       for name, spec in log_targets.items()])
+            self.shipping.start()
+        #: Targets in log_targets.json that were refused, each naming its target.
+        self.log_target_problems: list[str] = []
         #: What readiness sources need of pmd's own (probe tasks, the notify socket);
         #: instances reach it
         #: through their runtime.
@@ -757,6 +777,9 @@ class Supervisor:
         # The STOPPING/STOPPED notifications just queued get what is left of the grace.
         left_over = max(0.0, deadline - self.loop.time())
         await self.webhooks.close(drain=min(DRAIN_SECONDS, left_over))
+        if self.shipping is not None:  # the programs' last lines get what is left
+            await self.shipping.close(drain=max(0.0, min(DRAIN_SECONDS,
+                                                         deadline - self.loop.time())))
         if self._pids_timer is not None:  # the burst of stops is written now, not never
             self._pids_timer.cancel()
             self.write_pids()
