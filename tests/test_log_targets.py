@@ -253,12 +253,16 @@ def test_a_target_down_drops_and_counts_while_capture_goes_on(tmp_path: Path) ->
         health = pmd.wait_for(lambda: (h := pmd.uds.get(f"{API}/health").json()
                                        )["log_targets"]["targets"]["down"]["failures"] and h,
                               10, what="a failed send")
+        metrics = pmd.uds.get("/metrics").text
     assert log.read_text().splitlines() == [str(i) for i in range(1, count + 1)]
     down = health["log_targets"]["targets"]["down"]
     assert down["sent"] == 0
     assert down["queued"] + down["dropped"] == count
     assert down["queued"] <= 1000 and down["dropped"] >= count - 1000
     assert "Connect" in down["last_error"] or "refused" in down["last_error"]
+    dropped = [line for line in metrics.splitlines()
+               if line.startswith('pmd_log_target_lines_total{result="dropped",target="down"}')]
+    assert len(dropped) == 1 and float(dropped[0].split()[-1]) >= count - 1000
 
 
 def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,

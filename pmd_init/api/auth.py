@@ -65,6 +65,8 @@ def admin_refusal(request: Request, expected: str | None) -> str | None:
     or the request came over the Unix socket."""
     if expected is not None or not needs_admin(request.path) or request.method == "OPTIONS":
         return None
+    if request.route is None:  # no such route or method: its 404 or 405 tells more
+        return None
     if over_unix_socket(request):
         return None
     return "exec over TCP needs an API key (--api-key); use the Unix socket or set one"

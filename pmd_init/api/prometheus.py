@@ -110,6 +110,20 @@ class PmdCollector:
         yield GaugeMetricFamily("pmd_webhook_deliveries_pending",
                                 "Webhook deliveries waiting to be sent",
                                 value=webhooks["pending"])
+        shipped = CounterMetricFamily("pmd_log_target_lines",
+                                      "Lines for each log target, by result: sent, or "
+                                      "dropped (its buffer was full, or it refused them)",
+                                      labels=["target", "result"])
+        queued = GaugeMetricFamily("pmd_log_target_lines_queued",
+                                   "Lines waiting for a log target", labels=["target"])
+        if sup.shipping is not None:
+            for shipper, _ in sup.shipping.shippers:
+                name = shipper.target.name
+                shipped.add_metric([name, "sent"], shipper.sent)
+                shipped.add_metric([name, "dropped"], shipper.dropped)
+                queued.add_metric([name], shipper.queued + shipper.in_flight)
+        yield shipped
+        yield queued
         info = GaugeMetricFamily("pmd_build_info", "pmd's version, 1",
                                  labels=["version", "python"])
         info.add_metric([__version__, ".".join(map(str, sys.version_info[:3]))], 1)

@@ -4,11 +4,16 @@ taking its command along, and a detached command that outlives it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pty
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +188,50 @@ def test_a_detached_command_survives_its_client(pmd: Pmd) -> None:
         f"{API}/quick-start/{entry['temporary_id']}/status").json())["status"] == "exited"
         and s, 5, "its status to say exited")
     assert status["exit_code"] == 143 and status["signal"] == "SIGTERM"
+
+
+def test_a_terminal_here_raw_mode_window_size_and_ctrl_c(pmd: Pmd) -> None:
+    """`pmd exec -t -i` in a real terminal: the local one goes raw (so ^C travels as a
+    byte and the remote terminal makes it SIGINT), its size is passed on and followed."""
+    env = _env(pmd, False)
+    child, fd = pty.fork()
+    if child == 0:  # the client, in a terminal of 33 rows and 111 columns
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+        os.execve(sys.executable, [sys.executable, "-m", "pmd_init.cli.pmd", "exec", "-t",
+                                   "-i", "--", "sh"], env)
+    seen = bytearray()
+
+    def until(marker: bytes) -> None:
+        deadline = time.monotonic() + 15
+        while marker not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {marker!r} in {bytes(seen)!r}"
+            if select.select([fd], [], [], left)[0]:
+                try:
+                    seen.extend(os.read(fd, 65536))
+                except OSError:
+                    break
+
+    try:
+        until(b"# ")  # the remote shell's prompt: it reads its terminal from now on
+        os.write(fd, b"stty size; echo s1-$((6*7))\r")
+        until(b"s1-42")
+        assert b"33 111" in seen
+        os.write(fd, b"sleep 30\r")
+        time.sleep(0.5)  # let the shell start sleep; ^C then interrupts it, not the shell
+        os.write(fd, b"\x03")
+        os.write(fd, b"echo after-$?\r")
+        until(b"after-130")
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        time.sleep(0.3)  # SIGWINCH reaches the client, its resize message pmd
+        os.write(fd, b"stty size; echo s2-$((6*7))\r")
+        until(b"s2-42")
+        assert b"40 120" in seen
+        os.write(fd, b"exit 4\r")
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 4
+    finally:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+        os.close(fd)
