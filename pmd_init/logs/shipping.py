@@ -134,9 +134,14 @@ class Shipper:
                 if not batch:
                     continue
             try:
-                await asyncio.wait_for(self._transport.send(self._encode(self, batch)),
-                                       SEND_TIMEOUT)
-            except (OSError, TimeoutError, ShipError) as exc:
+                try:
+                    payload = self._encode(self, batch)
+                except ImportError as exc:  # opentelemetry-proto left out of the install
+                    raise ShipError(f"cannot encode: {exc}", permanent=True) from None
+                await asyncio.wait_for(self._transport.send(payload), SEND_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a target's failure stays its own
                 self.failures += 1
                 self.last_error = str(exc) or type(exc).__name__
                 if isinstance(exc, ShipError) and exc.permanent:
