@@ -365,7 +365,7 @@ class Capture:
         if self._forward is not None:
             self._forward_lines(data)
         if self._tap is not None:
-            self._tap(data)
+            self._tap(self._buffer, n)
         if self._listeners:
             chunk = data.tobytes()
             for listener in tuple(self._listeners):

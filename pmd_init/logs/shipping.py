@@ -207,7 +207,8 @@ class Shipper:
 
 
 class Tap:
-    """On one capture: whole lines to every shipper that wants this source."""
+    """On one capture: whole lines to every shipper that wants this source. It is called
+    with the capture's read buffer, not a copy: what it keeps, it copies."""
 
     __slots__ = ("source", "shippers", "_partial")
 
@@ -216,17 +217,28 @@ class Tap:
         self.shippers = tuple(shippers)
         self._partial = b""
 
-    def __call__(self, data: memoryview) -> None:
-        chunk = self._partial + data.tobytes() if self._partial else data.tobytes()
-        cut = chunk.rfind(b"\n")
-        self._partial = b""
-        if cut + 1 < len(chunk):  # an unfinished line at the end
-            rest = chunk[cut + 1:]
-            if len(rest) <= PARTIAL_MAX:
-                self._partial = rest
-                chunk = chunk[:cut + 1]
-            else:
-                chunk += b"\n"  # too long to hold: this piece goes as a line
+    def __call__(self, buffer: bytearray, n: int) -> None:
+        """The first `n` bytes of `buffer` were just read from the pipe."""
+        if not any(s.queued < s.target.buffer_lines for s in self.shippers):
+            # Every target is full (down, or slower than the program): count and drop
+            # without a copy, and let go of a held line start (its line is lost anyway).
+            lines = buffer.count(b"\n", 0, n) + (1 if self._partial else 0)
+            self._partial = b""
+            for shipper in self.shippers:
+                shipper.dropped += lines
+            return
+        cut = buffer.rfind(b"\n", 0, n)
+        whole = memoryview(buffer)[:cut + 1].tobytes() if cut >= 0 else b""
+        chunk = self._partial + whole if self._partial else whole
+        rest = n - cut - 1
+        if rest:
+            start = self._partial if cut < 0 else b""
+            self._partial = start + memoryview(buffer)[cut + 1:n].tobytes()
+            if len(self._partial) > PARTIAL_MAX:  # too long to hold: it goes as a line
+                chunk += self._partial + b"\n"
+                self._partial = b""
+        elif cut >= 0:
+            self._partial = b""
         if chunk:
             self._ship(chunk)
 
