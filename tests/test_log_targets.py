@@ -6,6 +6,7 @@ that does not parse is a problem naming it, and the others load."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -284,3 +285,23 @@ def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,
     assert "broken-url" in health["config_problem"]
     assert set(health["log_targets"]["targets"]) == {"good"}
     assert status == "RUNNING"
+
+
+def test_a_tap_joins_lines_across_reads_and_keeps_to_its_buffer() -> None:
+    from pmd_init.logs.shipping import Shipper, ShipTarget, Source, Tap
+
+    async def feed() -> tuple[list[bytes], int]:
+        loop = asyncio.get_running_loop()
+        shipper = Shipper(loop, ShipTarget("t", "loki", ("http", "127.0.0.1", 9, "/"),
+                                           buffer_lines=5))
+        tap = Tap(Source("p", "p", "stdout"), [shipper])
+        for piece in (b"one\ntw", b"o\nthr", b"ee", b"\nfour\nfive\nsix\nseven\n", b"ei",
+                      b"ght\n"):
+            buffer = bytearray(piece) + bytearray(b"junk past n")
+            tap(buffer, len(piece))
+        tap.close()
+        return [line for _, _, line in shipper._take(100)], shipper.dropped
+
+    lines, dropped = asyncio.run(feed())
+    assert lines == [b"one", b"two", b"three", b"four", b"five"]
+    assert dropped == 3  # six, seven, eight: the buffer holds 5 lines

@@ -221,23 +221,24 @@ class Tap:
         """The first `n` bytes of `buffer` were just read from the pipe."""
         if not any(s.queued < s.target.buffer_lines for s in self.shippers):
             # Every target is full (down, or slower than the program): count and drop
-            # without a copy, and let go of a held line start (its line is lost anyway).
-            lines = buffer.count(b"\n", 0, n) + (1 if self._partial else 0)
+            # without a copy. A held line start is let go; its line is counted when its
+            # newline comes.
+            lines = buffer.count(b"\n", 0, n)
             self._partial = b""
             for shipper in self.shippers:
                 shipper.dropped += lines
             return
+        view = memoryview(buffer)
         cut = buffer.rfind(b"\n", 0, n)
-        whole = memoryview(buffer)[:cut + 1].tobytes() if cut >= 0 else b""
-        chunk = self._partial + whole if self._partial else whole
-        rest = n - cut - 1
-        if rest:
-            start = self._partial if cut < 0 else b""
-            self._partial = start + memoryview(buffer)[cut + 1:n].tobytes()
-            if len(self._partial) > PARTIAL_MAX:  # too long to hold: it goes as a line
-                chunk += self._partial + b"\n"
-                self._partial = b""
-        elif cut >= 0:
+        if cut < 0:  # no line ends here: it all continues the held start
+            chunk = b""
+            self._partial += view[:n].tobytes()
+        else:
+            whole = view[:cut + 1].tobytes()
+            chunk = self._partial + whole if self._partial else whole
+            self._partial = view[cut + 1:n].tobytes() if cut + 1 < n else b""
+        if len(self._partial) > PARTIAL_MAX:  # too long to hold: it goes as a line
+            chunk += self._partial + b"\n"
             self._partial = b""
         if chunk:
             self._ship(chunk)
