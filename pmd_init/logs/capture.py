@@ -21,9 +21,12 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .shipping import Tap
 from .times import LineTimes, SavedTimes
+
+if TYPE_CHECKING:
+    from .shipping import Tap
 
 log = logging.getLogger("pmd.logs")
 

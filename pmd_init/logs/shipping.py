@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -148,6 +147,8 @@ class Shipper:
                     log.warning("log target %s refused %d lines: %s", t.name, len(batch), exc)
                     self.dropped += len(batch)
                     batch, self.in_flight = None, 0
+                    if self.queued:
+                        self._wake.set()
                     continue
                 if self.failures == 1 or self.failures % 100 == 0:
                     log.warning("log target %s: %s (retrying)", t.name, self.last_error)
@@ -462,7 +463,11 @@ class _Http(_Transport):
         self.headers = dict(headers)
 
     async def send(self, payload: Any) -> None:
-        context = ssl.create_default_context() if self.scheme == "https" else None
+        context = None
+        if self.scheme == "https":
+            import ssl  # only for https targets: ssl is slow to import, and capture is not
+
+            context = ssl.create_default_context()
         reader, writer = await asyncio.open_connection(self.host, self.port, ssl=context)
         try:
             head = [f"POST {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}",

@@ -83,7 +83,6 @@ class Init:
             folder.mkdir(parents=True, exist_ok=True)
 
         from ..service import Service
-        from ..store.logtargets import load_log_targets
         from ..store.programs import ProgramStore
         from ..supervisor.supervisor import Supervisor
 
@@ -99,7 +98,7 @@ class Init:
             handed_over = take_handed_over(state.get("listeners"))
         if state is not None and isinstance(state.get("base_env"), dict):
             self.base_env = state["base_env"]  # what programs got before, unchanged
-        targets, target_problems = load_log_targets(s.config_dir, self.base_env)
+        targets, target_problems = _log_targets(s.config_dir, self.base_env)
         for problem in target_problems:
             log.error("%s (the other log targets load)", problem)
         self.supervisor = sup = Supervisor(
@@ -457,6 +456,30 @@ class Init:
             mode = await self._done
             if mode == "reexec":
                 await self._reexec()
+
+
+def _log_targets(config_dir: Path, env: dict[str, str]) -> tuple[list[Any], list[str]]:
+    """The log targets of log_targets.json as the supervisor's shippers take them, and
+    the problems of those that were refused. Without the file nothing is imported: the
+    targets' model costs pydantic a few milliseconds to build, on the way to the boot."""
+    from ..store.logtargets import LOG_TARGETS_FILE
+
+    if not (config_dir / LOG_TARGETS_FILE).exists():
+        return [], []
+    from ..logs.shipping import ShipTarget
+    from ..model.logtargets import parse_http_url, parse_syslog_address
+    from ..store.logtargets import load_log_targets
+
+    specs, problems = load_log_targets(config_dir, env)
+    targets = []
+    for name, spec in specs.items():
+        where = parse_syslog_address(spec.address) if spec.address is not None else \
+            parse_http_url(spec.url or "")
+        target = ShipTarget(name=name, kind=spec.type, where=where, labels=spec.labels,
+                            headers=spec.headers, batch_lines=spec.batch_lines,
+                            batch_seconds=spec.batch_seconds, buffer_lines=spec.buffer_lines)
+        targets.append((target, spec.selects))
+    return targets, problems
 
 
 def _make_api(init: Init, settings: Settings, handed_over: list[Any]) -> Any:

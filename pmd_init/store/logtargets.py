@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..model.logtargets import LogTargetSpec, parse_log_targets
 from .files import read_json
+
+if TYPE_CHECKING:
+    from ..model.logtargets import LogTargetSpec
 
 LOG_TARGETS_FILE = "log_targets.json"
 
 
 def load_log_targets(config_dir: Path, env: Mapping[str, str]
                      ) -> tuple[dict[str, LogTargetSpec], list[str]]:
+    from ..model.logtargets import parse_log_targets  # a pydantic model: built when needed
+
     path = config_dir / LOG_TARGETS_FILE
     try:
         raw = read_json(path)

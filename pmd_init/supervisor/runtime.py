@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..logs.capture import READ_SIZE, ByteCount, Capture, Forwarder, LogFile
-from ..logs.shipping import Shippers, Source, Tap
 from ..logs.times import SavedTimes
 from .events import Event
 from .spawn import SpawnRequest, killpg, spawn
 
 if TYPE_CHECKING:
+    from ..logs.shipping import Shippers, Tap
     from ..model.spec import HealthCheckSpec, ProgramSpec
 
 #: A raw wait status, or None when the exit of a non-child (watched by pidfd) is unknown.
@@ -192,6 +192,8 @@ class Runtime:
         """What ships this stream's lines to the log targets that select the program."""
         if self.shipping is None:
             return None
+        from ..logs.shipping import Source  # imported only where there are log targets
+
         return self.shipping.tap(Source(program, instance, stream, pid))
 
     @classmethod

@@ -14,15 +14,13 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from ..logs.shipping import Shippers, ShipTarget
 from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
-from ..model.logtargets import LogTargetSpec, parse_http_url, parse_syslog_address
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.records import EphemeralEntry, PidsEntry, Records
@@ -41,7 +39,6 @@ from .errors import (
     Waiting,
 )
 from .events import Event, EventBus, ReadyEvent, StateEvent
-from .execs import Execs
 from .health import HealthMonitor
 from .instance import Instance
 from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
@@ -54,8 +51,10 @@ from .snapshots import InstanceSnapshot, SupervisorSnapshot
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
 if TYPE_CHECKING:
+    from ..logs.shipping import Shippers, ShipTarget
     from ..model.spec import WebhooksSpec
     from ..store.programs import ProgramStore
+    from .execs import Execs
 
 log = logging.getLogger("pmd.supervisor")
 
@@ -64,14 +63,6 @@ RESTART_FIELDS = frozenset({
     "command", "user", "directory", "environment", "port_range", "port_param",
     "terminal_shell", "display", "stdout_logfile", "stderr_logfile", "logs_enabled",
 })
-
-
-def ship_target(name: str, spec: LogTargetSpec) -> ShipTarget:
-    where = parse_syslog_address(spec.address) if spec.address is not None else \
-        parse_http_url(spec.url or "")
-    return ShipTarget(name=name, kind=spec.type, where=where, labels=spec.labels,
-                      headers=spec.headers, batch_lines=spec.batch_lines,
-                      batch_seconds=spec.batch_seconds, buffer_lines=spec.buffer_lines)
 
 
 def storage_failed(exc: StorageError) -> StorageFailed:
@@ -92,7 +83,7 @@ class Supervisor:
         ephemeral_grace: float = 600.0,
         memory_interval: float = DEFAULT_MEMORY_INTERVAL,
         webhook_ca_file: Path | None = None,
-        log_targets: Mapping[str, LogTargetSpec] | None = None,
+        log_targets: Sequence[tuple[ShipTarget, Callable[[str], bool]]] = (),
     ) -> None:
         self.loop = loop
         self.store = store
@@ -109,9 +100,9 @@ class Supervisor:
         #: The log targets (logs/shipping.py), each with its task; none: no tap anywhere.
         self.shipping: Shippers | None = None
         if log_targets:
-            self.shipping = self.runtime.shipping = Shippers(
-                loop, [(ship_target(name, spec), spec.selects)
-                       for name, spec in log_targets.items()])
+            from ..logs.shipping import Shippers  # not imported without targets
+
+            self.shipping = self.runtime.shipping = Shippers(loop, log_targets)
             self.shipping.start()
         #: Targets in log_targets.json that were refused, each naming its target.
         self.log_target_problems: list[str] = []
@@ -122,8 +113,8 @@ class Supervisor:
             loop, children, self.base_env, notify_path=state_dir / "notify.sock")
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
-        #: Commands run through the exec API, with their streams (execs.py).
-        self.execs = Execs(loop, children)
+        self._children = children
+        self._execs: Execs | None = None
         self.records = Records(state_dir, store.storage)
         self.ephemeral_report: list[dict[str, object]] = []
         self.on_fatal_exit: Callable[[Instance], None] | None = None
@@ -152,6 +143,16 @@ class Supervisor:
         self.extra_instances: set[Instance] = set()
 
     # ---- lookups -------------------------------------------------------------------
+
+    @property
+    def execs(self) -> Execs:
+        """Commands run through the exec API, with their streams (execs.py); built, and
+        its module imported, on the first exec: the boot does not pay for it."""
+        if self._execs is None:
+            from .execs import Execs
+
+            self._execs = Execs(self.loop, self._children)
+        return self._execs
 
     def all_programs(self) -> list[Program]:
         return [*self.programs.values(), *self.ephemeral.values()]
@@ -748,7 +749,8 @@ class Supervisor:
         # and nothing waiting for its dependencies may start now.
         self.gate.close()
         self.memory.close()
-        await self.execs.close()
+        if self._execs is not None:
+            await self._execs.close()
         await self.health.close()
         await self.readiness.close()
         programs = self.all_programs()
@@ -863,7 +865,8 @@ class Supervisor:
 
     def kill_all(self) -> None:
         """A second TERM during shutdown: SIGKILL every group at once."""
-        self.execs.kill_all()
+        if self._execs is not None:
+            self._execs.kill_all()
         for inst in self.everything():
             inst.kill_now()
 
