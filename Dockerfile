@@ -19,6 +19,10 @@
 # uid[:gid] works). `docker run --user 10001:10001 ...` (or Kubernetes' runAsUser) works
 # too: the image's folders (and so the volumes made from them) belong to pmd.
 # A non-root pmd cannot switch users: programs run as pmd's own user.
+# Restricted pods: an arbitrary uid with group 0 and a read-only root file system work
+# (`docker run --read-only --user 12345:0 --tmpfs /var/lib/pmd --tmpfs /var/log/pmd
+# --tmpfs /run/pmd ...`): the folders belong to group 0 with its owner's rights, and pmd
+# writes nowhere else. docs/orchestrators.md has the Kubernetes side.
 
 ARG BASE=python:3.11-slim
 
@@ -89,6 +93,9 @@ RUN set -eux; \
     chmod 0755 /entrypoint; \
     mkdir -p /var/lib/pmd /var/log/pmd /run/pmd; \
     chown -R pmd:pmd /etc/pmd /var/lib/pmd /var/log/pmd /run/pmd; \
+    # An arbitrary uid in group 0 (OpenShift, `--user 12345:0`) may write there too.
+    chgrp -R 0 /etc/pmd /var/lib/pmd /var/log/pmd /run/pmd; \
+    chmod -R g=u /etc/pmd /var/lib/pmd /var/log/pmd /run/pmd; \
     /opt/pmd/venv/bin/pmd_init --version
 
 ENV PATH=/opt/pmd/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -107,5 +114,6 @@ VOLUME ["/etc/pmd", "/var/lib/pmd", "/var/log/pmd"]
 # The API listens on 127.0.0.1 and the Unix socket. To publish it, set PMD_HOST=0.0.0.0
 # together with PMD_API_KEY or PMD_API_KEY_FILE.
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["pmd", "status"]
+# Liveness: pmd's loop answers (GET /livez over the socket; never a program's state).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["pmd", "livez"]
 ENTRYPOINT ["/entrypoint"]

@@ -6,7 +6,7 @@ RUNNING. A client scrapes over pmd's Unix socket, one connection a scrape as Pro
 makes, --scrapes (200) times, in the text format and in OpenMetrics; `GET /api/status`
 (a constant answer) is timed the same way, so what the HTTP round trip costs by itself
 shows beside it. The first scrape, which imports prometheus_client and builds the
-registry, is reported apart. The import itself is timed in a fresh interpreter with
+collector, is reported apart. The import itself is timed in a fresh interpreter with
 `python -X importtime`, alone and after pmd's API modules (what it adds to a pmd).
 The issue's target: a scrape of 100 programs in 20 ms or less.
 
@@ -77,7 +77,7 @@ def main() -> int:
             sock = base / "pmd.sock"
             if not wait_until(lambda: pmd_api_ready(base), 20):
                 raise RuntimeError(f"pmd's API did not come up: {launch.stderr_tail()}")
-            running = f"pmd_program_up{{port=\"\",program=\"p{o.programs - 1:03d}\"}} 1.0"
+            running = f"pmd_program_up{{program=\"p{o.programs - 1:03d}\",port=\"\"}} 1\n"
 
             def all_up() -> bool:
                 status, body = request(sock, "GET", "/api/v1/daemon/status")
@@ -89,7 +89,7 @@ def main() -> int:
             status, body = request(sock, "GET", "/metrics")
             if running not in body.decode():
                 raise RuntimeError(f"unexpected scrape: {body[:300]!r}")
-            print(f"first scrape (imports prometheus_client, builds the registry): "
+            print(f"first scrape (imports prometheus_client, builds the collector): "
                   f"{first:.2f} ms")
             print(f"\n{o.programs} programs, {o.scrapes} requests each, over the Unix socket, "
                   f"one connection a request (ms)")

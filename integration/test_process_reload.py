@@ -203,11 +203,11 @@ def test_a_reload_waits_for_the_replacements_readiness(tmp_path):
     marks.mkdir()
     first = free_ports(2)
     second = first + 1
-    script = (f"trap \"date +%s.%N > {marks}/stop.$PORT.$$; exit 0\" TERM; "
-              f"n=$(ls {marks} | grep -c \"^gen.$PORT.\"); touch {marks}/gen.$PORT.$$; "
+    script = (f"trap \"date +%s.%N > {marks}/stop.$PORT.$$$$; exit 0\" TERM; "
+              f"n=$(ls {marks} | grep -c \"^gen.$PORT.\"); touch {marks}/gen.$PORT.$$$$; "
               # the replacement takes a second to get ready
               f"if [ \"$n\" -gt 0 ]; then sleep 1; fi; "
-              f"date +%s.%N > {marks}/ready.$PORT.$$; echo ready; "
+              f"date +%s.%N > {marks}/ready.$PORT.$$$$; echo ready; "
               f"while :; do sleep 0.1; done")
     program = {"name": "ready-web", "user": "root", "boot": True, "startsecs": 0,
                "command": f"sh -c '{script}'", "stop_timeout": 5,

@@ -93,7 +93,7 @@ def test_five_reexecs_refuse_no_connection_and_leak_no_socket(tmp_path):
     fds_file = tmp_path / "fds"
     programs = [{"name": "svc", "boot": True, "startsecs": 0, "command": "sleep 100"},
                 {"name": "fds", "boot": False, "startsecs": 0, "autorestart": "false",
-                 "command": f"sh -c 'for f in /proc/$$/fd/*; do readlink $f; done > {fds_file}'"}]
+                 "command": f"sh -c 'for f in /proc/$$$$/fd/*; do readlink $f; done > {fds_file}'"}]
     # a fixed port: before the listening socket went along, port 0 meant a new port each time
     with Pmd(tmp_path, programs, pid1=True, args=["--port", str(free_port())]) as pmd:
         http, uds = pmd.http, pmd.uds
@@ -153,7 +153,7 @@ def test_programs_get_the_callers_environment_before_and_after_a_reexec(tmp_path
     (the environment is handed over in the re-exec state, not guessed again)."""
     out = tmp_path / "env"
     programs = [{"name": "env", "boot": True, "startsecs": 0, "autorestart": "false",
-                 "command": f"sh -c 'env > {out}.tmp.$$ && mv {out}.tmp.$$ {out}.$$'"}]
+                 "command": f"sh -c 'env > {out}.tmp.$$$$ && mv {out}.tmp.$$$$ {out}.$$$$'"}]
 
     def seen() -> list[dict[str, str]]:
         runs = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class Settings:
     grace: float = 8.0
     command: list[str] = field(default_factory=list)
     remap_exit: dict[int, int] = field(default_factory=dict)
-    log_forward: bool = True
+    log_forward: str = "prefixed"
     log_roots: list[Path] = field(default_factory=lambda: [Path("/var/log")])
     api: bool = True
     rate_limit: int = 100  # requests a minute per client address on the /api family, 0: off
@@ -67,6 +68,18 @@ class Settings:
     #: Which tool's command line started pmd ("tini", "dumb-init") or None: it decides
     #: the wording of a few error lines and the exit code of a main command that cannot run.
     compat: str | None = None
+    #: A second listener that serves only /livez, /readyz and /startupz, without a key,
+    #: answered by a thread of its own (api/probeport.py): (host, port) or None.
+    probe_address: tuple[str, int] | None = None
+    #: Seconds between a TERM (or INT, QUIT) and the start of the shutdown, during which
+    #: /readyz says 503 and every program keeps running (an orchestrator's endpoints
+    #: catch up meanwhile). A second signal skips what is left of it.
+    shutdown_delay: float = 0.0
+    #: The orchestrator's whole budget from its TERM to its KILL (Kubernetes'
+    #: terminationGracePeriodSeconds), or None when pmd was not told.
+    termination_grace: float | None = None
+    #: A test hook (PMD_TEST_WEDGE): USR2 blocks pmd's loop this many seconds; 0: off.
+    wedge_seconds: float = 0.0
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -137,6 +150,32 @@ def job_control_rewrites(rewrite: dict[int, int], single_child: bool) -> dict[in
     return {**{int(k): int(v) for k, v in JOB_CONTROL.items()}, **rewrite}
 
 
+def _seconds(parser: argparse.ArgumentParser, what: str, text: str) -> float:
+    """A number of seconds, 0 or more, or a usage error naming the setting."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        parser.error(f"{what} must be a number of seconds, got {text!r}")
+    if not math.isfinite(value) or value < 0:
+        parser.error(f"{what} must be a number of seconds, 0 or more, got {text!r}")
+    return value
+
+
+def parse_probe_address(text: str | None) -> tuple[str, int] | None:
+    """`PORT` or `HOST:PORT` (`[::1]:PORT` for IPv6) for the probe listener; None for
+    none (empty, or -1). The host defaults to every IPv4 address: an orchestrator probes
+    the pod's address, not its loopback."""
+    if text is None or text.strip() in ("", "-1"):
+        return None
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = "0.0.0.0"
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected [HOST:]PORT with a port 0-65535, got {text!r}")
+    return host, int(port)
+
+
 def _flag(name: str) -> bool:
     return (_env(name, "0") or "0").lower() not in ("0", "false", "no", "off")
 
@@ -154,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag has an environment variable (PMD_CONFIG_DIR, PMD_STATE_DIR, "
         "PMD_LOG_DIR, PMD_HOST, PMD_PORT, PMD_SOCKET, PMD_API_KEY, PMD_API_KEY_FILE, "
         "PMD_GRACE, PMD_REMAP_EXIT, PMD_LOG_FORWARD, PMD_LOG_ROOTS, PMD_RATE_LIMIT, "
-        "PMD_RATE_BURST, PMD_CORS_ORIGINS, PMD_SINGLE_CHILD, PMD_REWRITE, PMD_PDEATHSIG). "
+        "PMD_RATE_BURST, PMD_CORS_ORIGINS, PMD_SINGLE_CHILD, PMD_REWRITE, PMD_PDEATHSIG, "
+        "PMD_PROBE_PORT, PMD_SHUTDOWN_DELAY, PMD_TERMINATION_GRACE). "
         "Anything after -- is the main command: pmd exits with its exit code. "
         "`pmd_init --compat tini|dumb-init ARGS...` (the pmd-tini and pmd-dumb-init "
         "scripts) reads tini's or dumb-init's command line instead.",
@@ -176,8 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--api-key", default=None, help="require this API key (or PMD_API_KEY)")
     keys.add_argument("--api-key-file", default=None,
                       help="read the API key from this file (or PMD_API_KEY_FILE)")
-    p.add_argument("--grace", type=float, default=float(_env("PMD_GRACE", "8") or 8),
+    p.add_argument("--grace", default=_env("PMD_GRACE", "8"),
                    help="seconds the whole shutdown may take (default 8)")
+    p.add_argument("--shutdown-delay", default=_env("PMD_SHUTDOWN_DELAY", "0"),
+                   metavar="SECONDS",
+                   help="on TERM, answer /readyz with 503 and keep every program running "
+                   "this long before stopping them; a second TERM skips it (default 0)")
+    p.add_argument("--termination-grace", default=_env("PMD_TERMINATION_GRACE"),
+                   metavar="SECONDS",
+                   help="the orchestrator's time from its TERM to its KILL (Kubernetes' "
+                   "terminationGracePeriodSeconds): the shutdown fits in it (default: "
+                   "not known)")
+    p.add_argument("--probe-port", default=_env("PMD_PROBE_PORT"), metavar="[HOST:]PORT",
+                   help="also serve /livez, /readyz and /startupz (no key) on this port, "
+                   "on all addresses unless HOST is given (default: API listeners only)")
     p.add_argument("--remap-exit", default=_env("PMD_REMAP_EXIT", ""),
                    help="map the main command's exit codes, e.g. 143:0,130:0")
     p.add_argument("--log-roots", default=_env("PMD_LOG_ROOTS", "/var/log"),
@@ -224,8 +276,17 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         remap = _remap(args.remap_exit or "")
     except ValueError as exc:
         parser.error(str(exc))
-    if args.grace < 0:
-        parser.error("--grace must not be negative")
+    grace = _seconds(parser, "--grace (PMD_GRACE)", args.grace)
+    delay = _seconds(parser, "--shutdown-delay (PMD_SHUTDOWN_DELAY)", args.shutdown_delay)
+    termination = None if args.termination_grace in (None, "") else _seconds(
+        parser, "--termination-grace (PMD_TERMINATION_GRACE)", args.termination_grace)
+    try:
+        probe = parse_probe_address(args.probe_port)
+    except ValueError as exc:
+        parser.error(f"--probe-port (PMD_PROBE_PORT): {exc}")
+    if probe is not None and args.no_api:
+        parser.error("--probe-port needs the HTTP stack: drop --no-api")
+    wedge = _seconds(parser, "PMD_TEST_WEDGE", _env("PMD_TEST_WEDGE", "0") or "0")
     if not -1 <= args.port <= 65535:
         parser.error("--port must be 0-65535 (or -1 for none)")
     try:
@@ -233,7 +294,9 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         pdeathsig = parse_signal(args.pdeathsig) if args.pdeathsig else None
     except ValueError as exc:
         parser.error(str(exc))
-    forward = (_env("PMD_LOG_FORWARD", "1") or "1").lower() not in ("0", "false", "no", "off")
+    forward = forward_mode(_env("PMD_LOG_FORWARD", "1") or "1")
+    if forward is None:
+        parser.error("PMD_LOG_FORWARD must be 1, 0, prefixed, timestamped, raw, json or off")
     roots = [Path(r) for r in (args.log_roots or "").split(":") if r]
     try:
         ephemeral_grace = float(_env("PMD_EPHEMERAL_GRACE") or 600.0)
@@ -255,7 +318,11 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         port=args.port,
         socket=Path(args.socket).absolute() if args.socket else None,
         api_key=api_key,
-        grace=args.grace,
+        grace=grace,
+        shutdown_delay=delay,
+        termination_grace=termination,
+        probe_address=probe,
+        wedge_seconds=wedge,
         command=command,
         remap_exit=remap,
         log_forward=forward,
@@ -272,3 +339,14 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         rewrite=job_control_rewrites(rewrite, args.single_child),
         pdeathsig=pdeathsig,
     )
+
+
+def forward_mode(value: str) -> str | None:
+    """PMD_LOG_FORWARD: a mode of logs.capture.FORWARD_MODES, or the switch it was
+    (1/true/yes/on: prefixed; 0/false/no: off); None when it is neither."""
+    value = value.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return "prefixed"
+    if value in ("0", "false", "no"):
+        return "off"
+    return value if value in ("prefixed", "timestamped", "raw", "json", "off") else None

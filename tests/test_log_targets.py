@@ -2,7 +2,8 @@
 (started here on loopback, UDP and TCP), to an OTLP/HTTP receiver that parses the body with
 the official protobuf definitions, and to a Loki push receiver that checks Loki's documented
 JSON. A target that is down drops lines and counts them while capture goes on; a target
-that does not parse is a problem naming it, and the others load."""
+that does not parse, or whose label names an unset variable, is a problem naming it, and
+the others load."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.helpers import API, wait_until
 from tests.harness import Pmd
@@ -203,7 +205,8 @@ def _otlp_records(receiver: Receiver) -> Iterator[Any]:
 def test_loki_pushes_match_its_documented_json(tmp_path: Path, receiver: Receiver) -> None:
     targets = {"loki": {"type": "loki",
                         "url": f"http://127.0.0.1:{receiver.port}/loki/api/v1/push",
-                        "labels": {"job": "pmd", "host": "${HOSTLABEL}"},
+                        "labels": {"job": "pmd", "host": "${HOSTLABEL}",
+                                   "region": "${PMD_TEST_UNSET_REGION:-eu}", "tag": "$$5"},
                         "batch_seconds": 0.2}}
     with start_pmd(tmp_path / "pmd", targets, [talker()], env={"HOSTLABEL": "h1"}) as pmd:
         pmd.wait_for(lambda: sum(len(v) for v in _loki_values(receiver).values()) >= 10, 15,
@@ -223,11 +226,35 @@ def test_loki_pushes_match_its_documented_json(tmp_path: Path, receiver: Receive
                 assert len(value) == 2 and value[0].isdigit() and isinstance(value[1], str)
                 assert abs(int(value[0]) / 1e9 - time.time()) < 60
     values = _loki_values(receiver)
-    base = {"job": "pmd", "host": "h1", "program": "talker", "instance": "talker"}
+    base = {"job": "pmd", "host": "h1", "region": "eu", "tag": "$5", "program": "talker",
+            "instance": "talker"}
     assert values == {
         json.dumps({**base, "stream": "stdout"}, sort_keys=True): [f"out-{i}" for i in range(5)],
         json.dumps({**base, "stream": "stderr"}, sort_keys=True): [f"err-{i}" for i in range(5)],
     }
+
+
+def test_every_log_forward_mode_ships_the_programs_own_lines(tmp_path: Path,
+                                                             receiver: Receiver) -> None:
+    # The tap reads what the program wrote, whatever log_forward does to pmd's stdout:
+    # no prefix, no time, no JSON wrapping, and lines even when forwarding is off.
+    modes = ("prefixed", "timestamped", "raw", "json", "off")
+    programs = [{**talker(f"fw-{mode}", f"echo {mode}-a; echo {mode}-b; sleep 60"),
+                 "id": i + 1, "log_forward": mode} for i, mode in enumerate(modes)]
+    targets = {"loki": {"type": "loki",
+                        "url": f"http://127.0.0.1:{receiver.port}/loki/api/v1/push",
+                        "batch_seconds": 0.2}}
+    with start_pmd(tmp_path / "pmd", targets, programs) as pmd:
+        pmd.wait_for(lambda: sum(len(v) for v in _loki_values(receiver).values()) >= 10, 15,
+                     what="10 Loki values")
+        forwarded = pmd.stdout_path.read_bytes()
+    shipped = {json.loads(key)["program"]: lines
+               for key, lines in _loki_values(receiver).items()}
+    assert shipped == {f"fw-{mode}": [f"{mode}-a", f"{mode}-b"] for mode in modes}
+    assert b"[fw-prefixed] prefixed-a\n" in forwarded
+    assert b"\nraw-a\n" in forwarded
+    assert b'"line":"json-a"' in forwarded
+    assert b"off-a" not in forwarded
 
 
 def _loki_values(receiver: Receiver) -> dict[str, list[str]]:
@@ -261,9 +288,20 @@ def test_a_target_down_drops_and_counts_while_capture_goes_on(tmp_path: Path) ->
     assert down["queued"] + down["dropped"] == count
     assert down["queued"] <= 1000 and down["dropped"] >= count - 1000
     assert "Connect" in down["last_error"] or "refused" in down["last_error"]
-    dropped = [line for line in metrics.splitlines()
-               if line.startswith('pmd_log_target_lines_total{result="dropped",target="down"}')]
-    assert len(dropped) == 1 and float(dropped[0].split()[-1]) >= count - 1000
+    found = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+             for family in text_string_to_metric_families(metrics)
+             for sample in family.samples}
+    # read after the health: a refused batch may have been dropped since, never sent
+    dropped = found[("pmd_log_target_lines_total", (("result", "dropped"), ("target", "down")))]
+    queued = found[("pmd_log_target_lines_queued", (("target", "down"),))]
+    assert found[("pmd_log_target_lines_total", (("result", "sent"), ("target", "down")))] == 0
+    assert dropped >= down["dropped"] and dropped + queued == count
+    promtool = shutil.which("promtool")  # Prometheus' own parser and linter, when here
+    if promtool is not None:
+        checked = subprocess.run([promtool, "check", "metrics"], input=metrics,
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert checked.stdout.strip() == "" and checked.stderr.strip() == ""
 
 
 def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,
@@ -271,6 +309,8 @@ def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,
     targets = {
         "broken-url": {"type": "loki", "url": "http//nowhere"},
         "broken-address": {"type": "syslog", "address": "udp://127.0.0.1:notaport"},
+        "unset-label": {"type": "loki", "url": "http://127.0.0.1:9/loki/api/v1/push",
+                        "labels": {"zone": "${PMD_TEST_UNSET_ZONE}"}},
         "good": {"type": "loki", "url": f"http://127.0.0.1:{receiver.port}/loki/api/v1/push",
                  "batch_seconds": 0.2},
     }
@@ -279,9 +319,11 @@ def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,
         health = pmd.uds.get(f"{API}/health").json()
         status = pmd.uds.get(f"{API}/status/1").json()["status"]["status"]
     problems = health["log_targets"]["problems"]
-    assert len(problems) == 2
+    assert len(problems) == 3
     assert any("'broken-url'" in p and "url" in p for p in problems)
     assert any("'broken-address'" in p and "address" in p for p in problems)
+    assert any("'unset-label'" in p and "labels.zone" in p and "PMD_TEST_UNSET_ZONE" in p
+               for p in problems)
     assert "broken-url" in health["config_problem"]
     assert set(health["log_targets"]["targets"]) == {"good"}
     assert status == "RUNNING"

@@ -78,3 +78,15 @@ def test_lines_left_when_the_loop_ends_are_written_by_a_flush():
     for handler in logger.handlers:
         handler.flush()  # what logging.shutdown() does at exit
     assert stream.writes == ["exiting\n"]
+
+
+def test_a_warning_goes_out_at_once_with_the_lines_before_it():
+    logger, stream = make_logger("test.logsink.warning")
+
+    async def then_block() -> list[str]:
+        logger.info("a: STOPPED -> STARTING")
+        logger.warning("about to block the loop")
+        return list(stream.writes)  # what a reader sees while the turn still runs
+
+    inside = asyncio.run(then_block())
+    assert inside == ["a: STOPPED -> STARTING\nabout to block the loop\n"]

@@ -142,3 +142,36 @@ def test_log_level_rule(monkeypatch):
     assert log_level(main, stderr_is_tty=True) == "WARNING"
     monkeypatch.setenv("PMD_LOG_LEVEL", "info")
     assert log_level(parse_settings(["--", "sh"]), stderr_is_tty=True) == "INFO"
+
+
+@pytest.mark.parametrize(("args", "env", "named"), [
+    (["--shutdown-delay", "-1"], {}, "--shutdown-delay"),
+    ([], {"PMD_SHUTDOWN_DELAY": "soon"}, "PMD_SHUTDOWN_DELAY"),
+    ([], {"PMD_TERMINATION_GRACE": "nan"}, "PMD_TERMINATION_GRACE"),
+    (["--termination-grace", "-5"], {}, "--termination-grace"),
+    ([], {"PMD_GRACE": "ten"}, "PMD_GRACE"),
+    (["--grace", "inf"], {}, "--grace"),
+    (["--probe-port", "http"], {}, "--probe-port"),
+    (["--probe-port", "70000"], {}, "--probe-port"),
+])
+def test_bad_shutdown_and_probe_settings_are_usage_errors(args, env, named):
+    import os
+
+    result = run(*args, env={**os.environ, **env, "PMD_CONFIG_DIR": "/nonexistent"})
+    assert result.returncode == 2
+    assert named in result.stderr and "Traceback" not in result.stderr
+
+
+def test_shutdown_and_probe_settings(monkeypatch):
+    monkeypatch.setenv("PMD_SHUTDOWN_DELAY", "5")
+    monkeypatch.setenv("PMD_TERMINATION_GRACE", "30")
+    monkeypatch.setenv("PMD_PROBE_PORT", "9616")
+    s = parse_settings([])
+    assert (s.shutdown_delay, s.termination_grace, s.probe_address) == \
+        (5.0, 30.0, ("0.0.0.0", 9616))
+    s = parse_settings(["--probe-port", "[::1]:0", "--shutdown-delay", "0.5"])
+    assert (s.probe_address, s.shutdown_delay) == (("::1", 0), 0.5)
+    monkeypatch.delenv("PMD_PROBE_PORT")
+    monkeypatch.delenv("PMD_TERMINATION_GRACE")
+    assert (parse_settings([]).probe_address, parse_settings([]).termination_grace) == \
+        (None, None)

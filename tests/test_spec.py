@@ -142,3 +142,15 @@ def test_backoff_schedules():
     assert [exponential.retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert exponential.retry_delay(10_000) == 60  # no overflow however long it retries
     assert ProgramSpec(name="a", command="x", startretries=-1).startretries == -1
+
+
+def test_log_forward_modes_are_the_captures():
+    """model/ imports nothing of pmd, so the modes are written twice: held equal here."""
+    from pmd_init.logs.capture import FORWARD_MODES as CAPTURE_MODES
+    from pmd_init.model.spec import FORWARD_MODES
+    from pmd_init.settings import forward_mode
+
+    assert FORWARD_MODES == CAPTURE_MODES
+    assert [forward_mode(m) for m in CAPTURE_MODES] == list(CAPTURE_MODES)
+    assert (forward_mode("1"), forward_mode("0"), forward_mode("loud")) == \
+        ("prefixed", "off", None)

@@ -10,7 +10,7 @@ import shutil
 import time
 
 import pytest
-from container_kit import DOCKER, IMAGE, docker, wait_for
+from container_kit import DOCKER, IMAGE, LABEL, Container, docker, wait_for
 
 pytestmark = pytest.mark.skipif(
     not IMAGE, reason="PMD_IMAGE is not set: the docker-level container tests need an image")
@@ -200,3 +200,56 @@ def test_non_root_mode(container_factory, how: tuple[str, str]) -> None:
     c.wait_state(body["id"], "RUNNING")
     docker("stop", c.name)
     assert c.exit_code() == 0
+
+
+def test_restricted_pod_arbitrary_uid_group_0_read_only_root(tmp_path) -> None:
+    """OpenShift's arbitrary uid in group 0 with a read-only root file system: pmd writes
+    only to its tmpfs folders and the config volume, every program runs, the API and the
+    probes answer, and the HEALTHCHECK (`pmd livez`) turns healthy."""
+    import json
+    import os
+    import uuid
+
+    config = tmp_path / "config"
+    config.mkdir()
+    programs = [graceful("alpha") | {"priority": 10}, graceful("beta") | {"priority": 20},
+                {"name": "writer", "boot": True, "startsecs": 0,
+                 "command": "sh -c 'id -u > /tmp/uid; id -g >> /tmp/uid; exec sleep 600'"}]
+    (config / "programs.json").write_text(json.dumps({"version": 1, "programs": programs}))
+    os.chmod(config, 0o777)  # the config volume: writable by the pod's uid
+    name = f"pmd-test-{uuid.uuid4().hex[:10]}"
+    docker("run", "-d", "--pull", "never", "--name", name, "--label", LABEL,
+           "--network", "none", "--read-only", "--user", "12345:0",
+           "--tmpfs", "/var/lib/pmd", "--tmpfs", "/var/log/pmd", "--tmpfs", "/run/pmd",
+           "--tmpfs", "/tmp", "-v", f"{config}:/etc/pmd",
+           "--health-interval", "1s", "--health-start-period", "1s",
+           "-e", "PMD_PROBE_PORT=127.0.0.1:9616", IMAGE)
+    c = Container(name)
+    try:
+        c.wait_ready()
+        status = c.exec("cat", "/proc/1/status").stdout
+        assert re.search(r"^Uid:\s+12345\s", status, re.M), status
+        assert re.search(r"^Gid:\s+0\s", status, re.M), status
+        for program_id in (1, 2, 3):
+            c.wait_state(program_id, "RUNNING")
+        wait_for(lambda: c.exec("cat", "/tmp/uid", check=False).stdout.split() == ["12345", "0"],
+                 10, "writer's uid")
+        for path in ("/livez", "/readyz", "/startupz"):
+            assert c.get(path)[{"/livez": "live", "/readyz": "ready",
+                                "/startupz": "started"}[path]] is True
+        probe = c.exec("python3", "-c", "import urllib.request as u; print(u.urlopen("
+                       "'http://127.0.0.1:9616/livez').status)").stdout.strip()
+        assert probe == "200"
+        for command in (("pmd", "livez"), ("pmd", "readyz"), ("pmd", "startupz")):
+            assert c.exec(*command, check=False).returncode == 0, command
+        code, body = c.api("POST", "/api/v1/daemon/programs/edit/3", {"description": "x"})
+        assert code == 200, body
+        assert c.exec("touch", "/etc/pmd-not-a-volume", check=False).returncode != 0
+        wait_for(lambda: c.inspect("{{.State.Health.Status}}") == "healthy", 20, "healthy")
+        logs = c.logs()
+        assert "Read-only file system" not in logs and "not writable" not in logs, logs
+        docker("stop", "-t", "10", name)
+        assert c.exit_code() == 0
+        assert_stopped_gracefully(c.logs())
+    finally:
+        docker("rm", "-f", "-v", name, check=False)

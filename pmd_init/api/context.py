@@ -15,12 +15,18 @@ from sanic import Request, Sanic
 from sanic.config import Config
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
-
+    from ..model.budget import ShutdownPlan
     from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
+    from .verdicts import Verdicts
     from .viewcache import ViewCache
+
+
+class Scraper(Protocol):
+    """What `GET /metrics` renders (prometheus.PmdCollector, built on the first scrape)."""
+
+    def scrape(self, openmetrics: bool) -> bytes: ...
 
 
 class OrphanCount(Protocol):
@@ -45,7 +51,11 @@ class Owner(Protocol):
     @property
     def reaper(self) -> OrphanCount: ...
 
+    @property
+    def verdicts(self) -> Verdicts: ...
+
     def request_reexec(self) -> bool: ...
+    def shutdown_plan(self) -> ShutdownPlan: ...
 
 
 @dataclass
@@ -57,14 +67,16 @@ class AppContext:
     #: The listing routes' answers, kept as bytes until what they show changes.
     views: ViewCache
     #: The rate limiter's state (ratelimit.py), the OpenAPI document once built
-    #: (openapi.py), the metrics registry from the first scrape on (metrics.py), and the
+    #: (openapi.py), the metrics collector from the first scrape on (metrics.py), and the
     #: event that ends every log stream at shutdown (daemon.py).
     rate_limiter: object | None = None
     openapi_document: dict[str, Any] | None = None
-    metrics_registry: CollectorRegistry | None = None
+    metrics_collector: Scraper | None = None
     log_streams_closing: asyncio.Event | None = None
     #: Log streams read their opening tails one at a time (logstream.py).
     opening_tails: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The dashboard's files, read from the package on first use (ui.py).
+    ui_files: dict[str, bytes] = field(default_factory=dict)
 
 
 PmdApp = Sanic[Config, AppContext]

@@ -420,6 +420,19 @@ async def _open_log_streams(app: PmdApp) -> None:
 async def program_log_stream(request: Request, program_id: int) -> None:
     service = _service(request)
     program = service.program(program_id)
+    programs = service.supervisor.programs
+
+    def find() -> Program | None:
+        return programs.get(program_id)
+
+    await _follow(request, program, find)
+
+
+async def _follow(request: Request, program: Program,
+                  find: Callable[[], Program | None]) -> None:
+    """A log stream of `program` (one port of it with `port`); `find` gives the program
+    again at each wake-up, None once it is gone (the stream then ends)."""
+    service = _service(request)
     q = query(request, LogStreamQuery)
     inst = service.instance(program, q.port, "follow")
     if not program.spec.logs_enabled:
@@ -437,10 +450,9 @@ async def program_log_stream(request: Request, program_id: int) -> None:
             if offset < 0:
                 raise Invalid("Last-Event-ID: must not be negative", field="Last-Event-ID")
     port = inst.port
-    programs = service.supervisor.programs
 
     def resolve() -> Instance | None:
-        current = programs.get(program_id)
+        current = find()
         return current.instance(port) if current is not None else None
 
     follower = LogFollower(request, resolve, q.type, _closing(request))
@@ -486,6 +498,20 @@ async def quick_logs(request: Request, temporary_id: str) -> HTTPResponse:
     program = _service(request).quick(temporary_id)
     q = query(request, LogsQuery)
     return _logs_answer(program, program.primary, q)
+
+
+@bp.get("/quick-start/<temporary_id:str>/logs/stream")
+@doc("Follow a quick-start program's log as Server-Sent Events, as a program's stream",
+     query=LogStreamQuery, response="text/event-stream", content_type="text/event-stream")
+async def quick_log_stream(request: Request, temporary_id: str) -> None:
+    service = _service(request)
+    program = service.quick(temporary_id)
+    ephemeral = service.supervisor.ephemeral
+
+    def find() -> Program | None:
+        return ephemeral.get(temporary_id)
+
+    await _follow(request, program, find)
 
 
 @bp.post("/quick-start/<temporary_id:str>/stop")

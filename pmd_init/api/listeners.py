@@ -151,3 +151,29 @@ def bind_unix(path: os.PathLike[str] | str) -> socket.socket:
     sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
+
+
+def bind_probe(address: tuple[str, int], handed_over: object = None) -> socket.socket:
+    """The probe port's listening socket (blocking: a thread of its own accepts on it):
+    the one an earlier pmd handed over across its exec when it is still a listening TCP
+    socket bound to that port, else a new one. OSError when the port cannot be had."""
+    if isinstance(handed_over, int):
+        try:
+            sock = socket.socket(fileno=handed_over)
+        except OSError as exc:
+            log.warning("handed-over probe listener (fd %d) unusable: %s", handed_over, exc)
+        else:
+            try:
+                os.set_inheritable(handed_over, False)
+                good = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)) \
+                    and sock.family in FAMILIES["tcp"] and sock.type == socket.SOCK_STREAM \
+                    and (address[1] == 0 or sock.getsockname()[1] == address[1])
+            except OSError:
+                good = False
+            if good:
+                sock.setblocking(True)
+                return sock
+            sock.close()
+    sock = bind_tcp(*address)
+    sock.setblocking(True)
+    return sock

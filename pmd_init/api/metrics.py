@@ -2,7 +2,7 @@
 the scraper's Accept asks for it.
 
 prometheus_client is imported here on the first scrape and not before (prometheus.py):
-a pmd that nobody scrapes never pays for it. The registry is built then, once, and kept
+a pmd that nobody scrapes never pays for it. The collector is built then, once, and kept
 in the app's context; each scrape reads pmd's state afresh through it.
 """
 
@@ -24,10 +24,14 @@ bp = Blueprint("metrics")
 async def metrics(request: Request) -> HTTPResponse:
     from prometheus_client.exposition import choose_encoder
 
-    from .prometheus import registry_for
+    from .prometheus import OPENMETRICS, TEXT, PmdCollector
 
     ctx = app_of(request).ctx
-    if ctx.metrics_registry is None:
-        ctx.metrics_registry = registry_for(ctx.init)
-    encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    return raw(encode(ctx.metrics_registry), content_type=content_type)
+    if ctx.metrics_collector is None:
+        ctx.metrics_collector = PmdCollector(ctx.init)
+    # prometheus_client's negotiation: OpenMetrics when Accept names it (Prometheus sends
+    # it first by default), the 0.0.4 text format otherwise.
+    _, chosen = choose_encoder(request.headers.get("accept", ""))
+    openmetrics = chosen.startswith("application/openmetrics-text")
+    return raw(ctx.metrics_collector.scrape(openmetrics),
+               content_type=OPENMETRICS if openmetrics else TEXT)

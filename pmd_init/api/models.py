@@ -106,6 +106,8 @@ QUICK_START_FIELDS = [
     "exitcodes", "startsecs", "startretries", "stop_signal", "stop_timeout",
     # pmd's: how it says it is ready, run-once tasks, the retry schedule
     "readiness", "oneshot", "backoff", "backoff_max_seconds",
+    # dotenv files, and how the lines reach pmd's stdout
+    "env_file", "log_forward", "hooks",
 ]
 
 _QuickBase = create_model(

@@ -27,9 +27,10 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from .. import __version__
+from ..model.expand import USER_REFERENCES, references_pattern
 from ..model.spec import READINESS_SOURCES, USER_RE
 from ..model.webhook_rules import HEADER_VALUE_MAX, RESERVED_HEADERS
-from .auth import PUBLIC_PATHS
+from .auth import is_public
 from .context import PmdApp, app_of
 from .process_requests import PORT_TEXT
 
@@ -120,11 +121,19 @@ _META = re.compile(r"([.^$*+?()\[\]{}|\\])")  # re.escape's "\-" is not valid ev
 #: Text that reaches an argv, the environment or a path: no NUL, no line break.
 _LINE = r"[^\x00\n\r]"
 _NOT_BLANK = rf"^{_LINE}*[^\s\x00]{_LINE}*$"
-_ABSOLUTE = r"^/[^\x00\n]*$"
 #: model.spec's rules for a program's name: not blank, not . or .., no '/', no quotes,
 #: no control character, line or paragraph separator.
 _NAME = r"^(?!\.\.?$)(?=.*\S)[^\"'/\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
 _OS_TEXT = r"^[^\x00]*$"
+#: model/expand.py's rule: every `${` opens a well-formed reference (as a lookahead).
+_REFS_LINE = "(?=" + references_pattern(r"\x00\n\r")[1:] + ")"
+_REFS_PATH = "(?=" + references_pattern(r"\x00\n")[1:] + ")"
+_NOT_BLANK_REFS = "^" + _REFS_LINE + _NOT_BLANK[1:]
+#: An absolute path, or one that starts with a reference (absolute once expanded).
+_PATH_REFS = rf"^{_REFS_PATH}(?:/|\$\{{)[^\x00\n]*$"
+_ENV_VALUE = references_pattern(r"\x00")
+_USER = f"{USER_RE.pattern}|{USER_REFERENCES.pattern}"
+_ENV_FILE = r"^/[^\x00\n\r]*$"
 
 #: model/webhook_rules.py's URLs, those a pattern can say: https, a host name (no IP
 #: literal, no localhost, no userinfo), a port 1-65535, a path of visible ASCII.
@@ -153,15 +162,19 @@ _HEADER_VALUE = rf"^[\t\x20-\x7e]{{0,{HEADER_VALUE_MAX}}}$"
 #: PM2 names, and the fields of a health check (whose rules differ: checked per model).
 FIELD_RULES: dict[str, dict[str, Any]] = {
     "name": {"pattern": _NAME},
-    "command": {"pattern": _NOT_BLANK},
-    "script": {"pattern": _NOT_BLANK},
-    "user": {"pattern": USER_RE.pattern, "description": "an account of this system"},
-    "directory": {"pattern": _ABSOLUTE},
-    "cwd": {"pattern": _ABSOLUTE},
+    "command": {"pattern": _NOT_BLANK_REFS},
+    "script": {"pattern": _NOT_BLANK_REFS},
+    "user": {"pattern": _USER,
+             "description": "an account of this system, or ${VAR} references to one"},
+    "directory": {"pattern": _PATH_REFS},
+    "cwd": {"pattern": _PATH_REFS},
+    # dotenv files, one path or a list (supervisor/expansion.py)
+    "env_file": {"array": {"items": {"pattern": _ENV_FILE}, "uniqueItems": True},
+                 "string": {"pattern": _ENV_FILE}},
     "display": {"pattern": _OS_TEXT},
     "port_param": {"pattern": _NOT_BLANK,
                    "description": "the option that passes the port; needs port_range"},
-    "args": {"items": {"pattern": rf"^{_LINE}*$"}},
+    "args": {"items": {"pattern": rf"^{_REFS_LINE}{_LINE}*$"}},
     # {name: condition}, or a list of names (each then waits for `ready`)
     "depends_on": {"object": {"propertyNames": {"minLength": 1, "maxLength": 128},
                               "maxProperties": 64},
@@ -178,25 +191,27 @@ FIELD_RULES: dict[str, dict[str, Any]] = {
         "integer": {"minimum": 1, "maximum": 2**60}},
     "urls": {"items": {"pattern": _WEBHOOK_URL, "maxLength": 2048}},
     "environment": {"propertyNames": {"pattern": r"^[^=\x00]+$"},
-                    "additionalProperties": {"type": "string", "pattern": _OS_TEXT}},
+                    "additionalProperties": {"type": "string", "pattern": _ENV_VALUE}},
     "env": {"propertyNames": {"pattern": r"^[^=\x00]+$"},
-            "additionalProperties": {"type": "string", "pattern": _OS_TEXT}},
+            "additionalProperties": {"type": "string", "pattern": _ENV_VALUE}},
 }
 #: Where a model's rules differ from FIELD_RULES (merged over them).
 MODEL_RULES: dict[str, dict[str, dict[str, Any]]] = {
     # PM2's user may be empty: pmd's own (process_requests.py `to_spec`)
     "CreateProcess": {
-        "user": {"pattern": rf"^$|{USER_RE.pattern}",
+        "user": {"pattern": rf"^$|{_USER}",
                  "description": "an account of this system; empty: pmd's own"},
         # {"PORT": 3000}: numbers are taken as their text
         "env": {"propertyNames": {"pattern": r"^[^=\x00]+$"},
-                "additionalProperties": {"anyOf": [{"type": "string", "pattern": _OS_TEXT},
+                "additionalProperties": {"anyOf": [{"type": "string", "pattern": _ENV_VALUE},
                                                    {"type": "number"}]}},
     },
     "WebhooksSpec": {
         "headers": {"propertyNames": {"pattern": _HEADER_NAME},
                     "additionalProperties": {"type": "string", "pattern": _HEADER_VALUE}},
     },
+    # a hook's command is a shell's line, not expanded by pmd (model/hooks.py)
+    "HookSpec": {"command": {"pattern": _NOT_BLANK}},
     "HealthCheckSpec": {
         # http:// or https:// with a host (no IPv6 brackets: kept simple and exact)
         "url": {"pattern": rf"^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~:@!$&'()*+,;=%-]+"
@@ -240,13 +255,15 @@ def _log_path_pattern(roots: list[str]) -> str:
     resolves them and refuses what ends up outside)."""
     alternatives = "|".join(_META.sub(r"\\\1", root.rstrip("/")) for root in roots)
     segment = r"/(?!\.\.?(?:/|$))[^/\x00\n]+"
-    return f"^(?:{alternatives})(?:{segment})+$"
+    # a path with references is checked against the roots once expanded, by the server
+    return rf"^(?:{alternatives})(?:{segment})+$|^(?=[^\x00\n]*\$\{{){_PATH_REFS[1:]}"
 
 
 def _refine(components: dict[str, Any], accounts: list[str], log_roots: list[str]) -> None:
     runtime: dict[str, dict[str, Any]] = {}
     if accounts:
-        runtime["user"] = {"enum": accounts}
+        runtime["user"] = {"anyOf": [{"enum": accounts},
+                                     {"pattern": USER_REFERENCES.pattern}]}
     if log_roots:
         runtime["stdout_logfile"] = runtime["stderr_logfile"] = {
             "pattern": _log_path_pattern(log_roots),
@@ -278,6 +295,12 @@ def _refine(components: dict[str, Any], accounts: list[str], log_roots: list[str
             prop["anyOf"] = [*alternatives, {"type": "array"}]
             for branch in prop["anyOf"]:
                 branch.update(FIELD_RULES["depends_on"].get(branch.get("type", ""), {}))
+        if "env_file" in props:  # one path is taken as well as a list
+            prop = props["env_file"]
+            alternatives = prop.pop("anyOf", None) or [
+                {k: prop.pop(k) for k in list(prop) if k not in ("title", "default",
+                                                                   "description")}]
+            prop["anyOf"] = [*alternatives, {"type": "string", "pattern": _ENV_FILE}]
         if "autorestart" in props and model != "CreateProcess":  # true/false as well
             prop = props["autorestart"]
             alternatives = prop.pop("anyOf", None) or [
@@ -306,9 +329,10 @@ def _refine(components: dict[str, Any], accounts: list[str], log_roots: list[str
                     {"type": "null"}, {"type": "integer"},
                     {"type": "string", "pattern": r"^[^-]*$"}]}}},
                 "then": {"properties": {"instances": {"enum": [1, None]}}}})
-        if model == "CreateProcess" and "enum" in runtime.get("user", {}):
-            for branch in _branches(props.get("user", {})):
-                branch["enum"] = [*runtime["user"]["enum"], ""]
+        if model == "CreateProcess" and "anyOf" in runtime.get("user", {}):
+            accounts_rule, references_rule = runtime["user"]["anyOf"]
+            for branch in _branches(props.get("user", {})):  # empty: pmd's own account
+                branch["anyOf"] = [{"enum": [*accounts_rule["enum"], ""]}, references_rule]
         if model == "HealthCheckSpec":  # type http needs url, type script needs command
             conditions += [
                 {"if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
@@ -374,7 +398,7 @@ def build(app: PmdApp) -> dict[str, Any]:
                 op["parameters"].append(extra)
             if "responses" in info:  # in place of the 200; errors stay documented
                 op["responses"] = {**info["responses"], "default": op["responses"]["default"]}
-            if secured and raw not in PUBLIC_PATHS:
+            if secured and not is_public(raw):
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(path, {})[method.lower()] = op
     settings = app.ctx.settings

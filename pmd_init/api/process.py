@@ -81,6 +81,7 @@ async def root(request: Request) -> HTTPResponse:
             "status": "/api/status",
             "websocket": "/ws",
             "daemon": "/api/v1/daemon",
+            "dashboard": "/ui",
         },
     })
 

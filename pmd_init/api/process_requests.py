@@ -10,8 +10,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sanic import Request
 
+from ..model.hooks import HookSpec
 from ..model.spec import (
     BACKOFF_KINDS,
+    FORWARD_MODES,
     USER_RE,
     Condition,
     HealthCheckSpec,
@@ -106,6 +108,9 @@ class CreateProcess(BaseModel):
     oneshot: bool = False
     backoff: Literal[BACKOFF_KINDS] | None = None  # type: ignore[valid-type]
     backoff_max_seconds: Annotated[float, Field(ge=1, le=86400)] | None = None
+    env_file: list[str] | str | None = None  # dotenv files, read at each start
+    log_forward: Literal[FORWARD_MODES] | None = None  # type: ignore[valid-type]
+    hooks: list[HookSpec] | None = None  # local event hooks (model/hooks.py)
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -161,7 +166,8 @@ class CreateProcess(BaseModel):
             "description": self.description, "boot": True, "enabled": True,
             "depends_on": self.depends_on, "readiness": self.readiness,
             "oneshot": self.oneshot or None, "backoff": self.backoff,
-            "backoff_max_seconds": self.backoff_max_seconds,
+            "backoff_max_seconds": self.backoff_max_seconds, "env_file": self.env_file,
+            "log_forward": self.log_forward, "hooks": self.hooks,
         }
         if self.max_restarts is not None:
             fields["startretries"] = self.max_restarts

@@ -162,6 +162,12 @@ def detail_view(program: Program, sup: Supervisor) -> dict[str, Any]:
         "user": spec.user,
         "autorestart": {"true": True, "false": False}.get(spec.autorestart, spec.autorestart),
     }
+    if spec.env_file:
+        view["config"]["env_file"] = list(spec.env_file)
+    if spec.log_forward is not None:
+        view["config"]["log_forward"] = spec.log_forward
+    if spec.hooks:
+        view["config"]["hooks"] = [hook.model_dump(mode="json") for hook in spec.hooks]
     view["health_check"] = health_view(program, sup)
     view["health_status"] = health_summary(program)
     primary = program.primary

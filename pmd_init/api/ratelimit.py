@@ -111,8 +111,9 @@ class RateLimiter:
 
 def limited_path(path: str) -> bool:
     """The PM2-compatible family: /, /api/... except the Daemon API, and /ws (not
-    /metrics: a scraper asks at its own pace, and a refused scrape is a hole in a graph)."""
-    return not path.startswith("/api/v1/") and path != "/metrics"
+    /metrics: a scraper asks at its own pace, and a refused scrape is a hole in a graph;
+    not the dashboard's files, which are no API)."""
+    return not path.startswith(("/api/v1/", "/ui/")) and path not in ("/metrics", "/ui")
 
 
 def client_of(request: Request) -> str:

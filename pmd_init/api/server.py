@@ -79,7 +79,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, execs, metrics, openapi, process, ws
+    from . import daemon, execs, metrics, openapi, probes, process, ui, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
@@ -88,6 +88,8 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     app.blueprint(execs.bp)
     app.blueprint(openapi.bp)
     app.blueprint(metrics.bp)
+    app.blueprint(ui.bp)
+    app.blueprint(probes.bp)
     return app
 
 
@@ -123,7 +125,13 @@ def register_core_routes(app: PmdApp) -> None:
                 "targets": init.supervisor.shipping.view()
                 if init.supervisor.shipping is not None else {},
                 "problems": init.supervisor.log_target_problems},
+            "hooks": init.supervisor.hooks.counters(),
             "storage": init.supervisor.storage.view(),
+            "shutdown": init.shutdown_plan().as_dict(),
+            # /ready's verdict, always with a 200 here: a page that shows it must not
+            # log a failed request whenever the container is not ready
+            "readiness": init.verdicts.readyz(
+                names=auth.authenticated(request, init.settings.api_key))[1],
         })
 
     @app.get("/api/v1/daemon/ready")
@@ -132,16 +140,10 @@ def register_core_routes(app: PmdApp) -> None:
          response="ready; a 503 has the same shape with ready: false. Without the key "
                   "(when one is set) only the verdict and the counts")
     async def ready(request: Request) -> HTTPResponse:
-        total, missing = init.supervisor.not_ready()
-        view: dict[str, Any] = {
-            "ready": not missing,
-            "programs": {"total": total, "ready": total - len(missing),
-                         "not_ready": len(missing)},
-        }
-        if auth.authenticated(request, init.settings.api_key):
-            view["not_ready"] = [{"name": r.name, "id": r.id, "state": r.state,
-                                  "reason": r.reason} for r in missing]
-        return json(view, status=503 if missing else 200)
+        # /readyz's verdict (verdicts.py), names whenever the caller may see them.
+        status, view = init.verdicts.readyz(
+            names=auth.authenticated(request, init.settings.api_key))
+        return json(view, status=status)
 
     @app.post("/api/v1/daemon/reexec")
     async def reexec(request: Request) -> HTTPResponse:
@@ -205,9 +207,12 @@ class ApiServer:
         self._write_port_file()
 
     async def _create_servers(self) -> None:
+        from .ws import Protocol  # /ws's handshake (create_app imports its routes likewise)
+
         for listener in self.listeners:
             server = await self.app.create_server(
                 sock=listener.sock.dup(), backlog=BACKLOG, return_asyncio_server=True,
+                protocol=Protocol,
                 asyncio_server_kwargs={"start_serving": False},
             )
             assert server is not None  # create_server already awaited it: .server is bound

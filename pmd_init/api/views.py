@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ..model.states import ProgramState
+from ..supervisor.expansion import expansion_view
 from ..supervisor.instance import Instance
 from ..supervisor.proctree import ProcessSampler
 from ..supervisor.program import Program
@@ -50,6 +51,9 @@ def instance_status(inst: Instance) -> dict[str, Any]:
         view["notify_stopping"] = True
     if inst.spawn_error:
         view["spawn_error"] = inst.spawn_error
+    expanded = expansion_view(inst.program.spec, inst.rt.base_env)
+    if expanded is not None:  # the fields' ${VAR}s as they expand (the spec keeps the text)
+        view["expanded"] = expanded
     if inst.retry_at is not None:  # BACKOFF: when the next attempt comes, and why it waits
         view["retry_at"] = iso(inst.retry_at)
         view["backoff_reason"] = inst.backoff_reason

@@ -7,8 +7,9 @@ changes; and a `metrics` message every `interval` seconds (default 5, `?interval
 between 0.2 and 300) while the connection is open: nobody listening, nothing sampled.
 The format is documented in docs/process-api.md.
 
-Authentication is the API's (a header, or `?token=` since browsers cannot set headers
-on a WebSocket); the Unix socket is trusted.
+Authentication is the API's (a header; since browsers cannot set headers on a WebSocket,
+also the subprotocol `pmd.key.<base64url key>` offered beside `pmd`, or `?token=`); the
+Unix socket is trusted.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from sanic import Blueprint, Request
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from ..supervisor.events import Event, HealthEvent, ReadyEvent, StateEvent
 from ..supervisor.instance import Instance
 from ..supervisor.supervisor import Supervisor
+from .auth import WS_SUBPROTOCOL
 from .context import context
 from .openapi import doc
 from .process_views import iso, pm2_status, process_id, process_view, program_pm2_status
@@ -189,6 +193,22 @@ async def stream(request: Request, ws: WebsocketImplProtocol) -> None:
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader
+
+
+class Protocol(WebSocketProtocol):
+    """Sanic's protocol, choosing the `pmd` subprotocol for a client that offers it: a
+    browser that sends its key as a subprotocol (auth.py) fails the handshake unless the
+    server picks one it offered. A route's fixed `subprotocols` cannot do it: with one
+    named, the handshake refuses every client that offers none, as /ws's others do."""
+
+    async def websocket_handshake(self, request: Request,
+                                  subprotocols: Sequence[str] | None = None
+                                  ) -> WebsocketImplProtocol:
+        offered = {item.strip() for item in
+                   request.headers.get("sec-websocket-protocol", "").split(",")}
+        chosen = [WS_SUBPROTOCOL] if WS_SUBPROTOCOL in offered else subprotocols
+        ws: WebsocketImplProtocol = await super().websocket_handshake(request, chosen)
+        return ws
 
 
 async def _drain(ws: WebsocketImplProtocol) -> None:

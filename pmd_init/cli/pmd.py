@@ -6,7 +6,9 @@ trusted, so no key is needed), or over HTTP with --url (PMD_URL) and --api-key
 (PMD_API_KEY). Output is a human table by default and the API's JSON with --json. Any
 failure prints one line on stderr and exits non-zero; `pmd status` exits 0 exactly when
 pmd answers, which is what a Docker HEALTHCHECK needs; `pmd ready` exits 0 exactly when
-every enabled boot program is ready (GET /api/v1/daemon/ready), 1 otherwise.
+every enabled boot program is ready (GET /api/v1/daemon/ready), 1 otherwise. `pmd livez`,
+`pmd readyz` and `pmd startupz` are the orchestrator's probes (GET /livez, /readyz,
+/startupz) for exec probes and a HEALTHCHECK: 0 on a 200, 1 otherwise, within 2 s.
 
 Only the standard library is imported here: the client starts fast and needs nothing of
 the server side.
@@ -27,6 +29,8 @@ from typing import Any
 
 DEFAULT_SOCKET = "/run/pmd/pmd.sock"
 TIMEOUT = 60.0
+#: The probe commands' default: an exec probe that hangs tells the orchestrator nothing.
+PROBE_TIMEOUT = 2.0
 
 
 class CliError(Exception):
@@ -342,6 +346,39 @@ def cmd_ready(client: Client, args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def probe_command(path: str, verdict: str) -> Any:
+    """`pmd livez|readyz|startupz`: 0 on a 200, 1 on anything else (a 503, no answer in
+    time, pmd not there), with the answer's verdict and reason on stdout."""
+    def run(client: Client, args: argparse.Namespace) -> int:
+        try:
+            status, data = client.request(
+                "GET", path, query={"verbose": "1"} if args.verbose else None)
+        except CliError as exc:
+            print(f"pmd: {exc}", file=sys.stderr)
+            return 1
+        if not isinstance(data, dict):
+            print(f"pmd: {error_line(status, data)}", file=sys.stderr)
+            return 1
+
+        def show(d: dict[str, Any]) -> None:
+            counts = d.get("programs") or {}
+            line = f"{path[1:]}: {'yes' if d.get(verdict) else 'no'}"
+            if counts:
+                line += " (" + ", ".join(f"{k.replace('_', ' ')} {v}"
+                                         for k, v in counts.items()) + ")"
+            if d.get("reason"):
+                line += f": {d['reason']}"
+            if d.get("shutting_down"):
+                line += ": shutting down"
+            print(line)
+            for item in d.get("not_ready") or d.get("not_started") or []:
+                print(f"  {item.get('name')} ({item.get('state')}): {item.get('reason')}")
+
+        emit(args, data, show)
+        return 0 if status == 200 else 1
+    return run
+
+
 def cmd_reexec(client: Client, args: argparse.Namespace) -> int:
     data = client.call("POST", "/api/v1/daemon/reexec")
     emit(args, data, lambda d: print(d.get("message", "re-executing")))
@@ -375,6 +412,31 @@ def cmd_quick_start(client: Client, args: argparse.Namespace) -> int:
 
 
 # ---- arguments -------------------------------------------------------------------------
+
+def cmd_import(client: Client, args: argparse.Namespace) -> int:
+    """Needs no pmd: reads a file, prints (or writes) programs.json."""
+    from pathlib import Path
+
+    from .importer import SourceError, import_file, write_atomically
+
+    try:
+        result = import_file(Path(args.file), args.format)
+    except SourceError as exc:
+        raise CliError(str(exc)) from None
+    for where, what, why in result.skipped:
+        print(f"pmd import: {where}: {what} not carried over: {why}", file=sys.stderr)
+    data = json.dumps(result.document(), indent=2) + "\n"
+    if args.write:
+        try:
+            write_atomically(Path(args.write), data.encode())
+        except OSError as exc:
+            raise CliError(f"cannot write {args.write}: {exc.strerror or exc}") from None
+        print(f"pmd import: {len(result.programs)} programs written to {args.write}",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(data)
+    return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -442,6 +504,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="ask again until ready, for up to this long (default: ask once)")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    for name, verdict, help_text in (
+            ("livez", "live", "liveness probe: pmd's loop answers (exit 0 when it does)"),
+            ("readyz", "ready", "readiness probe: every boot program is ready and no "
+             "shutdown has begun (exit 0 when so)"),
+            ("startupz", "started", "start-up probe: every boot program has started or "
+             "settled (exit 0 when so)")):
+        p = add(name, probe_command("/" + name, verdict), help_text)
+        p.add_argument("--verbose", action="store_true",
+                       help="list the programs that are not there yet")
+        p.set_defaults(default_timeout=PROBE_TIMEOUT)
     add("reexec", cmd_reexec, "re-execute pmd in place; programs keep running")
     p = add("quick-start", cmd_quick_start, "run a temporary program (not saved)")
     p.add_argument("command", help="the command line")
@@ -451,6 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="return once it is RUNNING")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="environment variable (repeatable)")
+    p = add("import", cmd_import, "print programs.json made from a supervisord .conf, a "
+            "Procfile or a PM2 ecosystem file (what cannot be carried over is listed on "
+            "stderr)")
+    p.add_argument("file", help="supervisord.conf, Procfile, ecosystem.config.js or .json")
+    p.add_argument("--format", choices=("supervisord", "procfile", "pm2"),
+                   help="the file's format (default: from its name)")
+    p.add_argument("--write", metavar="PATH",
+                   help="write programs.json there (atomically) instead of printing it")
     add_exec(add)
     return parser
 
@@ -497,7 +577,8 @@ def main(argv: list[str] | None = None) -> None:
     api_key = getattr(args, "api_key", None) or os.environ.get("PMD_API_KEY") or None
     socket_path = getattr(args, "socket", None) or os.environ.get("PMD_SOCKET") \
         or DEFAULT_SOCKET
-    client = Client(url, socket_path, api_key, getattr(args, "timeout", TIMEOUT))
+    client = Client(url, socket_path, api_key,
+                    getattr(args, "timeout", getattr(args, "default_timeout", TIMEOUT)))
     try:
         code = args.func(client, args)
     except CliError as exc:

@@ -19,9 +19,13 @@ import fcntl
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import orjson
 
 from .times import LineTimes, SavedTimes
 
@@ -39,6 +43,31 @@ PARTIAL_LINE_MAX = 64 << 10
 #: allocates stays under glibc's 64 KiB mark, past which freeing one may trim the heap,
 #: and the next chunk faults the same pages in again (up to half the capture's CPU).
 SLICE = 48 << 10
+
+
+#: How a program's lines reach pmd's stdout/stderr (`log_forward`, PMD_LOG_FORWARD):
+#: `prefixed` "[name] line", `timestamped` "<RFC 3339 time> [name] line", `raw` the
+#: program's bytes untouched (whole lines), `json` one object a line, `off` nothing.
+FORWARD_MODES = ("prefixed", "timestamped", "raw", "json", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class LineStyle:
+    """How one capture forwards: the mode, and what the prefix or the JSON object names."""
+
+    mode: str
+    program: str
+    port: int | None
+    stream: str
+
+    @property
+    def prefix(self) -> bytes:
+        return b"" if self.mode == "raw" else f"[{self.program}] ".encode()
+
+
+def rfc3339(at: float) -> str:
+    """UTC, milliseconds, `Z`: 2026-12-03T12:00:00.123Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
 
 
 def open_log_path(path: Path) -> int:
@@ -268,7 +297,8 @@ class Capture:
     API's log streams) subscribes to it and unsubscribes when done."""
 
     __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_line_break", "_partial",
-                 "_on_eof", "bytes_read", "_listeners", "_buffer", "_count", "_tap")
+                 "_on_eof", "bytes_read", "_listeners", "_buffer", "_count", "_style",
+                 "_name_prefix", "_tap")
 
     def __init__(
         self,
@@ -280,13 +310,22 @@ class Capture:
         on_eof: Callable[[Capture], None] | None = None,
         count: ByteCount | None = None,
         buffer: bytearray | None = None,
+        style: LineStyle | None = None,
         tap: Tap | None = None,
     ) -> None:
         self._loop = loop
         self._tap = tap  # log targets (shipping.py): never waits, drops when they lag
         self.fd = fd
         self.logfile = logfile
+        # `style` None: `prefix` before each line (the prefixed mode)
+        self._style = style if style is not None and style.mode in ("timestamped",
+                                                                      "json") else None
+        if style is not None:
+            prefix = style.prefix
+            if style.mode == "off":
+                forward = None
         self._forward = forward
+        self._name_prefix = prefix
         self._prefix = prefix
         self._line_break = b"\n" + prefix
         self._partial = b""
@@ -366,8 +405,15 @@ class Capture:
         if self.logfile is not None:
             self.logfile.write(data)
         if self._forward is not None:
-            self._forward_lines(data)
-        if self._tap is not None:
+            if self._style is None:
+                self._forward_lines(data)
+            elif self._style.mode == "json":
+                self._forward_json(data)
+            else:  # timestamped: the time of this read before each of its lines
+                self._prefix = f"{rfc3339(time.time())} ".encode() + self._name_prefix
+                self._line_break = b"\n" + self._prefix
+                self._forward_lines(data)
+        if self._tap is not None:  # in every log_forward mode, "off" too
             self._tap(self._buffer, n)
         if self._listeners:
             chunk = data.tobytes()
@@ -404,14 +450,39 @@ class Capture:
             self._partial = data[cut + 1:].tobytes()
         self._forward.write(*parts)
 
+    def _forward_json(self, data: memoryview) -> None:
+        """One JSON object a whole line (the line decoded as UTF-8, a bad byte as U+FFFD),
+        the start of an unfinished line held as in the other modes."""
+        assert self._forward is not None and self._style is not None
+        lines = (self._partial + data.tobytes()).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > PARTIAL_LINE_MAX:  # too long to hold: this piece ends here
+            lines.append(self._partial)
+            self._partial = b""
+        if lines:
+            self._forward.write(self._json_lines(lines))
+
+    def _json_lines(self, lines: list[bytes]) -> bytes:
+        assert self._style is not None
+        style, stamp = self._style, rfc3339(time.time())
+        return b"".join(orjson.dumps({"time": stamp, "program": style.program,
+                                      "port": style.port, "stream": style.stream,
+                                      "line": line.decode("utf-8", "replace")}) + b"\n"
+                        for line in lines)
+
     def close(self) -> None:
         if self.fd < 0:
             return
         self._loop.remove_reader(self.fd)
         os.close(self.fd)
         self.fd = -1
-        if self._partial and self._forward is not None:
-            self._forward.write(self._prefix, self._partial, b"\n")
+        if self._partial and self._forward is not None:  # a last line without its newline
+            if self._style is not None and self._style.mode == "json":
+                self._forward.write(self._json_lines([self._partial]))
+            else:
+                if self._style is not None:
+                    self._prefix = f"{rfc3339(time.time())} ".encode() + self._name_prefix
+                self._forward.write(self._prefix, self._partial, b"\n")
             self._partial = b""
         if self._tap is not None:
             self._tap.close()

@@ -2,8 +2,9 @@
 programs, with what labels, batched how. docs/log-targets.md has the file and its rules.
 
 Each target is validated on its own: one whose address or URL does not parse is a problem
-that names it, and the others load. `${VAR}` in labels is expanded from pmd's environment
-(the container's) when the targets are loaded.
+that names it, and the others load. References in labels (`${VAR}`, `${VAR:-default}`,
+`$$`: model/expand.py, as in programs) are expanded from pmd's environment (the
+container's) when the targets are loaded; one that cannot be is that target's problem.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .expand import ExpansionError, expand
+
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
-VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 SYSLOG_SCHEMES = ("udp", "tcp", "unix")
 #: Label names pmd sets itself on every line.
 RESERVED_LABELS = frozenset({"program", "instance", "stream"})
@@ -122,11 +124,6 @@ def parse_http_url(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path
 
 
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """${VAR} from `env`; an unset variable is empty, as in a shell."""
-    return VARIABLE.sub(lambda m: env.get(m.group(1), ""), text)
-
-
 def parse_log_targets(raw: object, env: Mapping[str, str]
                       ) -> tuple[dict[str, LogTargetSpec], list[str]]:
     """The targets that are valid, labels expanded, and one problem per invalid target,
@@ -151,6 +148,17 @@ def parse_log_targets(raw: object, env: Mapping[str, str]
             message = first["msg"].removeprefix("Value error, ")
             problems.append(f"log target '{name}': {where + ': ' if where else ''}{message}")
             continue
-        labels = {k: expand(v, env) for k, v in spec.labels.items()}
+        try:
+            labels = {k: _label(k, v, env) for k, v in spec.labels.items()}
+        except ExpansionError as exc:
+            problems.append(f"log target '{name}': {exc}")
+            continue
         targets[name] = spec.model_copy(update={"labels": labels})
     return targets, problems
+
+
+def _label(key: str, value: str, env: Mapping[str, str]) -> str:
+    try:
+        return expand(value, env)
+    except ExpansionError as exc:
+        raise ExpansionError(f"labels.{key}: {exc}") from None

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -29,6 +30,9 @@ from pydantic import (
     model_validator,
 )
 
+from .expand import USER_REFERENCES, env_files, one_or_more
+from .expand import check as check_references
+from .hooks import HookSpec
 from .webhook_rules import check_header_name, check_header_value, check_url
 
 KIT_ROOT = "/hoody/plugins"
@@ -43,6 +47,8 @@ WEBHOOK_EVENTS = (
 CONDITIONS = ("started", "running", "ready", "healthy", "completed", "completed_successfully")
 Condition = Literal[CONDITIONS]  # type: ignore[valid-type]
 BACKOFF_KINDS = ("linear", "exponential")
+#: logs.capture.FORWARD_MODES (model imports nothing of pmd; test_spec holds them equal)
+FORWARD_MODES = ("prefixed", "timestamped", "raw", "json", "off")
 
 
 def depends_mapping(value: Any) -> Any:
@@ -200,7 +206,10 @@ def _no_quotes(value: str) -> str:
 def _absolute(value: str | None) -> str | None:
     if value is None:
         return value
-    if not value.startswith("/"):
+    if "$" in value:
+        check_references(value)
+    # `${LOG_ROOT}/x.log`: absolute or not once expanded, at start
+    if not value.startswith(("/", "${")):
         raise ValueError("must be an absolute path")
     if "\x00" in value or "\n" in value:
         raise ValueError("must not contain NUL or newline")
@@ -257,6 +266,13 @@ class ProgramSpec(Model):
     readiness: ReadinessSpec | None = None
     # a run-once task (a migration): no restart, no startsecs; an exit in exitcodes is success
     oneshot: bool = False
+    # dotenv files read at each start, under `environment` (model/expand.py)
+    env_file: Annotated[list[str], BeforeValidator(one_or_more),
+                        AfterValidator(env_files)] = Field(default_factory=list, max_length=16)
+    # how its lines reach pmd's stdout (logs/capture.py); None: PMD_LOG_FORWARD's
+    log_forward: Literal[FORWARD_MODES] | None = None  # type: ignore[valid-type]
+    # commands run on its state changes (model/hooks.py, supervisor/hooks.py)
+    hooks: list[HookSpec] = Field(default_factory=list, max_length=16)
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -304,12 +320,17 @@ class ProgramSpec(Model):
             raise ValueError("must not contain newline, carriage return or NUL")
         if not value.strip():
             raise ValueError("must not be empty")
-        return value
+        return check_references(value)
 
     @field_validator("user")
     @classmethod
     def _user(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
+            return value
+        if "${" in value:  # `${APP_USER}`: checked once expanded, when the program starts
+            if not USER_REFERENCES.match(value):
+                raise ValueError("must be a user name, with ${NAME} or ${NAME:-default} "
+                                 "references in it ([a-z0-9_-] around them)")
             return value
         if not USER_RE.match(value):
             raise ValueError("must match [a-z_][a-z0-9_-]*$?")
@@ -336,6 +357,10 @@ class ProgramSpec(Model):
         for key, item in value.items():
             if not key or "=" in key or "\x00" in key or "\x00" in item:
                 raise ValueError(f"invalid environment variable name or value: {key!r}")
+            try:
+                check_references(item)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
         return value
 
     @model_validator(mode="after")

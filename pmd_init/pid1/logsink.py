@@ -5,7 +5,8 @@ each. Written one by one, that is a system call per line, and as many wake-ups o
 reads pmd's stderr (`docker logs`), while the loop should be reaping and starting. Here
 each record is formatted at once, in order, and what one loop turn logged goes out in one
 write at the end of the turn. Without a running loop (start-up, exit, another thread) a
-record is written at once.
+record is written at once, and so is a warning or an error, with what came before it: what
+follows one may be a crash or a blocked loop, and the line must be out before it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class LoopTurnHandler(logging.Handler):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is None or loop.is_closed():
+        if loop is None or loop.is_closed() or record.levelno >= logging.WARNING:
             self.flush()
         elif not self._flush_queued:
             self._flush_queued = True

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..api.verdicts import Verdicts
 from ..settings import Settings, parse_settings
 from . import signals
 from .logsink import LoopTurnHandler
@@ -58,6 +59,13 @@ class Init:
         self.api: Any = None
         self.supervisor: Any = None
         self.service: Any = None
+        #: /livez, /readyz, /startupz, for the API and the probe port alike.
+        self.verdicts = Verdicts(self)
+        self.probe_port: Any = None
+        #: Loop time of the signal that began the shutdown, and the timer of its
+        #: shutdown_delay while that runs.
+        self._term_at: float | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -79,8 +87,9 @@ class Init:
                                     ignored=ignored)
         if not s.programs:
             return await self._run_bare()
-        for folder in (s.state_dir, s.log_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        for folder, what in ((s.state_dir, "state dir (--state-dir)"),
+                             (s.log_dir, "log dir (--log-dir)")):
+            _prepare_folder(folder, what)
 
         from ..service import Service
         from ..store.programs import ProgramStore
@@ -98,6 +107,21 @@ class Init:
             handed_over = take_handed_over(state.get("listeners"))
         if state is not None and isinstance(state.get("base_env"), dict):
             self.base_env = state["base_env"]  # what programs got before, unchanged
+        probe_sock = None
+        if s.probe_address is not None:
+            # Bound before any program starts: a port that cannot be had ends the start.
+            from ..api.listeners import bind_probe
+
+            try:
+                probe_sock = bind_probe(s.probe_address,
+                                        state.get("probe_fd") if state is not None else None)
+            except OSError as exc:
+                host, port = s.probe_address
+                log.error("probe port %s:%d cannot be bound: %s; not starting",
+                          host, port, exc.strerror or exc)
+                for listener in handed_over:
+                    listener.sock.close()
+                return 1
         targets, target_problems = _log_targets(s.config_dir, self.base_env)
         for problem in target_problems:
             log.error("%s (the other log targets load)", problem)
@@ -111,17 +135,18 @@ class Init:
         self.service = Service(sup)
         sup.events.subscribe(self._log_event)
         if state is not None:
+            store.load()  # which file each program lives in (programs.d), for API edits
             sup.adopt(state["supervisor"])
             self._adopt_main(state.get("main"))
             self.started_at = state.get("started_at", self.started_at)
             log.info("re-executed: %d programs adopted", len(sup.programs) + len(sup.ephemeral))
         else:
             specs = store.load()
-            if store.report.problem or target_problems:
-                self.config_problem = "; ".join(filter(None, [store.report.problem,
-                                                              *target_problems]))
             if store.report.problem:
                 log.error("booting from %s: %s", store.report.source, store.report.problem)
+            self.config_problem = "; ".join(
+                p for p in (store.report.problem, *store.dropins.problems, *target_problems)
+                if p) or None
             sup.load(specs)
             if os.getpid() != 1:  # as PID 1 a fresh start is a fresh container
                 sup.readopt_survivors()
@@ -130,6 +155,9 @@ class Init:
             if s.command:
                 self._spawn_main()
         self.reaper.reap()  # exits that happened while we were starting (or exec'ing)
+        self._report_budget()
+        if probe_sock is not None:
+            self._serve_probes(probe_sock)
 
         if not s.api or (s.port < 0 and s.socket is None):
             # Nothing of the HTTP stack is imported: no listener was asked for.
@@ -210,13 +238,41 @@ class Init:
                 handler()
 
     def handle_sigterm(self) -> None:
-        """Graceful shutdown; a second TERM/INT/QUIT during shutdown kills at once."""
+        """Graceful shutdown, after `shutdown_delay` when one is set (a second signal
+        skips what is left of it); a second TERM/INT/QUIT during shutdown kills at once."""
+        if self._term_at is None:
+            self._term_at = self.loop.time()
+        if self._drain_timer is not None:
+            log.info("second signal: the shutdown delay is skipped")
+            self.request_shutdown()
+            return
         if self._shutting_down:
             self._force_kill()
+        elif self.settings.shutdown_delay > 0 and self.supervisor is not None \
+                and self._done is not None and not self._done.done():
+            self._begin_delay()
+            return
         self.request_shutdown()
 
     handle_sigint = handle_sigterm
     handle_sigquit = handle_sigterm
+
+    def _begin_delay(self) -> None:
+        """The orchestrator's endpoints may still send traffic for a while after its TERM
+        (they learn of it from /readyz, or from the pod's deletion, asynchronously): say
+        not ready at once and keep serving, then stop."""
+        delay = self.settings.shutdown_delay
+        self.verdicts.stopping_since = time.time()
+        log.info("shutdown in %g s: /readyz says 503 from now on, programs keep running "
+                 "(a second signal skips the wait)", delay)
+        self._drain_timer = self.loop.call_later(delay, self.request_shutdown)
+
+    def handle_sigusr2(self) -> None:
+        """A test hook (PMD_TEST_WEDGE): block the loop, as a wedged pmd would be."""
+        seconds = self.settings.wedge_seconds
+        if seconds > 0:
+            log.warning("PMD_TEST_WEDGE: blocking the loop for %g s", seconds)
+            time.sleep(seconds)
 
     def handle_sighup(self) -> None:
         """Reload programs.json: start added, stop removed, restart changed."""
@@ -230,7 +286,10 @@ class Init:
             self.config_problem = f"reload refused: {exc}"
             log.error("SIGHUP: programs.json not reloaded: %s", exc)
             return
-        self.config_problem = None
+        # programs.d's problems: those files or programs are left out, the rest applies;
+        # log_targets.json is read once, at start: its problems stay until a restart
+        self.config_problem = "; ".join((*self.supervisor.store.dropins.problems,
+                                         *self.supervisor.log_target_problems)) or None
         if self.service is None:
             return
 
@@ -257,13 +316,18 @@ class Init:
     def request_shutdown(self, code: int | None = None) -> None:
         if code is not None and not self._shutting_down:
             self.exit_code = code
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self.verdicts.stopping_since is None:
+            self.verdicts.stopping_since = time.time()
         self._shutting_down = True
         if self._done is not None and not self._done.done():
             self._done.set_result("shutdown")
 
     def request_reexec(self) -> bool:
         if (self._shutting_down or self._done is None or self._done.done()
-                or self.supervisor is None):
+                or self.supervisor is None or self._drain_timer is not None):
             return False
         self._done.set_result("reexec")
         return True
@@ -328,23 +392,68 @@ class Init:
         log.info("main command exited with %d", code)
         mapped = self.settings.remap_exit.get(code, code)
         self.exit_code = mapped
-        self._shutting_down = True
-        if self._done is not None and not self._done.done():
-            self._done.set_result("shutdown")
+        self.request_shutdown()
 
     # ---- shutdown ------------------------------------------------------------------
+
+    def shutdown_plan(self) -> Any:
+        """The shutdown's worst case against its budget (model/budget.py), for health."""
+        from ..model.budget import plan_shutdown
+
+        s = self.settings
+        specs = self.supervisor.specs() if self.supervisor is not None else []
+        return plan_shutdown(specs, delay=s.shutdown_delay, grace=s.grace,
+                             termination_grace=s.termination_grace)
+
+    def _report_budget(self) -> None:
+        plan = self.shutdown_plan()
+        log.info("shutdown: worst case %g s in %d stop group(s), delay %g s, grace %g s%s",
+                 plan.worst_case, len(plan.waves), plan.delay, plan.grace,
+                 "" if plan.termination_grace is None
+                 else f", termination grace {plan.termination_grace:g} s")
+        if plan.problem is not None:
+            log.warning("shutdown budget: %s", plan.problem)
+
+    def _serve_probes(self, sock: Any) -> None:
+        from ..api.probeport import ProbePort
+
+        names = self.settings.api_key is None
+
+        def answer(path: str, verbose: bool) -> tuple[int, dict[str, Any]]:
+            return self.verdicts.answer(path, verbose=verbose, names=names)
+
+        self.probe_port = ProbePort(sock, self.loop, answer)
+        self.probe_port.start()
+        host, port = self.probe_port.address
+        log.info("probe port on http://%s:%d (/livez, /readyz, /startupz)", host, port)
+
+    def _budget_deadline(self) -> float:
+        """Loop time by which every program must be stopped: --grace from now, and
+        within the orchestrator's budget (counted from its signal, the delay included)
+        when pmd knows it."""
+        from ..model.budget import EXIT_MARGIN
+
+        loop = self.loop
+        s = self.settings
+        deadline = loop.time() + s.grace
+        if s.termination_grace is not None:
+            since = loop.time() if self._term_at is None else self._term_at
+            deadline = min(deadline, since + s.termination_grace - EXIT_MARGIN)
+        return max(deadline, loop.time())
 
     async def _shutdown(self) -> int:
         self._shutting_down = True
         loop = self.loop
-        deadline = loop.time() + self.settings.grace
+        began = loop.time()
+        deadline = self._budget_deadline()
+        killed: list[str] = []
         if self.api is not None:
             await self.api.close()  # refuse new connections; in-flight requests finish below
         if self.service is not None:
             # Operations under way (a reload, a reset) end here; stopping everything follows.
             await self.service.tasks.close()
         if self.supervisor is not None:
-            await self.supervisor.shutdown(deadline)
+            killed = await self.supervisor.shutdown(deadline)
         main = self.main
         if main is not None and main.pid is not None:
             waiter: asyncio.Future[None] = loop.create_future()
@@ -365,11 +474,18 @@ class Init:
             if not waiter.done():
                 log.warning("main command did not exit within the grace period: SIGKILL")
                 main.kill()
+                killed.append("main command")
                 await asyncio.wait({waiter}, timeout=2.0)
         if self.api is not None:
             await self.api.stop(timeout=max(0.1, min(1.0, deadline - loop.time())))
         if self.supervisor is not None:
             self.supervisor.save_ephemeral()
+        if self.probe_port is not None:
+            self.probe_port.close()
+        since = self._term_at if self._term_at is not None else began
+        log.info("shutdown took %.2f s (%.2f s of delay, %.2f s stopping); killed: %s",
+                 loop.time() - since, began - since, loop.time() - began,
+                 ", ".join(killed) or "none")
         log.info("pmd exits with %d", self.exit_code)
         return self.exit_code
 
@@ -415,9 +531,16 @@ class Init:
             # Accepted requests are answered first; the listening sockets go along, so
             # clients arriving from now on wait in the backlog for the next pmd.
             listeners = await self.api.hand_over()
+        probe_fd = None
+        if self.probe_port is not None:
+            # The listening socket goes along, like the API's: a probe meanwhile waits
+            # in its backlog for the next pmd instead of being refused.
+            self.probe_port.close(keep_socket=True)
+            probe_fd = self.probe_port.sock.fileno()
         self.reaper.reap()
         state = {
             "supervisor": self.supervisor.snapshot(),
+            "probe_fd": probe_fd,
             "main": {"pid": self.main_pid} if self.main_pid else None,
             "started_at": self.started_at,
             "base_env": self.base_env,
@@ -431,6 +554,8 @@ class Init:
                 os.set_inheritable(fd, True)
             for listener in listeners:  # nobody is spawned from here to the exec
                 os.set_inheritable(listener["fd"], True)
+            if probe_fd is not None:
+                os.set_inheritable(probe_fd, True)
             for fd in self.supervisor.readiness_fds():
                 os.set_inheritable(fd, True)
             for handler in logging.getLogger("pmd").handlers:
@@ -452,6 +577,9 @@ class Init:
                         self.loop.add_reader(capture.fd, capture._readable)
             if self.api is not None:
                 await self.api.take_back()
+            if self.probe_port is not None:
+                os.set_inheritable(self.probe_port.sock.fileno(), False)
+                self._serve_probes(self.probe_port.sock)
             self._done = self.loop.create_future()
             mode = await self._done
             if mode == "reexec":
@@ -523,6 +651,24 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_exception(exc)
     else:
         future.set_result(result)
+
+
+def _prepare_folder(folder: Path, what: str) -> None:
+    """Create one of pmd's folders if need be, and say clearly when pmd cannot write there
+    (a read-only root file system, an arbitrary uid): pmd goes on, without what it would
+    have written there (program log files, its state), and health's storage says so."""
+    who = f"uid {os.getuid()} gid {os.getgid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("the %s %s cannot be created by %s (%s): mount a writable volume there "
+                  "(an emptyDir, a tmpfs) or point pmd elsewhere", what, folder, who,
+                  exc.strerror or exc)
+        return
+    if not os.access(folder, os.W_OK | os.X_OK):
+        log.error("the %s %s is not writable by %s: mount a writable volume there (an "
+                  "emptyDir, a tmpfs), or give it to this uid or to group %d with g+w",
+                  what, folder, who, os.getgid())
 
 
 def _raise_nofile() -> None:

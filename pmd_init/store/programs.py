@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from ..model.graph import GraphError, check_graph
 from ..model.spec import ProgramSpec
+from .dropins import DropIns, merge
 from .files import read_json
 from .storage import Storage
 
@@ -45,8 +46,10 @@ class LoadReport:
         }
 
 
-def parse_programs(raw: object) -> list[ProgramSpec]:
-    """Validate a programs document; ids are assigned to programs that lack one."""
+def parse_programs(raw: object, check_dependencies: bool = True) -> list[ProgramSpec]:
+    """Validate a programs document; ids are assigned to programs that lack one.
+    `check_dependencies=False` for a drop-in, whose depends_on may name programs of
+    other files (dropins.merge checks the whole)."""
     if isinstance(raw, list):  # tolerate a bare list of programs
         raw = {"version": FORMAT_VERSION, "programs": raw}
     if not isinstance(raw, dict):
@@ -88,6 +91,8 @@ def parse_programs(raw: object) -> list[ProgramSpec]:
             assert a.port_range and b.port_range
             if a.port_range.overlaps(b.port_range):
                 raise ConfigError(f"port ranges of {a.name!r} and {b.name!r} overlap")
+    if not check_dependencies:
+        return result
     try:
         check_graph(result)
     except GraphError as exc:
@@ -108,6 +113,11 @@ class ProgramStore:
         self.default_path = config_dir / "programs.default.json"
         self.last_good_path = state_dir / "programs.last-good.json"
         self.report = LoadReport(source="empty")
+        #: programs.d's programs as last read, and the problems found there.
+        self.dropins = DropIns()
+        #: Each drop-in file's programs as last read or written: a save rewrites only the
+        #: files whose programs changed.
+        self._dropin_saved: dict[Path, list[dict[str, object]]] = {}
 
     def _read(self, path: Path) -> list[ProgramSpec]:
         try:
@@ -116,7 +126,28 @@ class ProgramStore:
             raise ConfigError(f"{path.name} is not valid JSON: {exc}") from None
         return parse_programs(raw)
 
+    def _read_dropin(self, path: Path) -> list[ProgramSpec]:
+        try:
+            raw = read_json(path)
+        except ValueError as exc:
+            raise ConfigError(f"not valid JSON: {exc}") from None
+        return parse_programs(raw, check_dependencies=False)
+
+    def with_dropins(self, specs: list[ProgramSpec]) -> list[ProgramSpec]:
+        """`specs` and programs.d's programs after them (store/dropins.py)."""
+        merged, self.dropins = merge(self.path.parent, specs, self._read_dropin)
+        self._dropin_saved = {path: [] for path in self.dropins.files}
+        for spec in self.dropins.specs:
+            self._dropin_saved[self.dropins.sources[spec.name]].append(spec.to_json())
+        for problem in self.dropins.problems:
+            log.error("%s", problem)
+        return merged
+
     def load(self) -> list[ProgramSpec]:
+        """Read programs.json and programs.d (the latter whatever happened to the former)."""
+        return self.with_dropins(self._load())
+
+    def _load(self) -> list[ProgramSpec]:
         """Read programs.json, falling back as the module docstring says. Never raises for
         bad content; I/O errors other than a missing file are treated as bad content too."""
         if not self.path.exists():
@@ -141,21 +172,40 @@ class ProgramStore:
     def reread(self) -> list[ProgramSpec]:
         """For a reload (SIGHUP): raises ConfigError and keeps the bad file where it is."""
         if not self.path.exists():
-            return []
+            return self.with_dropins([])
         specs = self._read(self.path)
         self._remember_good()
-        return specs
+        return self.with_dropins(specs)
 
     def read_default(self) -> list[ProgramSpec]:
         if not self.default_path.exists():
-            return []
-        return self._read(self.default_path)
+            return self.with_dropins([])
+        return self.with_dropins(self._read(self.default_path))
 
-    def save(self, specs: list[ProgramSpec]) -> None:
-        """Raises StorageError when programs.json could not be written (it is unchanged);
-        the last good copy in the state dir is a convenience and may fail on its own."""
-        self.storage.write_json(self.path, dump_programs(specs))
+    def save(self, specs: list[ProgramSpec], renamed: dict[str, str] | None = None) -> None:
+        """Each program into the file it came from: programs.d's into theirs (those whose
+        programs changed; `renamed` maps an edited program's old name to its new one), the
+        rest, and new ones, into programs.json. Raises StorageError when a file could not
+        be written (it is unchanged); the last good copy in the state dir is a convenience
+        and may fail on its own."""
+        sources = dict(self.dropins.sources)
+        for old, new in (renamed or {}).items():
+            if old in sources:
+                sources[new] = sources.pop(old)
+        by_file: dict[Path, list[ProgramSpec]] = {path: [] for path in self._dropin_saved}
+        main: list[ProgramSpec] = []
+        for spec in specs:
+            path = sources.get(spec.name)
+            (by_file[path] if path is not None else main).append(spec)
+        self.storage.write_json(self.path, dump_programs(main))
         self._remember_good()
+        for path, items in by_file.items():
+            content = [spec.to_json() for spec in items]
+            if content != self._dropin_saved[path]:
+                self.storage.write_json(path, dump_programs(items))
+                self._dropin_saved[path] = content
+        self.dropins.sources = {spec.name: path for path, items in by_file.items()
+                                for spec in items}
 
     def _fall_back(self, problem: str) -> list[ProgramSpec]:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

@@ -117,7 +117,8 @@ class Storage:
 
     def _status_of(self, path: Path) -> DirStatus | None:
         for status in self.dirs.values():
-            if path.parent == status.path:
+            if path.parent == status.path or (
+                    path.parent.name == "programs.d" and path.parent.parent == status.path):
                 return status
         return None
 

@@ -119,7 +119,7 @@ class ExecRun:
                 ours.append(master)
                 theirs.append(slave)
                 set_window(master, *spec.terminal)
-                req.stdin = req.stdout = req.stderr = slave
+                req.stdin_fd = req.stdout = req.stderr = slave
                 req.preexec = _take_controlling_terminal
                 self._pty = master
                 self._out = {STDOUT: master}
@@ -135,7 +135,7 @@ class ExecRun:
                     r, w = os.pipe2(os.O_CLOEXEC)
                     ours.append(w)
                     theirs.append(r)
-                    req.stdin = r
+                    req.stdin_fd = r
                     self._stdin = w
             child = self._spawn(req)
         except (SpawnError, OSError) as exc:

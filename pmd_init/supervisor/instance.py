@@ -24,11 +24,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..logs.capture import ByteCount, Capture, LogFile
+from ..logs.capture import ByteCount, Capture, LineStyle, LogFile
 from ..logs.times import export
+from ..model.expand import ExpansionError, expand
 from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 from .events import Event, EventBus, ReadyEvent, StateEvent
+from .expansion import expand_spec
 from .readiness import LogLineWatch
 from .spawn import (
     SpawnError,
@@ -332,18 +334,20 @@ class Instance:
 
     def _exec(self) -> Child:
         spec = self.program.spec
-        account = resolve_account(spec.user)
-        argv = build_argv(spec.command, spec.terminal_shell)
+        fields = expand_spec(spec, self.rt.base_env)  # ${VAR}s and env_file, afresh
+        account = resolve_account(fields.user)
+        argv = build_argv(fields.command, spec.terminal_shell)
         if self.port is not None:
             argv += [spec.effective_port_param, str(self.port)]
-        env = program_env(self.rt.base_env, account, spec.environment, spec.display, self.port)
+        env = program_env(self.rt.base_env, account, fields.environment, spec.display,
+                          self.port)
         if spec.readiness is not None and spec.readiness.notify and self.rt.readiness:
             # Only programs that declare `notify` are told where the socket is (pmd's own
             # NOTIFY_SOCKET, if it had one, is never in the base environment).
             address = self.rt.readiness.notify_address()
             if address is not None:
                 env["NOTIFY_SOCKET"] = address
-        cwd = spec.directory
+        cwd = fields.directory
         if cwd is None and account is not None and self.program.temporary_id is not None:
             cwd = account.home if os.path.isdir(account.home) else None  # quick-start rule
         out_w = err_w = None
@@ -397,12 +401,15 @@ class Instance:
             return
         forward_out, forward_err = self.rt.forwarders
         prefix = f"[{self.name}] ".encode()
+        mode = self.program.spec.log_forward or self.rt.forward_mode
         for fd, logfile, forward, stream in (
                 (out_fd, self.stdout_log, forward_out, "stdout"),
                 (err_fd, self.stderr_log, forward_err, "stderr")):
             tap = self.rt.tap(self.program.name, self.name, stream, pid)
+            style = None if mode == "prefixed" else \
+                LineStyle(mode, self.program.name, self.port, stream)
             self.captures.append(make(fd, logfile, forward, prefix, self._capture_closed,
-                                      self.log_bytes[stream], tap))
+                                      self.log_bytes[stream], style, tap))
 
     def _capture_closed(self, capture: Capture) -> None:
         if capture in self.captures:
@@ -411,6 +418,11 @@ class Instance:
     def log_path(self, stream: str) -> Path:
         spec = self.program.spec
         custom = spec.stdout_logfile if stream == "stdout" else spec.stderr_logfile
+        if custom and "$" in custom:
+            try:
+                custom = expand(custom, self.rt.base_env)
+            except ExpansionError:
+                pass  # the start that needs it fails with that error; a view shows the text
         if custom:
             path = Path(custom)
             if self.port is not None:

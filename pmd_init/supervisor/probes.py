@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from .expansion import expand_spec
 from .spawn import (
     SpawnError,
     SpawnRequest,
@@ -61,12 +62,13 @@ def env_port(program: ProgramSpec) -> int | None:
 async def probe_script(command: str, program: ProgramSpec, port: int | None,
                        children: ChildWatcher, base_env: Mapping[str, str]) -> str | None:
     """`sh -c command` as the program's user, in its directory, with its environment."""
-    account = resolve_account(program.user)
-    env = program_env(base_env, account, program.environment, program.display, port)
     done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
     try:
+        fields = expand_spec(program, base_env)
+        account = resolve_account(fields.user)
+        env = program_env(base_env, account, fields.environment, program.display, port)
         popen = spawn(SpawnRequest(argv=["/bin/sh", "-c", command], env=env,
-                                   cwd=program.directory, account=account,
+                                   cwd=fields.directory, account=account,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     except SpawnError as exc:
         return str(exc)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..logs.capture import READ_SIZE, ByteCount, Capture, Forwarder, LogFile
+from ..logs.capture import READ_SIZE, ByteCount, Capture, Forwarder, LineStyle, LogFile
 from ..logs.times import SavedTimes
 from .events import Event
 from .spawn import SpawnRequest, killpg, spawn
@@ -158,8 +158,8 @@ class _Queued:
 
 
 CaptureFactory = Callable[[int, "LogFile | None", "Forwarder | None", bytes,
-                           Callable[[Capture], None], "ByteCount | None", "Tap | None"],
-                          Capture]
+                           Callable[[Capture], None], "ByteCount | None",
+                           "LineStyle | None", "Tap | None"], Capture]
 
 
 @dataclass(slots=True)
@@ -173,6 +173,8 @@ class Runtime:
     killpg: Callable[[int, int], bool] = killpg
     base_env: Mapping[str, str] = field(default_factory=dict)
     forwarders: tuple[Forwarder | None, Forwarder | None] = (None, None)
+    #: PMD_LOG_FORWARD: how programs without a `log_forward` of their own forward
+    forward_mode: str = "prefixed"
     capture: CaptureFactory | None = None
     #: The log targets' shippers; None when there are none (no tap on any capture).
     shipping: Shippers | None = None
@@ -199,18 +201,22 @@ class Runtime:
     @classmethod
     def on_loop(cls, loop: asyncio.AbstractEventLoop, children: ChildWatcher,
                 publish: Callable[[Event], None], log_dir: Path,
-                base_env: Mapping[str, str], forward: bool) -> Runtime:
+                base_env: Mapping[str, str], forward: bool | str) -> Runtime:
         buffer = bytearray(READ_SIZE)  # every capture reads into it, one chunk at a time
 
         def capture(fd: int, logfile: LogFile | None, forward_to: Forwarder | None,
                     prefix: bytes, on_eof: Callable[[Capture], None],
-                    count: ByteCount | None, tap: Tap | None) -> Capture:
+                    count: ByteCount | None, style: LineStyle | None,
+                    tap: Tap | None) -> Capture:
             return Capture(loop, fd, logfile, forward_to, prefix, on_eof=on_eof, count=count,
-                           buffer=buffer, tap=tap)
+                           style=style, buffer=buffer, tap=tap)
 
         return cls(
             timers=loop, children=children, publish=publish, log_dir=log_dir,
             base_env=base_env, capture=capture,
-            forwarders=(Forwarder(loop, 1), Forwarder(loop, 2)) if forward else (None, None),
+            # always there: a program's own log_forward may forward when the default is off
+            forwarders=(Forwarder(loop, 1), Forwarder(loop, 2)),
+            forward_mode=("prefixed" if forward else "off") if isinstance(forward, bool)
+            else forward,
         )
 

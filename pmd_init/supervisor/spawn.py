@@ -95,7 +95,8 @@ class SpawnRequest:
     stdout: int | None = None  # an fd, or None to inherit pmd's
     stderr: int | None = None
     stdin_devnull: bool = True
-    stdin: int | None = None  # an fd for the child's stdin; wins over stdin_devnull
+    #: an fd for the child's stdin (a hook's event pipe, an exec's), over stdin_devnull
+    stdin_fd: int | None = None
     new_session: bool = True
     extra: dict[str, object] = field(default_factory=dict)
     #: Python run in the child before exec. Only the main command has one (it must take
@@ -128,8 +129,8 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             req.argv,
             executable=None,
-            stdin=req.stdin if req.stdin is not None else
-            subprocess.DEVNULL if req.stdin_devnull else None,
+            stdin=req.stdin_fd if req.stdin_fd is not None
+            else subprocess.DEVNULL if req.stdin_devnull else None,
             stdout=req.stdout,
             stderr=req.stderr,
             cwd=req.cwd,

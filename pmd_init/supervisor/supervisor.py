@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..model.budget import share
+from ..model.expand import ExpansionError, expand
 from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
+from ..model.hooks import HookSpec
 from ..model.spec import ProgramSpec
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState
 from ..store.records import EphemeralEntry, PidsEntry, Records
@@ -40,6 +44,7 @@ from .errors import (
 )
 from .events import Event, EventBus, ReadyEvent, StateEvent
 from .health import HealthMonitor
+from .hooks import HookRunner
 from .instance import Instance
 from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
 from .memory import MemoryWatch
@@ -48,6 +53,7 @@ from .program import Program
 from .readiness import Readiness
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
+from .startup import not_started
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
 if TYPE_CHECKING:
@@ -59,6 +65,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pmd.supervisor")
 
 #: Changing these restarts a running program (the issue's rule), plus what shapes the argv.
+#: The exit code of a process SIGKILL ended (128 + 9).
+KILLED = 128 + signal.SIGKILL
+
 RESTART_FIELDS = frozenset({
     "command", "user", "directory", "environment", "port_range", "port_param",
     "terminal_shell", "display", "stdout_logfile", "stderr_logfile", "logs_enabled",
@@ -78,7 +87,7 @@ class Supervisor:
         state_dir: Path,
         log_dir: Path,
         base_env: Mapping[str, str],
-        forward: bool = True,
+        forward: bool | str = True,
         log_roots: Iterable[Path] = (),
         ephemeral_grace: float = 600.0,
         memory_interval: float = DEFAULT_MEMORY_INTERVAL,
@@ -135,6 +144,8 @@ class Supervisor:
                                   sampler=self.sampler, interval=memory_interval)
         self.webhooks = WebhookDispatcher(loop, self.events, self._webhooks_for,
                                           ca_file=webhook_ca_file)
+        #: Programs' local event hooks (hooks.py); runs are children like programs.
+        self.hooks = HookRunner(loop, self.events, children, self.base_env, self._hooks_for)
         #: Programs asked to start whose depends_on does not hold yet.
         self.gate = DependencyGate(loop, self._dependency, self._release)
         self.events.subscribe(self.gate.on_event)
@@ -206,6 +217,13 @@ class Supervisor:
         missing = [r for r in (not_ready(p) for p in counted) if r is not None]
         return len(counted), missing
 
+    def not_started(self) -> tuple[int, list[NotReady]]:
+        """Boot's progress, for a startup probe: how many programs count (as for
+        `not_ready`), and those of them that have neither started nor settled."""
+        counted = [p for p in self.programs.values() if self._boots(p.spec)]
+        missing = [r for r in (not_started(p) for p in counted) if r is not None]
+        return len(counted), missing
+
     def specs(self) -> list[ProgramSpec]:
         return [p.spec for p in self.programs.values()]
 
@@ -213,6 +231,11 @@ class Supervisor:
         program = self.ephemeral.get(event.temporary_id) if event.temporary_id is not None \
             else self.programs.get(event.program_id or 0)
         return program.spec.webhooks if program is not None else None
+
+    def _hooks_for(self, event: StateEvent | ReadyEvent) -> list[HookSpec]:
+        program = self.ephemeral.get(event.temporary_id) if event.temporary_id is not None \
+            else self.programs.get(event.program_id or 0)
+        return program.spec.hooks if program is not None else []
 
     # ---- boot and reload -----------------------------------------------------------
 
@@ -283,8 +306,11 @@ class Supervisor:
                     f"{program.spec.port_range.end})", field="port_range")
 
     def _save(self, specs: list[ProgramSpec]) -> None:
+        # an edit that renames a program: its file (programs.d) goes with it
+        renamed = {self.programs[s.id].name: s.name for s in specs
+                   if s.id in self.programs and self.programs[s.id].name != s.name}
         try:
-            self.store.save(specs)
+            self.store.save(specs, renamed)
         except StorageError as exc:
             raise storage_failed(exc) from None
         except OSError as exc:
@@ -299,6 +325,12 @@ class Supervisor:
             value = getattr(spec, field)
             if value is None or (old is not None and getattr(old, field) == value):
                 continue
+            try:  # the path the file will have: pmd's environment is fixed for its life
+                value = expand(value, self.base_env)
+            except ExpansionError as exc:
+                raise Invalid(f"{field}: {exc}", field=field) from None
+            if not value.startswith("/"):
+                raise Invalid(f"{field}: {value} is not an absolute path", field=field)
             path = os.path.normpath(value)
             parent = os.path.realpath(os.path.dirname(path))
             if not any(parent == root or parent.startswith(root.rstrip("/") + "/")
@@ -740,11 +772,24 @@ class Supervisor:
 
     # ---- shutdown ------------------------------------------------------------------
 
-    async def shutdown(self, deadline: float) -> None:
+    async def shutdown(self, deadline: float) -> list[str]:
         """Stop everything in reverse priority order, each priority group concurrently, a
         program's dependents before it, within `deadline` (loop time); then SIGKILL
         whatever is left. Every watcher is closed, its tasks and timers cancelled and
-        awaited."""
+        awaited. Returns the names of the instances that had to be killed.
+
+        When the groups' worst cases (their longest stop_timeout each) add up past the
+        time left, each group gets a share in proportion to its worst case and what is
+        left of it at the end of its share is killed: every group still gets its stop
+        signal before the deadline (model/budget.py)."""
+        killed: list[str] = []
+
+        def note_kill(event: Event) -> None:
+            if isinstance(event, StateEvent) and event.exit_code == KILLED \
+                    and event.to_state in STOPPED_STATES:
+                killed.append(event.instance)
+
+        unsubscribe = self.events.subscribe(note_kill)
         # Watchers first: a probe or a memory sample must not restart what is stopping,
         # and nothing waiting for its dependencies may start now.
         self.gate.close()
@@ -760,15 +805,28 @@ class Supervisor:
         for program in programs:
             by_name.setdefault(program.name, []).append(program)
         # Reverse priority, and dependents before what they depend on (stop_waves).
-        for wave in stop_waves([p.spec for p in programs]):
-            group = [f for name in wave for p in by_name.get(name, ()) for f in p.stop_all()]
+        waves = stop_waves([p.spec for p in programs])
+        worsts = [max((p.spec.stop_timeout for name in wave for p in by_name.get(name, ())),
+                      default=0.0) for wave in waves]
+        for index, wave in enumerate(waves):
+            members = [p for name in wave for p in by_name.get(name, ())]
+            group = [f for p in members for f in p.stop_all()]
             everything += group
             pending = [f for f in group if not f.done()]
             remaining = deadline - self.loop.time()
-            if pending and remaining > 0:
-                await asyncio.wait(pending, timeout=remaining)
+            allowed = share(remaining, worsts[index], sum(worsts[index:]))
+            if pending and allowed > 0:
+                await asyncio.wait(pending, timeout=allowed)
             if self.loop.time() >= deadline:
                 break
+            late = [i for p in members for i in p.instances.values() if i.pid is not None]
+            if late:  # its share is over: the next group's turn
+                log.warning("shutdown budget: SIGKILL %s after %.1f s to let the next "
+                            "group stop in time", ", ".join(i.name for i in late), allowed)
+                for inst in late:
+                    inst.kill_now()
+                await asyncio.wait([i.wait_state(STOPPED_STATES) for i in late],
+                                   timeout=max(0.05, min(1.0, deadline - self.loop.time())))
         left = [i for i in self.everything() if i.pid is not None]
         if left:
             log.warning("grace period over: SIGKILL %s", ", ".join(i.name for i in left))
@@ -776,15 +834,18 @@ class Supervisor:
                 inst.kill_now()
             waits = [i.wait_state(STOPPED_STATES) for i in left]
             await asyncio.wait(waits, timeout=2.0)
+        unsubscribe()
         # The STOPPING/STOPPED notifications just queued get what is left of the grace.
         left_over = max(0.0, deadline - self.loop.time())
         await self.webhooks.close(drain=min(DRAIN_SECONDS, left_over))
+        self.hooks.close()
         if self.shipping is not None:  # the programs' last lines get what is left
             await self.shipping.close(drain=max(0.0, min(DRAIN_SECONDS,
                                                          deadline - self.loop.time())))
         if self._pids_timer is not None:  # the burst of stops is written now, not never
             self._pids_timer.cancel()
             self.write_pids()
+        return killed
 
     # ---- re-exec -------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ Last-Event-ID, rotation while following and under a reconnecting cursor)."""
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 
@@ -240,3 +241,30 @@ def test_the_stream_says_when_the_program_becomes_ready(http):
     # after the line that made it ready
     assert "up" in text_of(events[:events.index(ready)])
     http.post(f"{API}/programs/remove/{i}")
+
+
+def test_a_quick_start_log_streams_live(pmd, http):
+    fifo = pmd.base / "quick-stream.fifo"
+    os.mkfifo(fifo)
+    body = {"name": "streamed-quick", "user": program("x", "true")["user"], "ttl": 600,
+            "command": f"sh -c 'echo first; read line < {fifo}; echo \"$line\"; sleep 30'"}
+    started = http.post(f"{API}/quick-start", json=body).json()
+    tid = started["temporary_id"]
+    url = f"{API}/quick-start/{tid}/logs/stream"
+    seen: list[dict] = []
+
+    def until(events: list[dict]) -> bool:
+        if text_of(events) == ["first"] and not seen:
+            seen.append({})
+            with open(fifo, "w") as writer:  # written while the stream is open
+                writer.write("second\n")
+        return "second" in text_of(events)
+
+    events = read_events(http, url, until=until)
+    assert text_of(events) == ["first", "second"]
+    assert_error(http.get(f"{API}/quick-start/{tid}/logs/stream", params={"port": 80}), 400,
+                 "VALIDATION_ERROR", "port")
+    assert http.post(f"{API}/quick-start/{tid}/stop").json()["cleaned_up"]
+    wait_until(lambda: http.get(f"{API}/quick-start/{tid}/status").status_code == 404,
+               what="the end of its grace")
+    assert_error(http.get(f"{API}/quick-start/{tid}/logs/stream"), 404, "NOT_FOUND")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tests.api.helpers import API
 from tests.harness import Pmd
 
@@ -78,7 +80,11 @@ def test_openapi_states_what_the_validators_check(http):
     doc = http.get("/api/openapi.json").json()
     schemas = doc["components"]["schemas"]
     add = schemas["AddProgramRequest"]["properties"]
-    assert "root" in add["user"]["enum"] and add["user"]["pattern"]
+    # an account of this system, or ${VAR} references that expand to one at start
+    accounts, references = add["user"]["anyOf"]
+    assert "root" in accounts["enum"] and add["user"]["pattern"]
+    assert re.match(references["pattern"], "${APP_USER:-app}")
+    assert not re.match(references["pattern"], "${APP_USER")
     assert add["name"]["pattern"] and add["command"]["pattern"]
     edit = schemas["EditProgramRequest"]["properties"]
     for name in ("name", "command", "user"):  # may be left out, never nulled
@@ -120,12 +126,17 @@ def test_bodies_are_strict_about_json_types(http):
     assert response.status_code == 400 and "autorestart" in response.text
 
 
-def test_with_an_api_key_every_route_but_two_declares_it(tmp_path):
+#: Open without a key: the root, health, the dashboard's page and files, and the
+#: orchestrators' probes.
+PUBLIC = ("/", API + "/health", API + "/ready", "/ui", "/ui/{name}", "/livez", "/readyz",
+          "/startupz")
+
+
+def test_with_an_api_key_every_public_route_is_open_and_the_rest_declare_it(tmp_path):
     with Pmd(tmp_path, [], api_key="k3y") as pmd:
         doc = pmd.http.get("/api/openapi.json").json()
     paths = doc["paths"]
     assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     for path, ops in paths.items():
         for op in ops.values():
-            assert ("security" in op) == (path not in ("/", API + "/health", API + "/ready")), \
-                path
+            assert ("security" in op) == (path not in PUBLIC), path

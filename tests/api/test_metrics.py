@@ -4,6 +4,7 @@ Daemon API's status says of the same program."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -168,6 +169,21 @@ def test_openmetrics_when_the_scraper_asks(pmd: Pmd) -> None:
     plain = pmd.http.get("/metrics", headers={"Accept": "text/plain"})
     assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# EOF" not in plain.text
+
+
+def test_promtool_accepts_the_text_format(pmd: Pmd) -> None:
+    """Prometheus' own parser and linter (`promtool check metrics`, Debian's `prometheus`
+    package, which .ci/run and scripts/system-deps install). promtool 2.x reads the text
+    format only; OpenMetrics is held to prometheus_client's strict parser above."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    text = pmd.http.get("/metrics").text
+    assert "pmd_program_restarts_total" in text and "process_cpu_seconds_total" in text
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                             text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == "" and checked.stderr.strip() == ""
 
 
 def test_openapi_lists_metrics(pmd: Pmd) -> None:

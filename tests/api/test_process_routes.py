@@ -39,7 +39,7 @@ def test_root_describes_the_api(http):
     assert body["description"]
     assert body["endpoints"] == {"processes": "/api/processes", "system": "/api/system",
                                  "status": "/api/status", "websocket": "/ws",
-                                 "daemon": "/api/v1/daemon"}
+                                 "daemon": "/api/v1/daemon", "dashboard": "/ui"}
 
 
 def test_status_route(http):

@@ -93,7 +93,7 @@ def test_ws_and_the_list_agree_on_expected_exits(pmd):
     (137 is listed, but it is SIGKILL's 128+9)."""
     http = pmd.http
     commands = {"exits-listed": "sh -c 'sleep 0.5; exit 3'",
-                "killed-listed": "sh -c 'sleep 0.5; kill -KILL $$'"}
+                "killed-listed": "sh -c 'sleep 0.5; kill -KILL $$$$'"}
     with connect(f"ws://127.0.0.1:{pmd.port}/ws", open_timeout=5) as ws:
         assert json.loads(ws.recv(timeout=5))["type"] == "snapshot"
         for name, command in commands.items():
