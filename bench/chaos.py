@@ -6,7 +6,8 @@ exits 1. supervisord gets startretries=1000 (with startsecs 0 it never counts a 
 start anyway). Each init runs as PID 1 of its own PID namespace. pmd runs in its default
 configuration (log forwarding on, the start-rate limit of 5 starts in 10 s); the column
 "pmd-nolimit" is pmd with `start_limit_burst: 0`, where only its scheduling (restarts after
-the reaper's pass) keeps it serving.
+the reaper's pass) keeps it serving; "pmd-noforward" (the flood only) is pmd with
+PMD_LOG_FORWARD=0, its programs' lines not copied to its stdout.
 
 For --seconds (20) the storm goes on while a client asks for every program's status at a
 steady rate (50 a second) over the init's Unix socket, one connection a request, as
@@ -22,15 +23,16 @@ The issue's target: pmd's status p99 under 20 ms.
 
 The fault scenarios (bench/faults.py says what each measures): crashloop (the storm with
 100 programs), fleet (1000 programs), flood (a log flood), stalled (stalled clients),
-kill9 (SIGKILL during API writes, 50 rounds), fulldisk (a full state tmpfs).
+qstorm (quick-starts that exit at once, 2 minutes), kill9 (SIGKILL during API writes,
+50 rounds), fulldisk (a full state tmpfs).
 
 Usage: .venv/bin/python bench/chaos.py [--seconds 20] [--programs 20] [--rate 50]
                                        [--only storm,crashloop,fleet,flood,stalled,
-                                               kill9,fulldisk]
+                                               qstorm,kill9,fulldisk]
                                        [--rounds 50] [--fleet 1000]
-                                       [--inits pmd,pmd-nolimit,supervisord] [--keep]
+                                       [--inits pmd,pmd-nolimit,pmd-noforward,supervisord] [--keep]
 Needs: unshare, cc, and supervisord for its column (Debian: apt-get install supervisor);
-root for fulldisk's tmpfs. The whole run takes about 8 minutes.
+root for fulldisk's tmpfs. The whole run takes about 10 minutes.
 Output: the table on stdout, every raw figure in bench/results/chaos-<time>.json.
 """
 
@@ -77,7 +79,7 @@ from inits import (  # noqa: E402
 from table import med, percentile, pooled, render  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
-KINDS = ("pmd", "pmd-nolimit", "supervisord")
+KINDS = ("pmd", "pmd-nolimit", "pmd-noforward", "supervisord")
 TARGET_P99_MS = 20.0
 
 
@@ -222,9 +224,11 @@ def storm_rows(raw: dict[str, Any], kinds: list[str], scenario: str = "storm",
     return rows
 
 
-SCENARIOS = ("storm", "crashloop", "fleet", "flood", "stalled", "kill9", "fulldisk")
-#: Scenarios pmd alone has (supervisord has no API writes to kill, no state dir to fill).
-PMD_ONLY = ("kill9", "fulldisk")
+SCENARIOS = ("storm", "crashloop", "fleet", "flood", "stalled", "qstorm", "kill9",
+             "fulldisk")
+#: Scenarios pmd alone has (supervisord has no quick-starts, no API writes to kill, no
+#: state dir to fill).
+PMD_ONLY = ("qstorm", "kill9", "fulldisk")
 
 
 def fault_rows(raw: dict[str, Any], kinds: list[str]) -> list[dict[str, Any]]:
@@ -265,7 +269,28 @@ def fault_rows(raw: dict[str, Any], kinds: list[str]) -> list[dict[str, Any]]:
         row(scenario, "init RSS, most seen", "MiB", "rss_max_kib", scale=1 / 1024)
         row(scenario, "init RSS, after", "MiB", "rss_after_kib", scale=1 / 1024)
     row("flood", "log bytes on disk at the end", "MiB", "log_bytes", scale=1 / 2**20)
+    row("flood", "read from the flood in the window", "MiB", "flood_mib", better="higher")
+    row("flood", "init CPU per MiB read", "ms", "cpu_ms_per_mib")
     row("stalled", "clients held (half-sent + never reading)", "", "held", fmt="{:.0f}")
+    row("stalled", "init RSS after the first round", "MiB", "rss_after_first_kib",
+        scale=1 / 1024)
+    row("stalled", "init RSS growth from the first round's end to the last", "MiB",
+        lambda r: r["rss_after_kib"] - r["rss_after_first_kib"], fmt="{:+.1f}",
+        scale=1 / 1024)
+    row("qstorm", "health p50", "ms", "p50_ms")
+    row("qstorm", "health p99", "ms", "p99_ms")
+    row("qstorm", "health, longest", "ms", "max_ms")
+    row("qstorm", "failed health requests", "", "failed", fmt="{:.0f}")
+    row("qstorm", "init CPU share", "%", "cpu_share", scale=100)
+    row("qstorm", "starts per launch in the window", "", "starts_median", fmt="{:.0f}",
+        better="higher")
+    row("qstorm", "init open fds, before", "", "fds_before", fmt="{:.0f}")
+    row("qstorm", "init open fds, most seen", "", "fds_max", fmt="{:.0f}")
+    row("qstorm", "init open fds, after the launches stop", "", "fds_after", fmt="{:.0f}")
+    row("qstorm", "init RSS, before", "MiB", "rss_before_kib", scale=1 / 1024)
+    row("qstorm", "init RSS, end of the window", "MiB", "rss_during_kib", scale=1 / 1024)
+    row("qstorm", "init RSS, after", "MiB", "rss_after_kib", scale=1 / 1024)
+    row("qstorm", "ephemeral.json at the end", "bytes", "ephemeral_bytes", fmt="{:.0f}")
     for key in ("corrupt_or_unclean", "temp_files", "lost", "resurrected"):
         row("kill9", key.replace("_", " "), "", key, fmt="{:.0f}")
     row("kill9", "answered writes", "", "writes", fmt="{:.0f}", better="higher")
@@ -296,6 +321,8 @@ def run_one(scenario: str, kind: str, base: Path, o: argparse.Namespace) -> dict
         return faults.run_flood(kind, base, o.fault_seconds, 20.0)
     if scenario == "stalled":
         return faults.run_stalled(kind, base, o.fault_seconds, 20.0)
+    if scenario == "qstorm":
+        return faults.run_qstorm(base, o.crasher, o.qstorm_seconds, 20.0)
     if scenario == "kill9":
         return faults.run_kill9(base, o.rounds)
     if scenario == "fulldisk":
@@ -316,6 +343,8 @@ def main() -> None:
     ap.add_argument("--crashloop-programs", type=int, default=100)
     ap.add_argument("--fault-seconds", type=float, default=10.0,
                     help="the window of flood and stalled")
+    ap.add_argument("--qstorm-seconds", type=float, default=120.0,
+                    help="the window of qstorm (quick-starts that exit at once)")
     ap.add_argument("--inits", default=",".join(KINDS),
                     help="comma list of pmd,pmd-nolimit,supervisord")
     ap.add_argument("--keep", action="store_true", help="keep the run folders")
@@ -346,6 +375,8 @@ def main() -> None:
                     order = ["pmd"] if "pmd" in kinds else []
                 elif scenario not in ("storm", "crashloop"):
                     order = [k for k in order if k != "pmd-nolimit"]
+                if scenario != "flood":  # forwarding matters where logs flood only
+                    order = [k for k in order if k != "pmd-noforward"]
                 for kind in order:
                     base = tmp / f"{scenario}-{rep:02d}-{kind}"
                     base.mkdir()

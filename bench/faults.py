@@ -13,7 +13,11 @@ each scenario records the init's open files before and after the fault.
              for --seconds: status p50/p99 and the init's CPU share while it writes
   stalled    200 half-sent requests on the init's socket, held; pmd also 5 WebSocket and
              5 SSE readers that never read, while a program restarts every 0.1 s and one
-             floods its log: RSS and open files all along, other clients' status p99
+             floods its log: RSS and open files all along, other clients' status p99;
+             4 rounds of holding and closing in one init, RSS after each round
+  qstorm     pmd only: 20 quick-starts of the crash program (startsecs 0, autorestart true,
+             no start-rate limit), for --qstorm-seconds: /health p50/p99, open files
+             and RSS before, most seen and after, starts per launch
   kill9      pmd only: SIGKILL at a random moment (0.06-1.9 s) during a stream of API
              add/edit/remove, --rounds times (50): corrupt files, unclean boots, temp
              files left, acknowledged writes lost (each must be 0)
@@ -64,9 +68,14 @@ API = "/api/v1/daemon"
 Ask = Callable[..., tuple[int, bytes]]
 
 
+#: pmd's variants: settings over its defaults.
+PMD_ENV = {"pmd-noforward": {"PMD_LOG_FORWARD": "0"}}
+
+
 def launch(kind: str, base: Path, progs: list[Prog]) -> tuple[Launch, Path, Ask, Callable]:
     if kind.startswith("pmd"):
-        return pmd_launch(base, progs).start(), pmd_socket(base), pmd_status_raw, pmd_statuses
+        return (pmd_launch(base, progs, env=PMD_ENV.get(kind)).start(), pmd_socket(base),
+                pmd_status_raw, pmd_statuses)
     return (supervisord_launch(base, progs, rpc=True).start(), supervisord_socket(base),
             supervisord_status_raw, supervisord_statuses)
 
@@ -210,7 +219,15 @@ def run_flood(kind: str, base: Path, seconds: float, rate: float) -> dict[str, A
         time.sleep(0.5)
         result["fds_before"] = procfs.fd_count(run.pid)
         result["rss_before_kib"] = procfs.rss_kib(run.pid)
+        flood = next((c for c in procfs.descendants(run.pid) if procfs.comm(c) == "yes"), None)
+        wrote0 = procfs.written_bytes(flood) if flood else None
         result.update(measure_status(run.pid, sock, ask, seconds, rate))
+        wrote1 = procfs.written_bytes(flood) if flood else None
+        if wrote0 is not None and wrote1 is not None:
+            # what the init had to read in the window: a faster reader lets `yes` write
+            # more, so CPU per MiB read is the like-for-like figure
+            result["flood_mib"] = (wrote1 - wrote0) / 2**20
+            result["cpu_ms_per_mib"] = 1e3 * result["cpu_s"] / max(result["flood_mib"], 1e-9)
         result["fds_after"] = procfs.fd_count(run.pid)
         result["rss_after_kib"] = procfs.rss_kib(run.pid)
         logs = base / "log"
@@ -261,7 +278,10 @@ def never_reading(sock_path: Path, target: str, n: int, websocket: bool) -> list
 
 
 def run_stalled(kind: str, base: Path, seconds: float, rate: float, half: int = 200,
-                streams: int = 5) -> dict[str, Any]:
+                streams: int = 5, rounds: int = 4) -> dict[str, Any]:
+    """`rounds` times in one init: hold the clients for `seconds`, then close them. RSS
+    after each round tells a leak (it grows round after round) from a high-water mark
+    (it stays at the first round's level)."""
     progs = [flood_prog(),
              Prog("blink", ["sh", "-c", "sleep 0.1; exit 1"], startsecs=0, autorestart=True,
                   startretries=1000, pmd={"start_limit_burst": 0})]
@@ -274,26 +294,103 @@ def run_stalled(kind: str, base: Path, seconds: float, rate: float, half: int = 
         time.sleep(0.5)
         result["fds_before"] = procfs.fd_count(pid)
         result["rss_before_kib"] = procfs.rss_kib(pid)
-        held += half_sent(sock, half)
-        if kind.startswith("pmd"):
-            held += never_reading(sock, "/ws?interval=0.2", streams, websocket=True)
-            held += never_reading(sock, f"{API}/programs/1/logs/stream", streams,
-                                  websocket=False)
-        result["held"] = len(held)
-        result.update(measure_status(pid, sock, ask, seconds, rate))
-        result["fds_held"] = procfs.fd_count(pid)
-        result["rss_held_kib"] = procfs.rss_kib(pid)
+        per_round: list[dict[str, Any]] = []
+        for _ in range(rounds):
+            held += half_sent(sock, half)
+            if kind.startswith("pmd"):
+                held += never_reading(sock, "/ws?interval=0.2", streams, websocket=True)
+                held += never_reading(sock, f"{API}/programs/1/logs/stream", streams,
+                                      websocket=False)
+            one: dict[str, Any] = {"held": len(held)}
+            one.update(measure_status(pid, sock, ask, seconds, rate))
+            one["fds_held"] = procfs.fd_count(pid)
+            one["rss_held_kib"] = procfs.rss_kib(pid)
+            for s in held:
+                s.close()
+            held = []
+            time.sleep(1.0)
+            one["fds_after"] = procfs.fd_count(pid)
+            one["rss_after_kib"] = procfs.rss_kib(pid)
+            per_round.append(one)
+        first, last = per_round[0], per_round[-1]
+        latencies = [v for one in per_round for v in one["latencies_ms"]]
+        result.update(
+            held=first["held"], rounds=per_round, latencies_ms=latencies,
+            p50_ms=statistics.median(latencies) if latencies else None,
+            p99_ms=percentile(latencies, 99), max_ms=max(latencies, default=None),
+            failed=sum(one["failed"] for one in per_round),
+            cpu_share=statistics.median(one["cpu_share"] for one in per_round),
+            fds_max=max(one["fds_max"] or 0 for one in per_round),
+            rss_max_kib=max(one["rss_max_kib"] or 0 for one in per_round),
+            fds_held=first["fds_held"], rss_held_kib=first["rss_held_kib"],
+            fds_after=last["fds_after"], rss_after_kib=last["rss_after_kib"],
+            rss_after_first_kib=first["rss_after_kib"],
+            rss_after_rounds_kib=[one["rss_after_kib"] for one in per_round])
+        result["stop_s"] = run.terminate(30)
+        return result
+    finally:
         for s in held:
             s.close()
-        held = []
+        run.kill()
+
+
+# ---- quick-starts that exit at once (pmd only) ------------------------------------------
+
+def health_raw(sock: Path, timeout: float = 10.0) -> tuple[int, bytes]:
+    return request(sock, "GET", f"{API}/health", timeout=timeout)
+
+
+def read_stamps(path: Path) -> list[int]:
+    try:
+        return [int(x) for x in path.read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def run_qstorm(base: Path, crasher: list[str], seconds: float, rate: float, n: int = 20,
+               limit: bool = False) -> dict[str, Any]:
+    """n quick-starts of the crash program (startsecs 0, autorestart true; without the
+    start-rate limit unless `limit`), for `seconds`: /health p50/p99 at `rate`, pmd's
+    open files and RSS before, most seen and after the launches are stopped, starts per
+    launch (from the programs' own stamps), the size of ephemeral.json."""
+    stamps = base / "stamps"
+    stamps.mkdir(parents=True, exist_ok=True)
+    run = pmd_launch(base, []).start()
+    sock = pmd_socket(base)
+    assert run.pid is not None
+    pid = run.pid
+    try:
+        if not wait_until(lambda: pmd_api_ready(base) and sock.exists(), 30, 0.005):
+            raise RuntimeError(f"pmd did not come up\n{run.stderr_tail()}")
+        time.sleep(0.5)
+        result: dict[str, Any] = {"programs": n, "fds_before": procfs.fd_count(pid),
+                                  "rss_before_kib": procfs.rss_kib(pid)}
+        ids = []
+        for i in range(n):
+            status, raw = request(sock, "POST", f"{API}/quick-start", json.dumps({
+                "command": " ".join([*crasher, str(stamps / f"q{i:02d}")]), "user": "root",
+                "startsecs": 0, "autorestart": "true", "startretries": 1000,
+                **({} if limit else {"start_limit_burst": 0})}).encode(),
+                {"Content-Type": "application/json"})
+            if status != 200:
+                raise RuntimeError(f"quick-start: {status} {raw[:300]!r}")
+            ids.append(json.loads(raw)["temporary_id"])
+        begin = time.monotonic_ns()
+        result.update(measure_status(pid, sock, health_raw, seconds, rate))
+        end = time.monotonic_ns()
+        result["ephemeral_bytes"] = (base / "state" / "ephemeral.json").stat().st_size
+        starts = [sum(1 for v in read_stamps(stamps / f"q{i:02d}") if begin <= v <= end)
+                  for i in range(n)]
+        result.update(starts_median=statistics.median(starts), starts_min=min(starts),
+                      fds_during=procfs.fd_count(pid), rss_during_kib=procfs.rss_kib(pid))
+        for temporary_id in ids:
+            request(sock, "POST", f"{API}/quick-start/{temporary_id}/stop", timeout=30)
         time.sleep(1.0)
         result["fds_after"] = procfs.fd_count(pid)
         result["rss_after_kib"] = procfs.rss_kib(pid)
         result["stop_s"] = run.terminate(30)
         return result
     finally:
-        for s in held:
-            s.close()
         run.kill()
 
 

@@ -173,7 +173,7 @@ def kill_all_live() -> None:
 # ---- pmd ---------------------------------------------------------------------------
 
 def pmd_launch(base: Path, progs: list[Prog], main: list[str] | None = None,
-               env: dict[str, str] | None = None) -> Launch:
+               env: dict[str, str] | None = None, args: list[str] | None = None) -> Launch:
     config, state, logs = base / "config", base / "state", base / "log"
     for d in (config, state, logs):
         d.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def pmd_launch(base: Path, progs: list[Prog], main: list[str] | None = None,
     argv = [pmd_python(), "-m", "pmd_init", "--config-dir", str(config),
             "--state-dir", str(state), "--log-dir", str(logs),
             "--socket", str(base / "pmd.sock"), "--host", "127.0.0.1", "--port", "0",
-            "--log-roots", str(base)]
+            "--log-roots", str(base), *(args or [])]
     if main:
         argv += ["--", *main]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
@@ -219,8 +219,10 @@ def pmd_socket(base: Path) -> Path:
 
 # ---- supervisord -------------------------------------------------------------------
 
-def supervisord_launch(base: Path, progs: list[Prog], rpc: bool = False) -> Launch:
-    """rpc: serve XML-RPC (what supervisorctl uses) on a Unix socket, supervisord_socket()."""
+def supervisord_launch(base: Path, progs: list[Prog], rpc: bool = False,
+                       inet: tuple[int, str | None, str | None] | None = None) -> Launch:
+    """rpc: serve XML-RPC (what supervisorctl uses) on a Unix socket, supervisord_socket();
+    inet (port, username, password): on 127.0.0.1 too, with basic auth when named."""
     logs = base / "log"
     logs.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -234,6 +236,10 @@ def supervisord_launch(base: Path, progs: list[Prog], rpc: bool = False) -> Laun
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
             "",
         ]
+    if inet is not None:
+        port, username, password = inet
+        lines += ["[inet_http_server]", f"port=127.0.0.1:{port}",
+                  *([f"username={username}", f"password={password}"] if username else []), ""]
     for p in progs:
         command = shlex.join(p.argv).replace("%", "%%")
         maxbytes = p.log_max_bytes if p.log_max_bytes is not None else "50MB"

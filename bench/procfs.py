@@ -102,6 +102,15 @@ def fd_count(pid: int) -> int | None:
         return None
 
 
+def written_bytes(pid: int) -> int | None:
+    """Bytes the process has passed to write(2) and friends (/proc/<pid>/io wchar)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

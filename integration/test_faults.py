@@ -8,6 +8,7 @@ disk are in tests/test_faults_storage.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -139,6 +140,44 @@ def test_stalled_clients_grow_nothing_and_others_are_answered(tmp_path):
         pmd.wait_for(lambda: fds(pmd.pid) <= fds_before + 5, timeout=5,
                      what=f"open files back to {fds_before}")
         assert stop_within_grace(pmd) < GRACE
+
+
+def test_quick_starts_that_exit_at_once_leave_the_api_answering(tmp_path):
+    """10 quick-starts that exit at once and are restarted at once (startsecs 0,
+    autorestart true, no start-rate limit) for 3 s: every /health within 1 s, open files
+    bounded by the launches' pipes and back when they are stopped, ephemeral.json valid
+    with every launch, and restarts that did happen."""
+    n = 10
+    with Pmd(tmp_path, [], grace=GRACE) as pmd:
+        client = pmd.uds
+        before = fds(pmd.pid)
+        ids = []
+        for i in range(n):
+            answer = client.post(f"{API}/quick-start", json={
+                "command": f"sh -c 'echo >> {tmp_path}/starts{i}'", "user": "root",
+                "startsecs": 0, "autorestart": "true", "startretries": 1000,
+                "start_limit_burst": 0})
+            assert answer.status_code == 200, answer.text
+            ids.append(answer.json()["temporary_id"])
+        end = time.monotonic() + 3.0
+        slowest, most = 0.0, 0
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            assert client.get(f"{API}/health").status_code == 200
+            slowest = max(slowest, time.monotonic() - t0)
+            most = max(most, fds(pmd.pid))
+            time.sleep(0.05)
+        assert slowest < 1.0
+        assert most <= before + 4 * n + 20, (before, most)
+        stored = json.loads((pmd.state_dir / "ephemeral.json").read_text())
+        assert {e["temporary_id"] for e in stored["programs"]} >= set(ids)
+        for temporary_id in ids:
+            assert client.post(f"{API}/quick-start/{temporary_id}/stop").status_code == 200
+        pmd.wait_for(lambda: fds(pmd.pid) <= before + 1, timeout=5,
+                     what=f"open files back to {before}")
+        assert stop_within_grace(pmd) < GRACE
+    starts = [len((tmp_path / f"starts{i}").read_text().splitlines()) for i in range(n)]
+    assert min(starts) >= 2, starts
 
 
 @pytest.mark.parametrize("how", ["stopped", "exited"])

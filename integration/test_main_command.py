@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.helpers import children, proc_state
+from integration.helpers import children, proc_state, zombies_under
 from tests.harness import ROOT, Pmd, can_unshare
 
 needs_unshare = pytest.mark.skipif(not can_unshare(), reason="needs unshare --pid (root)")
@@ -138,7 +138,8 @@ MODES = ["pmd", "tini", "dumb-init"]
 
 @needs_unshare
 @pytest.mark.parametrize("mode,pid1", [("pmd", True), ("pmd", False), ("tini", True),
-                                       ("dumb-init", True), ("dumb-init", False)])
+                                       ("tini", False), ("dumb-init", True),
+                                       ("dumb-init", False)])
 def test_every_catchable_signal_reaches_the_group(tmp_path, mode, pid1):
     """Not as PID 1 too: ALRM, IO, PWR, ABRT used to kill pmd there with their default
     action; PIPE... and the real-time signals were never passed on."""
@@ -194,6 +195,93 @@ def test_rewrite_and_drop(tmp_path, mode, flags):
         init.wait_for(lambda: "SIGWINCH" in got(record, main), what="WINCH")
         assert got(record, main) == ["SIGQUIT", "SIGWINCH"]
         os.kill(main, signal.SIGKILL)
+        init.wait(timeout=15)
+
+
+#: A main command that leaves 200 orphans (double forks whose middle child exits at
+#: once, so the grandchild is re-parented to the init), then says so and waits.
+ORPHANER = """
+import os, sys, time
+for _ in range(200):
+    if os.fork() == 0:
+        if os.fork() == 0:
+            time.sleep(0.05)
+            os._exit(0)
+        os._exit(0)
+    os.wait()
+open(sys.argv[1], "w").close()
+time.sleep(1000)
+"""
+
+
+@needs_unshare
+@pytest.mark.parametrize("mode,pid1,flags", [
+    ("pmd", True, []), ("pmd", False, []), ("tini", True, []), ("tini", False, ["-w"]),
+    ("dumb-init", True, []), ("dumb-init", False, [])])
+def test_orphans_the_command_leaves_are_reaped(tmp_path, mode, pid1, flags):
+    """As PID 1, and as a subreaper under another process (tini -s, which pmd always
+    is); tini's -w warns about every orphan reaped, and nothing does without it."""
+    script, done = tmp_path / "orphaner.py", tmp_path / "orphaned"
+    script.write_text(ORPHANER)
+    init = Main(tmp_path, mode, [sys.executable, str(script), str(done)], flags, pid1=pid1)
+    with init.start(wait=False):
+        init.wait_for(done.exists, timeout=30, what="200 orphans made")
+        init.wait_for(lambda: len(children(init.pid)) == 1 and zombies_under(init.pid) == 0,
+                      timeout=15, what="every orphan reaped")
+        line = "Reaped zombie process with pid="  # tini's own words
+        warned = init.stderr_text().count(line)
+        if "-w" in flags:
+            init.wait_for(lambda: init.stderr_text().count(line) >= 200,
+                          what="a warning for each orphan")
+        else:
+            assert warned == 0
+        init.signal(signal.SIGTERM)
+        assert init.wait(timeout=15) == 143
+
+
+@needs_unshare
+@pytest.mark.parametrize("sig", [signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU])
+def test_under_pmd_tini_job_control_signals_pass_on_unchanged(tmp_path, sig):
+    """tini passes TSTP on and does not stop itself; pmd-tini passes all three on."""
+    record, ready = tmp_path / "record", tmp_path / "ready"
+    name = signal.Signals(sig).name
+    # One process that catches the signal: a shell's `sleep` child would be stopped by it
+    # (the group gets the signal) and hold the shell's trap back.
+    command = [sys.executable, "-c",
+               "import os, signal, sys\n"
+               f"signal.signal({int(sig)}, lambda *_: open(sys.argv[1], 'a').write("
+               f"'{name}\\n'))\n"
+               "open(sys.argv[2] + '.tmp', 'w').close()\n"
+               "os.rename(sys.argv[2] + '.tmp', sys.argv[2])\n"
+               "while True:\n    signal.pause()\n", str(record), str(ready)]
+    init = Main(tmp_path, "tini", command, ["-g"], pid1=False)
+    with init.start(wait=False):
+        init.wait_for(ready.exists, what="ready")
+        init.signal(sig)
+        init.wait_for(lambda: record.exists() and name in record.read_text(),
+                      what=f"{name} at the command")
+        main = children(init.pid)[0]
+        assert proc_state(main) != "T" and proc_state(init.pid) != "T"
+        init.signal(signal.SIGTERM)
+        assert init.wait(timeout=15) == 143
+
+
+@needs_unshare
+@pytest.mark.parametrize("mode", MODES)
+def test_only_pmd_dumb_init_lets_go_of_its_directory(tmp_path, mode):
+    """dumb-init moves itself to / once the command runs, so it keeps no mount busy;
+    tini and pmd stay where they were started (programs without a directory start
+    there)."""
+    ready = tmp_path / "ready"
+    command = ["sh", "-c", f"pwd -P > {ready}.tmp; mv {ready}.tmp {ready}; sleep 1000"]
+    init = Main(tmp_path, mode, command, pid1=False)
+    with init.start(wait=False):
+        init.wait_for(ready.exists, what="ready")
+        assert Path(ready.read_text().strip()) == tmp_path.resolve()
+        expected = Path("/") if mode == "dumb-init" else tmp_path.resolve()
+        init.wait_for(lambda: Path(os.readlink(f"/proc/{init.pid}/cwd")) == expected,
+                      what=f"pmd's directory {expected}")
+        init.signal(signal.SIGTERM)
         init.wait(timeout=15)
 
 
@@ -286,14 +374,21 @@ def bit(sig: int) -> int:
 
 @needs_unshare
 @pytest.mark.parametrize("mode,pid1", [("pmd", True), ("pmd", False), ("tini", True),
-                                       ("dumb-init", False)])
-def test_ignored_signals_stay_ignored_for_the_command_and_the_mask_is_reset(
+                                       ("tini", False), ("dumb-init", False)])
+def test_ignored_signals_stay_ignored_for_the_command_and_the_mask_as_the_tool_does(
         tmp_path, mode, pid1):
     out = tmp_path / "main.status"
-    # the trap is in place before the status file says the command is up (a TERM that
-    # came first would kill the shell: 143)
-    command = ["sh", "-c", f"trap 'exit 9' TERM; grep ^Sig /proc/self/status > {out}.tmp; "
-                           f"mv {out}.tmp {out}; while :; do sleep 0.05; done"]
+    # The handlers are in place before the status file says the command is up (a TERM
+    # that came first would kill it: 143). Not a shell: dash clears its mask at start.
+    command = [sys.executable, "-c",
+               "import os, signal, sys\n"
+               "for s in (signal.SIGTERM, signal.SIGUSR1):\n"
+               "    signal.signal(s, lambda *_: os._exit(9))\n"
+               "status = open('/proc/self/status').read()\n"
+               "with open(sys.argv[1] + '.tmp', 'w') as f:\n"
+               "    f.write(status)\n"
+               "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+               "while True:\n    signal.pause()\n", str(out)]
     programs = [{"name": "svc", "boot": True, "startsecs": 0,
                  "command": f"sh -c 'grep ^Sig /proc/self/status > {tmp_path}/svc.tmp; "
                             f"mv {tmp_path}/svc.tmp {tmp_path}/svc.status; sleep 1000'"}]
@@ -303,7 +398,8 @@ def test_ignored_signals_stay_ignored_for_the_command_and_the_mask_is_reset(
         init.wait_for(out.exists, what="the command's status")
         main = sig_fields(out)
         assert main["SigIgn"] & bit(signal.SIGINT) and main["SigIgn"] & bit(signal.SIGHUP)
-        assert main["SigBlk"] == 0
+        # tini gives its child the mask it was given; dumb-init and pmd an empty one
+        assert main["SigBlk"] == (bit(signal.SIGTERM) if mode == "tini" else 0)
         assert not main["SigIgn"] & bit(signal.SIGTERM)
         pmd = sig_fields(Path(f"/proc/{init.pid}/status"))
         assert pmd["SigBlk"] == 0  # TERM was blocked by the parent
@@ -313,7 +409,9 @@ def test_ignored_signals_stay_ignored_for_the_command_and_the_mask_is_reset(
             program = sig_fields(svc)
             assert not program["SigIgn"] & (bit(signal.SIGINT) | bit(signal.SIGHUP))
             assert program["SigBlk"] == 0
-        init.signal(signal.SIGTERM)  # blocked by the parent: pmd must get it all the same
+        # blocked by the parent: pmd must get it all the same (and under pmd-tini the
+        # command has it blocked as its parent asked: USR1 ends it there)
+        init.signal(signal.SIGUSR1 if mode == "tini" else signal.SIGTERM)
         assert init.wait(timeout=15) == 9
 
 

@@ -28,6 +28,11 @@ class Settings:
     port: int = 9615
     socket: Path | None = Path("/run/pmd/pmd.sock")
     api_key: str | None = None
+    #: TLS on the TCP API: the server's certificate chain and key (PEM), and the CAs
+    #: whose client certificates identify callers (mTLS); re-read on SIGHUP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     grace: float = 8.0
     command: list[str] = field(default_factory=list)
     remap_exit: dict[int, int] = field(default_factory=dict)
@@ -65,6 +70,9 @@ class Settings:
     log_level: str | None = None
     #: Warn about every orphan reaped (tini's -w).
     warn_reap: bool = False
+    #: The main command starts with the signal mask pmd's caller gave pmd (tini restores
+    #: it for its child); otherwise with an empty one (dumb-init's way, and pmd's).
+    keep_mask: bool = False
     #: Which tool's command line started pmd ("tini", "dumb-init") or None: it decides
     #: the wording of a few error lines and the exit code of a main command that cannot run.
     compat: str | None = None
@@ -192,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="pmd: container init (PID 1) and process supervisor with an HTTP API.",
         epilog="Every flag has an environment variable (PMD_CONFIG_DIR, PMD_STATE_DIR, "
         "PMD_LOG_DIR, PMD_HOST, PMD_PORT, PMD_SOCKET, PMD_API_KEY, PMD_API_KEY_FILE, "
+        "PMD_TLS_CERT, PMD_TLS_KEY, PMD_TLS_CLIENT_CA, "
         "PMD_GRACE, PMD_REMAP_EXIT, PMD_LOG_FORWARD, PMD_LOG_ROOTS, PMD_RATE_LIMIT, "
         "PMD_RATE_BURST, PMD_CORS_ORIGINS, PMD_SINGLE_CHILD, PMD_REWRITE, PMD_PDEATHSIG, "
         "PMD_PROBE_PORT, PMD_SHUTDOWN_DELAY, PMD_TERMINATION_GRACE). "
@@ -216,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--api-key", default=None, help="require this API key (or PMD_API_KEY)")
     keys.add_argument("--api-key-file", default=None,
                       help="read the API key from this file (or PMD_API_KEY_FILE)")
+    p.add_argument("--tls-cert", default=_env("PMD_TLS_CERT"),
+                   help="serve the TCP API over TLS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", default=_env("PMD_TLS_KEY"),
+                   help="the TLS private key (PEM); default: the key in --tls-cert's file")
+    p.add_argument("--tls-client-ca", default=_env("PMD_TLS_CLIENT_CA"),
+                   help="CA certificates (PEM) whose client certificates are accepted and "
+                   "map to identities (mTLS); needs --tls-cert")
     p.add_argument("--grace", default=_env("PMD_GRACE", "8"),
                    help="seconds the whole shutdown may take (default 8)")
     p.add_argument("--shutdown-delay", default=_env("PMD_SHUTDOWN_DELAY", "0"),
@@ -272,6 +288,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             parser.error(f"cannot read the API key file {key_file}: {exc.strerror}")
         if not api_key:
             parser.error(f"the API key file {key_file} is empty")
+    tls = {name: Path(value).absolute() if value else None for name, value in
+           (("cert", args.tls_cert), ("key", args.tls_key), ("client_ca", args.tls_client_ca))}
+    if tls["cert"] is None and (tls["key"] or tls["client_ca"]):
+        parser.error("--tls-key and --tls-client-ca need --tls-cert")
     try:
         remap = _remap(args.remap_exit or "")
     except ValueError as exc:
@@ -318,6 +338,9 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         port=args.port,
         socket=Path(args.socket).absolute() if args.socket else None,
         api_key=api_key,
+        tls_cert=tls["cert"],
+        tls_key=tls["key"],
+        tls_client_ca=tls["client_ca"],
         grace=grace,
         shutdown_delay=delay,
         termination_grace=termination,

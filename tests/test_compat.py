@@ -5,6 +5,7 @@ the exit codes and streams the originals document. Signals: integration/test_mai
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,8 +60,18 @@ def test_tini_bad_usage_exits_1_on_stderr(args):
 def test_tini_a_command_that_cannot_run(path, code):
     failed = run("tini", "--", path)
     assert failed.returncode == code
-    assert failed.stderr.startswith(f"[pmd-tini] cannot run {path}: ")
+    # tini's line: "[FATAL tini (PID)] exec CMD failed: REASON"
+    assert re.match(rf"\[FATAL pmd-tini \(\d+\)\] exec {path} failed: \S", failed.stderr)
     assert "Traceback" not in failed.stderr
+
+
+def test_tini_and_dumb_init_word_bad_options_as_the_c_library_does():
+    assert run("tini", "-x", "true").stderr.startswith("pmd-tini: invalid option -- 'x'\n")
+    assert run("dumb-init", "--yolo", "true").stderr == \
+        "pmd-dumb-init: unrecognized option '--yolo'\n"
+    assert run("dumb-init", "true", "-r").returncode == 0  # options end at the command
+    assert run("dumb-init", "-r").stderr == \
+        "pmd-dumb-init: option requires an argument -- 'r'\n"
 
 
 def test_tini_exit_codes_and_remap():
@@ -106,11 +117,25 @@ def test_dumb_init_bad_usage_exits_1(args):
     assert bad.returncode == 1 and bad.stderr
 
 
+@pytest.mark.parametrize("value", ["", "herp", "15", "15::12", "15:derp", "0", "1:32"])
+def test_dumb_init_words_a_bad_rewrite_as_dumb_init_does(value):
+    bad = run("dumb-init", "-r", "15:12", "-r", value, "echo", "hi")
+    assert (bad.returncode, bad.stderr) == (1, (
+        "Usage: -r option takes <signum>:<signum>, where <signum> is between 1 and 31.\n"
+        "This option can be specified multiple times.\nUse --help for full usage.\n"))
+
+
+def test_dumb_init_without_a_command_prints_its_two_usage_lines():
+    alone = run("dumb-init")
+    assert (alone.returncode, alone.stderr) == (
+        1, "Usage: pmd-dumb-init [option] program [args]\n"
+           "Try pmd-dumb-init --help for full usage.\n")
+
+
 def test_dumb_init_a_command_that_cannot_run_exits_2():
     failed = run("dumb-init", "/nonexistent/cmd")
     assert failed.returncode == 2
-    assert failed.stderr == "[pmd-dumb-init] cannot run /nonexistent/cmd: " \
-                            "No such file or directory\n"
+    assert failed.stderr == "[pmd-dumb-init] /nonexistent/cmd: No such file or directory\n"
 
 
 def test_dumb_init_settings_and_environment(monkeypatch):

@@ -211,7 +211,7 @@ def test_the_reader_sees_imports_of_every_kind():
     assert ("pid1.main", "api.server") in MODULE_EDGES  # inside a function
     assert ("supervisor.supervisor", "store.programs") in MODULE_EDGES  # TYPE_CHECKING
     assert ("supervisor.supervisor", "store") in MODULE_EDGES  # store/__init__.py runs
-    assert ("api.server", "api.auth") in MODULE_EDGES  # `from . import auth`
+    assert ("api.server", "api.access") in MODULE_EDGES  # `from . import access`
     assert ("settings", "__init__") in MODULE_EDGES  # `from . import __version__`
 
 

@@ -15,10 +15,12 @@ from sanic import Request, Sanic
 from sanic.config import Config
 
 if TYPE_CHECKING:
+    from ..model.access import Identities
     from ..model.budget import ShutdownPlan
     from ..service import Service
     from ..settings import Settings
     from ..supervisor.supervisor import Supervisor
+    from .access import AccessControl
     from .verdicts import Verdicts
     from .viewcache import ViewCache
 
@@ -50,6 +52,10 @@ class Owner(Protocol):
     def config_problem(self) -> str | None: ...
     @property
     def reaper(self) -> OrphanCount: ...
+    @property
+    def identities(self) -> Identities: ...
+    @property
+    def identities_problem(self) -> str | None: ...
 
     @property
     def verdicts(self) -> Verdicts: ...
@@ -66,6 +72,8 @@ class AppContext:
     settings: Settings
     #: The listing routes' answers, kept as bytes until what they show changes.
     views: ViewCache
+    #: Who each caller is and the level each route needs (access.py).
+    access: AccessControl
     #: The rate limiter's state (ratelimit.py), the OpenAPI document once built
     #: (openapi.py), the metrics collector from the first scrape on (metrics.py), and the
     #: event that ends every log stream at shutdown (daemon.py).

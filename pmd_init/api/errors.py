@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from sanic import Sanic
 from sanic.exceptions import MethodNotAllowed, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse, json
@@ -34,7 +35,6 @@ from ..supervisor.errors import (
     SupervisorError,
     WaitTimeout,
 )
-from .context import PmdApp
 from .views import instance_view
 
 log = logging.getLogger("pmd.api")
@@ -126,7 +126,7 @@ SANIC_CODES = {
 ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
-def allowed_methods(app: PmdApp, path: str) -> list[str]:
+def allowed_methods(app: Sanic[Any, Any], path: str) -> list[str]:
     """The methods `path` has a route for, plus OPTIONS; [] when no route matches it.
 
     Sanic's router reports them with a 405 only for static paths: on a path with
@@ -142,7 +142,7 @@ def allowed_methods(app: PmdApp, path: str) -> list[str]:
     return [*found, "OPTIONS"] if found else []
 
 
-def install(app: PmdApp) -> None:
+def install(app: Sanic[Any, Any]) -> None:
     @app.exception(ApiError)
     async def api_error(request: Request, exc: ApiError) -> HTTPResponse:
         return error_response(exc.status, exc.code, exc.message, exc.field, exc.details,

@@ -28,7 +28,7 @@ async def metrics(request: Request) -> HTTPResponse:
 
     ctx = app_of(request).ctx
     if ctx.metrics_collector is None:
-        ctx.metrics_collector = PmdCollector(ctx.init)
+        ctx.metrics_collector = PmdCollector(ctx.init, ctx.access.failures)
     # prometheus_client's negotiation: OpenMetrics when Accept names it (Prometheus sends
     # it first by default), the 0.0.4 text format otherwise.
     _, chosen = choose_encoder(request.headers.get("accept", ""))

@@ -104,8 +104,10 @@ QUICK_START_FIELDS = [
     "terminal_interactive",
     # supervisord's knobs ("full supervisord configuration support")
     "exitcodes", "startsecs", "startretries", "stop_signal", "stop_timeout",
-    # pmd's: how it says it is ready, run-once tasks, the retry schedule
-    "readiness", "oneshot", "backoff", "backoff_max_seconds",
+    # pmd's: how it says it is ready, run-once tasks, the retry schedule and the start-rate
+    # limit (a crash-looping launch may be restarted at once, as a program may)
+    "readiness", "oneshot", "backoff", "backoff_max_seconds", "start_limit_burst",
+    "start_limit_interval",
     # dotenv files, and how the lines reach pmd's stdout
     "env_file", "log_forward", "hooks",
 ]

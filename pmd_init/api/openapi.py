@@ -11,7 +11,8 @@ document allows is one the server accepts and the reverse; tests/api/test_openap
 holds them together with schemathesis. Rules between fields are conditions (`if`/`then`)
 where JSON Schema can state them (lazy_load without boot, port_param with port_range) and
 words in the field's description where it cannot (a port range's end not below its start:
-JSON Schema does not compare two values). Security is declared when an API key is set.
+JSON Schema does not compare two values). Security is declared when an API key is set;
+every operation names the access level it needs (`x-pmd-level`, from access.py's table).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from .. import __version__
+from ..model.access import Level
 from ..model.expand import USER_REFERENCES, references_pattern
 from ..model.spec import READINESS_SOURCES, USER_RE
 from ..model.webhook_rules import HEADER_VALUE_MAX, RESERVED_HEADERS
-from .auth import is_public
+from .access import ROUTE_LEVELS, route_key
 from .context import PmdApp, app_of
 from .process_requests import PORT_TEXT
 
@@ -232,6 +234,14 @@ BETWEEN_FIELDS: dict[str, str] = {
     "depends_on": "other programs' names (not its own), each with the condition it waits "
                   "for",
 }
+#: A quick-start creates and starts in one request: what must hold on this system for
+#: its command to run at all (Supervisor.check_runnable), in words.
+RUNNABLE: dict[str, str] = {
+    "command": "its first word names an executable file: a path, or a name found on the "
+               "program's PATH (its environment's, else pmd's)",
+    "directory": "an existing directory (the user's home when left out)",
+    "terminal_shell": "a shell found on the program's PATH",
+}
 #: An edit may leave these out, but not set them to null.
 NOT_NULL_IN_EDIT = ("name", "command", "user")
 #: More accounts than this and `user` is documented by its pattern alone.
@@ -287,6 +297,8 @@ def _refine(components: dict[str, Any], accounts: list[str], log_roots: list[str
                             branch[key] = value
             if name in BETWEEN_FIELDS:
                 prop["description"] = BETWEEN_FIELDS[name]
+            if model == "QuickStartRequest" and name in RUNNABLE:
+                prop["description"] = RUNNABLE[name]
         if "depends_on" in props:  # a list of names is taken too (spec.depends_mapping)
             prop = props["depends_on"]
             alternatives = prop.pop("anyOf", None) or [
@@ -361,7 +373,7 @@ def build(app: PmdApp) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     components: dict[str, Any] = {"ErrorResponse": ERROR_SCHEMA}
     # Without a key nothing asks for one; with one, the Unix socket still does not.
-    secured = app.ctx.settings.api_key is not None
+    secured = app.ctx.access.auth_on(app.ctx.access.identities())
     for route in sorted(app.router.routes, key=lambda r: r.path):
         raw = "/" + route.path.lstrip("/")
         path = PARAM.sub(lambda m: "{" + m.group(1) + "}", raw)
@@ -398,7 +410,10 @@ def build(app: PmdApp) -> dict[str, Any]:
                 op["parameters"].append(extra)
             if "responses" in info:  # in place of the 200; errors stay documented
                 op["responses"] = {**info["responses"], "default": op["responses"]["default"]}
-            if secured and not is_public(raw):
+            level = ROUTE_LEVELS[route_key(method, route.uri)]
+            op["x-pmd-level"] = level.label
+            op["description"] = f"Access level: {level.label} (docs/access.md)."
+            if secured and level > Level.OPEN:
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(path, {})[method.lower()] = op
     settings = app.ctx.settings

@@ -1,15 +1,15 @@
 """`/livez`, `/readyz` and `/startupz` on the API's listeners (verdicts.py has their
 meanings; the probe port serves the same three from a thread of its own). Public: an
 orchestrator's probes carry no key. Names of programs only to a caller who may see them
-(it has the key, or none is set, or it came over the Unix socket) and asks with
-`?verbose`."""
+(the read level, access.py) and asks with `?verbose`."""
 
 from __future__ import annotations
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from . import auth
+from ..model.access import Level
+from . import access
 from .context import context
 from .openapi import doc
 
@@ -18,7 +18,7 @@ bp = Blueprint("probes")
 _VERBOSE = [{"name": "verbose", "in": "query", "required": False,
              "schema": {"type": "string"},
              "description": "present (any value): the programs' names and reasons too, for "
-                            "a caller with the key or on the Unix socket"}]
+                            "a caller with the read level"}]
 
 
 def _answers(verdict: str, meaning: str) -> dict[str, object]:
@@ -30,7 +30,7 @@ def _answers(verdict: str, meaning: str) -> dict[str, object]:
 
 def _respond(request: Request) -> HTTPResponse:
     ctx = context(request)
-    names = auth.authenticated(request, ctx.settings.api_key)
+    names = access.caller_of(request).level >= Level.READ
     verbose = "verbose" in request.get_args(keep_blank_values=True)  # `?verbose` alone
     status, body = ctx.init.verdicts.answer(request.path, verbose=verbose, names=names)
     return json(body, status=status, headers={"Cache-Control": "no-store"})

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client.process_collector import ProcessCollector
 
@@ -92,8 +92,10 @@ def render(families: Iterable[Family], openmetrics: bool) -> bytes:
 class PmdCollector:
     """The families of one init's programs and of pmd itself, read afresh at each call."""
 
-    def __init__(self, init: Owner) -> None:
+    def __init__(self, init: Owner, auth_failures: Mapping[str, int] | None = None) -> None:
         self.init = init
+        #: access.py's refusals by reason, kept by the app's AccessControl.
+        self.auth_failures = auth_failures
         # prometheus_client's reader of /proc/self: the process_* every client reports.
         self.process = ProcessCollector(registry=None)
 
@@ -194,6 +196,13 @@ class PmdCollector:
         programs = Family("pmd_programs", "gauge", "Configured programs")
         programs.add("", len(sup.programs))
         yield programs
+        if self.auth_failures is not None:
+            refused = Family("pmd_api_auth_failures", "counter",
+                             "API requests refused by access control, by reason: missing or "
+                             "invalid key (401), forbidden (403), blocked (429)")
+            for reason, times in self.auth_failures.items():
+                refused.add(f'reason="{label_value(reason)}"', times)
+            yield refused
         yield from self._process()
 
     def _process(self) -> Iterator[Family]:

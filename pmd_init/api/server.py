@@ -22,11 +22,12 @@ from sanic.http.constants import Stage
 from sanic.response import HTTPResponse, json
 
 from .. import __version__
-from . import auth, errors
+from ..model.access import Level
+from . import access, errors
 from .context import AppContext, Owner, PmdApp
-from .errors import error_response
 from .listeners import BACKLOG, Listener, open_listeners, set_inheritable
 from .openapi import doc
+from .tls import ServerTls, TlsError
 from .viewcache import ViewCache
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pmd.api")
 
+#: The Unix socket's mode without identities for local users, and with them.
+SOCKET_PRIVATE, SOCKET_SHARED = 0o600, 0o666
 BODY_LIMIT = 1 << 20  # 1 MB JSON bodies (daemon-api-extras.md)
 #: Before a re-exec, how long accepted requests may take to finish...
 DRAIN_SECONDS = 1.0
@@ -46,8 +49,11 @@ def _dumps(value: Any) -> str:
 
 
 def create_app(init: Owner, name: str = "pmd") -> PmdApp:
+    settings = init.settings
+    control = access.AccessControl(lambda: init.identities, settings.api_key,
+                                   client_certs=settings.tls_client_ca is not None)
     ctx = AppContext(init=init, supervisor=init.supervisor, service=init.service,
-                     settings=init.settings, views=ViewCache(init.supervisor))
+                     settings=settings, views=ViewCache(init.supervisor), access=control)
     app: PmdApp = Sanic(name, ctx=ctx, dumps=_dumps, loads=orjson.loads,
                         configure_logging=False)
     app.config.MOTD = False
@@ -60,20 +66,7 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     app.config.ACCESS_LOG = False
     errors.install(app)
 
-    async def authenticate(request: Request) -> HTTPResponse | None:
-        refused = auth.admin_refusal(request, init.settings.api_key)
-        if refused is not None:
-            return error_response(403, "FORBIDDEN", refused)
-        reason = auth.check(request, init.settings.api_key)
-        if reason is not None:
-            # The PM2-compatible family has its document's codes: PERMISSION_DENIED.
-            code = "UNAUTHORIZED" if request.path.startswith("/api/v1/") else \
-                "PERMISSION_DENIED"
-            return error_response(401, code, reason,
-                                  headers={"WWW-Authenticate": 'Bearer realm="pmd"'})
-        return None
-
-    app.middleware(authenticate, "request", priority=100)
+    access.install(app, control)
     from . import cors, ratelimit
 
     cors.install(app, init.settings.cors_origins)
@@ -90,6 +83,10 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     app.blueprint(metrics.bp)
     app.blueprint(ui.bp)
     app.blueprint(probes.bp)
+    from . import signals
+
+    app.blueprint(signals.bp)
+    access.check_table(app)
     return app
 
 
@@ -127,23 +124,43 @@ def register_core_routes(app: PmdApp) -> None:
                 "problems": init.supervisor.log_target_problems},
             "hooks": init.supervisor.hooks.counters(),
             "storage": init.supervisor.storage.view(),
+            "identities": {"count": len(init.identities.entries),
+                           "problem": init.identities_problem},
             "shutdown": init.shutdown_plan().as_dict(),
             # /ready's verdict, always with a 200 here: a page that shows it must not
             # log a failed request whenever the container is not ready
             "readiness": init.verdicts.readyz(
-                names=auth.authenticated(request, init.settings.api_key))[1],
+                names=access.caller_of(request).level >= Level.READ)[1],
         })
 
     @app.get("/api/v1/daemon/ready")
     @doc("The container's readiness, for orchestrators: 200 when every enabled boot "
          "program is in its ready condition, else 503",
-         response="ready; a 503 has the same shape with ready: false. Without the key "
-                  "(when one is set) only the verdict and the counts")
+         response="ready; a 503 has the same shape with ready: false. A caller below "
+                  "the read level gets only the verdict and the counts")
     async def ready(request: Request) -> HTTPResponse:
-        # /readyz's verdict (verdicts.py), names whenever the caller may see them.
+        # /readyz's verdict (verdicts.py), names whenever the caller may read them.
         status, view = init.verdicts.readyz(
-            names=auth.authenticated(request, init.settings.api_key))
+            names=access.caller_of(request).level >= Level.READ)
         return json(view, status=status)
+
+    @app.get("/api/v1/daemon/whoami")
+    @doc("Who pmd takes the caller for (an identity, a local user, the admin key, or "
+         "anonymous), its level and the levels it includes",
+         response="`{identity, kind, level, levels, transport, uid?, gid?, key?}`")
+    async def whoami(request: Request) -> HTTPResponse:
+        caller = access.caller_of(request)
+        peer = access.peer_of(request)
+        view: dict[str, Any] = {
+            "identity": caller.identity, "kind": caller.kind, "level": caller.level.label,
+            "levels": [lv.label for lv in Level if lv <= caller.level],
+            "transport": peer.transport,
+        }
+        if peer.uid is not None:
+            view.update(uid=peer.uid, gid=peer.gid)
+        if caller.failure is not None:
+            view["key"] = caller.failure  # "invalid" or "blocked"
+        return json(view)
 
     @app.post("/api/v1/daemon/reexec")
     async def reexec(request: Request) -> HTTPResponse:
@@ -182,12 +199,24 @@ class ApiServer:
         self.listeners: list[Listener] = []
         self.tcp_address: tuple[str, int] | None = None
         self._handed_over = list(handed_over)
+        self.tls: ServerTls | None = None
 
     async def start(self) -> None:
         s = self.settings
         self.listeners = open_listeners(s, self._handed_over)
         kept = sum(1 for x in self.listeners if x in self._handed_over)
         self._handed_over = []
+        if s.tls_cert is not None:
+            try:
+                self.tls = ServerTls(s.tls_cert, s.tls_key, s.tls_client_ca)
+            except TlsError as exc:
+                # A fresh start checked the files already (pid1); they broke since, and a
+                # re-exec must not end the container: no TCP rather than TCP without TLS.
+                log.error("%s: the TCP API is off", exc)
+                for listener in [x for x in self.listeners if x.kind == "tcp"]:
+                    listener.sock.close()
+                    self.listeners.remove(listener)
+        self._apply_socket_mode()
         if not self.listeners:  # --port -1 and --socket ''
             return
         for listener in self.listeners:
@@ -199,7 +228,8 @@ class ApiServer:
         for server in self.servers:
             await server.start_serving()
         await self.servers[0].after_start()
-        where = [f"http://{a[0]}:{a[1]}" for a in [self.tcp_address] if a]
+        scheme = "https" if self.tls is not None else "http"
+        where = [f"{scheme}://{a[0]}:{a[1]}" for a in [self.tcp_address] if a]
         if s.socket is not None:
             where.append(f"unix:{s.socket}")
         log.info("API on %s%s", ", ".join(where),
@@ -210,13 +240,34 @@ class ApiServer:
         from .ws import Protocol  # /ws's handshake (create_app imports its routes likewise)
 
         for listener in self.listeners:
+            tls = self.tls.context if self.tls is not None and listener.kind == "tcp" else None
             server = await self.app.create_server(
                 sock=listener.sock.dup(), backlog=BACKLOG, return_asyncio_server=True,
+                ssl=tls,
                 protocol=Protocol,
                 asyncio_server_kwargs={"start_serving": False},
             )
             assert server is not None  # create_server already awaited it: .server is bound
             self.servers.append(server)
+
+    def reload_access(self) -> None:
+        """SIGHUP: the socket's mode follows the identities just read; TLS re-reads its
+        files for the next handshakes."""
+        self._apply_socket_mode()
+        if self.tls is not None:
+            self.tls.reload()
+
+    def _apply_socket_mode(self) -> None:
+        """0600 (root and pmd's own user) until identities let other local users in: then
+        0666, and each caller's uid (SO_PEERCRED) decides what it may do."""
+        path = self.settings.socket
+        if path is None or not any(x.kind == "unix" for x in self.listeners):
+            return
+        mode = SOCKET_SHARED if self.init.identities.local_access else SOCKET_PRIVATE
+        try:
+            os.chmod(path, mode)
+        except OSError as exc:
+            log.error("cannot set the mode of %s to %o: %s", path, mode, exc)
 
     def _write_port_file(self) -> None:
         """The bound address, for tests and tools that start pmd on port 0."""

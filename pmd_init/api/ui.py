@@ -6,9 +6,11 @@ this server. It reads what every client reads (the Daemon API's status, programs
 stream, health and readiness, and /ws) and acts through the same routes, so it holds no
 state of its own in pmd and needs no route of its own beyond its files.
 
-The page and its files are public: they carry no data. The data is behind the API key,
-which the page asks for when this server needs one from this client (a `pmd-auth` meta
-tag: "key" over TCP with a key set, "none" without a key or over the Unix socket). The
+The page and its files are public: they carry no data. The data needs the read level
+(access.py), and the page asks for a key when this client's connection does not already
+give it that level (a `pmd-auth` meta tag: "key", or "none" when no key or identity is
+configured, over the Unix socket as a local user of read or above, or with a client
+certificate of read or above). The
 page keeps the key in sessionStorage and sends it as a header; on /ws, where a browser
 cannot set headers, as a WebSocket subprotocol (auth.py), never in a URL.
 """
@@ -20,7 +22,8 @@ from importlib import resources
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from . import auth
+from ..model.access import Level
+from . import access
 from .context import context
 from .errors import ApiError
 from .openapi import doc
@@ -68,8 +71,8 @@ def _file(request: Request, name: str) -> bytes:
 @doc("The dashboard: a page that shows every program live and acts on them (docs/ui.md)",
      response="the page", content_type="text/html")
 async def page(request: Request) -> HTTPResponse:
-    ctx = context(request)
-    needs_key = not auth.authenticated_without_key(request, ctx.settings.api_key)
+    # a caller whose connection (or a key it sent) already gives it the read level
+    needs_key = access.caller_of(request).level < Level.READ
     body = _file(request, "index.html").replace(AUTH_MARK, b"key" if needs_key else b"none")
     return HTTPResponse(body, content_type="text/html; charset=utf-8", headers=HEADERS)
 

@@ -43,7 +43,7 @@ class Verdicts:
 
     def answer(self, path: str, *, verbose: bool, names: bool) -> tuple[int, dict[str, Any]]:
         """The answer to GET `path` (one of PATHS): status and body. `names`: the caller
-        may see program names (it has the key, or none is set, or it is on the socket);
+        may see program names (it has the read level, access.py);
         they are given only when it also asks with `?verbose`."""
         if path == "/livez":
             return self.livez()

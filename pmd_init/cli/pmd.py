@@ -2,10 +2,12 @@
 gives operators).
 
 It talks to pmd over its Unix socket by default (PMD_SOCKET, default /run/pmd/pmd.sock;
-trusted, so no key is needed), or over HTTP with --url (PMD_URL) and --api-key
-(PMD_API_KEY). Output is a human table by default and the API's JSON with --json. Any
-failure prints one line on stderr and exits non-zero; `pmd status` exits 0 exactly when
-pmd answers, which is what a Docker HEALTHCHECK needs; `pmd ready` exits 0 exactly when
+no key needed: pmd knows the caller by its uid), or over HTTP with --url (PMD_URL) and
+--api-key (PMD_API_KEY), over HTTPS with --cacert, and --cert/--key for a client
+certificate. `pmd whoami` says who pmd takes the caller for and what it may run.
+Output is a human table by default and the API's JSON with --json. Any failure prints
+one line on stderr and exits non-zero; `pmd status` exits 0 exactly when pmd answers,
+which is what a Docker HEALTHCHECK needs; `pmd ready` exits 0 exactly when
 every enabled boot program is ready (GET /api/v1/daemon/ready), 1 otherwise. `pmd livez`,
 `pmd readyz` and `pmd startupz` are the orchestrator's probes (GET /livez, /readyz,
 /startupz) for exec probes and a HEALTHCHECK: 0 on a 200, 1 otherwise, within 2 s.
@@ -21,7 +23,9 @@ import http.client
 import json
 import os
 import shlex
+import signal
 import socket
+import ssl
 import sys
 import time
 import urllib.parse
@@ -55,11 +59,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 class Client:
     def __init__(self, url: str | None, socket_path: str, api_key: str | None,
-                 timeout: float = TIMEOUT) -> None:
+                 timeout: float = TIMEOUT, tls: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/") if url else None
         self.socket_path = socket_path
         self.api_key = api_key
         self.timeout = timeout
+        self.tls = tls
 
     @property
     def where(self) -> str:
@@ -72,9 +77,11 @@ class Client:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise CliError(f"--url must be http://HOST:PORT or https://HOST:PORT, "
                            f"not {self.url!r}")
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else \
-            http.client.HTTPConnection
-        return cls(parts.netloc, timeout=self.timeout), parts.path.rstrip("/")
+        prefix = parts.path.rstrip("/")
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(parts.netloc, timeout=self.timeout,
+                                               context=self.tls), prefix
+        return http.client.HTTPConnection(parts.netloc, timeout=self.timeout), prefix
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              query: dict[str, Any] | None = None) -> Any:
@@ -411,6 +418,82 @@ def cmd_quick_start(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+#: The level each command needs (the server's table is api/access.py; this one only
+#: decides what `pmd whoami` lists).
+COMMAND_LEVELS = {
+    "status": "read", "ready": "open", "livez": "open", "readyz": "open",
+    "startupz": "open", "whoami": "open", "list": "read", "show": "read",
+    "logs": "read", "system": "read", "stop": "operate", "restart": "operate",
+    "reload": "operate", "signal": "operate", "start": "admin", "delete": "admin",
+    "quick-start": "admin", "reexec": "admin",
+}
+
+
+def print_whoami(data: dict[str, Any]) -> None:
+    who = data.get("identity") or {"admin-key": "the admin key", "open": "anyone (no "
+                                   "authentication configured)", "anonymous": "anonymous"
+                                   }.get(str(data.get("kind")), str(data.get("kind")))
+    where = f"uid {data['uid']} on the socket" if "uid" in data else data.get("transport")
+    print(f"{who} ({data.get('kind')}, {where}): level {data.get('level')}")
+    if data.get("key"):
+        print(f"the API key given is {data['key']}")
+    levels = set(data.get("levels") or [])
+    allowed = [name for name, level in COMMAND_LEVELS.items() if level in levels]
+    print("may run: " + (" ".join(allowed) or "nothing"))
+
+
+def cmd_whoami(client: Client, args: argparse.Namespace) -> int:
+    emit(args, client.call("GET", "/api/v1/daemon/whoami"), print_whoami)
+    return 0
+
+
+def signal_name(text: str) -> str:
+    """USR1, SIGUSR1, usr1 or 10 as the API's name, USR1 (unknown names are the
+    server's 400)."""
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text)).name.removeprefix("SIG")
+        except ValueError:
+            raise CliError(f"no signal numbered {text}") from None
+    return text.upper().removeprefix("SIG")
+
+
+def cmd_signal(client: Client, args: argparse.Namespace) -> int:
+    body = {"signal": signal_name(args.signal), "main_pid": args.main_pid}
+    data = client.call("POST", f"/api/processes/{quoted(args.id)}/signal", body=body)
+    emit(args, data, lambda d: print(", ".join(
+        f"{d['signal_name']} sent to {i['instance_name']} (pid {i['pid']})"
+        for i in d["signalled"]) or "no process signalled"))
+    return 0
+
+
+def cmd_key_hash(client: Client, args: argparse.Namespace) -> int:
+    """What identities.json stores of a key (its SHA-256); --new makes a key first."""
+    import hashlib
+    import secrets
+
+    if args.new:
+        key = secrets.token_urlsafe(32)
+        print(f"key:        {key}")
+        print(f"key_sha256: {hashlib.sha256(key.encode()).hexdigest()}")
+        return 0
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise CliError("key-hash reads the key from stdin (or makes one with --new)")
+    print(hashlib.sha256(key.encode()).hexdigest())
+    return 0
+
+
+def tls_context(cacert: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=cacert)
+        if cert:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"TLS files: {getattr(exc, 'strerror', None) or exc}") from None
+    return context
+
+
 # ---- arguments -------------------------------------------------------------------------
 
 def cmd_import(client: Client, args: argparse.Namespace) -> int:
@@ -447,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the Unix socket")
     common.add_argument("--api-key", default=argparse.SUPPRESS,
                         help="API key for --url (or PMD_API_KEY)")
+    common.add_argument("--cacert", default=argparse.SUPPRESS,
+                        help="CA file that signed pmd's TLS certificate (or PMD_CACERT)")
+    common.add_argument("--cert", default=argparse.SUPPRESS,
+                        help="client certificate for an https --url (or PMD_CERT)")
+    common.add_argument("--key", default=argparse.SUPPRESS,
+                        help="its private key (or PMD_KEY; default: in --cert's file)")
     common.add_argument("--socket", default=argparse.SUPPRESS,
                         help=f"Unix socket (or PMD_SOCKET; default {DEFAULT_SOCKET})")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
@@ -515,6 +604,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list the programs that are not there yet")
         p.set_defaults(default_timeout=PROBE_TIMEOUT)
     add("reexec", cmd_reexec, "re-execute pmd in place; programs keep running")
+    add("whoami", cmd_whoami, "show who pmd takes you for, your level and what you may run")
+    p = add("signal", cmd_signal, "send a signal to a process's group (e.g. signal USR1 web)")
+    p.add_argument("signal", help="USR1, SIGUSR1, HUP, 10, ...")
+    p.add_argument("id", help="id, name or quick-start id")
+    p.add_argument("--main-pid", action="store_true",
+                   help="only the main process, not its whole process group")
+    p = add("key-hash", cmd_key_hash, "print the SHA-256 of a key read from stdin, as "
+            "identities.json stores it")
+    p.add_argument("--new", action="store_true", help="make a random key and print both")
     p = add("quick-start", cmd_quick_start, "run a temporary program (not saved)")
     p.add_argument("command", help="the command line")
     p.add_argument("--name", help="program name")
@@ -577,9 +675,13 @@ def main(argv: list[str] | None = None) -> None:
     api_key = getattr(args, "api_key", None) or os.environ.get("PMD_API_KEY") or None
     socket_path = getattr(args, "socket", None) or os.environ.get("PMD_SOCKET") \
         or DEFAULT_SOCKET
-    client = Client(url, socket_path, api_key,
-                    getattr(args, "timeout", getattr(args, "default_timeout", TIMEOUT)))
     try:
+        tls = None
+        if url and url.startswith("https:"):
+            tls = tls_context(*(getattr(args, name, None) or os.environ.get(f"PMD_{name.upper()}")
+                                or None for name in ("cacert", "cert", "key")))
+        client = Client(url, socket_path, api_key, getattr(
+            args, "timeout", getattr(args, "default_timeout", TIMEOUT)), tls)
         code = args.func(client, args)
     except CliError as exc:
         print(f"pmd: {exc}", file=sys.stderr)

@@ -94,7 +94,7 @@ def parse_tini(args: list[str], prog: str) -> Settings:
     try:
         opts, command = getopt.getopt(args, "p:hvwgle:R:s")
     except getopt.GetoptError as exc:
-        print(f"{prog}: {exc.msg}", file=sys.stderr)
+        print(f"{prog}: {_getopt_message(exc)}", file=sys.stderr)
         _fail(TINI_HELP.format(prog=prog, version=__version__), 1, end="")
     verbosity = _int_env("TINI_VERBOSITY", 1)
     group = bool(os.environ.get("TINI_KILL_PROCESS_GROUP"))
@@ -130,9 +130,10 @@ def parse_tini(args: list[str], prog: str) -> Settings:
         _fail(TINI_HELP.format(prog=prog, version=__version__), 1, end="")
     level = "ERROR" if verbosity <= 0 else "WARNING" if verbosity == 1 else \
         "INFO" if verbosity == 2 else "DEBUG"
-    return _compat_settings(
+    settings = _compat_settings(
         "tini", command, single_child=not group, rewrite={}, job_control=False,
         remap=remap, pdeathsig=pdeathsig, log_level=level, warn_reap=warn)
+    return dataclasses.replace(settings, keep_mask=True)
 
 
 # ---- dumb-init -----------------------------------------------------------------------
@@ -143,7 +144,7 @@ def parse_dumb_init(args: list[str], prog: str) -> Settings:
         opts, command = getopt.getopt(
             args, "hvVcr:", ["help", "single-child", "rewrite=", "verbose", "version"])
     except getopt.GetoptError as exc:
-        _fail(f"{prog}: {exc.msg}", 1)
+        _fail(f"{prog}: {_getopt_message(exc)}", 1)
     single = os.environ.get("DUMB_INIT_SETSID") == "0"
     debug = os.environ.get("DUMB_INIT_DEBUG") == "1"
     rewrite: dict[int, int] = {}
@@ -157,26 +158,26 @@ def parse_dumb_init(args: list[str], prog: str) -> Settings:
         elif flag in ("-c", "--single-child"):
             single = True
         elif flag in ("-r", "--rewrite"):
-            rewrite.update(_dumb_rewrite(value, prog))
-    if not command:
-        _fail(f"Usage: {prog} [option] command [[arg] ...]\n"
-              f"{prog} --help shows every option.", 1)
+            rewrite.update(_dumb_rewrite(value))
+    if not command:  # dumb-init's own two lines
+        _fail(f"Usage: {prog} [option] program [args]\nTry {prog} --help for full usage.", 1)
     return _compat_settings(
         "dumb-init", command, single_child=single,
         rewrite=job_control_rewrites(rewrite, single), job_control=True, remap={},
         pdeathsig=None, log_level="DEBUG" if debug else None, warn_reap=False)
 
 
-def _dumb_rewrite(value: str, prog: str) -> dict[int, int]:
+def _dumb_rewrite(value: str) -> dict[int, int]:
     src, sep, dst = value.partition(":")
     try:
         if not sep:
             raise ValueError(value)
         source = parse_signal(src)
         target = 0 if dst.strip() == "0" else parse_signal(dst)
-    except ValueError:
-        _fail(f"{prog}: -r takes SIGNAL:SIGNAL (numbers or names; 0 on the right drops "
-              f"the signal), not {value!r}. Repeat -r for more rewrites.", 1)
+    except ValueError:  # dumb-init's own lines (pmd also takes names and RT signals)
+        _fail("Usage: -r option takes <signum>:<signum>, where <signum> is between 1 and "
+              "31.\nThis option can be specified multiple times.\n"
+              "Use --help for full usage.", 1)
     return {source: target}
 
 
@@ -203,6 +204,17 @@ def _compat_settings(compat: str, command: list[str], *, single_child: bool,
         job_control=job_control, remap_exit={**base.remap_exit, **remap},
         pdeathsig=pdeathsig, log_level=log_level or env_log_level(), warn_reap=warn_reap,
         compat=compat)
+
+
+def _getopt_message(exc: getopt.GetoptError) -> str:
+    """The C library's getopt wording, which both originals print."""
+    if exc.msg.endswith("not recognized"):
+        return (f"unrecognized option '--{exc.opt}'" if len(exc.opt) > 1
+                else f"invalid option -- '{exc.opt}'")
+    if exc.msg.endswith("requires argument"):
+        return (f"option '--{exc.opt}' requires an argument" if len(exc.opt) > 1
+                else f"option requires an argument -- '{exc.opt}'")
+    return exc.msg
 
 
 def _int_env(name: str, default: int) -> int:

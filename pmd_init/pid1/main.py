@@ -43,8 +43,11 @@ def program_base_env(environ: dict[str, str]) -> dict[str, str]:
 
 
 class Init:
-    def __init__(self, settings: Settings, base_env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, base_env: dict[str, str] | None = None,
+                 inherited_mask: frozenset[int] = frozenset()) -> None:
         self.settings = settings
+        #: The signal mask pmd's caller gave it, reset at once (see main()).
+        self.inherited_mask = inherited_mask
         #: Taken before pmd adds anything of its own to os.environ (see main()).
         self.base_env = program_base_env(dict(os.environ) if base_env is None else base_env)
         self.started_at = time.time()
@@ -57,6 +60,7 @@ class Init:
         self._shutting_down = False
         self._force = False
         self.api: Any = None
+        self.identity_store: Any = None
         self.supervisor: Any = None
         self.service: Any = None
         #: /livez, /readyz, /startupz, for the API and the probe port alike.
@@ -66,6 +70,19 @@ class Init:
         #: shutdown_delay while that runs.
         self._term_at: float | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def identities(self) -> Any:
+        """The identities in force (identities.json), for the API's access checks."""
+        if self.identity_store is not None:
+            return self.identity_store.current
+        from ..model.access import Identities
+
+        return Identities()
+
+    @property
+    def identities_problem(self) -> str | None:
+        return self.identity_store.problem if self.identity_store is not None else None
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -84,7 +101,8 @@ class Init:
         if s.command:
             self.main = MainCommand(s.command, self.base_env, single_child=s.single_child,
                                     rewrite=s.rewrite, job_control=s.job_control,
-                                    ignored=ignored)
+                                    ignored=ignored,
+                                    mask=self.inherited_mask if s.keep_mask else ())
         if not s.programs:
             return await self._run_bare()
         for folder, what in ((s.state_dir, "state dir (--state-dir)"),
@@ -92,9 +110,12 @@ class Init:
             _prepare_folder(folder, what)
 
         from ..service import Service
+        from ..store.identities import IdentityStore
         from ..store.programs import ProgramStore
         from ..supervisor.supervisor import Supervisor
 
+        self.identity_store = IdentityStore(s.config_dir)
+        self.identity_store.load()
         store = ProgramStore(s.config_dir, s.state_dir)
         # Before anything writes: every write is synchronous, so a temp file now is one
         # that a killed pmd left behind, whatever pid it names (ours too, after a re-exec).
@@ -189,6 +210,10 @@ class Init:
         compatibility start, tini's or dumb-init's command line)."""
         if self.main is not None:
             self._spawn_main()
+        if self.settings.compat == "dumb-init":
+            # dumb-init's way: the command keeps the directory, the init lets go of it, so
+            # that it holds no mount busy. A bare start spawns nothing else that needs it.
+            os.chdir("/")
         self.reaper.reap()
         assert self._done is not None
         mode = await self._done
@@ -280,6 +305,7 @@ class Init:
 
         if self.supervisor is None:
             return
+        self._reload_access()
         try:
             specs = self.supervisor.store.reread()
         except (ConfigError, OSError) as exc:
@@ -301,6 +327,14 @@ class Init:
                      {k: v for k, v in report.items() if v and k != "kept"})
 
         self.service.apply_config(specs).add_done_callback(applied)
+
+    def _reload_access(self) -> None:
+        """identities.json and the TLS files, re-read; what does not load keeps the last
+        good one in force."""
+        if self.identity_store is not None:
+            self.identity_store.load()
+        if self.api is not None:
+            self.api.reload_access()
 
     def handle_sigusr1(self) -> None:
         """Reopen every log file (after an outside rotation)."""
@@ -720,14 +754,18 @@ def _report_exec_failure(settings: Settings, exc: Exception) -> None:
     reason = os.strerror(errno) if errno else str(exc)
     if settings.compat is None:
         log.error("main command: %s", exc)
+        return
+    # The originals' own lines, under pmd's name for the tool.
+    if settings.compat == "tini":
+        line = f"[FATAL pmd-tini ({os.getpid()})] exec {settings.command[0]} failed: {reason}"
     else:
-        print(f"[pmd-{settings.compat}] cannot run {settings.command[0]}: {reason}",
-              file=sys.stderr, flush=True)
+        line = f"[pmd-{settings.compat}] {settings.command[0]}: {reason}"
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     # First of all: a mask inherited from the caller would hold back TERM until it is reset.
-    signals.reset_mask()
+    inherited_mask = signals.reset_mask()
     args = sys.argv[1:] if argv is None else argv
     if args and (args[0] == "--compat" or args[0].startswith("--compat=")):
         from .compat import parse_compat
@@ -735,7 +773,22 @@ def main(argv: list[str] | None = None) -> None:
         settings = parse_compat(args)
     else:
         settings = parse_settings(args)
-    run(settings)
+        if settings.tls_cert is not None and not os.environ.get(REEXEC_ENV):
+            _check_tls(settings)
+    run(settings, inherited_mask)
+
+
+def _check_tls(settings: Settings) -> None:
+    """A TLS file that does not load stops a fresh start with one line, before any
+    program runs (after a re-exec the API goes on without TCP instead: see ApiServer)."""
+    from ..api.tls import TlsError, build_context
+
+    assert settings.tls_cert is not None
+    try:
+        build_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    except TlsError as exc:
+        print(f"pmd_init: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def tini() -> None:
@@ -748,7 +801,7 @@ def dumb_init() -> None:
     main(["--compat", "dumb-init", *sys.argv[1:]])
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, inherited_mask: frozenset[int] = frozenset()) -> None:
     _setup_logging(settings)
     base_env = dict(os.environ)
     # pydantic scans every installed distribution's entry points for plugins on the first
@@ -761,7 +814,7 @@ def run(settings: Settings) -> None:
         prctl.set_name("pmd_init")
     except (ImportError, OSError):
         pass
-    code = asyncio.run(Init(settings, base_env).run())
+    code = asyncio.run(Init(settings, base_env, inherited_mask).run())
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)

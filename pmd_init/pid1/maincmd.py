@@ -8,7 +8,8 @@ outlive it.
 
 Signal dispositions: the main command starts with the signals that pmd's caller ignored
 still ignored (what `nohup` users expect, and what tini does), every other signal at its
-default action, and an empty signal mask. Programs of programs.json get defaults for every
+default action, and an empty signal mask (dumb-init's way), or under pmd-tini the mask
+pmd's caller gave pmd (tini's way). Programs of programs.json get defaults for every
 signal: they are services, and a stop signal they cannot see would make them unstoppable.
 """
 
@@ -28,7 +29,7 @@ log = logging.getLogger("pmd")
 JOB_CONTROL = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
 
-def _prepare_child(ignored: frozenset[int]) -> Callable[[], None]:
+def _prepare_child(ignored: frozenset[int], mask: frozenset[int]) -> Callable[[], None]:
     """What runs in the child between fork and exec."""
 
     def prepare() -> None:
@@ -37,7 +38,7 @@ def _prepare_child(ignored: frozenset[int]) -> Callable[[], None]:
         _take_terminal(ignored)
         for signum in ignored:
             signal.signal(signum, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     return prepare
 
@@ -68,20 +69,21 @@ class MainCommand:
 
     def __init__(self, argv: list[str], env: dict[str, str], *, single_child: bool,
                  rewrite: dict[int, int], job_control: bool,
-                 ignored: Iterable[int] = ()) -> None:
+                 ignored: Iterable[int] = (), mask: Iterable[int] = ()) -> None:
         self.argv = argv
         self.env = env
         self.single_child = single_child
         self.rewrite = rewrite
         self.job_control = job_control
         self.ignored = frozenset(ignored)
+        self.mask = frozenset(mask)
         self.pid: int | None = None
 
     def spawn(self) -> int:
         """Start it; raises SpawnError when it cannot run (127 missing, 126 otherwise)."""
         popen = spawn(SpawnRequest(argv=self.argv, env=self.env, stdin_devnull=False,
                                    new_session=False,
-                                   preexec=_prepare_child(self.ignored)))
+                                   preexec=_prepare_child(self.ignored, self.mask)))
         self._popen = popen  # kept until the reaper has its status
         self.pid = popen.pid
         return popen.pid

@@ -102,7 +102,7 @@ class Reaper:
                     continue
                 self.orphans_reaped += 1
                 if self.warn_orphans:
-                    log.warning("reaped orphan pid %d (exit %d)", pid,
+                    log.warning("Reaped zombie process with pid=%d (exit %d)", pid,
                                 os.waitstatus_to_exitcode(status))
                 continue
             self.children_reaped += 1

@@ -29,10 +29,10 @@ HANDLED: tuple[int, ...] = tuple(sorted(
     int(s) for s in signal.valid_signals() - UNCATCHABLE - FAULTS - {signal.SIGPIPE}))
 
 
-def reset_mask() -> None:
+def reset_mask() -> frozenset[int]:
     """Unblock everything: a mask inherited from the caller would hold back TERM (and
-    would pass on to every child, which inherits pmd's mask)."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    would pass on to every child, which inherits pmd's mask). Returns that mask."""
+    return frozenset(int(s) for s in signal.pthread_sigmask(signal.SIG_SETMASK, []))
 
 
 def inherited_ignored() -> frozenset[int]:

@@ -240,6 +240,19 @@ class Service:
                              f"stop {program.name}")
         return was_running
 
+    def signal(self, program: Program, signum: int, port: int | None = None,
+               main_pid: bool = False) -> list[Instance]:
+        """Send `signum` to each running instance's process group (or its main pid only);
+        the instances signalled. Not running anywhere: Refused (NOT_RUNNING)."""
+        running = [i for i in self.supervisor.instances_for(program, port)
+                   if i.pid is not None]
+        if not running:
+            where = f"port {port} of '{program.name}'" if port is not None else \
+                f"'{program.name}'"
+            raise Refused(f"{where} is not running: no process to signal",
+                          code="NOT_RUNNING")
+        return [i for i in running if i.signal(signum, group=not main_pid)]
+
     async def stop_quick(self, program: Program) -> bool:
         """Stop a quick-start program; True when it had finished already."""
         if program.finished_at is not None:

@@ -47,11 +47,14 @@ class Records:
         self.pids_path = state_dir / "pids.json"
         self._storage = storage
 
-    def write_ephemeral(self, boot: dict[str, object], entries: list[EphemeralEntry]) -> None:
-        """Durable: a quick-start is answered only once this has returned. Raises
-        StorageError (the dir is full, read-only, ...) with the file as it was."""
+    def write_ephemeral(self, boot: dict[str, object], entries: list[EphemeralEntry],
+                        durable: bool = True) -> None:
+        """Durable by default: a quick-start is answered only once this has returned.
+        durable=False (a restart's new pid) is still atomic. Raises StorageError (the dir
+        is full, read-only, ...) with the file as it was."""
         self._storage.write_json(self.ephemeral_path,
-                                 {"version": FORMAT_VERSION, "boot": boot, "programs": entries})
+                                 {"version": FORMAT_VERSION, "boot": boot, "programs": entries},
+                                 durable=durable)
 
     def read_ephemeral(self) -> tuple[object, list[dict[str, Any]]] | None:
         """(boot, entries), or None when there is no file. Raises OSError or ValueError

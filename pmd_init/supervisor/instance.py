@@ -286,8 +286,12 @@ class Instance:
         if self.pid is not None:
             self.rt.killpg(self.pid, signal.SIGKILL)
 
-    def signal(self, signum: int) -> bool:
-        return self.pid is not None and self.rt.killpg(self.pid, signum)
+    def signal(self, signum: int, group: bool = True) -> bool:
+        """Send a signal to the process group (or the main pid alone); the state machine
+        learns what it did from the exit, if any, like any other exit."""
+        if self.pid is None:
+            return False
+        return self.rt.killpg(self.pid, signum) if group else self.rt.kill(self.pid, signum)
 
     # ---- transitions driven by the OS ----------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..logs.capture import READ_SIZE, ByteCount, Capture, Forwarder, LineStyle, LogFile
 from ..logs.times import SavedTimes
 from .events import Event
-from .spawn import SpawnRequest, killpg, spawn
+from .spawn import SpawnRequest, kill, killpg, spawn
 
 if TYPE_CHECKING:
     from ..logs.shipping import Shippers, Tap
@@ -171,6 +171,7 @@ class Runtime:
     clock: Clock = field(default_factory=SystemClock)
     spawn: Callable[[SpawnRequest], Child] = spawn
     killpg: Callable[[int, int], bool] = killpg
+    kill: Callable[[int, int], bool] = kill
     base_env: Mapping[str, str] = field(default_factory=dict)
     forwarders: tuple[Forwarder | None, Forwarder | None] = (None, None)
     #: PMD_LOG_FORWARD: how programs without a `log_forward` of their own forward

@@ -24,7 +24,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from errno import ENOENT
+from errno import EACCES, ENOENT, ENOTDIR
 from typing import Any
 
 SHELL_PATHS = {"bash": "bash", "zsh": "zsh", "fish": "fish", "sh": "sh", "tmux": "bash"}
@@ -177,6 +177,31 @@ def place_fd(source: int, target: int) -> tuple[int | None, Callable[[], None] |
     return None, move
 
 
+def cannot_run(argv0: str, env: Mapping[str, str], cwd: str | None
+               ) -> tuple[str, SpawnError] | None:
+    """Why an exec of `argv0` would fail before any process exists, found the way Popen
+    finds it (a name with a slash from `cwd`, a bare name along the environment's PATH):
+    ("directory" or "command", the error), or None when it would run. A check before
+    the spawn, for requests that create and start in one step; the spawn itself still
+    reports what changes in between."""
+    if cwd is not None and not os.path.isdir(cwd):
+        number = ENOENT if not os.path.exists(cwd) else ENOTDIR
+        what = "does not exist" if number == ENOENT else "is not a directory"
+        return "directory", SpawnError(f"directory '{cwd}' {what}", number)
+    if "/" in argv0:
+        candidates = [argv0]
+    else:
+        candidates = [os.path.join(folder, argv0) for folder in os.get_exec_path(dict(env))]
+    found = [c for c in candidates
+             if os.path.isfile(os.path.join(cwd, c) if cwd and not os.path.isabs(c) else c)]
+    if not found:
+        return "command", SpawnError(f"command not found: {argv0}", ENOENT)
+    if not any(os.access(os.path.join(cwd, c) if cwd and not os.path.isabs(c) else c,
+                         os.X_OK) for c in found):
+        return "command", SpawnError(f"permission denied: {found[0]}", EACCES)
+    return None
+
+
 def program_env(
     base: Mapping[str, str],
     account: Account | None,
@@ -199,6 +224,15 @@ def describe_exit(status: int) -> int:
     """waitpid status to a shell-style code: the exit code, or 128+N for signal N."""
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def kill(pid: int, signum: int) -> bool:
+    """Signal one process (a program's main pid alone); False if gone."""
+    try:
+        os.kill(pid, signum)
+        return True
+    except OSError:
+        return False
 
 
 def killpg(pid: int, signum: int) -> bool:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter, ValidationError
 
 from ..model.budget import share
-from ..model.expand import ExpansionError, expand
+from ..model.expand import EXPANDED_FIELDS, ExpansionError, expand
 from ..model.graph import GraphError, Unmet, check_graph, dependents_of, stop_waves
 from ..model.hooks import HookSpec
 from ..model.spec import ProgramSpec
@@ -43,6 +43,7 @@ from .errors import (
     Waiting,
 )
 from .events import Event, EventBus, ReadyEvent, StateEvent
+from .expansion import expand_spec
 from .health import HealthMonitor
 from .hooks import HookRunner
 from .instance import Instance
@@ -53,6 +54,7 @@ from .program import Program
 from .readiness import Readiness
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
+from .spawn import SpawnError, build_argv, cannot_run, program_env, resolve_account
 from .startup import not_started
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
@@ -132,6 +134,7 @@ class Supervisor:
         self._purge_timers: dict[str, asyncio.TimerHandle] = {}
         self.started_at = time.time()
         self._pids_timer: asyncio.TimerHandle | None = None
+        self._ephemeral_timer: asyncio.TimerHandle | None = None
         self.events.subscribe(self._pids_changed)
         self.events.subscribe(self._follow)
         # The watchers subscribe to the events themselves; shutdown closes each of them.
@@ -341,6 +344,38 @@ class Supervisor:
             if os.path.islink(path) or os.path.isdir(path):
                 raise Invalid(f"{field}: {value} is a symlink or a folder", field=field)
 
+    def check_runnable(self, spec: ProgramSpec) -> None:
+        """A quick-start creates and starts in one request, so a command that cannot run
+        at all (no such file on the program's PATH, not executable, no such directory) is
+        the request's fault: refused as a 400 naming the field, before anything exists,
+        as supervisord's startProcess refuses NO_FILE and NOT_EXECUTABLE before spawning
+        (docs/daemon-api.md). A persistent program may name a command that is installed
+        later: its start reports the spawn error instead."""
+        try:
+            # as the start will see them: ${VAR}s expanded, env files read
+            fields = expand_spec(spec, self.runtime.base_env)
+        except SpawnError as exc:
+            word = str(exc).split(":", 1)[0].split(" ", 1)[0].split(".", 1)[0]
+            raise Invalid(str(exc), field=word if word in EXPANDED_FIELDS + (
+                "env_file", "environment") else "command",
+                details={"spawn_error": str(exc)}) from None
+        try:
+            account = resolve_account(fields.user)
+            argv = build_argv(fields.command, spec.terminal_shell)
+        except SpawnError as exc:
+            raise Invalid(str(exc), field="command") from None
+        env = program_env(self.runtime.base_env, account, fields.environment, spec.display,
+                          None)
+        cwd = fields.directory
+        if cwd is None and account is not None:
+            cwd = account.home if os.path.isdir(account.home) else None  # quick-start rule
+        problem = cannot_run(argv[0], env, cwd)
+        if problem is not None:
+            what, error = problem
+            field = "terminal_shell" if what == "command" and spec.terminal_shell else what
+            raise Invalid(f"{field}: {error}", field=field,
+                          details={"spawn_error": str(error)})
+
     @staticmethod
     def _check_graph(specs: list[ProgramSpec]) -> None:
         try:
@@ -536,8 +571,13 @@ class Supervisor:
         if event.to_state in (ProgramState.FATAL, ProgramState.EXITED) and not inst.want:
             self._gone(inst)
         elif event.to_state == ProgramState.STARTING and inst.pid is not None \
-                and inst.program.is_ephemeral:
-            self.save_ephemeral()
+                and inst.program.is_ephemeral and self._ephemeral_timer is None:
+            # A crash-looping quick-start has a new pid at every restart: one write per
+            # burst, and not fsync'd. Two synced writes per restart on the loop held every
+            # request behind the disk (health p50 160 ms with 20 such launches, found by
+            # the fault suite). The pid only serves re-adoption after pmd itself was
+            # killed, as pids.json does; after a machine crash no process is left.
+            self._ephemeral_timer = self.loop.call_later(0.1, self._save_ephemeral_pids)
 
     # ---- pids.json: re-adoption after pmd itself was killed (subreaper mode) ----------
 
@@ -609,6 +649,7 @@ class Supervisor:
     def quick_start(self, spec: ProgramSpec, ttl: int | None = None,
                     temporary_id: str | None = None) -> Program:
         self.check_log_paths(spec)
+        self.check_runnable(spec)
         self._check_unique(spec)
         temporary_id = temporary_id or self.new_temporary_id()
         program = Program(self.runtime, spec, temporary_id=temporary_id)
@@ -708,12 +749,23 @@ class Supervisor:
             })
         return entries
 
-    def save_ephemeral(self) -> None:
+    def _save_ephemeral_pids(self) -> None:
+        self._ephemeral_timer = None
+        self.save_ephemeral(durable=False)
+
+    def flush_ephemeral_pids(self) -> None:
+        """A pid change still waiting for its write is written now (shutdown, re-exec)."""
+        if self._ephemeral_timer is not None:
+            self._ephemeral_timer.cancel()
+            self._save_ephemeral_pids()
+
+    def save_ephemeral(self, durable: bool = True) -> None:
         """For changes that are not launches (a pid, a finished program): a failure is
         logged and shown in /health, and the file stays as it was. What it then says wrongly
         is a pid missing or a program that is gone, both cleaned up at the next start."""
         try:
-            self.records.write_ephemeral(boot_identity(), self.ephemeral_entries())
+            self.records.write_ephemeral(boot_identity(), self.ephemeral_entries(),
+                                         durable=durable)
         except OSError as exc:
             log.error("could not write %s: %s", self.records.ephemeral_path, exc)
 
@@ -845,11 +897,13 @@ class Supervisor:
         if self._pids_timer is not None:  # the burst of stops is written now, not never
             self._pids_timer.cancel()
             self.write_pids()
+        self.flush_ephemeral_pids()
         return killed
 
     # ---- re-exec -------------------------------------------------------------------
 
     def snapshot(self) -> SupervisorSnapshot:
+        self.flush_ephemeral_pids()
         by_program: dict[int, list[InstanceSnapshot]] = {}
         for extra in self.extra_instances:
             by_program.setdefault(id(extra.program), []).append(extra.snapshot())

@@ -102,6 +102,26 @@ def _pm2(body: dict[str, Any]) -> None:
         body["instances"] = high - low + 1
 
 
+#: What a generated quick-start runs: its command must name an executable file (the
+#: fuzz run's PATH is empty on purpose), and this one does nothing, as any user.
+HARMLESS = "/bin/true"
+
+
+def _quick_start(body: dict[str, Any]) -> None:
+    """A quick-start's command must be able to run on this system (the document says so
+    in words): a valid command becomes one that can, in a folder that exists, without a
+    login shell that the empty PATH cannot find, and without waiting for a RUNNING that a
+    command exiting at once never reaches (the request would outlast the client)."""
+    if isinstance(body.get("command"), str) and body["command"].strip():
+        body["command"] = HARMLESS
+    if isinstance(body.get("directory"), str):
+        body["directory"] = "/"
+    if isinstance(body.get("terminal_shell"), str):
+        del body["terminal_shell"]
+    if body.get("wait") is True:  # a command that runs now exits now: no RUNNING to wait for
+        body["wait"] = False
+
+
 @schemathesis.hook
 def map_body(ctx: Any, body: Any) -> Any:
     if not isinstance(body, dict):
@@ -112,6 +132,8 @@ def map_body(ctx: Any, body: Any) -> Any:
         _program(body, edit="/programs/edit/" in path)
     elif path == "/api/processes":
         _pm2(body)
+    elif path.endswith("/quick-start"):
+        _quick_start(body)
     return body
 
 

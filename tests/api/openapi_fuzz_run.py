@@ -35,12 +35,27 @@ EXCLUDED = ["--exclude-path", "/ws", "--exclude-path-regex", "(/logs/stream|/exe
             "--exclude-checks", "not_a_server_error"]
 
 
+#: A quick-start creates and starts in one request, so one whose command cannot run on
+#: this machine is refused with a 400 (docs/daemon-api.md), a rule no schema can state;
+#: the run's PATH is empty on purpose. The hooks repair generated commands in the fuzzing
+#: and stateful phases; no hook reaches the coverage phase, hence this one exception.
+CONFIG = """
+[[operations]]
+include-path = "/api/v1/daemon/quick-start"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
+"""
+
+
 def main() -> int:
     base, examples, seed = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     empty = base / "empty-path"
     empty.mkdir(parents=True, exist_ok=True)
-    programs = [{"name": "web", "command": "/bin/sleep 600", "user": "root", "boot": True},
+    # stop_timeout 1: the signal routes may STOP web, whose next stop then waits for it
+    programs = [{"name": "web", "command": "/bin/sleep 600", "user": "root", "boot": True,
+                 "stop_timeout": 1},
                 {"name": "ranged", "command": "/bin/sleep 600", "user": "root",
                  "port_range": {"start": 7600, "end": 7601}}]
     pmd = Pmd(base / "pmd", programs, args=["--rate-limit", "0", "--rate-burst", "0"],
@@ -48,7 +63,9 @@ def main() -> int:
     pmd.start()
     try:
         report = base / "schemathesis.json"
-        argv = [sys.executable, "-m", "schemathesis.cli", "run",
+        config = base / "schemathesis.toml"
+        config.write_text(CONFIG)
+        argv = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
                 f"{pmd.url}/api/openapi.json", "--checks", "all", "--seed", seed,
                 "--max-examples", examples, "--workers", "1", "--request-timeout", "10",
                 "--no-color", "--no-shrink",  # a failure is reported as found, in time

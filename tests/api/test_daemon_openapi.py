@@ -23,7 +23,8 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
         ("get", "/programs/{program_id}/logs"), ("get", "/programs/{program_id}/logs/stream"),
         ("get", "/health"), ("get", "/ready"), ("get", "/quick-start"), ("post", "/quick-start"),
         ("get", "/quick-start/{temporary_id}/status"), ("get", "/quick-start/{temporary_id}/logs"),
-        ("post", "/quick-start/{temporary_id}/stop"),
+        ("post", "/quick-start/{temporary_id}/stop"), ("post", "/programs/{program_id}/signal"),
+        ("get", "/whoami"),
     }
     for method, path in expected:
         assert method in paths.get(API + path, {}), (method, path)
@@ -53,7 +54,8 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
         ("post", API + path): path.split("/")[-1] not in ("start", "restart", "stop")
         for path in ("/programs/add", "/programs/edit/{program_id}", "/quick-start",
                      "/programs/{program_id}/start", "/programs/{program_id}/restart",
-                     "/programs/{program_id}/stop")} | {("post", API + "/exec"): True}
+                     "/programs/{program_id}/stop", "/programs/{program_id}/signal")} | {
+        ("post", API + "/exec"): True}
     exec_body = body_schema("post", "/exec")
     assert exec_body["required"] == ["command"] and exec_body["additionalProperties"] is False
     assert exec_body["properties"]["command"]["minItems"] == 1
@@ -126,13 +128,13 @@ def test_bodies_are_strict_about_json_types(http):
     assert response.status_code == 400 and "autorestart" in response.text
 
 
-#: Open without a key: the root, health, the dashboard's page and files, and the
-#: orchestrators' probes.
-PUBLIC = ("/", API + "/health", API + "/ready", "/ui", "/ui/{name}", "/livez", "/readyz",
-          "/startupz")
+#: Open without a key: the root, health, readiness, whoami, the dashboard's page and
+#: files, and the orchestrators' probes.
+PUBLIC = ("/", API + "/health", API + "/ready", API + "/whoami", "/ui", "/ui/{name}",
+          "/livez", "/readyz", "/startupz")
 
 
-def test_with_an_api_key_every_public_route_is_open_and_the_rest_declare_it(tmp_path):
+def test_with_an_api_key_every_open_route_is_open_and_the_rest_declare_it(tmp_path):
     with Pmd(tmp_path, [], api_key="k3y") as pmd:
         doc = pmd.http.get("/api/openapi.json").json()
     paths = doc["paths"]
@@ -140,3 +142,4 @@ def test_with_an_api_key_every_public_route_is_open_and_the_rest_declare_it(tmp_
     for path, ops in paths.items():
         for op in ops.values():
             assert ("security" in op) == (path not in PUBLIC), path
+            assert (op["x-pmd-level"] == "open") == (path in PUBLIC), path

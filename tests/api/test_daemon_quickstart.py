@@ -158,6 +158,53 @@ def test_wait_timeout_and_failure(http):
     assert error["details"]["status"] == "FATAL" and error["details"]["temporary_id"]
 
 
+@pytest.mark.parametrize("change, field, says", [
+    ({"command": "/nonexistent/binary --flag"}, "command", "command not found"),
+    ({"command": "no-such-command-anywhere"}, "command", "command not found"),
+    ({"command": "NOT-EXECUTABLE"}, "command", "permission denied"),
+    ({"command": "true", "environment": {"PATH": "/nonexistent"}}, "command",
+     "command not found"),
+    ({"command": "true", "directory": "/nonexistent/dir"}, "directory", "does not exist"),
+    ({"command": "true", "directory": "/etc/hostname"}, "directory", "not a directory"),
+    ({"command": "${PMD_TEST_UNSET}/true"}, "command", "PMD_TEST_UNSET"),
+    ({"command": "${PMD_TEST_UNSET:-/nonexistent}/true"}, "command", "command not found"),
+])
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_command_that_cannot_run_is_the_requests_fault(pmd, http, tmp_path, change, field,
+                                                        says, wait):
+    """Refused as a 400 naming the field, and nothing created: no entry in the list, in
+    ephemeral.json, or in pmd's log folder (docs/daemon-api.md, Errors)."""
+    if change["command"] == "NOT-EXECUTABLE":
+        plain = tmp_path / "plain.txt"
+        plain.write_text("not a program\n")
+        plain.chmod(0o644)
+        change = {"command": str(plain)}
+    before, listed = tracked(pmd), http.get(QS).json()["count"]
+    logs_before = sorted(p.name for p in pmd.log_dir.iterdir())
+    error = assert_error(http.post(QS, json={"user": "root", "wait": wait, **change}), 400,
+                         "VALIDATION_ERROR", field)
+    assert says in error["message"] and says in error["details"]["spawn_error"]
+    assert http.get(QS).json()["count"] == listed
+    assert tracked(pmd) == before
+    assert sorted(p.name for p in pmd.log_dir.iterdir()) == logs_before
+
+
+def test_a_command_found_on_the_programs_own_path_runs(http, tmp_path):
+    tool = tmp_path / "bin" / "my-tool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\nexec sleep 30\n")
+    tool.chmod(0o755)
+    answer = quick(http, command="my-tool", environment={"PATH": f"{tool.parent}:/bin"},
+                   wait=True)
+    assert answer["status"] == "running" and alive(answer["pid"])
+
+
+def test_the_check_sees_the_command_as_its_start_will(http):
+    """${VAR}s are expanded before the command is looked for, as at the start."""
+    answer = quick(http, command="${PMD_TEST_UNSET:-/bin}/sleep 30", wait=True)
+    assert answer["status"] == "running" and alive(answer["pid"])
+
+
 def test_temporary_ids_unique_under_a_burst(http):
     def launch(_: int) -> str:
         return quick(http, command="true", startsecs=0)["temporary_id"]

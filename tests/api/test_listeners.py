@@ -21,6 +21,7 @@ from pmd_init.api.listeners import (
     take_handed_over,
     wanted,
 )
+from pmd_init.model.access import Identities
 from pmd_init.settings import Settings
 from pmd_init.supervisor.events import EventBus
 
@@ -111,7 +112,7 @@ def test_a_failed_exec_serves_again_on_the_same_sockets(tmp_path: Path) -> None:
     s = settings(tmp_path)
     # what create_app reads of the init; the listing cache follows the supervisor's events
     init = SimpleNamespace(settings=s, supervisor=SimpleNamespace(events=EventBus()),
-                           service=None, started_at=time.time())
+                           service=None, started_at=time.time(), identities=Identities())
 
     async def main() -> None:
         api = ApiServer(init, s)  # type: ignore[arg-type]
