@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from ..model.spec import USER_RE, ProgramSpec, depends_mapping
+from ..model.spec import USER_RE, ProgramSpec, check_environment, depends_mapping
 
 
 class Request(BaseModel):
@@ -250,10 +250,7 @@ class ExecRequest(Request):
     @field_validator("environment")
     @classmethod
     def _environment(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            if not key or "=" in key or "\x00" in key or "\x00" in item:
-                raise ValueError(f"invalid environment variable name or value: {key!r}")
-        return value
+        return check_environment(value)
 
     def argv(self) -> list[str]:
         if self.shell:
