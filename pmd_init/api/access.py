@@ -91,7 +91,14 @@ ROUTE_LEVELS: dict[str, Level] = {
     "POST /api/v1/daemon/programs/<program_id:int>/disable": L.ADMIN,
     "POST /api/v1/daemon/quick-start": L.ADMIN,
     "POST /api/v1/daemon/reexec": L.ADMIN,
+    "POST /api/v1/daemon/exec": L.ADMIN,
+    "GET /api/v1/daemon/exec/<run_id:str>/ws": L.ADMIN,
 }
+#: Routes that a TCP caller must prove itself for even where TCP is open (no key, no
+#: identities, no client CA): running a command is a shell in the container, so with
+#: nothing configured these are served over the Unix socket only (docs/exec.md).
+PROOF_REQUIRED = frozenset({"POST /api/v1/daemon/exec",
+                            "GET /api/v1/daemon/exec/<run_id:str>/ws"})
 #: A path no route matches (a 404 or a 405): what it takes to learn that.
 UNROUTED = L.READ
 
@@ -299,6 +306,15 @@ class AccessControl:
             return None
         caller = self.identify(request, needed)
         request.ctx.caller = caller
+        if caller.kind == "open" and request.route is not None and route_key(
+                "GET" if request.method == "HEAD" else request.method,
+                request.route.uri) in PROOF_REQUIRED:
+            self.failures["forbidden"] += 1
+            return error_response(403, "FORBIDDEN" if request.path.startswith("/api/v1/")
+                                  else "PERMISSION_DENIED",
+                                  f"{request.path} over TCP needs an API key (--api-key) or "
+                                  "identities.json; use the Unix socket or set one",
+                                  details={"required_level": needed.label})
         if caller.level >= needed:
             return None
         return self._refuse(request, caller, needed)

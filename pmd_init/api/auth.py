@@ -19,7 +19,6 @@ from sanic.request import Request
 KEY_SUBPROTOCOL = "pmd.key."
 WS_SUBPROTOCOL = "pmd"
 
-
 def subprotocol_key(header: str | None) -> str | None:
     """The key offered as a `pmd.key.` subprotocol, or None. One that does not decode is
     returned as it is, so that it is refused as an invalid key, not as a missing one."""

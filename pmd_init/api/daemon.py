@@ -9,6 +9,7 @@ Decisions where the spec is silent are written down in docs/daemon-api.md.
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
@@ -19,7 +20,8 @@ from sanic.response import HTTPResponse, json
 from ..logs.tail import tail_lines
 from ..model.spec import ProgramSpec
 from ..service import Service
-from ..supervisor.errors import Invalid
+from ..supervisor.errors import Invalid, NotFound
+from ..supervisor.execs import ExecRun
 from ..supervisor.instance import Instance
 from ..supervisor.program import Program
 from .context import PmdApp, context
@@ -144,6 +146,41 @@ def quick_view(program: Program) -> dict[str, Any]:
         "log_backups": spec.log_backups,
     })
     return view
+
+
+EXEC_PREFIX = "exec_"
+
+
+def exec_status(run: ExecRun) -> str:
+    return "exited" if run.finished else "running"
+
+
+def exec_view(run: ExecRun) -> dict[str, Any]:
+    """A detached exec run in the quick-start list: the entry's shape, `kind: exec`."""
+    view: dict[str, Any] = {
+        "temporary_id": run.id, "kind": "exec", "name": run.spec.argv[0],
+        "command": shlex.join(run.spec.argv),
+        "user": run.spec.account.name if run.spec.account else None,
+        "status": exec_status(run), "created_at": iso(run.created_at),
+    }
+    if run.pid is not None and not run.finished:
+        view["pid"] = run.pid
+    if run.finished_at is not None:
+        view["finished_at"] = iso(run.finished_at)
+        view["exit_code"] = run.exit_code
+        if run.signal:
+            view["signal"] = run.signal
+        if run.reason:
+            view["reason"] = run.reason
+    return view
+
+
+def _detached(request: Request, run_id: str) -> ExecRun:
+    run = _service(request).exec_run(run_id)
+    if not (run.spec.detached and run.attached):
+        raise NotFound(f"no quick-start program or detached exec '{run_id}'",
+                       field="temporary_id")
+    return run
 
 
 # ---- shared steps --------------------------------------------------------------------
@@ -428,7 +465,9 @@ async def _follow(request: Request, program: Program,
 @doc("Quick-start programs: running ones, and finished ones for their grace period",
      response="`{success, count, ephemeral_programs: [entry]}`")
 async def quick_list(request: Request) -> HTTPResponse:
-    entries = [quick_view(p) for p in _service(request).quick_starts()]
+    service = _service(request)
+    entries = [quick_view(p) for p in service.quick_starts()]
+    entries += [exec_view(run) for run in service.exec_detached()]
     return json({"success": True, "count": len(entries), "ephemeral_programs": entries})
 
 
@@ -447,6 +486,8 @@ async def quick_start(request: Request) -> HTTPResponse:
 @bp.get("/quick-start/<temporary_id:str>/status")
 @doc("A quick-start program's status", response="`{success, temporary_id, name, status, ...}`")
 async def quick_status(request: Request, temporary_id: str) -> HTTPResponse:
+    if temporary_id.startswith(EXEC_PREFIX):
+        return json({"success": True, **exec_view(_detached(request, temporary_id))})
     return json({"success": True, **quick_view(_service(request).quick(temporary_id))})
 
 
@@ -478,6 +519,12 @@ async def quick_log_stream(request: Request, temporary_id: str) -> None:
      response="`{success, temporary_id, cleaned_up, message}`")
 async def quick_stop(request: Request, temporary_id: str) -> HTTPResponse:
     service = _service(request)
+    if temporary_id.startswith(EXEC_PREFIX):
+        run = _detached(request, temporary_id)
+        ended = service.exec_stop(run)
+        return json({"success": True, "temporary_id": temporary_id, "cleaned_up": ended,
+                     "message": "Command had already ended" if ended else
+                     "Command sent SIGTERM (SIGKILL in 5 s)", "status": exec_status(run)})
     program = service.quick(temporary_id)
     if await service.stop_quick(program):
         message = "Program had already stopped; configuration removed"

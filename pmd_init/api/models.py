@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+)
 
-from ..model.spec import ProgramSpec, depends_mapping
+from ..model.spec import USER_RE, ProgramSpec, check_environment, depends_mapping
 
 
 class Request(BaseModel):
@@ -203,3 +211,48 @@ REQUEST_MODELS: list[type[BaseModel]] = [
     AddProgramRequest, EditProgramRequest, QuickStartRequest, StartRequest, RestartRequest,
     StopRequest, ProgramsQuery, StatusQuery, ProgramQuery, LogsQuery, LogStreamQuery,
 ]
+
+
+def _argv_word(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL")
+    return value
+
+
+ArgvWord = Annotated[str, AfterValidator(_argv_word)]
+WindowSide = Annotated[int, Field(ge=1, le=4096)]
+
+
+class ExecRequest(Request):
+    """POST /exec: run a command now, its streams over the run's WebSocket
+    (docs/exec.md). `command` is an argv; `shell: true` runs `/bin/sh -c command[0]` with
+    the other words as $0, $1, ... A user that does not exist or a directory that cannot
+    be entered is refused before anything runs."""
+
+    command: Annotated[list[ArgvWord], Field(min_length=1, max_length=4096)]
+    shell: bool = False
+    environment: dict[str, str] = Field(default_factory=dict)
+    user: Annotated[str, Field(pattern=USER_RE.pattern)] | None = Field(
+        None, description="an account of this system; pmd's own when left out")
+    directory: Annotated[str, Field(pattern=r"^/[^\x00]*$")] | None = Field(
+        None, description="the working directory; the user's home when left out")
+    timeout: Annotated[float, Field(gt=0, le=86400)] | None = Field(
+        None, description="seconds; then the command's group gets SIGKILL")
+    terminal: bool = Field(False, description="a pseudo-terminal for stdin, stdout and "
+                           "stderr (one output stream), sized rows x cols")
+    rows: WindowSide = 24
+    cols: WindowSide = 80
+    stdin: bool = Field(False, description="the client sends input; else /dev/null "
+                        "(with a terminal: nothing is typed)")
+    detached: bool = Field(False, description="the command outlives its client and is "
+                           "listed with the quick-start programs")
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_environment(value)
+
+    def argv(self) -> list[str]:
+        if self.shell:
+            return ["/bin/sh", "-c", self.command[0], *(self.command[1:] or ["sh"])]
+        return list(self.command)

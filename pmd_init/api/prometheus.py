@@ -176,6 +176,19 @@ class PmdCollector:
                          "Webhook deliveries waiting to be sent")
         pending.add("", webhooks["pending"])
         yield pending
+        shipped = Family("pmd_log_target_lines", "counter",
+                         "Lines for each log target, by result: sent, or dropped (its "
+                         "buffer was full, or it refused them)")
+        queued = Family("pmd_log_target_lines_queued", "gauge",
+                        "Lines waiting for a log target")
+        if sup.shipping is not None:
+            for shipper, _ in sup.shipping.shippers:
+                target = f'target="{label_value(shipper.target.name)}"'
+                shipped.add(f'{target},result="sent"', shipper.sent)
+                shipped.add(f'{target},result="dropped"', shipper.dropped)
+                queued.add(target, shipper.queued + shipper.in_flight)
+        yield shipped
+        yield queued
         info = Family("pmd_build_info", "gauge", "pmd's version, 1")
         python = ".".join(map(str, sys.version_info[:3]))
         info.add(f'version="{label_value(__version__)}",python="{python}"', 1)

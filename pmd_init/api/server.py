@@ -72,12 +72,13 @@ def create_app(init: Owner, name: str = "pmd") -> PmdApp:
     cors.install(app, init.settings.cors_origins)
     ratelimit.install(app, init.settings.rate_limit, init.settings.rate_burst)
     register_core_routes(app)
-    from . import daemon, metrics, openapi, probes, process, ui, ws
+    from . import daemon, execs, metrics, openapi, probes, process, ui, ws
 
     app.blueprint(process.bp)
     app.blueprint(ws.bp)
 
     app.blueprint(daemon.bp)
+    app.blueprint(execs.bp)
     app.blueprint(openapi.bp)
     app.blueprint(metrics.bp)
     app.blueprint(ui.bp)
@@ -118,6 +119,10 @@ def register_core_routes(app: PmdApp) -> None:
             "forward_dropped_bytes": sum(
                 f.dropped for f in init.supervisor.forwarders if f is not None),
             "webhooks": init.supervisor.webhooks.counters(),
+            "log_targets": {
+                "targets": init.supervisor.shipping.view()
+                if init.supervisor.shipping is not None else {},
+                "problems": init.supervisor.log_target_problems},
             "hooks": init.supervisor.hooks.counters(),
             "storage": init.supervisor.storage.view(),
             "identities": {"count": len(init.identities.entries),

@@ -546,8 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage the programs of a running pmd (PM2-style).")
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
 
-    def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def add(name: str, func: Any, help_text: str,
+            parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=parents or [common], help=help_text,
+                           description=help_text)
         p.set_defaults(func=func)
         return p
 
@@ -627,7 +629,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the file's format (default: from its name)")
     p.add_argument("--write", metavar="PATH",
                    help="write programs.json there (atomically) instead of printing it")
+    add_exec(add)
     return parser
+
+
+def add_exec(add: Any) -> None:
+    # exec's --timeout is the command's; the connection has none (a shell may sit idle).
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", default=argparse.SUPPRESS,
+                            help="pmd's HTTP address (or PMD_URL); default: the Unix socket")
+    connection.add_argument("--api-key", default=argparse.SUPPRESS,
+                            help="API key for --url (or PMD_API_KEY)")
+    connection.add_argument("--socket", default=argparse.SUPPRESS,
+                            help=f"Unix socket (or PMD_SOCKET; default {DEFAULT_SOCKET})")
+    p = add("exec", cmd_exec, "run a command in pmd's container with its output, input "
+            "and terminal here; exits with its code (128+N for signal N)", [connection])
+    p.add_argument("-t", "--tty", action="store_true", help="give it a terminal")
+    p.add_argument("-i", "--interactive", action="store_true", help="pass stdin on")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="it keeps running when this client goes away")
+    p.add_argument("--user", help="run as this user (default: pmd's)")
+    p.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="environment variable (repeatable)")
+    p.add_argument("--workdir", help="working directory (default: the user's home)")
+    p.add_argument("--timeout", dest="exec_timeout", type=float, metavar="S",
+                   help="kill it (SIGKILL to its group) after S seconds")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
+
+def cmd_exec(client: Client, args: argparse.Namespace) -> int:
+    from . import execcmd
+
+    client.timeout = TIMEOUT
+    try:
+        return execcmd.run(client, args)
+    except execcmd.ExecError as exc:
+        raise CliError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> None:

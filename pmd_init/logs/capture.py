@@ -23,10 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from .times import LineTimes, SavedTimes
+
+if TYPE_CHECKING:
+    from .shipping import Tap
 
 log = logging.getLogger("pmd.logs")
 
@@ -294,7 +298,7 @@ class Capture:
 
     __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_line_break", "_partial",
                  "_on_eof", "bytes_read", "_listeners", "_buffer", "_count", "_style",
-                 "_name_prefix")
+                 "_name_prefix", "_tap")
 
     def __init__(
         self,
@@ -307,8 +311,10 @@ class Capture:
         count: ByteCount | None = None,
         buffer: bytearray | None = None,
         style: LineStyle | None = None,
+        tap: Tap | None = None,
     ) -> None:
         self._loop = loop
+        self._tap = tap  # log targets (shipping.py): never waits, drops when they lag
         self.fd = fd
         self.logfile = logfile
         # `style` None: `prefix` before each line (the prefixed mode)
@@ -407,6 +413,8 @@ class Capture:
                 self._prefix = f"{rfc3339(time.time())} ".encode() + self._name_prefix
                 self._line_break = b"\n" + self._prefix
                 self._forward_lines(data)
+        if self._tap is not None:  # in every log_forward mode, "off" too
+            self._tap(self._buffer, n)
         if self._listeners:
             chunk = data.tobytes()
             for listener in tuple(self._listeners):
@@ -476,5 +484,7 @@ class Capture:
                     self._prefix = f"{rfc3339(time.time())} ".encode() + self._name_prefix
                 self._forward.write(self._prefix, self._partial, b"\n")
             self._partial = b""
+        if self._tap is not None:
+            self._tap.close()
         if self._on_eof is not None:
             self._on_eof(self)

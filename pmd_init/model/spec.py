@@ -225,6 +225,15 @@ def _absolute(value: str | None) -> str | None:
     return value
 
 
+def check_environment(value: dict[str, str]) -> dict[str, str]:
+    """Names and values a process environment can hold: a name neither empty nor with `=`,
+    no NUL anywhere."""
+    for key, item in value.items():
+        if not key or "=" in key or "\x00" in key or "\x00" in item:
+            raise ValueError(f"invalid environment variable name or value: {key!r}")
+    return value
+
+
 class ProgramSpec(Model):
     id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
     name: Annotated[str, Field(min_length=1, max_length=128)]
@@ -385,9 +394,7 @@ class ProgramSpec(Model):
     @field_validator("environment")
     @classmethod
     def _environment(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            if not key or "=" in key or "\x00" in key or "\x00" in item:
-                raise ValueError(f"invalid environment variable name or value: {key!r}")
+        for key, item in check_environment(value).items():
             try:
                 check_references(item)
             except ValueError as exc:

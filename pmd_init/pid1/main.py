@@ -144,10 +144,15 @@ class Init:
                 for listener in handed_over:
                     listener.sock.close()
                 return 1
+        targets, target_problems = _log_targets(s.config_dir, self.base_env)
+        for problem in target_problems:
+            log.error("%s (the other log targets load)", problem)
         self.supervisor = sup = Supervisor(
             loop, self.reaper, store, s.state_dir, s.log_dir, self.base_env,
             forward=s.log_forward, log_roots=s.log_roots, ephemeral_grace=s.ephemeral_grace,
-            memory_interval=s.memory_interval, webhook_ca_file=s.webhook_ca_file)
+            memory_interval=s.memory_interval, webhook_ca_file=s.webhook_ca_file,
+            log_targets=targets)
+        sup.log_target_problems = target_problems
         sup.on_fatal_exit = self._program_gone
         self.service = Service(sup)
         sup.events.subscribe(self._log_event)
@@ -162,7 +167,8 @@ class Init:
             if store.report.problem:
                 log.error("booting from %s: %s", store.report.source, store.report.problem)
             self.config_problem = "; ".join(
-                p for p in (store.report.problem, *store.dropins.problems) if p) or None
+                p for p in (store.report.problem, *store.dropins.problems, *target_problems)
+                if p) or None
             sup.load(specs)
             if os.getpid() != 1:  # as PID 1 a fresh start is a fresh container
                 sup.readopt_survivors()
@@ -307,8 +313,10 @@ class Init:
             self.config_problem = f"reload refused: {exc}"
             log.error("SIGHUP: programs.json not reloaded: %s", exc)
             return
-        # programs.d's problems: those files or programs are left out, the rest applies
-        self.config_problem = "; ".join(self.supervisor.store.dropins.problems) or None
+        # programs.d's problems: those files or programs are left out, the rest applies;
+        # log_targets.json is read once, at start: its problems stay until a restart
+        self.config_problem = "; ".join((*self.supervisor.store.dropins.problems,
+                                         *self.supervisor.log_target_problems)) or None
         if self.service is None:
             return
 
@@ -631,6 +639,30 @@ class Init:
             mode = await self._done
             if mode == "reexec":
                 await self._reexec()
+
+
+def _log_targets(config_dir: Path, env: dict[str, str]) -> tuple[list[Any], list[str]]:
+    """The log targets of log_targets.json as the supervisor's shippers take them, and
+    the problems of those that were refused. Without the file nothing is imported: the
+    targets' model costs pydantic a few milliseconds to build, on the way to the boot."""
+    from ..store.logtargets import LOG_TARGETS_FILE
+
+    if not (config_dir / LOG_TARGETS_FILE).exists():
+        return [], []
+    from ..logs.shipping import ShipTarget
+    from ..model.logtargets import parse_http_url, parse_syslog_address
+    from ..store.logtargets import load_log_targets
+
+    specs, problems = load_log_targets(config_dir, env)
+    targets = []
+    for name, spec in specs.items():
+        where = parse_syslog_address(spec.address) if spec.address is not None else \
+            parse_http_url(spec.url or "")
+        target = ShipTarget(name=name, kind=spec.type, where=where, labels=spec.labels,
+                            headers=spec.headers, batch_lines=spec.batch_lines,
+                            batch_seconds=spec.batch_seconds, buffer_lines=spec.buffer_lines)
+        targets.append((target, spec.selects))
+    return targets, problems
 
 
 def _make_api(init: Init, settings: Settings, handed_over: list[Any]) -> Any:

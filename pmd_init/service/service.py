@@ -16,9 +16,11 @@ left out of the running set.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import shlex
+import stat
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +38,9 @@ from ..supervisor.errors import (
     StartFailed,
     WaitTimeout,
 )
+from ..supervisor.execs import ExecRun, ExecSpec
 from ..supervisor.reload import ReloadReport, reload_program
+from ..supervisor.spawn import Account, SpawnError, program_env, resolve_account
 from ..supervisor.waits import until_running
 from .tasks import OwnedTasks
 
@@ -347,6 +351,77 @@ class Service:
                 raise StartFailed(f"'{inst.name}' did not start: {reason}", inst, details={
                     "status": state.value, "exit_code": inst.exit_code,
                     "spawn_error": inst.spawn_error, **details})
+
+
+    # ---- exec ----------------------------------------------------------------------
+
+    def exec_create(self, argv: list[str], *, environment: dict[str, str],
+                    user: str | None, directory: str | None,
+                    terminal: tuple[int, int] | None, stdin: bool, timeout: float | None,
+                    detached: bool) -> ExecRun:
+        """A run waiting for its client. A user that does not exist or a directory that
+        cannot be entered is refused here, before anything runs."""
+        try:
+            account = resolve_account(user)
+        except SpawnError as exc:
+            raise Invalid(f"user: {exc}", field="user") from None
+        if directory is not None:
+            problem = _unenterable(directory, account)
+            if problem:
+                raise Invalid(f"directory: {problem}", field="directory")
+        env = program_env(self.supervisor.base_env, account, environment, None, None)
+        spec = ExecSpec(argv=tuple(argv), env=env,
+                        cwd=directory or (account.home if account else None),
+                        account=account, terminal=terminal, stdin=stdin, timeout=timeout,
+                        detached=detached)
+        if spec.cwd is not None and not os.path.isdir(spec.cwd):
+            spec = dataclasses.replace(spec, cwd="/")  # a home that is not there: as login
+        return self.supervisor.execs.create(spec)
+
+    def exec_run(self, run_id: str) -> ExecRun:
+        return self.supervisor.execs.get(run_id)
+
+    def exec_attach(self, run: ExecRun) -> None:
+        if not self.supervisor.execs.attach(run):
+            raise Refused(f"exec run '{run.id}' already has its client", field="id")
+
+    def exec_release(self, run: ExecRun) -> None:
+        self.supervisor.execs.release(run)
+
+    def exec_detached(self) -> list[ExecRun]:
+        return self.supervisor.execs.detached()
+
+    def exec_stop(self, run: ExecRun) -> bool:
+        """Stop a detached run (TERM, KILL after 5 s); True when it had ended already."""
+        if run.finished:
+            return True
+        run.terminate(5.0)
+        return False
+
+
+def _unenterable(directory: str, account: Account | None) -> str | None:
+    """Why `account` (pmd's own user when None) could not make `directory` its working
+    directory, read from its mode bits as the kernel would; None when it can."""
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        return f"'{directory}': {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"'{directory}' is not a directory"
+    uid = account.uid if account is not None else os.geteuid()
+    groups = account.groups if account is not None else (os.getegid(), *os.getgroups())
+    if uid == 0:
+        return None
+    if st.st_uid == uid:
+        bit = stat.S_IXUSR
+    elif st.st_gid in groups:
+        bit = stat.S_IXGRP
+    else:
+        bit = stat.S_IXOTH
+    if not st.st_mode & bit:
+        who = account.name if account is not None else "pmd's user"
+        return f"'{directory}' cannot be entered by {who}"
+    return None
 
 
 def quick_name(command: str, temporary_id: str) -> str:

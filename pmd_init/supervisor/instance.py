@@ -399,7 +399,7 @@ class Instance:
             os.close(pipes[0][1])
             os.close(pipes[1][1])
             self._ensure_logfiles()
-            self.attach_captures(pipes[0][0], pipes[1][0])
+            self.attach_captures(pipes[0][0], pipes[1][0], child.pid)
         return child
 
     def _ensure_logfiles(self) -> None:
@@ -413,7 +413,7 @@ class Instance:
         self.stdout_log.ensure_open()
         self.stderr_log.ensure_open()
 
-    def attach_captures(self, out_fd: int, err_fd: int) -> None:
+    def attach_captures(self, out_fd: int, err_fd: int, pid: int | None = None) -> None:
         make = self.rt.capture
         if make is None:  # a runtime without log sinks (unit tests): nobody reads
             os.close(out_fd)
@@ -425,10 +425,11 @@ class Instance:
         for fd, logfile, forward, stream in (
                 (out_fd, self.stdout_log, forward_out, "stdout"),
                 (err_fd, self.stderr_log, forward_err, "stderr")):
+            tap = self.rt.tap(self.program.name, self.name, stream, pid)
             style = None if mode == "prefixed" else \
                 LineStyle(mode, self.program.name, self.port, stream)
             self.captures.append(make(fd, logfile, forward, prefix, self._capture_closed,
-                                      self.log_bytes[stream], style))
+                                      self.log_bytes[stream], style, tap))
 
     def _capture_closed(self, capture: Capture) -> None:
         if capture in self.captures:
@@ -766,7 +767,7 @@ class Instance:
             fds = _reopen_pipes(pid)
         if len(fds) == 2:
             self._ensure_logfiles()
-            self.attach_captures(fds[0], fds[1])
+            self.attach_captures(fds[0], fds[1], pid)
         ready_fd = snap.get("ready_fd")
         if ready_fd is not None:  # handed over by the previous image: ours to close
             if pid is not None and state in (S.STARTING, S.RUNNING) \

@@ -24,6 +24,7 @@ from .events import Event
 from .spawn import SpawnRequest, kill, killpg, spawn
 
 if TYPE_CHECKING:
+    from ..logs.shipping import Shippers, Tap
     from ..model.sockets import SocketSpec
     from ..model.spec import HealthCheckSpec, ProgramSpec
 
@@ -166,7 +167,7 @@ class _Queued:
 
 CaptureFactory = Callable[[int, "LogFile | None", "Forwarder | None", bytes,
                            Callable[[Capture], None], "ByteCount | None",
-                           "LineStyle | None"], Capture]
+                           "LineStyle | None", "Tap | None"], Capture]
 
 
 @dataclass(slots=True)
@@ -184,6 +185,8 @@ class Runtime:
     #: PMD_LOG_FORWARD: how programs without a `log_forward` of their own forward
     forward_mode: str = "prefixed"
     capture: CaptureFactory | None = None
+    #: The log targets' shippers; None when there are none (no tap on any capture).
+    shipping: Shippers | None = None
     #: Capture times of lines logged before a re-exec, until their files are opened again:
     #: adopting instances fill it, their log files claim from it, the log routes read it.
     saved_times: SavedTimes = field(default_factory=SavedTimes)
@@ -198,6 +201,14 @@ class Runtime:
     def __post_init__(self) -> None:
         self.starts = StartQueue(self.timers)
 
+    def tap(self, program: str, instance: str, stream: str, pid: int | None) -> Tap | None:
+        """What ships this stream's lines to the log targets that select the program."""
+        if self.shipping is None:
+            return None
+        from ..logs.shipping import Source  # imported only where there are log targets
+
+        return self.shipping.tap(Source(program, instance, stream, pid))
+
     @classmethod
     def on_loop(cls, loop: asyncio.AbstractEventLoop, children: ChildWatcher,
                 publish: Callable[[Event], None], log_dir: Path,
@@ -206,10 +217,10 @@ class Runtime:
 
         def capture(fd: int, logfile: LogFile | None, forward_to: Forwarder | None,
                     prefix: bytes, on_eof: Callable[[Capture], None],
-                    count: ByteCount | None, style: LineStyle | None) -> Capture:
+                    count: ByteCount | None, style: LineStyle | None,
+                    tap: Tap | None) -> Capture:
             return Capture(loop, fd, logfile, forward_to, prefix, on_eof=on_eof, count=count,
-                           style=style,
-                           buffer=buffer)
+                           style=style, buffer=buffer, tap=tap)
 
         return cls(
             timers=loop, children=children, publish=publish, log_dir=log_dir,

@@ -96,7 +96,7 @@ class SpawnRequest:
     stdout: int | None = None  # an fd, or None to inherit pmd's
     stderr: int | None = None
     stdin_devnull: bool = True
-    #: an fd for the child's stdin (a hook's event pipe), over stdin_devnull
+    #: an fd for the child's stdin (a hook's event pipe, an exec's), over stdin_devnull
     stdin_fd: int | None = None
     new_session: bool = True
     extra: dict[str, object] = field(default_factory=dict)

@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +66,10 @@ from .watch import FileWatch
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
 
 if TYPE_CHECKING:
+    from ..logs.shipping import Shippers, ShipTarget
     from ..model.spec import WebhooksSpec
     from ..store.programs import ProgramStore
+    from .execs import Execs
 
 log = logging.getLogger("pmd.supervisor")
 
@@ -100,6 +102,7 @@ class Supervisor:
         ephemeral_grace: float = 600.0,
         memory_interval: float = DEFAULT_MEMORY_INTERVAL,
         webhook_ca_file: Path | None = None,
+        log_targets: Sequence[tuple[ShipTarget, Callable[[str], bool]]] = (),
     ) -> None:
         self.loop = loop
         self.store = store
@@ -113,6 +116,15 @@ class Supervisor:
         self.runtime = Runtime.on_loop(loop, children, self.events.publish, log_dir,
                                        self.base_env, forward)
         self.forwarders = self.runtime.forwarders
+        #: The log targets (logs/shipping.py), each with its task; none: no tap anywhere.
+        self.shipping: Shippers | None = None
+        if log_targets:
+            from ..logs.shipping import Shippers  # not imported without targets
+
+            self.shipping = self.runtime.shipping = Shippers(loop, log_targets)
+            self.shipping.start()
+        #: Targets in log_targets.json that were refused, each naming its target.
+        self.log_target_problems: list[str] = []
         #: What readiness sources need of pmd's own (probe tasks, the notify socket);
         #: instances reach it
         #: through their runtime.
@@ -122,6 +134,8 @@ class Supervisor:
         self.sockets = self.runtime.sockets = SocketSet(loop)
         self.programs: dict[int, Program] = {}
         self.ephemeral: dict[str, Program] = {}
+        self._children = children
+        self._execs: Execs | None = None
         self.records = Records(state_dir, store.storage)
         self.ephemeral_report: list[dict[str, object]] = []
         self.on_fatal_exit: Callable[[Instance], None] | None = None
@@ -168,6 +182,16 @@ class Supervisor:
         self.extra_instances: set[Instance] = set()
 
     # ---- lookups -------------------------------------------------------------------
+
+    @property
+    def execs(self) -> Execs:
+        """Commands run through the exec API, with their streams (execs.py); built, and
+        its module imported, on the first exec: the boot does not pay for it."""
+        if self._execs is None:
+            from .execs import Execs
+
+            self._execs = Execs(self.loop, self._children)
+        return self._execs
 
     def all_programs(self) -> list[Program]:
         return [*self.programs.values(), *self.ephemeral.values()]
@@ -963,6 +987,8 @@ class Supervisor:
         self.fatal.close()
         self.cron.close()
         await self.watch.close()
+        if self._execs is not None:
+            await self._execs.close()
         await self.health.close()
         await self.readiness.close()
         programs = self.all_programs()
@@ -1006,6 +1032,9 @@ class Supervisor:
         left_over = max(0.0, deadline - self.loop.time())
         await self.webhooks.close(drain=min(DRAIN_SECONDS, left_over))
         self.hooks.close()
+        if self.shipping is not None:  # the programs' last lines get what is left
+            await self.shipping.close(drain=max(0.0, min(DRAIN_SECONDS,
+                                                         deadline - self.loop.time())))
         if self._pids_timer is not None:  # the burst of stops is written now, not never
             self._pids_timer.cancel()
             self.write_pids()
@@ -1097,6 +1126,8 @@ class Supervisor:
 
     def kill_all(self) -> None:
         """A second TERM during shutdown: SIGKILL every group at once."""
+        if self._execs is not None:
+            self._execs.kill_all()
         for inst in self.everything():
             inst.kill_now()
 

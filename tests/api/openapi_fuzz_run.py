@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from pmd_init.store.programs import parse_programs  # noqa: E402
 from tests.harness import Pmd  # noqa: E402
 
-EXCLUDED = ["--exclude-path", "/ws", "--exclude-path-regex", "/logs/stream$",
+EXCLUDED = ["--exclude-path", "/ws", "--exclude-path-regex", "(/logs/stream|/exec/[^/]+/ws)$",
             # replaced by the hooks' no_undocumented_server_error
             "--exclude-checks", "not_a_server_error"]
 

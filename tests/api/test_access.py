@@ -38,7 +38,7 @@ from tests.harness import Pmd
 
 #: Path parameters that name nothing: an allowed request is then a 404, not an action.
 FILLERS = {"program_id": "999999", "ident": "no-such-process", "temporary_id": "no-such",
-           "name": "ui.js"}
+           "name": "ui.js", "run_id": "no-such-run"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,8 @@ def served_routes(pmd: Pmd) -> list[tuple[str, str, str]]:
               for path, ops in doc["paths"].items() for method, op in ops.items()]
     as_table = {f"{m} " + re.sub(r"\{(\w+)\}", lambda g: {
         "program_id": "<program_id:int>", "ident": "<ident:str>",
-        "temporary_id": "<temporary_id:str>", "name": "<name:str>"}[g.group(1)], p): level
+        "temporary_id": "<temporary_id:str>", "name": "<name:str>",
+        "run_id": "<run_id:str>"}[g.group(1)], p): level
         for m, p, level in routes}
     assert as_table == {key: level.label for key, level in ROUTE_LEVELS.items()}
     return routes

@@ -54,7 +54,12 @@ def test_openapi_lists_every_daemon_route_with_its_models(http, uds):
         ("post", API + path): path.split("/")[-1] not in ("start", "restart", "stop")
         for path in ("/programs/add", "/programs/edit/{program_id}", "/quick-start",
                      "/programs/{program_id}/start", "/programs/{program_id}/restart",
-                     "/programs/{program_id}/stop", "/programs/{program_id}/signal")}
+                     "/programs/{program_id}/stop", "/programs/{program_id}/signal")} | {
+        ("post", API + "/exec"): True}
+    exec_body = body_schema("post", "/exec")
+    assert exec_body["required"] == ["command"] and exec_body["additionalProperties"] is False
+    assert exec_body["properties"]["command"]["minItems"] == 1
+    assert "get" in paths[API + "/exec/{run_id}/ws"]
     start = body_schema("post", "/programs/{program_id}/start")
     assert set(start["properties"]) == {"port", "wait", "timeout", "if_not_running", "force"}
     params = {p["name"]: p for p in paths[API + "/programs"]["get"]["parameters"]}

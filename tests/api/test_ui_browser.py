@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.api.access_helpers import ADMIN_KEY, KEYS, identities, write_identities
 from tests.harness import Pmd
 
 KEY = "dashboard-key"
@@ -284,6 +285,60 @@ def test_a_wrong_key_is_refused_and_asked_again(pmd: Pmd, browser: WebDriver) ->
     assert driver.execute_script("return sessionStorage.getItem('pmd.key');") is None
     # the one console error is the refused request itself
     assert all("401" in e["message"] for e in _errors(driver))
+
+
+def _enter_key(driver: WebDriver, key: str) -> None:
+    field = driver.find_element(By.ID, "key")
+    field.clear()
+    field.send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+
+
+def _shown(driver: WebDriver, element_id: str) -> bool:
+    return bool(driver.find_element(By.ID, element_id).is_displayed())
+
+
+def test_the_page_offers_only_what_the_callers_level_may_do(tmp_path: Path,
+                                                            browser: WebDriver) -> None:
+    driver = browser
+    me = {"user": USER, "enabled": True, "boot": True}
+    running = Pmd(tmp_path, [{**me, "name": "web", "command": "sleep 100000"}],
+                  api_key=ADMIN_KEY)
+    write_identities(running.config_dir, identities())
+    with running as pmd:
+        _wait(driver, "boot", lambda d: _api_state(pmd, "web")["status"] == "RUNNING")
+        driver.get(pmd.url + "/ui")
+
+        # below read: the prompt again, with pmd's own reason
+        _enter_key(driver, KEYS["metrics"])
+        _wait(driver, "the refusal", lambda d: "needs the read level" in d.find_element(
+            By.ID, "key-error").text)
+        assert _shown(driver, "login") and not _shown(driver, "list")
+        assert not _shown(driver, "who")
+        assert driver.execute_script("return sessionStorage.getItem('pmd.key');") is None
+
+        # read: the programs and who the page acts as, but no action at all
+        _enter_key(driver, KEYS["read"])
+        _wait(driver, "web RUNNING", lambda d: _state(d, "web") == "RUNNING")
+        assert driver.find_element(By.ID, "who").text == "as read-caller (read)"
+        _row(driver, "web").find_element(By.LINK_TEXT, "web").click()
+        _wait(driver, "web's page", lambda d: "RUNNING" in d.find_element(
+            By.ID, "d-title").text)
+        for button in ("b-start", "b-stop", "b-restart"):
+            assert not _shown(driver, button), button
+            assert driver.find_element(By.ID, button).get_attribute("hidden") is not None
+        assert not _shown(driver, "actions")
+
+        # the admin key: the same page offers start, stop and restart
+        driver.find_element(By.ID, "forget").click()
+        _enter_key(driver, ADMIN_KEY)
+        _wait(driver, "the admin key's identity", lambda d: d.find_element(
+            By.ID, "who").text == "as admin key (admin)")
+        _wait(driver, "web's page", lambda d: "RUNNING" in d.find_element(
+            By.ID, "d-title").text)
+        for button in ("b-start", "b-stop", "b-restart"):
+            assert _shown(driver, button), button
+        assert _api_state(pmd, "web")["status"] == "RUNNING"
 
 
 class Forward:

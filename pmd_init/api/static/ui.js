@@ -10,6 +10,7 @@ const LOG_LINES = 500;   // per pane
 const EVENTS_MAX = 500;  // kept for the session
 const REFRESH_DELAY = 300;  // ms after the last event before reading the views again
 const ALIVE = ["STARTING", "RUNNING", "STOPPING", "UNKNOWN"];
+const LEVELS = ["open", "metrics", "read", "operate", "admin"];  // docs/access.md
 const ORDER = ["RUNNING", "STARTING", "BACKOFF", "STOPPING", "UNKNOWN", "FATAL", "EXITED",
                "STOPPED"];
 
@@ -17,6 +18,7 @@ const $ = (id) => document.getElementById(id);
 const S = {
   needsKey: document.querySelector('meta[name="pmd-auth"]').content === "key",
   key: null,
+  me: null,             // GET /whoami: who pmd takes this page for, and its level
   programs: new Map(),  // "p:<id>" or "q:<temporary id>" -> entry
   live: new Map(),      // same keys -> figures from /ws: { cpu, mem, health, ports }
   rows: new Map(),      // same keys -> <tr> in a list
@@ -111,6 +113,8 @@ function announce(text) { $("announce").textContent = text; }
 
 function askKey(reason) {
   S.key = null;
+  S.me = null;
+  showWho();
   sessionStorage.removeItem(KEY_ITEM);
   closeWs();
   stopLogs();
@@ -126,16 +130,42 @@ async function submitKey(event) {
   const key = $("key").value.trim();
   if (!key) { $("key-error").textContent = "Enter the API key."; return; }
   S.key = key;
-  try {
-    await api(API + "/status");
-  } catch (e) {
-    if (e.status !== 401) $("key-error").textContent = "pmd did not answer: " + e.message;
-    return;
-  }
+  if (!(await identify())) return;
   sessionStorage.setItem(KEY_ITEM, key);
   $("key").value = "";
   $("key-error").textContent = "";
   begin();
+}
+
+// ---- who the page acts as --------------------------------------------------------
+
+function may(level) {
+  return S.me !== null && LEVELS.indexOf(S.me.level) >= LEVELS.indexOf(level);
+}
+
+function showWho() {
+  const node = $("who");
+  node.hidden = S.me === null;
+  node.textContent = S.me ? `as ${S.me.identity || S.me.kind.replace("-", " ")} (${S.me.level})` : "";
+}
+
+// Asks /whoami (open) who pmd takes this page for. Below `read` the page has nothing to
+// show: a read route is asked once for the server's own reason, and the key prompt comes
+// back with it. True when the page may go on.
+async function identify() {
+  let me;
+  try {
+    me = await api(API + "/whoami");
+    if (LEVELS.indexOf(me.level) < LEVELS.indexOf("read")) await api(API + "/status");
+  } catch (e) {
+    if (!(e instanceof ApiError)) $("key-error").textContent = "pmd did not answer: " + e.message;
+    else if (e.status !== 401 || !S.needsKey) askKey(e.message);  // else api() has asked
+    return false;
+  }
+  S.me = me;
+  showWho();
+  if (S.view.kind !== "list") renderDetail();
+  return true;
 }
 
 // ---- reading the views ------------------------------------------------------------
@@ -194,7 +224,8 @@ async function refresh() {
       render();
       await verdicts();
     } catch (e) {
-      if (!(e instanceof ApiError)) setConn("error", "pmd did not answer");
+      if (e instanceof ApiError && e.status === 403) askKey(e.message);  // lowered below read
+      else if (!(e instanceof ApiError)) setConn("error", "pmd did not answer");
     }
   })();
   try { await S.refreshing; } finally {
@@ -260,7 +291,13 @@ function connect() {
   const protocols = S.key ? ["pmd", "pmd.key." + b64url(S.key)] : ["pmd"];
   const ws = new WebSocket(`${scheme}://${location.host}/ws?interval=2`, protocols);
   S.ws = ws;
-  ws.onopen = () => { S.wsDelay = 1000; setConn("live", "live"); refresh(); };
+  ws.onopen = async () => {
+    const again = S.wsDelay > 1000;  // back after a break: the identities may have changed
+    S.wsDelay = 1000;
+    setConn("live", "live");
+    if (again && !(await identify())) return;
+    refresh();
+  };
   ws.onmessage = (m) => {
     let message;
     try { message = JSON.parse(m.data); } catch (e) { return; }
@@ -469,7 +506,11 @@ function renderDetail() {
     $("b-restart").disabled = quick;
     $("b-stop").disabled = !alive && !quick;
   }
-  $("b-start").hidden = $("b-restart").hidden = quick;
+  // below `operate` the actions are not offered at all (docs/access.md)
+  const operate = may("operate");
+  $("actions").hidden = !operate;
+  $("b-start").hidden = $("b-restart").hidden = quick || !operate;
+  $("b-stop").hidden = !operate;
   $("b-stop").textContent = quick ? "Stop and remove" : "Stop";
   const config = JSON.stringify(entry.spec, null, 2);
   if ($("d-config").textContent !== config) $("d-config").textContent = config;
@@ -688,6 +729,7 @@ function route() {
 }
 
 async function begin() {
+  if (S.me === null && !(await identify())) return;
   S.started = true;
   $("forget").hidden = !S.needsKey;
   setConn("connecting", "connecting");
