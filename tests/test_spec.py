@@ -154,3 +154,13 @@ def test_log_forward_modes_are_the_captures():
     assert [forward_mode(m) for m in CAPTURE_MODES] == list(CAPTURE_MODES)
     assert (forward_mode("1"), forward_mode("0"), forward_mode("loud")) == \
         ("prefixed", "off", None)
+
+
+def test_watched_paths_expand_as_the_start_does():
+    spec = ProgramSpec.model_validate({
+        "name": "w", "command": "sleep 30", "directory": "${APP:-/srv}/current",
+        "watch": {"paths": ["config", "${SHARED}/rules", "${MISSING}/x"]}})
+    env = {"APP": "/opt/app", "SHARED": "/etc/shared"}
+    # the directory's and the paths' references come from pmd's environment; a path whose
+    # reference cannot be expanded is not watched (its start reports the missing variable)
+    assert spec.watched_paths(env) == ["/opt/app/current/config", "/etc/shared/rules"]

@@ -16,6 +16,7 @@ import pwd
 import re
 import signal
 import unicodedata
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -30,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from .expand import USER_REFERENCES, env_files, one_or_more
+from .expand import USER_REFERENCES, ExpansionError, env_files, expand, one_or_more
 from .expand import check as check_references
 from .hooks import HookSpec
 from .policies import (
@@ -481,12 +482,22 @@ class ProgramSpec(Model):
     def effective_port_param(self) -> str:
         return self.port_param or "--port"
 
-    def watched_paths(self) -> list[str]:
-        """watch.paths, relative ones taken from `directory`."""
+    def watched_paths(self, env: Mapping[str, str] | None = None) -> list[str]:
+        """watch.paths, relative ones taken from `directory`; with `env`, their `${VAR}`s
+        and the directory's expanded from it, as a start expands them (a path whose
+        reference cannot be expanded is left out: the start reports that one)."""
         if self.watch is None:
             return []
-        return [p if p.startswith("/") else os.path.join(self.directory or "/", p)
-                for p in self.watch.paths]
+        paths = []
+        for path in self.watch.paths:
+            try:
+                directory = self.directory or "/"
+                if env is not None:
+                    path, directory = expand(path, env), expand(directory, env)
+            except ExpansionError:
+                continue
+            paths.append(path if path.startswith("/") else os.path.join(directory, path))
+        return paths
 
     def ports(self) -> list[int | None]:
         return list(self.port_range.ports()) if self.port_range else [None]

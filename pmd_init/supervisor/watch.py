@@ -18,7 +18,7 @@ import asyncio
 import fnmatch
 import logging
 import os
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,8 +33,11 @@ MAX_DIRECTORIES = 4096
 
 class FileWatch:
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 on_change: Callable[[Program], Coroutine[Any, Any, None]]) -> None:
+                 on_change: Callable[[Program], Coroutine[Any, Any, None]],
+                 env: Mapping[str, str] | None = None) -> None:
         self.loop = loop
+        #: what `${VAR}`s in watch paths and directories expand from (pmd's environment)
+        self.env = env
         self.on_change = on_change
         self.changes = 0
         self._inotify: Any = None
@@ -53,7 +56,7 @@ class FileWatch:
     def sync(self, programs: Iterable[Program]) -> None:
         """Watch exactly the enabled programs' watch paths: a program whose paths
         changed is watched anew, the others keep their watches."""
-        wanted = {p: tuple(p.spec.watched_paths()) for p in programs
+        wanted = {p: tuple(p.spec.watched_paths(self.env)) for p in programs
                   if p.spec.watch is not None and p.spec.enabled}
         for program in [p for p, paths in self._wanted.items() if wanted.get(p) != paths]:
             self._forget(program)
