@@ -172,7 +172,8 @@ class Supervisor:
             stop_container=self._stop_container)
         #: cron_restart (cron.py) and watch (watch.py).
         self.cron = CronRestarts(loop)
-        self.watch = FileWatch(loop, self._restart_for_change, self.runtime.base_env)
+        self.watch = FileWatch(loop, self._restart_for_change, self.runtime.base_env,
+                               own=(str(log_dir), str(state_dir)))
         #: start_on: connection (activation.py).
         self.activation = Activation(
             loop, self.events, self.sockets, self.launch,

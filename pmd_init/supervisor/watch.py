@@ -34,8 +34,11 @@ MAX_DIRECTORIES = 4096
 class FileWatch:
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  on_change: Callable[[Program], Coroutine[Any, Any, None]],
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, own: Iterable[str] = ()) -> None:
         self.loop = loop
+        #: pmd's own folders (logs, state): never watched, even inside a watched folder,
+        #: or a program's own log lines would restart it forever
+        self.own = tuple(os.path.realpath(p) for p in own)
         #: what `${VAR}`s in watch paths and directories expand from (pmd's environment)
         self.env = env
         self.on_change = on_change
@@ -106,6 +109,9 @@ class FileWatch:
                 log.warning("%s: %d paths watched already: %s and below are not",
                             program.name, MAX_DIRECTORIES, directory)
                 return
+            if self._own(directory):
+                subdirs[:] = []
+                continue
             self._add(program, root, directory)
             subdirs[:] = [d for d in subdirs if _same_device(directory, d, device)]
 
@@ -131,12 +137,18 @@ class FileWatch:
             if event.watch is None or event.path is None:
                 continue
             path = str(event.path)
+            if self._own(path):
+                continue
             for program, root in list(self._owners.get(event.watch.wd, ())):
                 if Mask.ISDIR in event.mask and Mask.CREATE in event.mask:
                     self._add_tree(program, root, path)  # a new subdirectory
                 if self._ignored(program, root, path):
                     continue
                 self._changed(program, path)
+
+    def _own(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return any(real == own or real.startswith(own + os.sep) for own in self.own)
 
     @staticmethod
     def _ignored(program: Program, root: str, path: str) -> bool:

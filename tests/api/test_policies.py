@@ -307,6 +307,27 @@ def test_a_watched_change_restarts_the_program_then_its_dependents_in_order(
         assert entered("worker", "STOPPING")[0]["timestamp"] >= ready["api"]
 
 
+def test_a_watched_folder_holding_pmds_own_logs_is_not_changed_by_them(tmp_path: Path) -> None:
+    """pmd's log and state folders inside a watched folder (an app folder that holds
+    everything, as `pmd import` of a PM2 `watch: true` gives): the program's own log lines
+    are no change, or it would restart forever; a file of the app's still is."""
+    marks = tmp_path / "lines"
+    with Pmd(tmp_path / "pmd", [], env=ENV) as pmd, events(pmd) as seen:
+        add(pmd, program("chatty", "sh -c 'while :; do echo line; date +%s.%N >> "
+                         f"{marks}; sleep 0.05; done'", boot=True, startsecs=0.3,
+                         # the marks, and the files the harness keeps pmd's own output in
+                         watch={"paths": [str(tmp_path)], "debounce": 0.2,
+                                "ignore": ["lines", "pmd.stdout", "pmd.stderr"]}))
+        seen.wait(lambda: [m for m in seen.of("chatty") if m["to"] == "RUNNING"])
+        # its lines land in pmd's log folder, inside the watched one, for over a second
+        wait_until(lambda: marks.exists() and len(marks.read_text().split()) >= 30,
+                   timeout=20)
+        assert not [m for m in seen.of("chatty") if m["to"] == "STOPPING"]
+        (tmp_path / "app.ini").write_text("v2")
+        seen.wait(lambda: [m for m in seen.of("chatty") if m["to"] == "STOPPING"], timeout=20)
+        assert [m["reason"] for m in seen.of("chatty") if m["to"] == "STOPPING"] == ["watch"]
+
+
 def test_cron_and_watch_are_validated_with_the_field_named(tmp_path: Path) -> None:
     with Pmd(tmp_path / "pmd", [], env=ENV) as pmd:
         url = f"{API}/programs/add"
