@@ -51,6 +51,9 @@ class Settings:
     #: A PEM file of CA certificates webhook deliveries trust besides the system's
     #: (PMD_WEBHOOK_CA_FILE: tests deliver to a receiver with a certificate of their own).
     webhook_ca_file: Path | None = None
+    #: --webhook-allow-local / PMD_WEBHOOK_ALLOW_LOCAL: webhooks may reach loopback and
+    #: private addresses (model/webhook_rules.py reads it from the environment).
+    webhook_allow_local: bool = False
     #: Signal only the main command itself instead of its whole process group.
     single_child: bool = False
     #: What a received signal becomes before it is passed on to the main command; 0 drops
@@ -252,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="colon-separated folders where API-given log files may live, "
                    "besides --log-dir (default /var/log)")
     p.add_argument("--no-api", action="store_true", help="do not serve HTTP at all")
+    p.add_argument("--webhook-allow-local", action="store_true",
+                   default=_flag("PMD_WEBHOOK_ALLOW_LOCAL"),
+                   help="let webhooks reach loopback, private and link-local addresses "
+                   "(a receiver inside the container or its pod); off by default")
     p.add_argument("--rate-limit", type=int, default=int(_env("PMD_RATE_LIMIT", "100") or 100),
                    help="requests a minute per client address on the process API, 0 for no "
                    "limit (default 100; the Unix socket is never limited)")
@@ -357,6 +364,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         ephemeral_grace=max(0.0, ephemeral_grace),
         memory_interval=memory_interval,
         webhook_ca_file=Path(ca_file).absolute() if ca_file else None,
+        webhook_allow_local=args.webhook_allow_local,
         log_level=log_level,
         single_child=args.single_child,
         rewrite=job_control_rewrites(rewrite, args.single_child),

@@ -37,6 +37,8 @@ ENVIRONMENT_EXCEPTIONS: dict[tuple[str, str], str] = {
     # PMD_WEBHOOK_ALLOW_LOOPBACK, a switch only tests turn on. The rules it opens run in
     # WebhooksSpec's validators, which have no settings (see the function's comment).
     ("pmd_init.model.webhook_rules", "loopback_allowed"): "test-only switch, read per call",
+    # PMD_WEBHOOK_ALLOW_LOCAL, what --webhook-allow-local sets: the same rules, read alike.
+    ("pmd_init.model.webhook_rules", "local_allowed"): "operator switch, read per call",
 }
 
 #: (module, name) of module- or class-level state the rules below would refuse.

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pmd_init import __version__
 from pmd_init.model.spec import ProgramSpec, WebhooksSpec
 from pmd_init.model.states import ProgramState
-from pmd_init.model.webhook_rules import ALLOW_LOOPBACK_ENV, address_problem
+from pmd_init.model.webhook_rules import ALLOW_LOCAL_ENV, ALLOW_LOOPBACK_ENV, address_problem
 from pmd_init.supervisor import webhooks
 from pmd_init.supervisor.errors import Invalid
 from pmd_init.supervisor.events import EventBus, ReadyEvent, StateEvent
@@ -130,6 +130,20 @@ def test_loopback_escape_hatch_lets_loopback_addresses_only(monkeypatch):
         assert field == "webhooks.urls.0"
     monkeypatch.setenv(ALLOW_LOOPBACK_ENV, "yes")  # only "1" opens it
     assert refusal({"urls": ["https://127.0.0.1/"]})[0] == "webhooks.urls.0"
+
+
+def test_allow_local_opens_loopback_private_and_localhost_but_not_the_rest(monkeypatch):
+    monkeypatch.delenv(ALLOW_LOOPBACK_ENV, raising=False)
+    local = ["https://127.0.0.1:8443/x", "https://[::1]/x", "https://10.0.0.1/",
+             "https://192.168.1.10/", "https://169.254.169.254/", "https://100.64.0.1/",
+             "https://localhost:8080/", "https://[fd00::1]/"]
+    for url in local:
+        assert refusal({"urls": [url]})[0] == "webhooks.urls.0", url  # off by default
+    monkeypatch.setenv(ALLOW_LOCAL_ENV, "1")
+    assert WebhooksSpec(urls=local).urls == local
+    for url in ("https://0.0.0.0/", "https://224.0.0.1/", "https://240.0.0.1/",
+                "https://u:p@10.0.0.1/", "http://10.0.0.1/"):
+        assert refusal({"urls": [url]})[0] == "webhooks.urls.0", url
 
 
 def test_url_count_is_bounded():

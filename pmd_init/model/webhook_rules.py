@@ -18,9 +18,13 @@ import re
 import socket
 from urllib.parse import urlsplit
 
-#: For tests only: "1" lets webhooks reach 127.0.0.0/8 and ::1 (never in production: a
-#: webhook is not a way to reach services inside the container).
+#: For tests only: "1" lets webhooks reach 127.0.0.0/8 and ::1.
 ALLOW_LOOPBACK_ENV = "PMD_WEBHOOK_ALLOW_LOOPBACK"
+#: The operator's switch (`--webhook-allow-local`, which pid1.main turns into this "1"):
+#: webhooks may reach loopback, private and link-local addresses, and localhost names, as
+#: a receiver inside the container or its pod needs. Off by default: a webhook is then no
+#: way for whoever may edit programs to reach services inside the container.
+ALLOW_LOCAL_ENV = "PMD_WEBHOOK_ALLOW_LOCAL"
 
 URL_MAX = 2048
 HEADER_VALUE_MAX = 4096
@@ -42,11 +46,15 @@ def loopback_allowed() -> bool:
     # The one read of the environment outside settings (tests/test_module_state.py names
     # it). Not a Settings field: these rules run inside WebhooksSpec's validators, and a
     # spec is validated from programs.json, API bodies, quick-starts and re-exec snapshots
-    # alike, a dozen call sites that would all have to carry a validation context for a
-    # switch that only tests turn on. The delivery asks the same function, so validation
-    # and delivery never disagree. Read at each call, never at import: a test may set it
-    # for itself.
-    return os.environ.get(ALLOW_LOOPBACK_ENV) == "1"
+    # alike, a dozen call sites that would all have to carry a validation context. The
+    # delivery asks the same function, so validation and delivery never disagree. Read at
+    # each call, never at import: a test may set it for itself.
+    return os.environ.get(ALLOW_LOOPBACK_ENV) == "1" or local_allowed()
+
+
+def local_allowed() -> bool:
+    # Read as loopback_allowed() reads its switch, for the same reasons.
+    return os.environ.get(ALLOW_LOCAL_ENV) == "1"
 
 
 def address_problem(address: Address) -> str | None:
@@ -64,15 +72,20 @@ def address_problem(address: Address) -> str | None:
             return problem
     if address.is_loopback:
         return None if loopback_allowed() else "a loopback address"
+    local = local_allowed()
     for attribute, what in (
         ("is_unspecified", "an unspecified address"),
-        ("is_link_local", "a link-local address"),
         ("is_multicast", "a multicast address"),
-        ("is_private", "a private address"),
         ("is_reserved", "a reserved address"),
     ):
         if getattr(address, attribute):
             return what
+    if local:  # --webhook-allow-local: private, link-local, carrier-grade NAT too
+        return None
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_private:
+        return "a private address"
     if not address.is_global:  # 100.64.0.0/10 (carrier-grade NAT) and the like
         return "not a public address"
     return None
@@ -102,7 +115,7 @@ def check_host(host: str) -> None:
     name = host.removesuffix(".")
     if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise ValueError(f"{host} is not a valid host name")
-    if name == "localhost" or name.endswith(".localhost"):
+    if (name == "localhost" or name.endswith(".localhost")) and not local_allowed():
         raise ValueError(f"{host} is a loopback host name")
 
 

@@ -801,6 +801,12 @@ def main(argv: list[str] | None = None) -> None:
         settings = parse_settings(args)
         if settings.tls_cert is not None and not os.environ.get(REEXEC_ENV):
             _check_tls(settings)
+        if settings.webhook_allow_local:
+            from ..model.webhook_rules import ALLOW_LOCAL_ENV
+
+            # the one switch the webhook rules read, in validation and delivery alike
+            # (model/webhook_rules.py says why it is not passed down)
+            os.environ[ALLOW_LOCAL_ENV] = "1"
     run(settings, inherited_mask)
 
 

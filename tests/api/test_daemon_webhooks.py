@@ -281,6 +281,25 @@ def test_without_the_escape_hatch_private_targets_are_refused(pmd, http, receive
     assert receiver.seen("/ok/refused") == []
 
 
+def test_the_operator_flag_lets_webhooks_reach_receivers_inside(tmp_path, cert, receiver):
+    """--webhook-allow-local (off in the module's shared pmd, see above): a loopback
+    receiver gets the program's events, a private address is accepted (never dialled
+    here: that program never changes state), and what stays refused still is."""
+    env = {"PMD_WEBHOOK_CA_FILE": str(cert / "cert.pem")}
+    with Pmd(tmp_path, [], env=env, args=["--webhook-allow-local"]) as pmd:
+        http = pmd.http
+        answer = add(http, program("hook-local", webhooks={
+            "urls": [receiver.url("/ok/local-flag")], "events": ["RUNNING"]}))
+        add(http, program("hook-private", webhooks={"urls": ["https://10.0.0.1/ok"]}))
+        assert_error(http.post(f"{API}/programs/add", json=program(
+            "hook-multicast", webhooks={"urls": ["https://224.0.0.1/"]})), 400,
+            "VALIDATION_ERROR", "webhooks.urls.0")
+        assert http.post(f"{API}/programs/{answer['id']}/start",
+                         json={"wait": True}).status_code == 200
+        wait_until(lambda: receiver.seen("/ok/local-flag"), timeout=10,
+                   what="the RUNNING webhook to a loopback receiver")
+
+
 def test_bad_headers_are_refused_by_the_api(http):
     body = program("hook-headers", webhooks={"urls": ["https://hooks.example.com/"],
                                              "headers": {"X-A": "1\r\nX-B: 2"}})
