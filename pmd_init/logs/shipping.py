@@ -20,6 +20,7 @@ import contextlib
 import logging
 import socket
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -379,11 +380,12 @@ _ENCODERS: dict[str, Callable[[Shipper, list[tuple[Source, float, bytes]]], Any]
 
 # ---- transports --------------------------------------------------------------------
 
-class _Transport:
+class _Transport(ABC):
+    @abstractmethod
     async def send(self, payload: Any) -> None:
-        raise NotImplementedError
+        """Deliver one batch's payload, or raise (the shipper retries with backoff)."""
 
-    async def reset(self) -> None:
+    async def reset(self) -> None:  # noqa: B027 - a datagram transport has nothing to drop
         """Drop the connection after a failure; the next send makes a new one."""
 
 

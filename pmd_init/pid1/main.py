@@ -299,6 +299,7 @@ class Init:
         if seconds > 0:
             log.warning("PMD_TEST_WEDGE: blocking the loop for %g s", seconds)
             time.sleep(seconds)
+            log.warning("PMD_TEST_WEDGE: the loop runs again")
 
     def handle_sighup(self) -> None:
         """Reload programs.json: start added, stop removed, restart changed."""
