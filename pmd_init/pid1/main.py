@@ -95,6 +95,7 @@ class Init:
         self.signals = SignalQueue(loop, self._dispatch)
         self.signals.install()
         signals.reset_mask()  # after a re-exec: what arrived meanwhile is delivered now
+        self.signals.relay_waited()
         self._set_pdeathsig()
         self.reaper = Reaper(loop, warn_orphans=s.warn_reap)
         self._become_subreaper()
@@ -793,6 +794,8 @@ def main(argv: list[str] | None = None) -> None:
     inherited_mask: frozenset[int] = frozenset()
     if REEXEC_ENV not in os.environ:
         inherited_mask = signals.reset_mask()
+    else:  # kept through the exec; said again, since every thread must inherit it
+        signals.block_waited()
     args = sys.argv[1:] if argv is None else argv
     if args and (args[0] == "--compat" or args[0].startswith("--compat=")):
         from .compat import parse_compat

@@ -3,36 +3,54 @@ socketpair (signal.set_wakeup_fd) and the loop reads the numbers and dispatches 
 Nothing runs inside a handler, so there is no reentrancy to reason about.
 
 pmd queues every signal it can catch: one left at its default action would kill pmd when
-it is not PID 1 (ALRM, IO, PWR, ABRT...) and orphan its programs. The exceptions:
+it is not PID 1 (ALRM, IO, PWR, ABRT...) and orphan its programs. Two kinds are waited
+for by a thread of their own instead (sigwaitinfo), blocked in every other thread:
 - the faults (SEGV, BUS, FPE, ILL, TRAP, SYS): a handler that only queues returns to the
-  faulting instruction, so a real fault in pmd would spin instead of dumping core;
-- PIPE, which pmd raises on itself whenever it writes to a socket or pipe whose reader has
-  gone (an API client that hung up, a closed stdout). Python cannot tell those from a
-  `kill -PIPE`, so PIPE stays ignored, as Python sets it, and is not passed on.
+  faulting instruction, so a real fault in pmd would spin instead of dumping core. A real
+  fault is not affected by the block: the kernel delivers it to the faulting thread all
+  the same, at its default action, and pmd dumps core; what reaches the waiting thread was
+  sent by a process (`kill -SEGV`) and is passed on like the rest, as dumb-init does.
+- PIPE, which the kernel raises on pmd whenever it writes to a socket or pipe whose reader
+  has gone (an API client that hung up, a closed stdout). That one is aimed at the writing
+  thread, stays pending there while blocked and is dropped when the spawn unblocks it (its
+  disposition stays ignored, as Python sets it); a `kill -PIPE` from another process is
+  aimed at pmd as a whole and reaches the waiting thread, which passes it on.
+Children do not inherit the block: spawn lifts it around the fork. The one gap: a signal
+of these that lands during a fork (a few microseconds a spawn) finds the spawning thread
+unblocked: a fault signal then ends pmd, as it always did before, and a PIPE is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterable
 
-FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
-                    signal.SIGTRAP, signal.SIGSYS})
+from ..supervisor.spawn import WAITED
+
 UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 #: Python ignores these itself at start (subprocess's restore_signals resets them for
 #: children), so whether pmd's caller ignored them cannot be known.
 PYTHON_IGNORES = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
 
 HANDLED: tuple[int, ...] = tuple(sorted(
-    int(s) for s in signal.valid_signals() - UNCATCHABLE - FAULTS - {signal.SIGPIPE}))
+    int(s) for s in signal.valid_signals() - UNCATCHABLE - WAITED))
 
 
 def reset_mask() -> frozenset[int]:
-    """Unblock everything: a mask inherited from the caller would hold back TERM (and
-    would pass on to every child, which inherits pmd's mask). Returns that mask."""
-    return frozenset(int(s) for s in signal.pthread_sigmask(signal.SIG_SETMASK, []))
+    """Unblock everything but what pmd's waiting thread takes: a mask inherited from the
+    caller would hold back TERM (and would pass on to every child, which inherits pmd's
+    mask). Returns the mask there was."""
+    return frozenset(int(s) for s in signal.pthread_sigmask(signal.SIG_SETMASK, WAITED))
+
+
+def block_waited() -> None:
+    """Block what pmd's waiting thread takes, in the calling thread (and so in every
+    thread it starts later)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
 
 
 def inherited_ignored() -> frozenset[int]:
@@ -67,6 +85,25 @@ class SignalQueue:
                 continue
             signal.siginterrupt(signum, False)
         self._loop.add_reader(self._rsock.fileno(), self._readable)
+
+    def relay_waited(self) -> None:
+        """Start the thread that waits for the faults and PIPE (blocked in every thread of
+        pmd since reset_mask, so every thread started later inherits the block) and queues
+        those another process sent."""
+        threading.Thread(target=self._wait, name="pmd-signals", daemon=True).start()
+
+    def _wait(self) -> None:
+        me = os.getpid()
+        while True:
+            info = signal.sigwaitinfo(WAITED)
+            # Made by the kernel (si_code > 0), or by pmd on itself: this thread's own
+            # write to a closed socket raises a PIPE "sent" by pmd. Neither is passed on.
+            if info.si_code > 0 or info.si_pid == me:
+                continue
+            try:
+                self._wsock.send(bytes([info.si_signo]))
+            except OSError:
+                pass  # the queue is full or gone (a re-exec under way): as for the C handler
 
     def _readable(self) -> None:
         try:

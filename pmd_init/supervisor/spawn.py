@@ -13,6 +13,10 @@ just for the spawn and nothing changes in the child's path. When pmd uses that n
 itself (low numbers always are: the loop's epoll, its wakeup pipe, log files), the child
 moves it with one dup2 in a preexec_fn; Popen then forks instead of vforking, for such a
 program's spawns only (every other spawn keeps the fast path).
+
+A child inherits the signal mask of the thread that forks it. pmd keeps the fault signals
+and PIPE blocked in its own threads (pid1/signals.py says why); they are unblocked around
+each fork, so every child starts with the mask its program would get from a shell.
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ import os
 import pwd
 import resource
 import shlex
+import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from errno import EACCES, ENOENT, ENOTDIR
 from typing import Any
+
+#: Blocked in every thread of pmd, never in a child.
+WAITED = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+                    signal.SIGTRAP, signal.SIGSYS, signal.SIGPIPE})
 
 SHELL_PATHS = {"bash": "bash", "zsh": "zsh", "fish": "fish", "sh": "sh", "tmux": "bash"}
 
@@ -143,6 +152,7 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         if move is not None:
             assert preexec is None  # programs have none; the main command has no extra fd
             preexec = move
+    held = signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
     try:
         return subprocess.Popen(
             req.argv,
@@ -173,6 +183,7 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
     except (ValueError, KeyError, subprocess.SubprocessError) as exc:
         raise SpawnError(f"cannot execute {req.argv[0]}: {exc}") from None
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if placed is not None:
             os.close(placed)
 
