@@ -90,7 +90,14 @@ class SignalQueue:
         """Start the thread that waits for the faults and PIPE (blocked in every thread of
         pmd since reset_mask, so every thread started later inherits the block) and queues
         those another process sent."""
-        threading.Thread(target=self._wait, name="pmd-signals", daemon=True).start()
+        # Started with every signal blocked: a signal pmd handles must never land in this
+        # thread (during a re-exec the main thread blocks them to hold them for the next
+        # image; one this thread took then would be lost).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            threading.Thread(target=self._wait, name="pmd-signals", daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def _wait(self) -> None:
         me = os.getpid()

@@ -50,9 +50,13 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, durable: bool
         os.close(dir_fd)
 
 
+def json_bytes(value: Any) -> bytes:
+    """How pmd's JSON files are written: indented, with a final newline."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
+
+
 def atomic_write_json(path: Path, value: Any, durable: bool = True) -> None:
-    atomic_write_bytes(path, orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n",
-                       durable=durable)
+    atomic_write_bytes(path, json_bytes(value), durable=durable)
 
 
 def remove_stale_temps(folder: Path) -> list[str]:

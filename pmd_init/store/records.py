@@ -16,7 +16,7 @@ from typing import Any
 
 from typing_extensions import TypedDict
 
-from .files import read_json
+from .files import json_bytes, read_json
 from .storage import Storage
 
 FORMAT_VERSION = 1
@@ -46,15 +46,27 @@ class Records:
         self.ephemeral_path = state_dir / "ephemeral.json"
         self.pids_path = state_dir / "pids.json"
         self._storage = storage
+        #: What this pmd last wrote to each file, and whether that write was synced: the
+        #: same bytes again are not written again (a shutdown with no quick-start would
+        #: otherwise sync an unchanged ephemeral.json, a third of the stop's time).
+        self._written: dict[Path, tuple[bytes, bool]] = {}
+
+    def _write(self, path: Path, value: Any, durable: bool) -> None:
+        data = json_bytes(value)
+        last = self._written.get(path)
+        if last is not None and last[0] == data and (last[1] or not durable):
+            return
+        self._written.pop(path, None)  # unknown until this write has succeeded
+        self._storage.write_bytes(path, data, durable=durable)
+        self._written[path] = (data, durable)
 
     def write_ephemeral(self, boot: dict[str, object], entries: list[EphemeralEntry],
                         durable: bool = True) -> None:
         """Durable by default: a quick-start is answered only once this has returned.
         durable=False (a restart's new pid) is still atomic. Raises StorageError (the dir
         is full, read-only, ...) with the file as it was."""
-        self._storage.write_json(self.ephemeral_path,
-                                 {"version": FORMAT_VERSION, "boot": boot, "programs": entries},
-                                 durable=durable)
+        self._write(self.ephemeral_path,
+                    {"version": FORMAT_VERSION, "boot": boot, "programs": entries}, durable)
 
     def read_ephemeral(self) -> tuple[object, list[dict[str, Any]]] | None:
         """(boot, entries), or None when there is no file. Raises OSError or ValueError
@@ -63,8 +75,7 @@ class Records:
 
     def write_pids(self, boot: dict[str, object], entries: list[PidsEntry]) -> None:
         # Not fsync'd: after a machine crash no process of it is left to re-adopt.
-        self._storage.write_json(self.pids_path, {"boot": boot, "instances": entries},
-                                 durable=False)
+        self._write(self.pids_path, {"boot": boot, "instances": entries}, durable=False)
 
     def read_pids(self) -> tuple[object, list[dict[str, Any]]] | None:
         return self._read(self.pids_path, "instances")

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from .files import atomic_write_bytes, remove_stale_temps
+from .files import atomic_write_bytes, json_bytes, remove_stale_temps
 
 log = logging.getLogger("pmd.store")
 
@@ -126,8 +124,7 @@ class Storage:
         self._write(path, len(data), lambda: atomic_write_bytes(path, data, durable=durable))
 
     def write_json(self, path: Path, value: Any, durable: bool = True) -> None:
-        self.write_bytes(path, orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n",
-                         durable=durable)
+        self.write_bytes(path, json_bytes(value), durable=durable)
 
     def _write(self, path: Path, size: int, write: Callable[[], None]) -> None:
         status = self._status_of(path)

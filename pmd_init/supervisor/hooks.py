@@ -79,15 +79,15 @@ class HookRunner:
             if event.reason == "adopted":  # pmd changed hands, not the program
                 return
             name = event.to_state.value
-            body = payload(event, self.hostname)
         elif isinstance(event, ReadyEvent):
             name = "READY"
-            body = {**ready_payload(event, self.hostname), "event": "READY"}
         else:
             return
         hooks = [h for h in self.hooks_for(event) if matches(h.events, name)]
         if not hooks:
             return
+        body = payload(event, self.hostname) if isinstance(event, StateEvent) \
+            else {**ready_payload(event, self.hostname), "event": "READY"}
         env = {**self.base_env, "PMD_EVENT": name,
                **{f"PMD_EVENT_{key.upper()}": "" if value is None else str(value)
                   for key, value in body.items()}}
