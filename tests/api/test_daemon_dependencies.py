@@ -68,6 +68,12 @@ def test_new_fields_are_accepted_and_returned(pmd, http):
     ({"readiness": {"fd": 2}}, "readiness.fd", "3"),
     ({"readiness": {"fd": 300}}, "readiness.fd", "255"),
     ({"readiness": {"fd": 4, "notify": True}}, "readiness", "exactly one"),
+    # the program's fds 3 and 4 are its sockets (systemd's LISTEN_FDS): pmd's own there
+    ({"readiness": {"fd": 4}, "sockets": [{"name": "web", "path": "/run/rule-web.sock"},
+                                          {"name": "admin", "path": "/run/rule-admin.sock"}]},
+     "readiness.fd", "taken by the sockets (fds 3 to 4): choose 5"),
+    ({"readiness": {"log_line": "^up$"}, "logs_enabled": False}, "readiness.log_line",
+     "needs logs_enabled"),
     ({"backoff": "fibonacci"}, "backoff", "linear"),
     ({"startretries": -5}, "startretries", "-1"),
 ])
