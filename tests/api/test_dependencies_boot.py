@@ -263,3 +263,52 @@ def test_waiting_and_blocked_show_in_every_view_and_on_the_stream(tmp_path: Path
     assert "app: waiting for migrate (completed_successfully) (blocked: migrate exited 3)" \
         in log
     assert not (base / "app.start").exists() and not (base / "api.start").exists()
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs unshare --pid (root)")
+def test_a_hup_reload_keeps_the_graph_consistent(tmp_path: Path) -> None:
+    """pmd as PID 1: a programs.json with a cycle, or without a program others need, is
+    refused on SIGHUP and changes nothing (pids, waits); one that adds a dependent is
+    taken, and the new program waits and starts in order."""
+    base = tmp_path / "marks"
+    base.mkdir()
+    gate = base / "go"
+    db = prog("db", f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; "
+                    f"date +%s.%N > {base}/db.ready; echo up; exec sleep 60'",
+              readiness={"log_line": "^up$"})
+    api = prog("api", stamp(base, "api"), depends_on=["db"])
+    with Pmd(tmp_path / "pmd", [db, api], pid1=True) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+
+        def status(name: str) -> dict[str, Any]:
+            return dict(http.get(f"{API}/status/{ids[name]}").json()["status"])
+
+        before = pmd.wait_for(lambda: (s := status("db"))["status"] == "RUNNING" and s)
+        assert status("api")["waiting_for"] == ["db (ready)"]
+        listed = http.get(f"{API}/programs").json()
+        refusals = [
+            ([{**db, "depends_on": ["api"]}, api], "a dependency cycle: "),
+            ([api], "'api' depends on 'db', which is not a program"),
+        ]
+        for n, (programs, words) in enumerate(refusals, 1):
+            pmd.write_programs(programs)
+            pmd.signal(signal.SIGHUP)
+            pmd.wait_for(lambda n=n: pmd.stderr_text().count("programs.json not reloaded") == n)
+            problem = http.get(f"{API}/health").json()["config_problem"]
+            assert "reload refused" in problem and words in problem, problem
+            assert http.get(f"{API}/programs").json() == listed
+            assert (status("db")["pid"], status("api")["waiting_for"]) == \
+                (before["pid"], ["db (ready)"])
+        assert "a dependency cycle: api -> db -> api" in pmd.stderr_text()
+        pmd.write_programs([db, api, prog("worker", stamp(base, "worker"),
+                                          depends_on={"api": "running"})])
+        pmd.signal(signal.SIGHUP)
+        ids["worker"] = pmd.wait_for(lambda: {p["name"]: p["id"] for p in http.get(
+            f"{API}/programs").json()["programs"]}.get("worker"))
+        assert status("worker")["waiting_for"] == ["api (running)"]
+        assert status("db")["pid"] == before["pid"]
+        gate.touch()
+        pmd.wait_for(lambda: written(base / "worker.start"), timeout=10)
+    assert started(base, "api") >= float((base / "db.ready").read_text())
+    assert started(base, "worker") - started(base, "api") >= 0.5 - 0.3  # api's startsecs
