@@ -112,7 +112,7 @@ def test_removing_or_renaming_a_dependency_is_409_listing_the_dependents(pmd, ht
     assert snapshot(pmd, http) == before
 
 
-def test_process_api_accepts_the_fields(http):
+def test_process_api_accepts_the_fields(pmd, http):
     answer = http.post("/api/processes", json={
         "name": "pm2-dep-base", "script": "sleep 30", "max_restarts": -1,
         "backoff": "exponential", "readiness": {"probe": {"type": "tcp", "port": 1}}})
@@ -126,9 +126,15 @@ def test_process_api_accepts_the_fields(http):
     assert stored["pm2-dep-base"]["backoff"] == "exponential"
     assert stored["pm2-dep"]["depends_on"] == {"pm2-dep-base": "ready"}
     assert stored["pm2-dep"]["oneshot"] is True
-    bad = http.post("/api/processes", json={"name": "pm2-bad", "script": "true",
-                                            "depends_on": ["nobody-here"]})
-    assert bad.status_code == 400 and bad.json()["error"]["field"] == "depends_on", bad.text
+    before = snapshot(pmd, http)
+    for body, field in (({"depends_on": ["nobody-here"]}, "depends_on"),
+                        ({"depends_on": ["pm2-bad"]}, "depends_on"),
+                        ({"readiness": {"fd": 256}}, "readiness.fd"),
+                        ({"readiness": {"log_line": "[x"}}, "readiness.log_line")):
+        bad = http.post("/api/processes", json={"name": "pm2-bad", "script": "true", **body})
+        assert bad.status_code == 400 and bad.json()["error"]["field"] == field, bad.text
+    assert snapshot(pmd, http) == before
+    assert "pm2-bad" not in {p["name"] for p in http.get("/api/processes").json()}
 
 
 def test_openapi_describes_the_fields(http):
