@@ -301,8 +301,15 @@ def test_a_hup_reload_keeps_the_graph_consistent(tmp_path: Path) -> None:
             assert (status("db")["pid"], status("api")["waiting_for"]) == \
                 (before["pid"], ["db (ready)"])
         assert "a dependency cycle: api -> db -> api" in pmd.stderr_text()
-        pmd.write_programs([db, api, prog("worker", stamp(base, "worker"),
-                                          depends_on={"api": "running"})])
+        # dependents released together: priority orders them (late is listed, so asks,
+        # first), then each waits its own delay_seconds
+        pmd.write_programs([db, api,
+                            prog("late", stamp(base, "late"), priority=900,
+                                 depends_on={"api": "running"}),
+                            prog("worker", stamp(base, "worker"), priority=500,
+                                 delay_seconds=1, depends_on={"api": "running"}),
+                            prog("early", stamp(base, "early"), priority=10,
+                                 depends_on={"api": "running"})])
         pmd.signal(signal.SIGHUP)
         ids["worker"] = pmd.wait_for(lambda: {p["name"]: p["id"] for p in http.get(
             f"{API}/programs").json()["programs"]}.get("worker"))
@@ -310,5 +317,11 @@ def test_a_hup_reload_keeps_the_graph_consistent(tmp_path: Path) -> None:
         assert status("db")["pid"] == before["pid"]
         gate.touch()
         pmd.wait_for(lambda: written(base / "worker.start"), timeout=10)
+        log = pmd.stderr_text()
     assert started(base, "api") >= float((base / "db.ready").read_text())
-    assert started(base, "worker") - started(base, "api") >= 0.5 - 0.3  # api's startsecs
+    # api's startsecs (0.5), then worker's own delay_seconds (1)
+    assert started(base, "worker") - started(base, "api") >= 0.5 + 1 - 0.3
+    assert started(base, "early") - started(base, "api") >= 0.5 - 0.3
+    # released in the same turn: the lower priority number first (pmd's own event order)
+    assert log.index("late: waiting for") < log.index("early: waiting for")
+    assert log.index("early: STOPPED -> STARTING") < log.index("late: STOPPED -> STARTING")
