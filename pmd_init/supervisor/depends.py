@@ -111,7 +111,7 @@ def _why_not_ready(program: Program, inst: Instance) -> str:
     where = f"{inst.name}: " if inst.port is not None else ""
     readiness = program.spec.readiness
     if inst.state in (S.STARTING, S.RUNNING):
-        if readiness is None:
+        if readiness is None or inst.ready_at is not None:  # ready: RUNNING still to come
             return f"{where}starting"
         return f"{where}not ready yet ({readiness.source})"
     if inst.state == S.BACKOFF:

@@ -198,3 +198,19 @@ def test_what_a_program_waits_for_is_published_when_it_changes(graph: Graph) -> 
     graph.world.advance(5)  # db RUNNING: api released, its wait is over
     assert [(e.waiting_for, e.blocked) for e in graph.waits[3:]] == [((), None)]
     assert graph.waits[-1].time - EPOCH == graph.started("api") == 8.0
+
+
+def test_why_not_ready_tells_ready_from_not_yet(graph: Graph) -> None:
+    """The container's readiness names what is missing: a run whose readiness source
+    has not spoken, or one that said it is ready and still has its startsecs to last."""
+    from pmd_init.supervisor.depends import not_ready
+
+    web = graph.add("web", readiness={"fd": 5}, startsecs=2)
+    graph.boot()
+    graph.world.advance(0.5)
+    assert not_ready(web).reason == "not ready yet (fd)"  # type: ignore[union-attr]
+    web.primary.mark_ready("fd")
+    assert web.primary.state == S.STARTING
+    assert not_ready(web).reason == "starting"  # type: ignore[union-attr]
+    graph.world.advance(2)
+    assert not_ready(web) is None
