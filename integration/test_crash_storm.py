@@ -156,7 +156,7 @@ def storm_to_api(seen: Storm, stamps: Path) -> float:
 
 
 def test_crash_storm_as_pid1_with_the_default_start_limit(tmp_path):
-    tag = f"storm-{tmp_path.name}"
+    tag = f"storm-{tmp_path}"  # the whole path: unique across concurrent pytest runs
     stamps = tmp_path / "crash000.starts"
     seen = run_storm(Pmd(tmp_path / "pmd", storm(tag, stamps=stamps), pid1=True,
                          grace=GRACE), tag)
@@ -175,7 +175,7 @@ def test_crash_storm_as_pid1_with_the_default_start_limit(tmp_path):
 def test_crash_storm_without_start_limit_keeps_pmd_responsive(tmp_path):
     """`start_limit_burst: 0`: nothing slows the programs down, so only the scheduling
     (restarts after the reaper's pass, a bounded pass per loop turn) keeps pmd serving."""
-    tag = f"storm-{tmp_path.name}"
+    tag = f"storm-{tmp_path}"  # the whole path: unique across concurrent pytest runs
     seen = run_storm(Pmd(tmp_path, storm(tag, start_limit_burst=0), grace=GRACE), tag)
     assert_init_duties(seen)
     assert seen.start_limit_seen == 0, seen.summary()
@@ -189,7 +189,7 @@ def test_crash_loop_of_100_programs(tmp_path, limit):
     start-rate limit and without; pmd's open files stay within 4 a program all along,
     and are no more at the end than at the start (each run's pipes are closed before
     the next spawns)."""
-    tag = f"loop-{tmp_path.name}"
+    tag = f"loop-{tmp_path}"
     extra = {} if limit == "default" else {"start_limit_burst": 0}
     seen = run_storm(Pmd(tmp_path, storm(tag, 100, **extra), grace=GRACE), tag, seconds=4.0)
     assert_init_duties(seen, programs=100)

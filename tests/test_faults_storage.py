@@ -71,12 +71,12 @@ def state_on_tmpfs(tmp_path: Path) -> Iterator[Pmd]:
                 pmd.stop()
             finally:
                 pmd.kill_all()
-                kill_tagged(tmp_path.name)
+                kill_tagged(str(tmp_path))
 
 
 def test_full_state_dir_never_acknowledges_an_unsaved_quick_start(state_on_tmpfs):
     pmd = state_on_tmpfs
-    tag = pmd.base.name
+    tag = str(pmd.base)  # the whole path: unique across concurrent pytest runs
     # Room for a few launches, then none: a launch needs its document twice over while
     # the new copy is written beside the old one.
     filler = pmd.state_dir / "filler"
