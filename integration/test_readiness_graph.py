@@ -8,6 +8,7 @@ on, with names only for a caller with the key; `pmd ready` agrees by its exit co
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,54 @@ def test_pmd_ready_waits_and_says_when_pmd_does_not_answer(tmp_path: Path) -> No
         assert pmd_ready(pmd, "--json").returncode == 0
     gone = pmd_ready(pmd)
     assert gone.returncode == 1 and gone.stderr.startswith("pmd: cannot reach pmd")
+
+
+def test_ready_counts_every_port_of_a_range_and_only_enabled_boot_programs(
+        tmp_path: Path) -> None:
+    """A port range is ready when every instance is (the one that is not is named); a
+    oneshot that failed keeps the container unready; programs that are not enabled boot
+    programs (disabled, not boot, lazy) are not counted."""
+    base = tmp_path / "marks"
+    base.mkdir()
+    gate = base / "go"
+    with socket.socket() as a, socket.socket() as b:  # two free ports side by side
+        a.bind(("127.0.0.1", 0))
+        first = a.getsockname()[1]
+        try:
+            b.bind(("127.0.0.1", first + 1))
+        except OSError:
+            pytest.skip("the port after a free one is taken")
+    programs = [
+        # the range's second port waits for the gate before it says it is up
+        prog("web", f"sh -c 'if [ \"$PORT\" = {first + 1} ]; then while [ ! -e {gate} ]; "
+                    "do sleep 0.05; done; fi; echo up; exec sleep 60'",
+             port_range={"start": first, "end": first + 1},
+             readiness={"log_line": "^up$"}),
+        prog("task", f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; exit 3'",
+             oneshot=True),
+        prog("off", "sleep 60", enabled=False),
+        prog("manual", "sleep 60", boot=False),
+        prog("lazy", "sleep 60", boot=False, lazy_load=True),
+    ]
+    with Pmd(tmp_path / "pmd", programs, pid1=True) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get("/api/v1/daemon/programs").json()
+               ["programs"]}
+        pmd.wait_for(lambda: (i := http.get(f"/api/v1/daemon/status/{ids['web']}").json()
+                              ["status"]["instances"][0])["status"] == "RUNNING"
+                     and i.get("ready"))
+        body = http.get(READY).json()
+        assert body["programs"] == {"total": 2, "ready": 0, "not_ready": 2}, body
+        reasons = {r["name"]: r["reason"] for r in body["not_ready"]}
+        assert reasons["web"] == f"web:{first + 1}: not ready yet (log_line)", reasons
+        gate.touch()
+        pmd.wait_for(lambda: all(i.get("ready") for i in http.get(
+            f"/api/v1/daemon/status/{ids['web']}").json()["status"]["instances"]))
+        task = pmd.wait_for(lambda: (s := http.get(f"/api/v1/daemon/status/{ids['task']}")
+                                     .json()["status"])["status"] == "FATAL" and s)
+        assert task["exit_code"] == 3
+        answer = http.get(READY)
+        assert answer.status_code == 503
+        assert answer.json()["programs"] == {"total": 2, "ready": 1, "not_ready": 1}
+        assert answer.json()["not_ready"] == [
+            {"name": "task", "id": ids["task"], "state": "FATAL", "reason": "FATAL, exited 3"}]

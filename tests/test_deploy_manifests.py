@@ -155,3 +155,26 @@ def test_the_sidecar_example_uses_a_native_sidecar_and_a_shared_process_namespac
     spec = pod_spec(workload)
     assert any(c.get("restartPolicy") == "Always" for c in spec["initContainers"])
     assert spec["shareProcessNamespace"] is True
+
+
+def test_the_example_orders_its_programs_by_dependency_and_probes_their_readiness():
+    """examples/kubernetes.yaml: the pod is Ready on pmd's readiness verdict (every boot
+    program in its ready condition), a startup probe covers the slowest readiness, and the
+    programs start in order by depends_on and readiness, never by a guessed delay."""
+    path = ROOT / "examples" / "kubernetes.yaml"
+    container = pmd_container(workloads(path)[0])
+    # /readyz is GET /api/v1/daemon/ready's verdict for the kubelet (docs/orchestrators.md)
+    assert container["readinessProbe"]["httpGet"]["path"] in ("/readyz", "/api/v1/daemon/ready")
+    config = next(d for d in documents(path) if d["kind"] == "ConfigMap")
+    specs = parse_programs(json.loads(config["data"]["programs.json"]))
+    assert [s.delay_seconds for s in specs] == [0] * len(specs)
+    ordered = [s for s in specs if s.depends_on]
+    assert ordered, "no program of the example depends on another"
+    by_name = {s.name: s for s in specs}
+    for spec in ordered:
+        for name in spec.depends_on:
+            assert by_name[name].readiness is not None, (spec.name, name)
+    startup = container["startupProbe"]
+    longest_wait = max((s.readiness.timeout_seconds or 0) + s.startsecs
+                       for s in specs if s.readiness is not None)
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= longest_wait

@@ -50,3 +50,17 @@ def test_every_example_program_is_a_valid_add_request(source: str) -> None:
         # the accounts are the image's, not this machine's: the model, not the system
         AddProgramRequest.model_validate(entry)
         assert entry["user"] in accounts, (source, entry["name"], accounts)
+
+
+def test_the_example_config_shows_the_readiness_and_dependency_fields() -> None:
+    """config/programs.json has an example of each: depends_on with conditions, a
+    readiness source, a oneshot its dependent waits for, a backoff retried forever."""
+    programs = {p["name"]: p for p in json.loads(SOURCES["config/programs.json"]())["programs"]}
+    once = [p for p in programs.values() if p.get("oneshot")]
+    assert once, "no oneshot"
+    waits = {name: condition for p in programs.values()
+             for name, condition in (p.get("depends_on") or {}).items()}
+    assert waits.get(once[0]["name"]) == "completed_successfully", waits
+    assert any(p.get("readiness") for p in programs.values())
+    assert any(p.get("startretries") == -1 and p.get("backoff") == "exponential"
+               and p.get("backoff_max_seconds") for p in programs.values())

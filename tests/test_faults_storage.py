@@ -71,12 +71,12 @@ def state_on_tmpfs(tmp_path: Path) -> Iterator[Pmd]:
                 pmd.stop()
             finally:
                 pmd.kill_all()
-                kill_tagged(tmp_path.name)
+                kill_tagged(str(tmp_path))
 
 
 def test_full_state_dir_never_acknowledges_an_unsaved_quick_start(state_on_tmpfs):
     pmd = state_on_tmpfs
-    tag = pmd.base.name
+    tag = str(pmd.base)  # the whole path: unique across concurrent pytest runs
     # Room for a few launches, then none: a launch needs its document twice over while
     # the new copy is written beside the old one.
     filler = pmd.state_dir / "filler"
@@ -286,3 +286,29 @@ def test_kill_9_during_api_writes_loses_no_answered_write(tmp_path):
             pmd.stop()
         finally:
             pmd.kill_all()
+
+
+def test_a_start_removes_stale_temp_files_of_pmds_naming_only(tmp_path):
+    """Temp files a killed pmd left in the config and the state dir (any pid, pmd's own
+    `.<name>.<pid>.tmp`) are gone once a new pmd has started, its health counts them;
+    files of other names, however alike, are left alone."""
+    pmd = Pmd(tmp_path, [program("kept", "sleep 60", boot=False)])
+    stale = [pmd.config_dir / ".programs.json.4194301.tmp",
+             pmd.config_dir / ".programs.last-good.json.77.tmp",
+             pmd.state_dir / ".ephemeral.json.4194302.tmp",
+             pmd.state_dir / ".pids.json.1.tmp"]
+    others = [pmd.config_dir / "notes.tmp", pmd.config_dir / ".programs.json.tmp",
+              pmd.config_dir / ".programs.json.abc.tmp", pmd.state_dir / "ephemeral.json.1.tmp",
+              pmd.state_dir / ".editor.swp"]
+    for path in [*stale, *others]:
+        path.write_bytes(b"{" * 4096)
+    with pmd:
+        assert temp_files(pmd.config_dir, pmd.state_dir) == []
+        assert [p for p in stale if p.exists()] == []
+        assert [p for p in others if not p.exists()] == []
+        storage = health(pmd.http)["storage"]
+        assert (storage["config"]["stale_temp_files_removed"],
+                storage["state"]["stale_temp_files_removed"]) == (2, 2), storage
+        log = pmd.stderr_text()
+    assert "removed 2 stale temp file(s) from the config dir" in log
+    assert "removed 2 stale temp file(s) from the state dir" in log

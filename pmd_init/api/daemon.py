@@ -115,6 +115,11 @@ def program_view(request: Request, program: Program, include_status: bool = Fals
     return view
 
 
+#: The status fields of a quick-start entry taken from the program's status object.
+QUICK_STATUS_KEYS = ("completed", "ready", "ready_at", "notify_status", "notify_stopping",
+                     "retry_at", "backoff_reason")
+
+
 def quick_view(program: Program) -> dict[str, Any]:
     """A quick-start entry: lower-case status, as that product's quick-start answers."""
     inst = program.primary
@@ -137,6 +142,10 @@ def quick_view(program: Program) -> dict[str, Any]:
         view["exit_code"] = inst.exit_code
     if inst.spawn_error:
         view["spawn_error"] = inst.spawn_error
+    # what the fields a quick-start shares with programs show (readiness, oneshot,
+    # backoff), as a program's status shows them
+    status = instance_status(inst)
+    view.update({key: status[key] for key in QUICK_STATUS_KEYS if key in status})
     spec = program.spec
     view.update({
         "stdout_logfile": str(inst.log_path("stdout")) if spec.logs_enabled else None,

@@ -232,7 +232,7 @@ class LogFollower:
         name = inst.name
 
         def on_event(event: Event) -> None:
-            if event.instance != name:
+            if not isinstance(event, ReadyEvent | StateEvent) or event.instance != name:
                 return
             if isinstance(event, ReadyEvent):
                 data = orjson.dumps({"instance": event.instance, "via": event.via,

@@ -2,9 +2,11 @@
 
 On connect: one `snapshot` message with every process (the GET /api/processes view).
 Then, from the supervisor's event stream as it happens, a `state_change` message for every
-state change of any instance and a `health` message when an instance's health status
-changes; and a `metrics` message every `interval` seconds (default 5, `?interval=`
-between 0.2 and 300) while the connection is open: nobody listening, nothing sampled.
+state change of any instance, a `health` message when an instance's health status
+changes, a `ready` message when one becomes ready, and a `waiting` message when what a
+program's start waits for changes (depends_on); and a `metrics` message every
+`interval` seconds (default 5, `?interval=` between 0.2 and 300) while the connection is
+open: nobody listening, nothing sampled.
 The format is documented in docs/process-api.md.
 
 Authentication is the API's (a header; since browsers cannot set headers on a WebSocket,
@@ -27,7 +29,14 @@ from sanic import Blueprint, Request
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from ..supervisor.events import Event, HealthEvent, ReadyEvent, SignalEvent, StateEvent
+from ..supervisor.events import (
+    Event,
+    HealthEvent,
+    ReadyEvent,
+    SignalEvent,
+    StateEvent,
+    WaitingEvent,
+)
 from ..supervisor.instance import Instance
 from ..supervisor.supervisor import Supervisor
 from .auth import WS_SUBPROTOCOL
@@ -101,7 +110,17 @@ def signal_message(event: SignalEvent) -> dict[str, Any]:
             "timestamp": event.time}
 
 
+def waiting_message(event: WaitingEvent) -> dict[str, Any]:
+    """What a program's start waits for, as the process list shows it; an empty
+    `waiting_for` says it waits no more."""
+    return {"type": "waiting", "id": event.program_id, "name": event.program,
+            "waiting_for": list(event.waiting_for), "blocked": event.blocked,
+            "time": iso(event.time), "timestamp": event.time}
+
+
 def event_message(sup: Supervisor, event: Event) -> dict[str, Any]:
+    if isinstance(event, WaitingEvent):
+        return waiting_message(event)
     if isinstance(event, HealthEvent):
         return health_message(event)
     if isinstance(event, ReadyEvent):

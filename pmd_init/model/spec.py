@@ -61,6 +61,21 @@ BACKOFF_KINDS = ("linear", "exponential")
 FORWARD_MODES = ("prefixed", "timestamped", "raw", "json", "off")
 
 
+class RuleError(ValueError):
+    """A rule between fields, broken: `field` is the one to blame (the error answer names
+    it, as pydantic names the field of a rule on one field)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def rule_field(error: Mapping[str, Any]) -> str | None:
+    """The field a RuleError blames, from one of pydantic's `errors()`; None for others."""
+    cause = (error.get("ctx") or {}).get("error")
+    return cause.field if isinstance(cause, RuleError) else None
+
+
 def depends_mapping(value: Any) -> Any:
     """`depends_on` as given: a list means `ready` for each name (duplicates kept once)."""
     if isinstance(value, list):
@@ -405,12 +420,12 @@ class ProgramSpec(Model):
     @model_validator(mode="after")
     def _coherent(self) -> ProgramSpec:
         if self.lazy_load and self.boot:
-            raise ValueError("lazy_load cannot be combined with boot: true")
+            raise RuleError("lazy_load", "lazy_load cannot be combined with boot: true")
         if self.port_param is not None:
             if self.port_range is None:
-                raise ValueError("port_param requires port_range")
+                raise RuleError("port_param", "port_param requires port_range")
             if not self.port_param.strip():
-                raise ValueError("port_param must not be empty")
+                raise RuleError("port_param", "port_param must not be empty")
         kit = self.directory is not None and (
             self.directory == KIT_ROOT or self.directory.startswith(KIT_ROOT + "/")
         )
@@ -418,8 +433,8 @@ class ProgramSpec(Model):
             object.__setattr__(self, "hoody_kit", kit)
         if self.readiness is not None and self.readiness.log_line is not None \
                 and not self.logs_enabled:
-            raise ValueError("readiness.log_line needs logs_enabled: pmd reads the lines "
-                             "from the program's log pipes")
+            raise RuleError("readiness.log_line", "readiness.log_line needs logs_enabled: "
+                            "pmd reads the lines from the program's log pipes")
         self._check_sockets()
         if self.oneshot:  # it runs once: nothing to restart, nothing to survive
             object.__setattr__(self, "autorestart", "false")
@@ -430,26 +445,26 @@ class ProgramSpec(Model):
         names = [sock.name for sock in self.sockets or ()]
         for index, name in enumerate(names):
             if name in names[:index]:
-                raise ValueError(f"sockets.{index}: socket '{name}' is listed twice")
+                raise RuleError(f"sockets.{index}", f"socket '{name}' is listed twice")
         if self.start_on == "connection" and not self.sockets:
-            raise ValueError("start_on: connection needs sockets (the first connection to "
-                             "one of them starts the program)")
+            raise RuleError("start_on", "start_on: connection needs sockets (the first "
+                            "connection to one of them starts the program)")
         if self.idle_stop_after is not None and not self.on_connection:
-            raise ValueError("idle_stop_after needs start_on: connection")
+            raise RuleError("idle_stop_after", "idle_stop_after needs start_on: connection")
         if self.max_age_jitter is not None and self.max_age is None:
-            raise ValueError("max_age_jitter needs max_age")
+            raise RuleError("max_age_jitter", "max_age_jitter needs max_age")
         if self.watch is not None:
             for index, path in enumerate(self.watch.paths):
                 if not path.startswith("/") and self.directory is None:
-                    raise ValueError(f"watch.paths.{index}: a relative path needs directory")
+                    raise RuleError(f"watch.paths.{index}", "a relative path needs directory")
         if self.fatal_retry_after is not None and self.on_fatal != "restart_later":
-            raise ValueError("fatal_retry_after needs on_fatal: restart_later")
+            raise RuleError("fatal_retry_after", "fatal_retry_after needs on_fatal: restart_later")
         if self.sockets and self.port_range is not None:
-            raise ValueError("sockets cannot be combined with port_range")
+            raise RuleError("sockets", "sockets cannot be combined with port_range")
         fd = self.readiness.fd if self.readiness is not None else None
         if fd is not None and 3 <= fd < 3 + len(names):
-            raise ValueError(f"readiness.fd {fd} is taken by the sockets (fds 3 to "
-                             f"{2 + len(names)}): choose {3 + len(names)} or above")
+            raise RuleError("readiness.fd", f"readiness.fd {fd} is taken by the sockets "
+                            f"(fds 3 to {2 + len(names)}): choose {3 + len(names)} or above")
 
     # ---- derived views -------------------------------------------------------------
 

@@ -377,8 +377,13 @@ class Init:
 
     def _log_event(self, event: Any) -> None:
         # Not at the top: pmd_init.supervisor is imported only once the signal handlers are in.
-        from ..supervisor.events import ReadyEvent, SignalEvent, StateEvent
+        from ..supervisor.events import ReadyEvent, SignalEvent, StateEvent, WaitingEvent
 
+        if isinstance(event, WaitingEvent):
+            if event.waiting_for:  # no longer waiting: its STARTING (or STOPPED) follows
+                log.info("%s: waiting for %s%s", event.program, ", ".join(event.waiting_for),
+                         f" (blocked: {event.blocked})" if event.blocked else "")
+            return
         if isinstance(event, SignalEvent):
             log.info("%s: stop step %d of %d: SIG%s to pid %d%s", event.instance, event.step,
                      event.steps, event.signal.removeprefix("SIG"), event.pid,

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from ..model.graph import GraphError, check_graph
 from ..model.sockets import SocketError, socket_definitions
-from ..model.spec import ProgramSpec
+from ..model.spec import ProgramSpec, rule_field
 from .dropins import DropIns, merge
 from .files import read_json
 from .storage import Storage
@@ -67,8 +67,15 @@ def parse_programs(raw: object, check_dependencies: bool = True) -> list[Program
             specs.append(ProgramSpec.model_validate(item))
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"programs[{index}].{where}: {first['msg']}") from None
+            where = ".".join(str(p) for p in first["loc"]) or rule_field(first) or ""
+            message = first["msg"].removeprefix("Value error, ")
+            if not where:
+                said = f": {message}"
+            elif message.startswith(where):  # "readiness.fd 4 is taken by ..."
+                said = f".{message}"
+            else:
+                said = f".{where}: {message}"
+            raise ConfigError(f"programs[{index}]{said}") from None
     names: set[str] = set()
     ids: set[int] = set()
     for spec in specs:

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 from ..model.graph import Unmet
 from ..model.states import ProgramState
-from .events import Event
+from .events import Event, WaitingEvent
 from .health import HEALTHY
 
 if TYPE_CHECKING:
     from .instance import Instance
     from .program import Program
-    from .runtime import Cancellable, Timers
+    from .runtime import Cancellable, Clock, Timers
 
 S = ProgramState
 
@@ -111,7 +111,7 @@ def _why_not_ready(program: Program, inst: Instance) -> str:
     where = f"{inst.name}: " if inst.port is not None else ""
     readiness = program.spec.readiness
     if inst.state in (S.STARTING, S.RUNNING):
-        if readiness is None:
+        if readiness is None or inst.ready_at is not None:  # ready: RUNNING still to come
             return f"{where}starting"
         return f"{where}not ready yet ({readiness.source})"
     if inst.state == S.BACKOFF:
@@ -127,19 +127,29 @@ def _why_not_ready(program: Program, inst: Instance) -> str:
 
 
 class DependencyGate:
-    """The programs that want to start and wait for their dependencies."""
+    """The programs that want to start and wait for their dependencies.
 
-    __slots__ = ("_timers", "_lookup", "_release", "_waiting", "_check", "_closed")
+    What each one waits for is published (a WaitingEvent) when it changes, once per loop
+    turn, after the turn's events: the stream's readers see a program begin to wait, get
+    blocked, and stop waiting, as they see its state change."""
+
+    __slots__ = ("_timers", "_lookup", "_release", "_waiting", "_check", "_closed",
+                 "_clock", "_publish", "_shown")
 
     def __init__(self, timers: Timers, lookup: Callable[[str], Program | None],
-                 release: Callable[[Program], None]) -> None:
+                 release: Callable[[Program], None], clock: Clock | None = None,
+                 publish: Callable[[WaitingEvent], None] | None = None) -> None:
         self._timers = timers
         self._lookup = lookup
         self._release = release
+        self._clock = clock
+        self._publish = publish
         #: In the order they asked; a dict keeps that order and finds one at once.
         self._waiting: dict[Program, None] = {}
         self._check: Cancellable | None = None
         self._closed = False
+        #: What was last published for each program that waits (or waited).
+        self._shown: dict[Program, tuple[tuple[str, ...], str | None]] = {}
 
     def unmet(self, program: Program) -> list[Unmet]:
         return unmet(program, self._lookup)
@@ -153,12 +163,14 @@ class DependencyGate:
             return True
         self._waiting[program] = None
         program.waiting = lambda: self.unmet(program)
+        self.poke()  # publishes that it waits, after this turn
         return False
 
     def forget(self, program: Program) -> None:
         """Not wanted any more (stopped, disabled, removed) or started by force."""
         self._waiting.pop(program, None)
         program.waiting = None
+        self._show(program, ((), None))
 
     def is_waiting(self, program: Program) -> bool:
         return program in self._waiting
@@ -169,7 +181,8 @@ class DependencyGate:
     def on_event(self, event: Event) -> None:
         """Any change may make a condition hold: check once, after this loop turn's
         events, rather than for each of them."""
-        self.poke()
+        if not isinstance(event, WaitingEvent):  # its own say nothing new
+            self.poke()
 
     def poke(self) -> None:
         if self._waiting and self._check is None and not self._closed:
@@ -185,6 +198,23 @@ class DependencyGate:
             if program in self._waiting:
                 self.forget(program)
                 self._release(program)
+        for program in list(self._waiting):
+            waiting = program.waiting_for()
+            if waiting is not None:
+                self._show(program, (tuple(waiting[0]), waiting[1]))
+
+    def _show(self, program: Program, now: tuple[tuple[str, ...], str | None]) -> None:
+        """Publish what `program` waits for, if it changed (nothing: it waits no more)."""
+        before = self._shown.get(program, ((), None))
+        if now == before:
+            return
+        if now[0]:
+            self._shown[program] = now
+        else:
+            self._shown.pop(program, None)
+        if self._publish is not None and self._clock is not None:
+            self._publish(WaitingEvent(program.id, program.name, now[0], now[1],
+                                       self._clock.time(), source=program))
 
     def close(self) -> None:
         """Shutdown: nothing waiting is started any more."""

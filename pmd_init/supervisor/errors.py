@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..model.spec import rule_field
+
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
@@ -66,7 +68,8 @@ class Invalid(SupervisorError):
         errors: list[dict[str, object]] = []
         seen = set()
         for error in exc.errors():
-            path = _path(error["loc"], data)
+            rule = rule_field(error)  # a rule between fields blames one of them
+            path = _path(error["loc"], data) or (rule.split(".") if rule else [])
             if path and rename:
                 path[0] = rename.get(path[0]) or path[0]
             field = ".".join(path)
@@ -79,7 +82,8 @@ class Invalid(SupervisorError):
         kind = str(first["type"])
         message = "unknown field" if kind == "extra_forbidden" else str(first["message"])
         named = str(first["field"])
-        return cls(f"{named}: {message}" if named else message, field=named or None,
+        said = message if not named or message.startswith(named) else f"{named}: {message}"
+        return cls(said, field=named or None,
                    details={"errors": errors}, code=VALIDATION_CODES.get(kind))
 
 

@@ -1,6 +1,6 @@
 """The one stream of what happens to instances: state changes (`StateEvent`), health
-verdict changes (`HealthEvent`), readiness (`ReadyEvent`) and the signals of a stop
-(`SignalEvent`). The supervisor's own
+verdict changes (`HealthEvent`), readiness (`ReadyEvent`), the signals of a stop
+(`SignalEvent`) and what a program's start waits for (`WaitingEvent`). The supervisor's own
 bookkeeping, the dependency gate, the health and memory watchers, webhooks, the WebSocket
 and the log streams subscribe here instead of polling the supervisor or calling each
 other; each subscriber handles the event types it wants and ignores the rest."""
@@ -119,7 +119,27 @@ class SignalEvent:
                 "wait": self.wait, "time": self.time, "temporary_id": self.temporary_id}
 
 
-Event = StateEvent | HealthEvent | ReadyEvent | SignalEvent
+@dataclass(frozen=True, slots=True)
+class WaitingEvent:
+    """What a program's start waits for changed (depends_on): it began to wait, a
+    dependency got there or went FATAL (`blocked` says so), or it waits no more
+    (`waiting_for` empty: released, stopped, disabled or removed). Its instances stay
+    STOPPED meanwhile, so no state change tells it."""
+
+    program_id: int | None
+    program: str
+    waiting_for: tuple[str, ...]
+    blocked: str | None
+    time: float
+    source: object = field(default=None, compare=False, repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"program_id": self.program_id, "program": self.program,
+                "waiting_for": list(self.waiting_for), "blocked": self.blocked,
+                "time": self.time}
+
+
+Event = StateEvent | HealthEvent | ReadyEvent | SignalEvent | WaitingEvent
 Subscriber = Callable[[Event], None]
 
 

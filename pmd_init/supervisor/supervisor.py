@@ -163,7 +163,8 @@ class Supervisor:
         #: Programs' local event hooks (hooks.py); runs are children like programs.
         self.hooks = HookRunner(loop, self.events, children, self.base_env, self._hooks_for)
         #: Programs asked to start whose depends_on does not hold yet.
-        self.gate = DependencyGate(loop, self._dependency, self._release)
+        self.gate = DependencyGate(loop, self._dependency, self._release,
+                                   self.runtime.clock, self.events.publish)
         self.events.subscribe(self.gate.on_event)
         #: on_fatal (fatal.py).
         self.fatal = FatalPolicy(

@@ -68,6 +68,12 @@ def test_new_fields_are_accepted_and_returned(pmd, http):
     ({"readiness": {"fd": 2}}, "readiness.fd", "3"),
     ({"readiness": {"fd": 300}}, "readiness.fd", "255"),
     ({"readiness": {"fd": 4, "notify": True}}, "readiness", "exactly one"),
+    # the program's fds 3 and 4 are its sockets (systemd's LISTEN_FDS): pmd's own there
+    ({"readiness": {"fd": 4}, "sockets": [{"name": "web", "path": "/run/rule-web.sock"},
+                                          {"name": "admin", "path": "/run/rule-admin.sock"}]},
+     "readiness.fd", "taken by the sockets (fds 3 to 4): choose 5"),
+    ({"readiness": {"log_line": "^up$"}, "logs_enabled": False}, "readiness.log_line",
+     "needs logs_enabled"),
     ({"backoff": "fibonacci"}, "backoff", "linear"),
     ({"startretries": -5}, "startretries", "-1"),
 ])
@@ -106,7 +112,7 @@ def test_removing_or_renaming_a_dependency_is_409_listing_the_dependents(pmd, ht
     assert snapshot(pmd, http) == before
 
 
-def test_process_api_accepts_the_fields(http):
+def test_process_api_accepts_the_fields(pmd, http):
     answer = http.post("/api/processes", json={
         "name": "pm2-dep-base", "script": "sleep 30", "max_restarts": -1,
         "backoff": "exponential", "readiness": {"probe": {"type": "tcp", "port": 1}}})
@@ -120,9 +126,15 @@ def test_process_api_accepts_the_fields(http):
     assert stored["pm2-dep-base"]["backoff"] == "exponential"
     assert stored["pm2-dep"]["depends_on"] == {"pm2-dep-base": "ready"}
     assert stored["pm2-dep"]["oneshot"] is True
-    bad = http.post("/api/processes", json={"name": "pm2-bad", "script": "true",
-                                            "depends_on": ["nobody-here"]})
-    assert bad.status_code == 400 and bad.json()["error"]["field"] == "depends_on", bad.text
+    before = snapshot(pmd, http)
+    for body, field in (({"depends_on": ["nobody-here"]}, "depends_on"),
+                        ({"depends_on": ["pm2-bad"]}, "depends_on"),
+                        ({"readiness": {"fd": 256}}, "readiness.fd"),
+                        ({"readiness": {"log_line": "[x"}}, "readiness.log_line")):
+        bad = http.post("/api/processes", json={"name": "pm2-bad", "script": "true", **body})
+        assert bad.status_code == 400 and bad.json()["error"]["field"] == field, bad.text
+    assert snapshot(pmd, http) == before
+    assert "pm2-bad" not in {p["name"] for p in http.get("/api/processes").json()}
 
 
 def test_openapi_describes_the_fields(http):

@@ -5,6 +5,7 @@ left by an earlier container boot."""
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import signal
@@ -232,6 +233,11 @@ def test_temporary_ids_unique_under_a_burst(http):
     ({"autorestart": "never"}, "VALIDATION_ERROR", "autorestart"),
     ({"boot": True}, "UNKNOWN_FIELD", "boot"),
     ({"port_range": {"start": 1, "end": 2}}, "UNKNOWN_FIELD", "port_range"),
+    # pmd's readiness knobs, validated as a program's; a quick-start is not in the graph
+    ({"readiness": {"log_line": "(oops"}}, "VALIDATION_ERROR", "readiness.log_line"),
+    ({"readiness": {"fd": 2}}, "VALIDATION_ERROR", "readiness.fd"),
+    ({"backoff": "fibonacci"}, "VALIDATION_ERROR", "backoff"),
+    ({"depends_on": ["taken-name"]}, "UNKNOWN_FIELD", "depends_on"),
 ])
 def test_quick_start_rejections_change_nothing(pmd, http, change, code, field):
     # earlier tests' programs may finish meanwhile: nothing may be added, that is all
@@ -330,3 +336,30 @@ def test_a_finished_programs_name_is_free_again(pmd, http):
                timeout=5, what="the first one purged")
     assert (pmd.log_dir / "rerun" / "stdout.log").read_text() == "first\nsecond\n"
     assert http.get(f"{QS}/{second['temporary_id']}/logs").json()["logs"] == "first\nsecond"
+
+
+def test_a_quick_start_shows_its_readiness_its_verdict_and_its_backoff(pmd, http):
+    """The fields a quick-start shares with programs show in its entry as in a program's
+    status: `ready`/`ready_at` with readiness, `completed` with oneshot, `retry_at` and
+    `backoff_reason` while it backs off."""
+    mark = pmd.base / "quick-ready.mark"
+    ready = quick(http, command=f"sh -c 'sleep 0.5; date +%s.%N > {mark}; echo up; "
+                                "exec sleep 30'", startsecs=0, ttl=600,
+                  readiness={"log_line": "^up$", "timeout_seconds": 20})
+    status = f"{QS}/{ready['temporary_id']}/status"
+    entry = wait_until(lambda: (e := http.get(status).json())["status"] == "running"
+                       and e.get("ready") and e, what="ready")
+    made = float(mark.read_text())
+    ready_at = calendar.timegm(time.strptime(entry["ready_at"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert made - 1 <= ready_at <= made + 1  # whole seconds: ISO without a fraction
+    task = quick(http, command="sh -c 'exit 3'", oneshot=True, exitcodes=[0])
+    done = wait_until(lambda: (e := http.get(f"{QS}/{task['temporary_id']}/status").json())
+                      ["status"] == "fatal" and e, what="the task's verdict")
+    assert (done["completed"], done["exit_code"]) == (False, 3)
+    flaky = quick(http, command="sh -c 'exit 1'", startsecs=1, startretries=5,
+                  backoff="exponential")
+    backing = wait_until(lambda: (e := http.get(f"{QS}/{flaky['temporary_id']}/status")
+                                  .json())["status"] == "backoff" and e, what="backoff")
+    assert backing["backoff_reason"] == "failed_start" and ISO.match(backing["retry_at"])
+    for answer in (ready, task, flaky):
+        http.post(f"{QS}/{answer['temporary_id']}/stop")

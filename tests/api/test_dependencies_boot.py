@@ -6,12 +6,19 @@ test runs with pmd as a subreaper and as PID 1 of a PID namespace."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+from websockets.sync.client import connect
+
 from tests.api.helpers import API, assert_error
-from tests.harness import Pmd, both_inits
+from tests.harness import ROOT, Pmd, both_inits, can_unshare
 
 
 def stamp(base: Path, name: str, then: str = "exec sleep 60") -> str:
@@ -186,3 +193,135 @@ def test_a_reexec_in_a_waiting_boot_keeps_pids_and_finishes_in_order(
         after = status("db")
         assert after["ready"] is True and after["pid"] == db["pid"]
         assert status("cache")["pid"] == cache["pid"]
+
+
+def pmd_cli(pmd: Pmd, *args: str) -> str:
+    """`pmd ARGS` against this pmd's Unix socket; its standard output."""
+    env = {**os.environ, "PMD_SOCKET": str(pmd.socket), "PYTHONPATH": str(ROOT)}
+    env.pop("PMD_URL", None)
+    done = subprocess.run([sys.executable, "-m", "pmd_init.cli.pmd", *args], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs unshare --pid (root)")
+def test_waiting_and_blocked_show_in_every_view_and_on_the_stream(tmp_path: Path) -> None:
+    """pmd as PID 1: a program that waits and one that is blocked say so in both API
+    families, `pmd list`, /ws's snapshot and, as it changes, /ws's `waiting` messages."""
+    base = tmp_path / "marks"
+    base.mkdir()
+    gate = base / "go"
+    programs = [
+        # exits 3 once the test opens the gate: from waiting to blocked, seen live
+        prog("migrate", f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; exit 3'",
+             oneshot=True),
+        prog("app", stamp(base, "app"), depends_on={"migrate": "completed_successfully"}),
+        prog("slow", "sleep 60", readiness={"log_line": "^never$"}),
+        prog("api", stamp(base, "api"), depends_on={"slow": "ready"}),
+    ]
+    with Pmd(tmp_path / "pmd", programs, pid1=True) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+        pmd.wait_for(lambda: http.get(f"{API}/status/{ids['migrate']}")
+                     .json()["status"]["status"] == "RUNNING")
+        with connect(f"ws://127.0.0.1:{pmd.port}/ws?interval=300", open_timeout=5) as ws:
+            snapshot = {p["name"]: p for p in json.loads(ws.recv(timeout=5))["processes"]}
+            assert (snapshot["app"]["status"], snapshot["app"]["waiting_for"],
+                    snapshot["app"]["blocked"]) == \
+                ("launching", ["migrate (completed_successfully)"], None)
+            assert snapshot["api"]["waiting_for"] == ["slow (ready)"]
+            gate.touch()
+            blocked = None
+            while blocked is None:
+                message = json.loads(ws.recv(timeout=10))
+                if message["type"] == "waiting" and message["name"] == "app":
+                    blocked = message
+        assert blocked == {"type": "waiting", "id": ids["app"], "name": "app",
+                           "waiting_for": ["migrate (completed_successfully)"],
+                           "blocked": "migrate exited 3", "time": blocked["time"],
+                           "timestamp": blocked["timestamp"]}
+        # the PM2 family: the list and the detail
+        pm2 = {p["name"]: p for p in http.get("/api/processes").json()}
+        assert (pm2["app"]["status"], pm2["app"]["waiting_for"], pm2["app"]["blocked"]) == \
+            ("launching", ["migrate (completed_successfully)"], "migrate exited 3")
+        assert (pm2["api"]["status"], pm2["api"]["waiting_for"], pm2["api"]["blocked"]) == \
+            ("launching", ["slow (ready)"], None)
+        detail = http.get(f"/api/processes/{ids['api']}").json()
+        assert detail["waiting_for"] == ["slow (ready)"], detail
+        # the Daemon family
+        api = http.get(f"{API}/status/{ids['api']}").json()["status"]
+        assert (api["status"], api["waiting_for"], api["blocked"]) == \
+            ("STOPPED", ["slow (ready)"], None)
+        # pmd list, as a table and as JSON
+        rows = {line.split()[1]: line for line in pmd_cli(pmd, "list").splitlines()[1:]}
+        assert "launching (blocked: migrate exited 3)" in rows["app"], rows
+        assert "launching (waiting for slow (ready))" in rows["api"], rows
+        listed = {p["name"]: p for p in json.loads(pmd_cli(pmd, "list", "--json"))}
+        assert listed["api"]["waiting_for"] == ["slow (ready)"]
+        log = pmd.stderr_text()
+    assert "app: waiting for migrate (completed_successfully) (blocked: migrate exited 3)" \
+        in log
+    assert not (base / "app.start").exists() and not (base / "api.start").exists()
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs unshare --pid (root)")
+def test_a_hup_reload_keeps_the_graph_consistent(tmp_path: Path) -> None:
+    """pmd as PID 1: a programs.json with a cycle, or without a program others need, is
+    refused on SIGHUP and changes nothing (pids, waits); one that adds a dependent is
+    taken, and the new program waits and starts in order."""
+    base = tmp_path / "marks"
+    base.mkdir()
+    gate = base / "go"
+    db = prog("db", f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; "
+                    f"date +%s.%N > {base}/db.ready; echo up; exec sleep 60'",
+              readiness={"log_line": "^up$"})
+    api = prog("api", stamp(base, "api"), depends_on=["db"])
+    with Pmd(tmp_path / "pmd", [db, api], pid1=True) as pmd:
+        http = pmd.http
+        ids = {p["name"]: p["id"] for p in http.get(f"{API}/programs").json()["programs"]}
+
+        def status(name: str) -> dict[str, Any]:
+            return dict(http.get(f"{API}/status/{ids[name]}").json()["status"])
+
+        before = pmd.wait_for(lambda: (s := status("db"))["status"] == "RUNNING" and s)
+        assert status("api")["waiting_for"] == ["db (ready)"]
+        listed = http.get(f"{API}/programs").json()
+        refusals = [
+            ([{**db, "depends_on": ["api"]}, api], "a dependency cycle: "),
+            ([api], "'api' depends on 'db', which is not a program"),
+        ]
+        for n, (programs, words) in enumerate(refusals, 1):
+            pmd.write_programs(programs)
+            pmd.signal(signal.SIGHUP)
+            pmd.wait_for(lambda n=n: pmd.stderr_text().count("programs.json not reloaded") == n)
+            problem = http.get(f"{API}/health").json()["config_problem"]
+            assert "reload refused" in problem and words in problem, problem
+            assert http.get(f"{API}/programs").json() == listed
+            assert (status("db")["pid"], status("api")["waiting_for"]) == \
+                (before["pid"], ["db (ready)"])
+        assert "a dependency cycle: api -> db -> api" in pmd.stderr_text()
+        # dependents released together: priority orders them (late is listed, so asks,
+        # first), then each waits its own delay_seconds
+        pmd.write_programs([db, api,
+                            prog("late", stamp(base, "late"), priority=900,
+                                 depends_on={"api": "running"}),
+                            prog("worker", stamp(base, "worker"), priority=500,
+                                 delay_seconds=1, depends_on={"api": "running"}),
+                            prog("early", stamp(base, "early"), priority=10,
+                                 depends_on={"api": "running"})])
+        pmd.signal(signal.SIGHUP)
+        ids["worker"] = pmd.wait_for(lambda: {p["name"]: p["id"] for p in http.get(
+            f"{API}/programs").json()["programs"]}.get("worker"))
+        assert status("worker")["waiting_for"] == ["api (running)"]
+        assert status("db")["pid"] == before["pid"]
+        gate.touch()
+        pmd.wait_for(lambda: written(base / "worker.start"), timeout=10)
+        log = pmd.stderr_text()
+    assert started(base, "api") >= float((base / "db.ready").read_text())
+    # api's startsecs (0.5), then worker's own delay_seconds (1)
+    assert started(base, "worker") - started(base, "api") >= 0.5 + 1 - 0.3
+    assert started(base, "early") - started(base, "api") >= 0.5 - 0.3
+    # released in the same turn: the lower priority number first (pmd's own event order)
+    assert log.index("late: waiting for") < log.index("early: waiting for")
+    assert log.index("early: STOPPED -> STARTING") < log.index("late: STOPPED -> STARTING")

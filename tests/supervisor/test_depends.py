@@ -12,7 +12,7 @@ import pytest
 from pmd_init.model.spec import ProgramSpec
 from pmd_init.model.states import ProgramState
 from pmd_init.supervisor.depends import DependencyGate
-from pmd_init.supervisor.events import EventBus, HealthEvent
+from pmd_init.supervisor.events import EventBus, HealthEvent, WaitingEvent
 from pmd_init.supervisor.program import Program
 from tests.supervisor.fakes import EPOCH, FakeWorld, exited
 
@@ -26,8 +26,11 @@ class Graph:
         self.runtime = world.runtime(self.bus.publish)
         self.programs: dict[str, Program] = {}
         self.gate = DependencyGate(world, self.programs.get,
-                                   lambda p: p.start(delay=p.spec.delay_seconds))
+                                   lambda p: p.start(delay=p.spec.delay_seconds),
+                                   world, self.bus.publish)
         self.bus.subscribe(self.gate.on_event)
+        self.waits: list[WaitingEvent] = []
+        self.bus.subscribe(lambda e: isinstance(e, WaitingEvent) and self.waits.append(e))
 
     def add(self, name: str, **fields: Any) -> Program:
         spec = ProgramSpec.model_validate({"name": name, "command": f"/bin/{name}",
@@ -172,3 +175,42 @@ def test_forget_and_close_release_nothing(graph: Graph) -> None:
     graph.world.exit(graph.pid("base"), exited(0))
     graph.world.advance(10)
     assert graph.started("a") is None and graph.started("b") is None
+
+
+def test_what_a_program_waits_for_is_published_when_it_changes(graph: Graph) -> None:
+    """Its instances stay STOPPED: the stream says it waits, is blocked, is free again
+    and waits no more, once per change, at the time of the change."""
+    graph.add("db", startretries=0, startsecs=5)
+    graph.add("api", depends_on=["db"])
+    graph.boot()
+    graph.world.advance(0)
+    seen = [(e.program, e.waiting_for, e.blocked, e.time - EPOCH) for e in graph.waits]
+    assert seen == [("api", ("db (ready)",), None, 0.0)]
+    graph.world.advance(1)
+    graph.world.exit(graph.pid("db"), exited(1))  # before its startsecs, no retry: FATAL
+    graph.world.advance(0)
+    graph.world.advance(2)  # more turns, no change: nothing more
+    seen = [(e.program, e.waiting_for, e.blocked, e.time - EPOCH) for e in graph.waits]
+    assert seen[1:] == [("api", ("db (ready)",), "db exited 1", 1.0)]
+    graph.programs["db"].start()  # started by hand: on its way, no longer blocked
+    graph.world.advance(0)
+    assert (graph.waits[-1].blocked, graph.waits[-1].time - EPOCH) == (None, 3.0)
+    graph.world.advance(5)  # db RUNNING: api released, its wait is over
+    assert [(e.waiting_for, e.blocked) for e in graph.waits[3:]] == [((), None)]
+    assert graph.waits[-1].time - EPOCH == graph.started("api") == 8.0
+
+
+def test_why_not_ready_tells_ready_from_not_yet(graph: Graph) -> None:
+    """The container's readiness names what is missing: a run whose readiness source
+    has not spoken, or one that said it is ready and still has its startsecs to last."""
+    from pmd_init.supervisor.depends import not_ready
+
+    web = graph.add("web", readiness={"fd": 5}, startsecs=2)
+    graph.boot()
+    graph.world.advance(0.5)
+    assert not_ready(web).reason == "not ready yet (fd)"  # type: ignore[union-attr]
+    web.primary.mark_ready("fd")
+    assert web.primary.state == S.STARTING
+    assert not_ready(web).reason == "starting"  # type: ignore[union-attr]
+    graph.world.advance(2)
+    assert not_ready(web) is None

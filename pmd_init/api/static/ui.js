@@ -349,6 +349,16 @@ function onMessage(m) {
     record({ t: m.timestamp, key: keyOf(m.id), name: m.name, port: m.port,
              text: `ready (${m.via})` });
     if (inst) { inst.ready = true; render(); }
+  } else if (m.type === "waiting") {
+    if (m.blocked) {
+      record({ t: m.timestamp, key: keyOf(m.id), name: m.name, port: null,
+               text: `blocked: ${m.blocked}` });
+    }
+    if (entry) {
+      entry.waiting = m.waiting_for.length ? m.waiting_for : null;
+      entry.blocked = m.blocked;
+      render();
+    }
   } else {
     return;
   }
