@@ -305,6 +305,34 @@ def test_a_target_down_drops_and_counts_while_capture_goes_on(tmp_path: Path) ->
         assert checked.stdout.strip() == "" and checked.stderr.strip() == ""
 
 
+def test_a_target_down_counts_every_dropped_line_in_each_log_forward_mode(tmp_path: Path
+                                                                         ) -> None:
+    # The count of a full target's lines comes from what forwarding found (prefixed,
+    # timestamped, json) or from a count of its own (raw, off): exact in each, with reads
+    # that cut lines anywhere (seq writes 4 KiB at a time).
+    closed = free_port()
+    count = 200_000
+    modes = ("prefixed", "timestamped", "raw", "json", "off")
+    programs = [{**talker(f"fw-{mode}", f"seq 1 {count}; sleep 60"), "id": i + 1,
+                 "log_forward": mode} for i, mode in enumerate(modes)]
+    targets = {mode: {"type": "loki", "url": f"http://127.0.0.1:{closed}/loki/api/v1/push",
+                      "programs": [f"fw-{mode}"], "buffer_lines": 1000, "batch_lines": 100}
+               for mode in modes}
+    with start_pmd(tmp_path / "pmd", targets, programs) as pmd:
+        def complete(mode: str) -> bool:
+            log = pmd.log_dir / f"fw-{mode}" / "stdout.log"
+            return log.exists() and log.stat().st_size == len(
+                "".join(f"{i}\n" for i in range(1, count + 1)))
+        pmd.wait_for(lambda: all(complete(mode) for mode in modes), 30,
+                     what="every line in every log file")
+        health = pmd.uds.get(f"{API}/health").json()["log_targets"]["targets"]
+    for mode in modes:
+        down = health[mode]
+        assert down["sent"] == 0, (mode, down)
+        assert down["queued"] + down["dropped"] == count, (mode, down)
+        assert down["queued"] <= 1000 + 100, (mode, down)
+
+
 def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,
                                                                  receiver: Receiver) -> None:
     targets = {

@@ -2,9 +2,11 @@
 counting, or a Unix datagram socket), OTLP/HTTP (protobuf), Loki's push API (JSON).
 
 Capture must never wait for a target. A `Tap` sits on one capture: per chunk it cuts at the
-last newline (C-speed `rfind`), counts the lines (`count`) and hands the chunk, with the
-time it was captured, to each `Shipper` that selects the program. A shipper keeps at most
-`buffer_lines` lines; what does not fit is dropped and counted, in one addition per chunk.
+last newline (C-speed `rfind`) and hands the chunk, with the time it was captured and its
+number of lines, to each `Shipper` that selects the program. The number comes from the
+capture's forwarding, which finds every newline anyway; without forwarding (log_forward
+off or raw) it is one C-speed `count`. A shipper keeps at most `buffer_lines` lines; what
+does not fit is dropped and counted, in one addition per chunk.
 Splitting into lines and encoding happen in the shipper's own task, a batch at a time
 (`batch_lines` lines, or what came within `batch_seconds` of the first), and a failed send
 is retried with a backoff from 0.5 s to 30 s while new lines keep their bounded buffer.
@@ -120,6 +122,7 @@ class Shipper:
         t = self.target
         backoff = BACKOFF_FIRST
         batch: list[tuple[Source, float, bytes]] | None = None
+        payload: Any = None  # the batch encoded, once: a retry sends the same bytes
         while True:
             if batch is None:
                 await self._wake.wait()
@@ -135,7 +138,8 @@ class Shipper:
                     continue
             try:
                 try:
-                    payload = self._encode(self, batch)
+                    if payload is None:
+                        payload = self._encode(self, batch)
                 except ImportError as exc:  # opentelemetry-proto left out of the install
                     raise ShipError(f"cannot encode: {exc}", permanent=True) from None
                 await asyncio.wait_for(self._transport.send(payload), SEND_TIMEOUT)
@@ -147,7 +151,7 @@ class Shipper:
                 if isinstance(exc, ShipError) and exc.permanent:
                     log.warning("log target %s refused %d lines: %s", t.name, len(batch), exc)
                     self.dropped += len(batch)
-                    batch, self.in_flight = None, 0
+                    batch, payload, self.in_flight = None, None, 0
                     if self.queued:
                         self._wake.set()
                     continue
@@ -159,7 +163,7 @@ class Shipper:
                 continue
             self.sent += len(batch)
             backoff = BACKOFF_FIRST
-            batch, self.in_flight = None, 0
+            batch, payload, self.in_flight = None, None, 0
             if self.queued:
                 self._wake.set()
 
@@ -219,13 +223,18 @@ class Tap:
         self.shippers = tuple(shippers)
         self._partial = b""
 
-    def __call__(self, buffer: bytearray, n: int) -> None:
-        """The first `n` bytes of `buffer` were just read from the pipe."""
-        if not any(s.queued < s.target.buffer_lines for s in self.shippers):
+    def __call__(self, buffer: bytearray, n: int, lines: int | None = None) -> None:
+        """The first `n` bytes of `buffer` were just read from the pipe; `lines`, when the
+        capture knows it (forwarding found them), the number of newlines in them."""
+        for shipper in self.shippers:
+            if shipper.queued < shipper.target.buffer_lines:
+                break
+        else:
             # Every target is full (down, or slower than the program): count and drop
             # without a copy. A held line start is let go; its line is counted when its
             # newline comes.
-            lines = buffer.count(b"\n", 0, n)
+            if lines is None:
+                lines = buffer.count(b"\n", 0, n)
             self._partial = b""
             for shipper in self.shippers:
                 shipper.dropped += lines
@@ -233,20 +242,22 @@ class Tap:
         view = memoryview(buffer)
         cut = buffer.rfind(b"\n", 0, n)
         if cut < 0:  # no line ends here: it all continues the held start
-            chunk = b""
+            chunk, lines = b"", 0
             self._partial += view[:n].tobytes()
         else:
             whole = view[:cut + 1].tobytes()
             chunk = self._partial + whole if self._partial else whole
             self._partial = view[cut + 1:n].tobytes() if cut + 1 < n else b""
+            if lines is None:
+                lines = whole.count(b"\n")
         if len(self._partial) > PARTIAL_MAX:  # too long to hold: it goes as a line
             chunk += self._partial + b"\n"
+            lines += 1
             self._partial = b""
         if chunk:
-            self._ship(chunk)
+            self._ship(chunk, lines)
 
-    def _ship(self, chunk: bytes) -> None:
-        lines = chunk.count(b"\n")
+    def _ship(self, chunk: bytes, lines: int) -> None:
         captured = time.time()
         for shipper in self.shippers:
             shipper.put(self.source, captured, chunk, lines)
@@ -255,7 +266,7 @@ class Tap:
         """The pipe ended: an unfinished last line goes as it is."""
         if self._partial:
             partial, self._partial = self._partial, b""
-            self._ship(partial + b"\n")
+            self._ship(partial + b"\n", 1)
 
 
 class Shippers:
