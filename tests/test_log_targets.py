@@ -376,3 +376,21 @@ def test_a_tap_joins_lines_across_reads_and_keeps_to_its_buffer() -> None:
     lines, dropped = asyncio.run(feed())
     assert lines == [b"one", b"two", b"three", b"four", b"five"]
     assert dropped == 3  # six, seven, eight: the buffer holds 5 lines
+
+
+def test_a_full_target_counts_an_unfinished_last_line_when_the_pipe_ends() -> None:
+    from pmd_init.logs.shipping import Shipper, ShipTarget, Source, Tap
+
+    async def feed() -> list[int]:
+        loop = asyncio.get_running_loop()
+        shipper = Shipper(loop, ShipTarget("t", "loki", ("http", "127.0.0.1", 9, "/"),
+                                           buffer_lines=2))
+        tap = Tap(Source("p", "p", "stdout"), [shipper])
+        seen = []
+        for piece in (b"one\ntwo\n", b"three\nfo", b"ur\nfi", b"ve"):
+            tap(bytearray(piece), len(piece))
+            seen.append(shipper.dropped)
+        tap.close()  # "five" never got its newline: a line all the same
+        return [*seen, shipper.dropped, shipper.queued]
+
+    assert asyncio.run(feed()) == [0, 1, 2, 2, 3, 2]

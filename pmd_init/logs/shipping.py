@@ -44,6 +44,7 @@ SD_ID = "pmd@32473"
 FACILITY_USER = 1
 SEVERITY = {"stdout": 6, "stderr": 3}  # informational, error
 OTLP_SEVERITY = {"stdout": (9, "INFO"), "stderr": (17, "ERROR")}
+NEWLINE = ord("\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +217,15 @@ class Tap:
     """On one capture: whole lines to every shipper that wants this source. It is called
     with the capture's read buffer, not a copy: what it keeps, it copies."""
 
-    __slots__ = ("source", "shippers", "_partial")
+    __slots__ = ("source", "shippers", "_partial", "_let_go")
 
     def __init__(self, source: Source, shippers: Sequence[Shipper]) -> None:
         self.source = source
         self.shippers = tuple(shippers)
         self._partial = b""
+        #: The start of an unfinished line was let go while every target was full: if the
+        #: pipe ends before its newline, that line is counted as dropped then.
+        self._let_go = False
 
     def __call__(self, buffer: bytearray, n: int, lines: int | None = None) -> None:
         """The first `n` bytes of `buffer` were just read from the pipe; `lines`, when the
@@ -236,9 +240,11 @@ class Tap:
             if lines is None:
                 lines = buffer.count(b"\n", 0, n)
             self._partial = b""
+            self._let_go = buffer[n - 1] != NEWLINE
             for shipper in self.shippers:
                 shipper.dropped += lines
             return
+        self._let_go = False  # what follows is held, or ends with the line
         view = memoryview(buffer)
         cut = buffer.rfind(b"\n", 0, n)
         if cut < 0:  # no line ends here: it all continues the held start
@@ -267,6 +273,10 @@ class Tap:
         if self._partial:
             partial, self._partial = self._partial, b""
             self._ship(partial + b"\n", 1)
+        elif self._let_go:
+            self._let_go = False
+            for shipper in self.shippers:
+                shipper.dropped += 1
 
 
 class Shippers:
