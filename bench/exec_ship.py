@@ -189,47 +189,57 @@ action(type="omfile" file="{work / 'received.log'}")
         self.proc.wait(10)
 
 
-def capture_with(kind: str, base: Path, opts: argparse.Namespace,
-                 targets: dict[str, Any] | None) -> dict[str, Any]:
-    if targets:
-        (base / "config").mkdir(parents=True, exist_ok=True)
-        (base / "config" / "log_targets.json").write_text(json.dumps({"log_targets": targets}))
-    return bench_run.run_capture(kind, base, opts)
+#: The capture rows, in the order of the first round (later rounds rotate it).
+VARIANTS = {"none": "pmd, no target", "syslog": "pmd, syslog (UDP, rsyslog)",
+            "otlp": "pmd, otlp (loopback sink)", "loki": "pmd, loki (loopback sink)",
+            "down": "pmd, loki down", "supervisord": "supervisord"}
 
 
 def bench_capture(opts: argparse.Namespace, work: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every variant once a round, the order rotating each round, so that a machine whose
+    load drifts weighs on each alike; pmd's target counters read once the log is complete
+    (one health request in every pmd run, targets or not, and none while it is timed)."""
+    chosen = [v for v in opts.capture_variants.split(",") if v]
+    unknown = set(chosen) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"--capture-variants: unknown {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(VARIANTS)})")
     sink = Sink()
-    rsyslog_dir = work / "rsyslog"
-    rsyslog_dir.mkdir()
-    have_rsyslog = bool(shutil.which("rsyslogd") or os.path.exists("/usr/sbin/rsyslogd"))
-    rsyslog = Rsyslog(rsyslog_dir) if have_rsyslog else None
+    rsyslog = None
+    if "syslog" in chosen:
+        if shutil.which("rsyslogd") or os.path.exists("/usr/sbin/rsyslogd"):
+            rsyslog_dir = work / "rsyslog"
+            rsyslog_dir.mkdir()
+            rsyslog = Rsyslog(rsyslog_dir)
+        else:
+            log("rsyslogd is not installed: no syslog row")
+            chosen.remove("syslog")
     down = free_port()
-    variants: dict[str, dict[str, Any] | None] = {"pmd, no target": None}
+    targets: dict[str, dict[str, Any] | None] = {"none": None, "supervisord": None}
     if rsyslog is not None:
-        variants["pmd, syslog (UDP, rsyslog)"] = {
-            "s": {"type": "syslog", "address": f"udp://127.0.0.1:{rsyslog.port}"}}
-    variants["pmd, otlp (loopback sink)"] = {
-        "o": {"type": "otlp", "url": f"http://127.0.0.1:{sink.port}/v1/logs"}}
-    variants["pmd, loki (loopback sink)"] = {
-        "l": {"type": "loki", "url": f"http://127.0.0.1:{sink.port}/loki/api/v1/push"}}
-    variants["pmd, loki down"] = {
-        "d": {"type": "loki", "url": f"http://127.0.0.1:{down}/loki/api/v1/push"}}
+        targets["syslog"] = {"s": {"type": "syslog",
+                                   "address": f"udp://127.0.0.1:{rsyslog.port}"}}
+    targets["otlp"] = {"o": {"type": "otlp", "url": f"http://127.0.0.1:{sink.port}/v1/logs"}}
+    targets["loki"] = {"l": {"type": "loki",
+                             "url": f"http://127.0.0.1:{sink.port}/loki/api/v1/push"}}
+    targets["down"] = {"d": {"type": "loki",
+                             "url": f"http://127.0.0.1:{down}/loki/api/v1/push"}}
     raw: dict[str, list[dict[str, Any]]] = {}
     try:
         for rep in range(opts.reps):
-            for name, targets in [*variants.items(), ("supervisord", None)]:
-                base = work / f"{rep}-{len(raw.get(name, []))}-{name.split(',')[0]}-" \
-                    f"{abs(hash(name)) % 10000}"
+            turn = rep % len(chosen)
+            for key in chosen[turn:] + chosen[:turn]:
+                name = VARIANTS[key]
+                base = work / f"{rep}-{key}"
                 base.mkdir()
-                kind = "supervisord" if name == "supervisord" else "pmd"
-                watcher = HealthWatch(base) if targets else None
-                try:
-                    result = capture_with(kind, base, opts, targets)
-                finally:
-                    if watcher is not None:
-                        watcher.stop()
-                if watcher is not None:
-                    result["targets"] = watcher.last
+                kind = "supervisord" if key == "supervisord" else "pmd"
+                if targets[key]:
+                    (base / "config").mkdir(parents=True, exist_ok=True)
+                    (base / "config" / "log_targets.json").write_text(
+                        json.dumps({"log_targets": targets[key]}))
+                counters = (lambda b=base: {"targets": read_targets(b)}) \
+                    if kind == "pmd" else None
+                result = bench_run.run_capture(kind, base, opts, on_complete=counters)
                 raw.setdefault(name, []).append(result)
                 log(f"  {name:<30} {result['mib_per_s']:7.0f} MiB/s "
                     f"{result['init_cpu_s']:.2f} cpu-s {result.get('targets') or ''}")
@@ -241,36 +251,15 @@ def bench_capture(opts: argparse.Namespace, work: Path) -> dict[str, list[dict[s
     return raw
 
 
-class HealthWatch:
-    """Reads pmd's health over its Unix socket every 0.2 s while a capture runs, for the
-    targets' counters (the capture scenario stops pmd as soon as the log is complete)."""
+def read_targets(base: Path) -> dict[str, Any]:
+    """pmd's counters per target, from its health over its Unix socket."""
+    import httpx
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.last: dict[str, Any] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import httpx
-
-        while not self._stop.wait(0.2):
-            sock = self.base / "pmd.sock"
-            if not sock.exists():
-                continue
-            try:
-                with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
-                                  base_url="http://pmd", timeout=2) as http:
-                    view = http.get("/api/v1/daemon/health").json()["log_targets"]["targets"]
-                self.last = {name: {k: v[k] for k in ("sent", "dropped", "queued")}
-                             for name, v in view.items()}
-            except Exception:  # noqa: BLE001 - pmd starting or stopping
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(base / "pmd.sock")),
+                      base_url="http://pmd", timeout=10) as http:
+        view = http.get("/api/v1/daemon/health").json()["log_targets"]["targets"]
+    return {name: {k: v[k] for k in ("sent", "dropped", "queued")}
+            for name, v in view.items()}
 
 
 # ---- main ----------------------------------------------------------------------------
@@ -283,13 +272,15 @@ def main() -> None:
     ap.add_argument("--exec-runs", type=int, default=30)
     ap.add_argument("--docker-container")
     ap.add_argument("--capture-mib", type=int, default=256)
+    ap.add_argument("--capture-variants", default=",".join(VARIANTS),
+                    help=f"capture rows, of {','.join(VARIANTS)}")
     opts = ap.parse_args()
     opts.capture_bytes = opts.capture_mib * MiB
     opts.settle = 0.5
     only = set(opts.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="pmd-exec-ship-",
                                  dir=bench_run.default_capture_dir()))
-    raw: dict[str, Any] = {}
+    raw: dict[str, Any] = {"load_average": {"start": os.getloadavg()}}
     try:
         if "exec" in only:
             log(f"exec: {opts.exec_runs} round trips each")
@@ -300,6 +291,8 @@ def main() -> None:
     finally:
         bench_run.kill_all_live()
         shutil.rmtree(work, ignore_errors=True)
+    raw["load_average"]["end"] = os.getloadavg()
+    raw["capture_lines"] = opts.capture_bytes // 100
     print_table(raw)
     out = BENCH / "results"
     out.mkdir(exist_ok=True)
@@ -320,19 +313,48 @@ def print_table(raw: dict[str, Any]) -> None:
         if "docker exec <c> true" not in raw["exec"]:
             print("| docker exec <c> true | no Docker engine here | | |")
     if "capture" in raw:
-        anchor = raw["capture"].get("supervisord")
-        anchor_rate = statistics.median(r["mib_per_s"] for r in anchor) if anchor else None
-        print("\n| capture 256 MiB, 100-byte lines | MiB/s | init cpu-s | "
-              "/ supervisord MiB/s | lines sent / dropped (last run) |")
-        print("|---|---|---|---|---|")
-        for name, runs in raw["capture"].items():
-            rate = statistics.median(r["mib_per_s"] for r in runs)
-            cpu = statistics.median(r["init_cpu_s"] for r in runs)
-            ratio = f"{rate / anchor_rate:.2f}" if anchor_rate else ""
-            shipped = "; ".join(f"{v['sent']} / {v['dropped']}"
-                                for v in (runs[-1].get("targets") or {}).values())
-            print(f"| {name} | {rate:.0f} | {cpu:.2f} | {ratio} | {shipped} |")
+        print_capture(raw["capture"], raw["capture_lines"])
+    load = raw["load_average"]
+    print("\nload average (1, 5, 15 min): at the start "
+          f"{' '.join(f'{x:.2f}' for x in load['start'])}, at the end "
+          f"{' '.join(f'{x:.2f}' for x in load['end'])}")
 
+
+def print_capture(capture: dict[str, list[dict[str, Any]]], lines: int) -> None:
+    """The table, then target down against no target (the medians' ratios), and whether
+    each run's counters account for every line written: sent + dropped + queued is the
+    number of whole lines (one more once the last, unfinished, line went at EOF)."""
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in capture[name])
+
+    anchor = "supervisord" if "supervisord" in capture else None
+    print(f"\n| capture {capture_mib(lines)} MiB, 100-byte lines | MiB/s | init cpu-s | "
+          "/ supervisord MiB/s | lines sent / dropped / queued (last run) | every line "
+          "counted |")
+    print("|---|---|---|---|---|---|")
+    for name, runs in capture.items():
+        rate = median(name, "mib_per_s")
+        ratio = f"{rate / median(anchor, 'mib_per_s'):.2f}" if anchor else ""
+        last = runs[-1].get("targets") or {}
+        shipped = "; ".join(f"{v['sent']} / {v['dropped']} / {v['queued']}"
+                            for v in last.values())
+        counted = ""
+        if last:
+            counted = "yes" if all(
+                sum(v.values()) - lines in (0, 1)
+                for run in runs for v in run["targets"].values()) else "NO"
+        print(f"| {name} | {rate:.0f} | {median(name, 'init_cpu_s'):.2f} | {ratio} | "
+              f"{shipped} | {counted} |")
+    none, down = VARIANTS["none"], VARIANTS["down"]
+    if none in capture and down in capture:
+        rate = median(down, "mib_per_s") / median(none, "mib_per_s")
+        cpu = median(down, "init_cpu_s") / median(none, "init_cpu_s")
+        print(f"\ntarget down / no target, medians of {len(capture[down])} and "
+              f"{len(capture[none])}: throughput {rate:.2f}, pmd's cpu-s {cpu:.2f}")
+
+
+def capture_mib(lines: int) -> int:
+    return round(lines * 100 / MiB)
 
 if __name__ == "__main__":
     main()
