@@ -3,19 +3,30 @@
   exec      `pmd exec -- true` end to end (the client's start, POST, WebSocket, spawn,
             reap, exit message), over the Unix socket, N times; beside it the same run
             through the API from a client already started (what a platform calling the API
-            pays), `docker exec <container> true` when --docker-container names a running
-            container, and the floor: this process spawning `true` itself.
+            pays) and the floor: this process spawning `true` itself. When a Docker engine
+            answers (`docker info`, DOCKER_HOST from the environment): `docker exec <c>
+            true` and `docker exec <c> pmd exec -- true` in a container with pmd as its
+            PID 1, --docker-container or one run from --docker-image (default $PMD_IMAGE,
+            else pmd-init:ci; ci/build-image makes it), with the ratio to `pmd exec`;
+            without an engine or an image, one line says so.
   capture   bench/run.py's capture scenario (256 MiB of 100-byte lines to stdout, the time
             from the writer's first byte to the last byte in the log file, pmd's CPU),
             pmd with no log target, with each target on (syslog over UDP to a real rsyslog
             this bench starts, OTLP/HTTP and Loki to a loopback HTTP sink that reads and
             discards), with a Loki target that is down (a closed port), and supervisord
-            side by side (no shipping: its capture is the anchor). For each pmd run the
-            lines each target sent and dropped, from pmd's health.
+            side by side (no shipping: its capture is the anchor). Every row once a round,
+            the order rotating each round; medians of --reps rounds. For each pmd run the
+            lines each target sent, dropped and queued, read from pmd's health once the
+            log is complete (no request while timed), and whether they add up to every
+            line written; then target down / no target, the ratio of the medians.
 
 Usage: .venv/bin/python bench/exec_ship.py [--only exec,capture] [--reps N]
                                            [--exec-runs N] [--docker-container NAME]
-Output: the table on stdout, the raw figures in bench/results/exec-ship-<time>.json.
+                                           [--docker-image IMAGE]
+                                           [--capture-variants none,syslog,otlp,loki,
+                                                               down,supervisord]
+Output: the table on stdout (with the load average at the start and the end), the raw
+figures in bench/results/exec-ship-<time>.json.
 """
 
 from __future__ import annotations
@@ -92,20 +103,70 @@ def bench_exec(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
         subprocess.run([pmd_python(), "-c", "pass"])
         python.append(time.perf_counter() - t0)
     results["python -c pass (the CLI's interpreter start)"] = python
-    if opts.docker_container:
-        docker = []
-        for _ in range(opts.exec_runs):
-            t0 = time.perf_counter()
-            done = subprocess.run(["docker", "exec", opts.docker_container, "true"],
-                                  capture_output=True)
-            docker.append(time.perf_counter() - t0)
-            if done.returncode != 0:
-                log(f"docker exec failed: {done.stderr.decode()[:200]}")
-                docker = []
-                break
-        if docker:
-            results["docker exec <c> true"] = docker
+    results.update(bench_docker(opts))
     return results
+
+
+DOCKER_ROWS = ("docker exec <c> true", "docker exec <c> pmd exec -- true")
+
+
+def bench_docker(opts: argparse.Namespace) -> dict[str, list[float]]:
+    """`docker exec <c> true` and `docker exec <c> pmd exec -- true`, when a Docker engine
+    answers (`docker info`, DOCKER_HOST from the environment) and there is a container:
+    --docker-container, or one this bench runs from --docker-image (pmd as its PID 1, no
+    network) and removes. Without either, one line says why and the rows are left out."""
+    docker = shutil.which("docker")
+    why = "no docker client" if docker is None else None
+    if docker is not None:
+        try:
+            info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"],
+                                  capture_output=True, text=True, timeout=20)
+            if info.returncode != 0:
+                why = "no Docker engine answers (docker info: " \
+                    f"{(info.stderr.strip().splitlines() or ['?'])[-1][:120]})"
+        except subprocess.TimeoutExpired:
+            why = "no Docker engine answers (docker info timed out)"
+    if docker is not None and why is None and not opts.docker_container and subprocess.run(
+            [docker, "image", "inspect", opts.docker_image], capture_output=True).returncode:
+        why = f"no image {opts.docker_image} (ci/build-image makes one; --docker-image)"
+    if why is not None:
+        log(f"docker exec: skipped: {why}")
+        opts.docker_skipped = why
+        return {}
+    assert docker is not None
+    container = opts.docker_container
+    started = None
+    try:
+        if container is None:
+            started = subprocess.run(
+                [docker, "run", "-d", "--rm", "--network", "none",
+                 "--name", f"pmd-exec-bench-{os.getpid()}", opts.docker_image],
+                capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+            container = started
+            deadline = time.monotonic() + 30
+            while subprocess.run([docker, "exec", container, "pmd", "livez"],
+                                 capture_output=True).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"pmd in {container[:12]} did not answer in 30 s")
+                time.sleep(0.2)
+        log(f"docker exec: {opts.exec_runs} round trips each, container {container[:12]}")
+        results: dict[str, list[float]] = {}
+        for name, command in zip(DOCKER_ROWS, (["true"], ["pmd", "exec", "--", "true"]),
+                                 strict=True):
+            times = []
+            for _ in range(opts.exec_runs):
+                t0 = time.perf_counter()
+                done = subprocess.run([docker, "exec", container, *command],
+                                      capture_output=True)
+                times.append(time.perf_counter() - t0)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{name}: exit {done.returncode}: "
+                                       f"{done.stderr.decode()[:200]}")
+            results[name] = times
+        return results
+    finally:
+        if started is not None:
+            subprocess.run([docker, "rm", "-f", started], capture_output=True, timeout=60)
 
 
 def api_round_trips(pmd: Any, runs: int) -> list[float]:
@@ -270,7 +331,11 @@ def main() -> None:
     ap.add_argument("--only", default="exec,capture")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--exec-runs", type=int, default=30)
-    ap.add_argument("--docker-container")
+    ap.add_argument("--docker-container",
+                    help="a running container with pmd (default: one run from --docker-image)")
+    ap.add_argument("--docker-image", default=os.environ.get("PMD_IMAGE", "pmd-init:ci"),
+                    help="the image with pmd the docker rows run (default $PMD_IMAGE, "
+                         "else pmd-init:ci)")
     ap.add_argument("--capture-mib", type=int, default=256)
     ap.add_argument("--capture-variants", default=",".join(VARIANTS),
                     help=f"capture rows, of {','.join(VARIANTS)}")
@@ -285,6 +350,8 @@ def main() -> None:
         if "exec" in only:
             log(f"exec: {opts.exec_runs} round trips each")
             raw["exec"] = bench_exec(opts, work)
+            if getattr(opts, "docker_skipped", None):
+                raw["docker_skipped"] = opts.docker_skipped
         if "capture" in only:
             log(f"capture: {opts.capture_mib} MiB of 100-byte lines, {opts.reps} rounds")
             raw["capture"] = bench_capture(opts, work)
@@ -304,14 +371,18 @@ def main() -> None:
 def print_table(raw: dict[str, Any]) -> None:
     if "exec" in raw:
         floor = statistics.median(raw["exec"]["spawn true here (floor)"])
-        print("\n| exec round trip | p50 ms | p90 ms | p50 / floor |")
-        print("|---|---|---|---|")
+        cli = statistics.median(raw["exec"]["pmd exec -- true (CLI)"])
+        print("\n| exec round trip | p50 ms | p90 ms | p50 / floor | p50 / pmd exec |")
+        print("|---|---|---|---|---|")
         for name, times in raw["exec"].items():
             p50 = statistics.median(times)
             print(f"| {name} | {p50 * 1000:.1f} | {pct(times, 0.9) * 1000:.1f} | "
-                  f"{p50 / floor:.0f}x |")
-        if "docker exec <c> true" not in raw["exec"]:
-            print("| docker exec <c> true | no Docker engine here | | |")
+                  f"{p50 / floor:.0f}x | {p50 / cli:.2f} |")
+        if DOCKER_ROWS[0] in raw["exec"]:
+            docker = statistics.median(raw["exec"][DOCKER_ROWS[0]])
+            print(f"\ndocker exec <c> true / pmd exec -- true (p50): {docker / cli:.2f}")
+        else:
+            print(f"\ndocker exec: skipped: {raw.get('docker_skipped', '?')}")
     if "capture" in raw:
         print_capture(raw["capture"], raw["capture_lines"])
     load = raw["load_average"]
