@@ -1,5 +1,6 @@
 """Shipping programs' lines to log targets: syslog (RFC 5424 over UDP, TCP with octet
-counting, or a Unix datagram socket), OTLP/HTTP (protobuf), Loki's push API (JSON).
+counting, or a Unix datagram socket, where syslog(3)'s local format is the default),
+OTLP/HTTP (protobuf), Loki's push API (JSON).
 
 Capture must never wait for a target. A `Tap` sits on one capture: per chunk it cuts at the
 last newline (C-speed `rfind`) and hands the chunk, with the time it was captured and its
@@ -58,6 +59,8 @@ class ShipTarget:
     batch_lines: int = 1000
     batch_seconds: float = 1.0
     buffer_lines: int = 100_000
+    #: syslog: rfc5424, or local (syslog(3)'s format, for /dev/log)
+    syslog_format: str = "rfc5424"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,8 @@ class Shipper:
         self._first_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._transport = _transport(target)
-        self._encode = _ENCODERS[target.kind]
+        self._encode = encode_syslog_local if target.kind == "syslog" and \
+            target.syslog_format == "local" else _ENCODERS[target.kind]
 
     def start(self) -> None:
         self._task = self.loop.create_task(self._run(), name=f"ship {self.target.name}")
@@ -333,6 +337,29 @@ def encode_syslog(shipper: Shipper, batch: list[tuple[Source, float, bytes]]) ->
         sd = f'[{SD_ID} instance="{_sd_value(source.instance)}"{labels}]'
         head = (f"<{pri}>1 {stamp} {host} {_printable(source.program, 48)} "
                 f"{source.pid if source.pid is not None else '-'} {source.stream} {sd} ")
+        messages.append((head.encode() + line)[:SYSLOG_MAX])
+    return messages
+
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+          "Dec")
+
+
+def encode_syslog_local(shipper: Shipper, batch: list[tuple[Source, float, bytes]]
+                        ) -> list[bytes]:
+    """One message per line in the format syslog(3) and logger(1) write to /dev/log, the
+    one local daemons parse as they come (rsyslog's imuxsock, journald, syslog-ng, busybox):
+    `<PRI>Mmm dd hh:mm:ss PROGRAM[PID]: line`, in local time. The severity tells stdout
+    (informational) from stderr (error); there is no structured data."""
+    messages = []
+    for source, captured, line in batch:
+        pri = FACILITY_USER * 8 + SEVERITY.get(source.stream, 6)
+        t = time.localtime(captured)
+        tag = _printable(source.program, 48).replace("[", "_").replace(":", "_")
+        if source.pid is not None:
+            tag += f"[{source.pid}]"
+        head = f"<{pri}>{MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} " \
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {tag}: "
         messages.append((head.encode() + line)[:SYSLOG_MAX])
     return messages
 
