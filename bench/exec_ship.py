@@ -437,8 +437,16 @@ def print_capture(capture: dict[str, list[dict[str, Any]]], size: int) -> None:
     if none in capture and down in capture:
         rate = median(down, "mib_per_s") / median(none, "mib_per_s")
         cpu = median(down, "init_cpu_s") / median(none, "init_cpu_s")
+        # each round's two runs are next to each other in time: their ratio leaves out
+        # the load that drifts between rounds
+        paired = statistics.median(d["mib_per_s"] / n["mib_per_s"]
+                                   for d, n in zip(capture[down], capture[none], strict=True))
+        spread = "; ".join(f"{name} {min(r['mib_per_s'] for r in capture[name]):.0f}-"
+                           f"{max(r['mib_per_s'] for r in capture[name]):.0f} MiB/s"
+                           for name in (none, down))
         print(f"\ntarget down / no target, medians of {len(capture[down])} and "
-              f"{len(capture[none])}: throughput {rate:.2f}, pmd's cpu-s {cpu:.2f}")
+              f"{len(capture[none])}: throughput {rate:.2f}, pmd's cpu-s {cpu:.2f}; "
+              f"the median of each round's ratio {paired:.2f} ({spread})")
 
 
 
