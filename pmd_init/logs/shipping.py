@@ -255,11 +255,11 @@ class Tap:
             chunk, lines = b"", 0
             self._partial += view[:n].tobytes()
         else:
-            whole = view[:cut + 1].tobytes()
-            chunk = self._partial + whole if self._partial else whole
+            whole = view[:cut + 1]
+            chunk = b"".join((self._partial, whole)) if self._partial else whole.tobytes()
             self._partial = view[cut + 1:n].tobytes() if cut + 1 < n else b""
             if lines is None:
-                lines = whole.count(b"\n")
+                lines = buffer.count(b"\n", 0, cut + 1)
         if len(self._partial) > PARTIAL_MAX:  # too long to hold: it goes as a line
             chunk += self._partial + b"\n"
             lines += 1
