@@ -362,7 +362,10 @@ def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
 
 
 def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "lines",
-                forward: bool = True, stdout_pipe: bool = False) -> dict[str, Any]:
+                forward: bool = True, stdout_pipe: bool = False,
+                on_complete: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`on_complete`, once the log is complete and before the init is stopped: what it
+    returns joins the result."""
     go, start = base / "go", base / "start"
     writer = [pmd_python(), str(BENCH / "writer.py"), "--go", str(go), "--start", str(start),
               "--bytes", str(opts.capture_bytes), "--source", source]
@@ -400,10 +403,11 @@ def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "
             (base / "init.stdout").stat().st_size
         # each 100-byte line once more on pmd's stdout, after its `[writer] ` prefix
         expected = opts.capture_bytes // 100 * (100 + len(b"[writer] "))
+        extra = on_complete() if on_complete is not None else {}
         return {"seconds": seconds, "mib_per_s": opts.capture_bytes / MiB / seconds,
                 "forward_expected": expected,
                 "init_cpu_s": cpu1 - cpu0, "log_bytes": size, "init_stdout_bytes": stdout_bytes,
-                "source": source, "forward": forward, "stdout_pipe": stdout_pipe}
+                "source": source, "forward": forward, "stdout_pipe": stdout_pipe, **extra}
     finally:
         run.terminate(15)
 

@@ -1,9 +1,10 @@
 """Log targets end to end: a real pmd ships a real program's lines to Debian's rsyslog
-(started here on loopback, UDP and TCP), to an OTLP/HTTP receiver that parses the body with
-the official protobuf definitions, and to a Loki push receiver that checks Loki's documented
-JSON. A target that is down drops lines and counts them while capture goes on; a target
-that does not parse, or whose label names an unset variable, is a problem naming it, and
-the others load."""
+(started here on loopback, UDP and TCP, and on Unix datagram sockets, one read as rsyslog
+reads /dev/log), to an OTLP/HTTP receiver that parses the body with the official protobuf
+definitions, and to a Loki push receiver that checks Loki's documented JSON. A target that
+is down drops lines and counts them, each one, while capture goes on; a target that does
+not parse, or whose label names an unset variable, is a problem naming it, and the others
+load."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -51,23 +53,42 @@ def start_pmd(base: Path, targets: dict[str, Any], programs: list[dict[str, Any]
 
 # ---- rsyslog -------------------------------------------------------------------------
 
+#: What rsyslog writes of each message it gets, split by "|" in the tests.
+FIELDS = ("%inputname%|%app-name%|%syslogseverity-text%|%msgid%|%procid%|%structured-data%|"
+          "%msg%\\n")
+
+
+@dataclass(frozen=True)
+class Rsyslog:
+    udp: int
+    tcp: int
+    unix: Path  # a datagram socket as /dev/log is, read as rsyslog reads /dev/log
+    unix_5424: Path  # one read by rsyslog's regular parsers (RFC 5424 among them)
+    received: Path
+
+
 @pytest.fixture
-def rsyslog(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
+def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
     binary = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
     if not os.path.exists(binary):
         pytest.skip("rsyslog is not installed (scripts/system-deps installs it)")
     work = tmp_path / "rsyslog"
     work.mkdir()
     udp, tcp = free_port(socket.SOCK_DGRAM), free_port()
+    unix, unix_5424 = work / "log.sock", work / "log-5424.sock"
     received = work / "received.log"
+    # imuxsock without the system socket (/dev/log is the machine's): sockets of its own,
+    # one as imuxsock reads /dev/log by default, one with the regular parsers
     (work / "rsyslog.conf").write_text(f"""
 global(workDirectory="{work}")
 module(load="imudp")
 module(load="imtcp")
+module(load="imuxsock" SysSock.Use="off")
 input(type="imudp" address="127.0.0.1" port="{udp}")
 input(type="imtcp" address="127.0.0.1" port="{tcp}")
-template(name="fields" type="string"
-         string="%app-name%|%syslogseverity-text%|%msgid%|%procid%|%structured-data%|%msg%\\n")
+input(type="imuxsock" Socket="{unix}")
+input(type="imuxsock" Socket="{unix_5424}" UseSpecialParser="off")
+template(name="fields" type="string" string="{FIELDS}")
 action(type="omfile" file="{received}" template="fields")
 """)
     proc = subprocess.Popen([binary, "-n", "-f", str(work / "rsyslog.conf"),
@@ -80,43 +101,56 @@ action(type="omfile" file="{received}" template="fields")
                 return True
             except OSError:
                 return False
-        wait_until(listening, 10, "rsyslog to listen")
-        yield udp, tcp, received
+        wait_until(lambda: listening() and unix.exists() and unix_5424.exists(), 10,
+                   "rsyslog to listen")
+        yield Rsyslog(udp, tcp, unix, unix_5424, received)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
 
 
-def test_lines_reach_rsyslog_over_udp_and_tcp(tmp_path: Path, rsyslog: tuple[int, int, Path]
-                                              ) -> None:
-    udp, tcp, received = rsyslog
+def test_lines_reach_rsyslog_over_udp_tcp_and_unix_sockets(tmp_path: Path,
+                                                           rsyslog: Rsyslog) -> None:
     targets = {
-        "over-udp": {"type": "syslog", "address": f"udp://127.0.0.1:{udp}",
+        "over-udp": {"type": "syslog", "address": f"udp://127.0.0.1:{rsyslog.udp}",
                      "labels": {"via": "udp", "zone": "${ZONE}"}, "batch_seconds": 0.2},
-        "over-tcp": {"type": "syslog", "address": f"tcp://127.0.0.1:{tcp}",
+        "over-tcp": {"type": "syslog", "address": f"tcp://127.0.0.1:{rsyslog.tcp}",
                      "labels": {"via": "tcp"}, "batch_seconds": 0.2},
+        "over-unix-5424": {"type": "syslog", "address": f"unix://{rsyslog.unix_5424}",
+                           "format": "rfc5424", "labels": {"via": "unix-5424"},
+                           "batch_seconds": 0.2},
+        # as to /dev/log: the local format by default, which rsyslog reads as it comes
+        "over-unix": {"type": "syslog", "address": f"unix://{rsyslog.unix}",
+                      "batch_seconds": 0.2},
     }
     with start_pmd(tmp_path / "pmd", targets, [talker()], env={"ZONE": "eu-1"}) as pmd:
         def lines() -> list[list[str]]:
-            text = received.read_text() if received.exists() else ""
-            return [line.split("|", 5) for line in text.splitlines()]
-        wait_until(lambda: len(lines()) >= 20, 15, "20 lines at rsyslog")
+            text = rsyslog.received.read_text() if rsyslog.received.exists() else ""
+            return [line.split("|", 6) for line in text.splitlines()]
+        wait_until(lambda: len(lines()) >= 40, 15, "40 lines at rsyslog")
         pid = pmd.uds.get(f"{API}/status/1").json()["status"]["pid"]
         health = pmd.uds.get(f"{API}/health").json()["log_targets"]
     got = lines()
-    for via in ("udp", "tcp"):
-        mine = [g for g in got if f'via="{via}"' in g[4]]
+    for via, inputname in (("udp", "imudp"), ("tcp", "imtcp"), ("unix-5424", "imuxsock")):
+        mine = [g[1:] for g in got if f'via="{via}"' in g[5]]
         assert len(mine) == 10, got
+        assert all(g[0] == inputname for g in got if f'via="{via}"' in g[5])
         for app, severity, msgid, procid, sd, _ in mine:
             assert (app, procid) == ("talker", str(pid))
             assert sd.startswith('[pmd@32473 instance="talker"')
             assert (severity, msgid) in (("info", "stdout"), ("err", "stderr"))
         assert [m[5] for m in mine if m[2] == "stdout"] == [f"out-{i}" for i in range(5)]
         assert [m[5] for m in mine if m[1] == "err"] == [f"err-{i}" for i in range(5)]
-    assert all('zone="eu-1"' in g[4] for g in got if 'via="udp"' in g[4])
+    assert all('zone="eu-1"' in g[5] for g in got if 'via="udp"' in g[5])
+    local = [g[1:] for g in got if g[0] == "imuxsock" and g[5] == "-"]
+    assert len(local) == 10, got
+    assert {(app, procid) for app, _, _, procid, _, _ in local} == {("talker", str(pid))}
+    # %msg% keeps the space after "talker[PID]:", as for every syslog(3) message
+    assert [m[5] for m in local if m[1] == "info"] == [f" out-{i}" for i in range(5)]
+    assert [m[5] for m in local if m[1] == "err"] == [f" err-{i}" for i in range(5)]
     assert health["problems"] == []
-    assert health["targets"]["over-tcp"]["sent"] == 10
-    assert health["targets"]["over-udp"]["dropped"] == 0
+    for name in targets:
+        assert (health["targets"][name]["sent"], health["targets"][name]["dropped"]) == (10, 0)
 
 
 # ---- HTTP receivers ------------------------------------------------------------------
@@ -305,6 +339,34 @@ def test_a_target_down_drops_and_counts_while_capture_goes_on(tmp_path: Path) ->
         assert checked.stdout.strip() == "" and checked.stderr.strip() == ""
 
 
+def test_a_target_down_counts_every_dropped_line_in_each_log_forward_mode(tmp_path: Path
+                                                                         ) -> None:
+    # The count of a full target's lines comes from what forwarding found (prefixed,
+    # timestamped, json) or from a count of its own (raw, off): exact in each, with reads
+    # that cut lines anywhere (seq writes 4 KiB at a time).
+    closed = free_port()
+    count = 200_000
+    modes = ("prefixed", "timestamped", "raw", "json", "off")
+    programs = [{**talker(f"fw-{mode}", f"seq 1 {count}; sleep 60"), "id": i + 1,
+                 "log_forward": mode} for i, mode in enumerate(modes)]
+    targets = {mode: {"type": "loki", "url": f"http://127.0.0.1:{closed}/loki/api/v1/push",
+                      "programs": [f"fw-{mode}"], "buffer_lines": 1000, "batch_lines": 100}
+               for mode in modes}
+    with start_pmd(tmp_path / "pmd", targets, programs) as pmd:
+        def complete(mode: str) -> bool:
+            log = pmd.log_dir / f"fw-{mode}" / "stdout.log"
+            return log.exists() and log.stat().st_size == len(
+                "".join(f"{i}\n" for i in range(1, count + 1)))
+        pmd.wait_for(lambda: all(complete(mode) for mode in modes), 30,
+                     what="every line in every log file")
+        health = pmd.uds.get(f"{API}/health").json()["log_targets"]["targets"]
+    for mode in modes:
+        down = health[mode]
+        assert down["sent"] == 0, (mode, down)
+        assert down["queued"] + down["dropped"] == count, (mode, down)
+        assert down["queued"] <= 1000 + 100, (mode, down)
+
+
 def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,
                                                                  receiver: Receiver) -> None:
     targets = {
@@ -312,6 +374,12 @@ def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,
         "broken-address": {"type": "syslog", "address": "udp://127.0.0.1:notaport"},
         "unset-label": {"type": "loki", "url": "http://127.0.0.1:9/loki/api/v1/push",
                         "labels": {"zone": "${PMD_TEST_UNSET_ZONE}"}},
+        "local-over-udp": {"type": "syslog", "address": "udp://127.0.0.1:514",
+                           "format": "local"},
+        "labels-unix-local": {"type": "syslog", "address": "unix:///dev/log",
+                              "labels": {"zone": "a"}},
+        "format-on-loki": {"type": "loki", "url": "http://127.0.0.1:9/loki/api/v1/push",
+                           "format": "rfc5424"},
         "good": {"type": "loki", "url": f"http://127.0.0.1:{receiver.port}/loki/api/v1/push",
                  "batch_seconds": 0.2},
     }
@@ -320,7 +388,12 @@ def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,
         health = pmd.uds.get(f"{API}/health").json()
         status = pmd.uds.get(f"{API}/status/1").json()["status"]["status"]
     problems = health["log_targets"]["problems"]
-    assert len(problems) == 3
+    assert len(problems) == 6
+    assert any("'local-over-udp'" in p and "format 'local' is for a unix://" in p
+               for p in problems)
+    assert any("'labels-unix-local'" in p and "labels" in p and "format 'rfc5424'" in p
+               for p in problems)
+    assert any("'format-on-loki'" in p and "only a syslog target" in p for p in problems)
     assert any("'broken-url'" in p and "url" in p for p in problems)
     assert any("'broken-address'" in p and "address" in p for p in problems)
     assert any("'unset-label'" in p and "labels.zone" in p and "PMD_TEST_UNSET_ZONE" in p
@@ -348,3 +421,21 @@ def test_a_tap_joins_lines_across_reads_and_keeps_to_its_buffer() -> None:
     lines, dropped = asyncio.run(feed())
     assert lines == [b"one", b"two", b"three", b"four", b"five"]
     assert dropped == 3  # six, seven, eight: the buffer holds 5 lines
+
+
+def test_a_full_target_counts_an_unfinished_last_line_when_the_pipe_ends() -> None:
+    from pmd_init.logs.shipping import Shipper, ShipTarget, Source, Tap
+
+    async def feed() -> list[int]:
+        loop = asyncio.get_running_loop()
+        shipper = Shipper(loop, ShipTarget("t", "loki", ("http", "127.0.0.1", 9, "/"),
+                                           buffer_lines=2))
+        tap = Tap(Source("p", "p", "stdout"), [shipper])
+        seen = []
+        for piece in (b"one\ntwo\n", b"three\nfo", b"ur\nfi", b"ve"):
+            tap(bytearray(piece), len(piece))
+            seen.append(shipper.dropped)
+        tap.close()  # "five" never got its newline: a line all the same
+        return [*seen, shipper.dropped, shipper.queued]
+
+    assert asyncio.run(feed()) == [0, 1, 2, 2, 3, 2]

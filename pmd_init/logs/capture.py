@@ -404,26 +404,29 @@ class Capture:
         data = memoryview(self._buffer)[:n]
         if self.logfile is not None:
             self.logfile.write(data)
+        lines: int | None = None  # the newlines read, when forwarding had to find them
         if self._forward is not None:
             if self._style is None:
-                self._forward_lines(data)
+                lines = self._forward_lines(data)
             elif self._style.mode == "json":
-                self._forward_json(data)
+                lines = self._forward_json(data)
             else:  # timestamped: the time of this read before each of its lines
                 self._prefix = f"{rfc3339(time.time())} ".encode() + self._name_prefix
                 self._line_break = b"\n" + self._prefix
-                self._forward_lines(data)
+                lines = self._forward_lines(data)
         if self._tap is not None:  # in every log_forward mode, "off" too
-            self._tap(self._buffer, n)
+            self._tap(self._buffer, n, lines)
         if self._listeners:
             chunk = data.tobytes()
             for listener in tuple(self._listeners):
                 listener(chunk)
         return n
 
-    def _forward_lines(self, data: memoryview) -> None:
+    def _forward_lines(self, data: memoryview) -> int | None:
         """Whole lines, each after the prefix; the start of an unfinished line waits for its
-        end (so that programs' lines do not interleave), up to PARTIAL_LINE_MAX."""
+        end (so that programs' lines do not interleave), up to PARTIAL_LINE_MAX. Returns the
+        number of newlines in `data` (what each replace added, over the prefix's length), or
+        None without a prefix (raw)."""
         assert self._forward is not None
         prefix = self._prefix
         cut = self._buffer.rfind(b"\n", 0, len(data))
@@ -433,15 +436,18 @@ class Capture:
                 self._forward.write(prefix, partial, b"\n")
                 partial = b""
             self._partial = partial
-            return
+            return 0
         rest = len(data) - cut - 1
         whole = data if rest > PARTIAL_LINE_MAX else data[:cut + 1]
         # A replace per slice, all written with the held start of the first line in one
         # writev: no work per line, and no buffer that glibc would trim (SLICE).
         line_break = self._line_break
         parts: list[bytes | memoryview] = [prefix, self._partial]
+        grown = -len(whole)
         for start in range(0, len(whole), SLICE):
-            parts.append(whole[start:start + SLICE].tobytes().replace(b"\n", line_break))
+            piece = whole[start:start + SLICE].tobytes().replace(b"\n", line_break)
+            grown += len(piece)
+            parts.append(piece)
         if whole is data:  # a line too long to hold: this piece of it ends here
             parts.append(b"\n")
             self._partial = b""
@@ -449,18 +455,22 @@ class Capture:
             parts[-1] = memoryview(parts[-1])[:-len(prefix)] if prefix else parts[-1]
             self._partial = data[cut + 1:].tobytes()
         self._forward.write(*parts)
+        return grown // len(prefix) if prefix else None
 
-    def _forward_json(self, data: memoryview) -> None:
+    def _forward_json(self, data: memoryview) -> int:
         """One JSON object a whole line (the line decoded as UTF-8, a bad byte as U+FFFD),
-        the start of an unfinished line held as in the other modes."""
+        the start of an unfinished line held as in the other modes. Returns the number of
+        newlines in `data`."""
         assert self._forward is not None and self._style is not None
         lines = (self._partial + data.tobytes()).split(b"\n")
+        newlines = len(lines) - 1
         self._partial = lines.pop()
         if len(self._partial) > PARTIAL_LINE_MAX:  # too long to hold: this piece ends here
             lines.append(self._partial)
             self._partial = b""
         if lines:
             self._forward.write(self._json_lines(lines))
+        return newlines
 
     def _json_lines(self, lines: list[bytes]) -> bytes:
         assert self._style is not None

@@ -1,10 +1,13 @@
 """Shipping programs' lines to log targets: syslog (RFC 5424 over UDP, TCP with octet
-counting, or a Unix datagram socket), OTLP/HTTP (protobuf), Loki's push API (JSON).
+counting, or a Unix datagram socket, where syslog(3)'s local format is the default),
+OTLP/HTTP (protobuf), Loki's push API (JSON).
 
 Capture must never wait for a target. A `Tap` sits on one capture: per chunk it cuts at the
-last newline (C-speed `rfind`), counts the lines (`count`) and hands the chunk, with the
-time it was captured, to each `Shipper` that selects the program. A shipper keeps at most
-`buffer_lines` lines; what does not fit is dropped and counted, in one addition per chunk.
+last newline (C-speed `rfind`) and hands the chunk, with the time it was captured and its
+number of lines, to each `Shipper` that selects the program. The number comes from the
+capture's forwarding, which finds every newline anyway; without forwarding (log_forward
+off or raw) it is one C-speed `count`. A shipper keeps at most `buffer_lines` lines; what
+does not fit is dropped and counted, in one addition per chunk.
 Splitting into lines and encoding happen in the shipper's own task, a batch at a time
 (`batch_lines` lines, or what came within `batch_seconds` of the first), and a failed send
 is retried with a backoff from 0.5 s to 30 s while new lines keep their bounded buffer.
@@ -42,6 +45,7 @@ SD_ID = "pmd@32473"
 FACILITY_USER = 1
 SEVERITY = {"stdout": 6, "stderr": 3}  # informational, error
 OTLP_SEVERITY = {"stdout": (9, "INFO"), "stderr": (17, "ERROR")}
+NEWLINE = ord("\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,8 @@ class ShipTarget:
     batch_lines: int = 1000
     batch_seconds: float = 1.0
     buffer_lines: int = 100_000
+    #: syslog: rfc5424, or local (syslog(3)'s format, for /dev/log)
+    syslog_format: str = "rfc5424"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,8 @@ class Shipper:
         self._first_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._transport = _transport(target)
-        self._encode = _ENCODERS[target.kind]
+        self._encode = encode_syslog_local if target.kind == "syslog" and \
+            target.syslog_format == "local" else _ENCODERS[target.kind]
 
     def start(self) -> None:
         self._task = self.loop.create_task(self._run(), name=f"ship {self.target.name}")
@@ -120,6 +127,7 @@ class Shipper:
         t = self.target
         backoff = BACKOFF_FIRST
         batch: list[tuple[Source, float, bytes]] | None = None
+        payload: Any = None  # the batch encoded, once: a retry sends the same bytes
         while True:
             if batch is None:
                 await self._wake.wait()
@@ -135,7 +143,8 @@ class Shipper:
                     continue
             try:
                 try:
-                    payload = self._encode(self, batch)
+                    if payload is None:
+                        payload = self._encode(self, batch)
                 except ImportError as exc:  # opentelemetry-proto left out of the install
                     raise ShipError(f"cannot encode: {exc}", permanent=True) from None
                 await asyncio.wait_for(self._transport.send(payload), SEND_TIMEOUT)
@@ -147,7 +156,7 @@ class Shipper:
                 if isinstance(exc, ShipError) and exc.permanent:
                     log.warning("log target %s refused %d lines: %s", t.name, len(batch), exc)
                     self.dropped += len(batch)
-                    batch, self.in_flight = None, 0
+                    batch, payload, self.in_flight = None, None, 0
                     if self.queued:
                         self._wake.set()
                     continue
@@ -159,7 +168,7 @@ class Shipper:
                 continue
             self.sent += len(batch)
             backoff = BACKOFF_FIRST
-            batch, self.in_flight = None, 0
+            batch, payload, self.in_flight = None, None, 0
             if self.queued:
                 self._wake.set()
 
@@ -212,41 +221,53 @@ class Tap:
     """On one capture: whole lines to every shipper that wants this source. It is called
     with the capture's read buffer, not a copy: what it keeps, it copies."""
 
-    __slots__ = ("source", "shippers", "_partial")
+    __slots__ = ("source", "shippers", "_partial", "_let_go")
 
     def __init__(self, source: Source, shippers: Sequence[Shipper]) -> None:
         self.source = source
         self.shippers = tuple(shippers)
         self._partial = b""
+        #: The start of an unfinished line was let go while every target was full: if the
+        #: pipe ends before its newline, that line is counted as dropped then.
+        self._let_go = False
 
-    def __call__(self, buffer: bytearray, n: int) -> None:
-        """The first `n` bytes of `buffer` were just read from the pipe."""
-        if not any(s.queued < s.target.buffer_lines for s in self.shippers):
+    def __call__(self, buffer: bytearray, n: int, lines: int | None = None) -> None:
+        """The first `n` bytes of `buffer` were just read from the pipe; `lines`, when the
+        capture knows it (forwarding found them), the number of newlines in them."""
+        for shipper in self.shippers:
+            if shipper.queued < shipper.target.buffer_lines:
+                break
+        else:
             # Every target is full (down, or slower than the program): count and drop
             # without a copy. A held line start is let go; its line is counted when its
             # newline comes.
-            lines = buffer.count(b"\n", 0, n)
+            if lines is None:
+                lines = buffer.count(b"\n", 0, n)
             self._partial = b""
+            self._let_go = buffer[n - 1] != NEWLINE
             for shipper in self.shippers:
                 shipper.dropped += lines
             return
+        self._let_go = False  # what follows is held, or ends with the line
         view = memoryview(buffer)
         cut = buffer.rfind(b"\n", 0, n)
         if cut < 0:  # no line ends here: it all continues the held start
-            chunk = b""
+            chunk, lines = b"", 0
             self._partial += view[:n].tobytes()
         else:
-            whole = view[:cut + 1].tobytes()
-            chunk = self._partial + whole if self._partial else whole
+            whole = view[:cut + 1]
+            chunk = b"".join((self._partial, whole)) if self._partial else whole.tobytes()
             self._partial = view[cut + 1:n].tobytes() if cut + 1 < n else b""
+            if lines is None:
+                lines = buffer.count(b"\n", 0, cut + 1)
         if len(self._partial) > PARTIAL_MAX:  # too long to hold: it goes as a line
             chunk += self._partial + b"\n"
+            lines += 1
             self._partial = b""
         if chunk:
-            self._ship(chunk)
+            self._ship(chunk, lines)
 
-    def _ship(self, chunk: bytes) -> None:
-        lines = chunk.count(b"\n")
+    def _ship(self, chunk: bytes, lines: int) -> None:
         captured = time.time()
         for shipper in self.shippers:
             shipper.put(self.source, captured, chunk, lines)
@@ -255,7 +276,11 @@ class Tap:
         """The pipe ended: an unfinished last line goes as it is."""
         if self._partial:
             partial, self._partial = self._partial, b""
-            self._ship(partial + b"\n")
+            self._ship(partial + b"\n", 1)
+        elif self._let_go:
+            self._let_go = False
+            for shipper in self.shippers:
+                shipper.dropped += 1
 
 
 class Shippers:
@@ -312,6 +337,29 @@ def encode_syslog(shipper: Shipper, batch: list[tuple[Source, float, bytes]]) ->
         sd = f'[{SD_ID} instance="{_sd_value(source.instance)}"{labels}]'
         head = (f"<{pri}>1 {stamp} {host} {_printable(source.program, 48)} "
                 f"{source.pid if source.pid is not None else '-'} {source.stream} {sd} ")
+        messages.append((head.encode() + line)[:SYSLOG_MAX])
+    return messages
+
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+          "Dec")
+
+
+def encode_syslog_local(shipper: Shipper, batch: list[tuple[Source, float, bytes]]
+                        ) -> list[bytes]:
+    """One message per line in the format syslog(3) and logger(1) write to /dev/log, the
+    one local daemons parse as they come (rsyslog's imuxsock, journald, syslog-ng, busybox):
+    `<PRI>Mmm dd hh:mm:ss PROGRAM[PID]: line`, in local time. The severity tells stdout
+    (informational) from stderr (error); there is no structured data."""
+    messages = []
+    for source, captured, line in batch:
+        pri = FACILITY_USER * 8 + SEVERITY.get(source.stream, 6)
+        t = time.localtime(captured)
+        tag = _printable(source.program, 48).replace("[", "_").replace(":", "_")
+        if source.pid is not None:
+            tag += f"[{source.pid}]"
+        head = f"<{pri}>{MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} " \
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {tag}: "
         messages.append((head.encode() + line)[:SYSLOG_MAX])
     return messages
 

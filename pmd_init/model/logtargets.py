@@ -31,6 +31,10 @@ class LogTargetSpec(BaseModel):
     type: Literal["syslog", "otlp", "loki"]
     #: syslog: udp://HOST:PORT, tcp://HOST:PORT (octet counting) or unix:///dev/log.
     address: str | None = None
+    #: syslog: "rfc5424", or on a unix:// address "local", the format syslog(3) writes to
+    #: /dev/log (what local daemons parse as they come); None: local on unix://, else
+    #: rfc5424 (`syslog_format`).
+    format: Literal["rfc5424", "local"] | None = None
     #: otlp: the collector's logs URL (http://HOST:4318/v1/logs); loki: its push URL
     #: (http://HOST:3100/loki/api/v1/push).
     url: str | None = None
@@ -79,11 +83,28 @@ class LogTargetSpec(BaseModel):
         if self.type == "syslog":
             if self.address is None or self.url is not None:
                 raise ValueError("a syslog target has `address` (and no `url`)")
-            parse_syslog_address(self.address)
+            scheme = parse_syslog_address(self.address)[0]
+            if self.format == "local" and scheme != "unix":
+                raise ValueError("format 'local' is for a unix:// address (/dev/log); "
+                                 "over udp:// and tcp:// messages are rfc5424")
+            if self.syslog_format == "local" and self.labels:
+                raise ValueError("labels: the local format (a unix:// address's default) "
+                                 "has no structured data to carry them; set format "
+                                 "'rfc5424' if the daemon parses it")
         else:
             if self.url is None or self.address is not None:
                 raise ValueError(f"an {self.type} target has `url` (and no `address`)")
+            if self.format is not None:
+                raise ValueError("format: only a syslog target has one")
             parse_http_url(self.url)
+
+    @property
+    def syslog_format(self) -> str:
+        """A syslog target's message format: `format`, else local on a unix:// address
+        and rfc5424 on the others."""
+        if self.format is not None:
+            return self.format
+        return "local" if (self.address or "").startswith("unix:") else "rfc5424"
 
     def selects(self, program: str) -> bool:
         if f"-{program}" in self.programs:

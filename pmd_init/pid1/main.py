@@ -667,7 +667,8 @@ def _log_targets(config_dir: Path, env: dict[str, str]) -> tuple[list[Any], list
             parse_http_url(spec.url or "")
         target = ShipTarget(name=name, kind=spec.type, where=where, labels=spec.labels,
                             headers=spec.headers, batch_lines=spec.batch_lines,
-                            batch_seconds=spec.batch_seconds, buffer_lines=spec.buffer_lines)
+                            batch_seconds=spec.batch_seconds, buffer_lines=spec.buffer_lines,
+                            syslog_format=spec.syslog_format)
         targets.append((target, spec.selects))
     return targets, problems
 
