@@ -64,6 +64,7 @@ import errno
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -324,8 +325,16 @@ def fleet_progs(n: int) -> list[Prog]:
 
 
 def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
-              idle_window: float) -> dict[str, Any]:
-    run = launch(kind, base, fleet_progs(n)).start()
+              idle_window: float, plan: bool = False) -> dict[str, Any]:
+    """plan (pmd): `pmd_init --write-boot-plan` first, as an image's build step would run
+    it, so that the start finds a boot plan in its config dir (docs/performance.md)."""
+    launcher = launch(kind, base, fleet_progs(n))
+    if plan:
+        assert kind == "pmd"
+        command = launcher.argv[launcher.argv.index("--mount-proc") + 1:]
+        subprocess.run([*command, "--write-boot-plan"], env=launcher.env, check=True,
+                       capture_output=True, timeout=60)
+    run = launcher.start()
     result: dict[str, Any] = {"programs": n}
     try:
         assert run.pid is not None
@@ -340,6 +349,7 @@ def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
         if kind == "pmd":
             wait_until(lambda: pmd_api_ready(base), 15, 0.002)
             result["api_ready_s"] = time.monotonic() - run.t_exec
+            result["plan_started"] = pmd_plan_started(base)
         # settle: past every startsecs (1 s), past pmd's API start-up
         time.sleep(max(0.0, t_all + opts.settle - time.monotonic()))
         result["rss_kib"] = procfs.rss_kib(run.pid)
@@ -359,6 +369,13 @@ def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
         return result
     finally:
         run.kill()
+
+
+def pmd_plan_started(base: Path) -> int:
+    """How many programs pmd's boot plan started before its imports (its log line)."""
+    text = (base / "init.stderr").read_text(errors="replace")
+    found = re.search(r"boot plan \S+: (\d+) of \d+ programs started", text)
+    return int(found.group(1)) if found else 0
 
 
 def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "lines",
@@ -590,6 +607,11 @@ class Bench:
             log(f"fleet: {o.programs} programs (boot, RSS, idle, stop), then 1 program (RSS)")
             self.rounds("fleet", inits, run_fleet, o.reps, o.programs, o.idle_window)
             self.rounds("fleet1", [k for k in inits if k != "tini"], run_fleet, o.reps, 1, 0.0)
+            if "pmd" in inits:
+                log("fleet: pmd again, its config dir holding a boot plan "
+                    "(pmd_init --write-boot-plan, an image's build step)")
+                self.rounds("fleet_plan", ["pmd"], run_fleet, o.reps, o.programs, 0.0,
+                            plan=True)
         if "capture" in only:
             log(f"capture: {o.capture_bytes // MiB} MiB to stdout")
             self.rounds("capture", inits, run_capture, o.reps)
@@ -666,6 +688,11 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
         if k == "pmd" and runs_of("gap", k) else None, fmt="{:.0f}")
     row("exec → 100 programs running", "s", lambda k: med(raw, "fleet", k, "boot_s"))
     row("exec → first program running", "s", lambda k: med(raw, "fleet", k, "first_s"))
+    plan = "fleet_plan" if runs_of("fleet_plan", "pmd") else "fleet"
+    row("exec → 100 running, pmd with a boot plan", "s",
+        lambda k: med(raw, plan if k == "pmd" else "fleet", k, "boot_s"))
+    row("exec → first running, pmd with a boot plan", "s",
+        lambda k: med(raw, plan if k == "pmd" else "fleet", k, "first_s"))
     row("SIGTERM → exit, 100 programs", "s", lambda k: med(raw, "fleet", k, "stop_s"))
     row("init RSS, 100 programs", "MiB", lambda k: med(raw, "fleet", k, "rss_kib"), 1 / 1024)
     row("init USS, 100 programs", "MiB", lambda k: med(raw, "fleet", k, "uss_kib"), 1 / 1024)
@@ -740,6 +767,14 @@ def extras(raw: dict[str, Any]) -> list[str]:
     if warm:
         notes.append(f"pmd worst crash→restart gap while its HTTP stack starts (excluded "
                      f"above): {statistics.median(warm):.1f} ms (median over runs)")
+    for scenario, what in (("fleet", "first start (fresh config and state dirs)"),
+                           ("fleet_plan", "start with a boot plan in the config dir")):
+        runs = raw.get(scenario, {}).get("pmd", [])
+        if runs:
+            used = [r.get("plan_started", 0) for r in runs]
+            api_s = statistics.median(r["api_ready_s"] for r in runs if "api_ready_s" in r)
+            notes.append(f"pmd {what}: programs the boot plan started per run {used}, "
+                         f"API answering at {api_s:.3f} s")
     threads = med(raw, "fleet", "pmd", "threads")
     if threads is not None:
         notes.append(f"pmd threads with 100 programs: {threads:.0f}")

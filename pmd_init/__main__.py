@@ -1,3 +1,3 @@
-from .pid1.main import main
+from .pid1.entry import main
 
 main()

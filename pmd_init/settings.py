@@ -91,6 +91,12 @@ class Settings:
     termination_grace: float | None = None
     #: A test hook (PMD_TEST_WEDGE): USR2 blocks pmd's loop this many seconds; 0: off.
     wedge_seconds: float = 0.0
+    #: Start boot programs from a boot plan before pmd's imports (pid1/early.py);
+    #: PMD_BOOT_PLAN=0 turns it off (the plan is then neither read nor written).
+    boot_plan: bool = True
+    #: --write-boot-plan: write the boot plan into the config dir and exit (an image's
+    #: build step), instead of starting.
+    write_boot_plan: bool = False
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -255,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="colon-separated folders where API-given log files may live, "
                    "besides --log-dir (default /var/log)")
     p.add_argument("--no-api", action="store_true", help="do not serve HTTP at all")
+    p.add_argument("--write-boot-plan", action="store_true",
+                   help="write boot-plan.json into the config dir and exit: run at an "
+                   "image's build, it lets the container's first start spawn its boot "
+                   "programs before pmd's imports (docs/performance.md)")
     p.add_argument("--webhook-allow-local", action="store_true",
                    default=_flag("PMD_WEBHOOK_ALLOW_LOCAL"),
                    help="let webhooks reach loopback, private and link-local addresses "
@@ -335,6 +345,9 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("PMD_MEMORY_INTERVAL must be a number of seconds")
     ca_file = _env("PMD_WEBHOOK_CA_FILE")
     log_level = env_log_level()
+    boot_plan = _env("PMD_BOOT_PLAN", "1")
+    if boot_plan not in ("0", "1"):
+        parser.error("PMD_BOOT_PLAN must be 1 or 0")
     if log_level is not None and not isinstance(logging.getLevelName(log_level), int):
         parser.error(f"PMD_LOG_LEVEL: unknown level {log_level!r}")
     return Settings(
@@ -369,6 +382,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         single_child=args.single_child,
         rewrite=job_control_rewrites(rewrite, args.single_child),
         pdeathsig=pdeathsig,
+        boot_plan=boot_plan == "1",
+        write_boot_plan=args.write_boot_plan,
     )
 
 

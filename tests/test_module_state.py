@@ -29,8 +29,9 @@ ROOT = "pmd_init"
 
 #: The modules that may read the environment (a package name covers its modules).
 # pid1.compat is settings.py for tini's and dumb-init's command lines (TINI_*, DUMB_INIT_*).
+# pid1.entry is pid1.main's first step (the boot plan), taken before pid1.main's imports.
 READS_ENVIRONMENT = ("pmd_init.settings", "pmd_init.cli", "pmd_init.pid1.main",
-                     "pmd_init.pid1.compat")
+                     "pmd_init.pid1.compat", "pmd_init.pid1.entry")
 
 #: (module, function) -> why it reads the environment anyway.
 ENVIRONMENT_EXCEPTIONS: dict[tuple[str, str], str] = {

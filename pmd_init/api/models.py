@@ -21,7 +21,8 @@ from pydantic import (
     field_validator,
 )
 
-from ..model.spec import USER_RE, ProgramSpec, check_environment, depends_mapping
+from ..model.expand import USER_RE
+from ..model.spec import ProgramSpec, check_environment, depends_mapping
 
 
 class Request(BaseModel):

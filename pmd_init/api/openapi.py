@@ -29,8 +29,8 @@ from sanic.response import HTTPResponse, json
 
 from .. import __version__
 from ..model.access import Level
-from ..model.expand import USER_REFERENCES, references_pattern
-from ..model.spec import READINESS_SOURCES, USER_RE
+from ..model.expand import USER_RE, USER_REFERENCES, references_pattern
+from ..model.spec import READINESS_SOURCES
 from ..model.webhook_rules import HEADER_VALUE_MAX, RESERVED_HEADERS
 from .access import ROUTE_LEVELS, route_key
 from .context import PmdApp, app_of

@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sanic import Request
 
+from ..model.expand import USER_RE
 from ..model.hooks import HookSpec
 from ..model.spec import (
     BACKOFF_KINDS,
     FORWARD_MODES,
-    USER_RE,
     Condition,
     HealthCheckSpec,
     PortRange,

@@ -39,8 +39,11 @@ def references_pattern(excluded: str) -> str:
             rf"|\$\{{{_NAME}(?::?-[^}}${excluded}]*)?\}})*$")
 
 
+#: An account name (a trailing `$`: a machine account).
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
+
 #: `user` with references: account-name characters around them, and the trailing `$` of a
-#: machine account (spec.USER_RE's rule, once expanded, is checked at start).
+#: machine account (USER_RE's rule, once expanded, is checked at start).
 USER_REFERENCES = re.compile(
     rf"^(?=.*\$\{{)(?:[a-z0-9_-]|\$\{{{_NAME}(?::?-[a-z0-9_-]*)?\}})+\$?$")
 

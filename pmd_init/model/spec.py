@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from .expand import USER_REFERENCES, ExpansionError, env_files, expand, one_or_more
+from .expand import USER_RE, USER_REFERENCES, ExpansionError, env_files, expand, one_or_more
 from .expand import check as check_references
 from .hooks import HookSpec
 from .policies import (
@@ -46,7 +46,6 @@ from .sockets import SocketSpec
 from .webhook_rules import check_header_name, check_header_value, check_url
 
 KIT_ROOT = "/hoody/plugins"
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
 STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
 TERMINAL_SHELLS = ("bash", "zsh", "fish", "sh", "tmux")
 WEBHOOK_EVENTS = (

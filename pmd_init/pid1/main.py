@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import resource
 import signal
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 from ..api.verdicts import Verdicts
 from ..settings import Settings, parse_settings
 from . import signals
+from .early import REEXEC_ENV, EarlyBoot, plan_document, plan_key, program_base_env, raise_nofile
 from .logsink import LoopTurnHandler
 from .maincmd import MainCommand
 from .reaper import Reaper
@@ -28,24 +28,13 @@ from .signals import SignalQueue
 
 log = logging.getLogger("pmd")
 
-REEXEC_ENV = "PMD_REEXEC_STATE"
-
-
-#: Never passed on to programs: pmd's own settings, and what a service manager above pmd
-#: meant for pmd itself.
-_NOT_FOR_PROGRAMS = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-
-
-def program_base_env(environ: dict[str, str]) -> dict[str, str]:
-    """The environment every program starts from: pmd's own, less what is pmd's."""
-    return {k: v for k, v in environ.items()
-            if not k.startswith("PMD_") and k not in _NOT_FOR_PROGRAMS}
-
-
 class Init:
     def __init__(self, settings: Settings, base_env: dict[str, str] | None = None,
-                 inherited_mask: frozenset[int] = frozenset()) -> None:
+                 inherited_mask: frozenset[int] = frozenset(),
+                 early: EarlyBoot | None = None) -> None:
         self.settings = settings
+        #: What the boot plan started before pmd's imports (pid1/early.py), if anything.
+        self.early = early if early is not None else EarlyBoot(settings, inherited_mask)
         #: The signal mask pmd's caller gave it, reset at once (see main()).
         self.inherited_mask = inherited_mask
         #: Taken before pmd adds anything of its own to os.environ (see main()).
@@ -99,7 +88,7 @@ class Init:
         self._set_pdeathsig()
         self.reaper = Reaper(loop, warn_orphans=s.warn_reap)
         self._become_subreaper()
-        _raise_nofile()
+        raise_nofile()
         if s.command:
             self.main = MainCommand(s.command, self.base_env, single_child=s.single_child,
                                     rewrite=s.rewrite, job_control=s.job_control,
@@ -144,6 +133,8 @@ class Init:
                           host, port, exc.strerror or exc)
                 for listener in handed_over:
                     listener.sock.close()
+                for child in self.early.started:
+                    child.discard()
                 return 1
         targets, target_problems = _log_targets(s.config_dir, self.base_env)
         for problem in target_problems:
@@ -164,6 +155,8 @@ class Init:
             self.started_at = state.get("started_at", self.started_at)
             log.info("re-executed: %d programs adopted", len(sup.programs) + len(sup.ephemeral))
         else:
+            if self.early.key is None and s.boot_plan:
+                self.early.key = _plan_key(s)  # of the files as they are before the load
             specs = store.load()
             if store.report.problem:
                 log.error("booting from %s: %s", store.report.source, store.report.problem)
@@ -174,9 +167,12 @@ class Init:
             if os.getpid() != 1:  # as PID 1 a fresh start is a fresh container
                 sup.readopt_survivors()
             sup.reconcile_ephemeral()
-            sup.boot()
+            taken = sup.boot(self.early.started)
+            self._report_boot_plan(taken)
             if s.command:
                 self._spawn_main()
+            if s.boot_plan and self.early.key is not None and self.config_problem is None:
+                self._write_boot_plan(self.early.key)
         self.reaper.reap()  # exits that happened while we were starting (or exec'ing)
         self._report_budget()
         if probe_sock is not None:
@@ -206,6 +202,34 @@ class Init:
         if mode == "reexec":
             await self._reexec()  # returns only if exec failed
         return await self._shutdown()
+
+    def _report_boot_plan(self, taken: int) -> None:
+        """One line: whether a boot plan started programs before pmd's imports."""
+        early = self.early
+        if early.plan is not None:
+            log.info("boot plan %s: %d of %d programs started before pmd's imports%s",
+                     early.plan, taken, len(early.started),
+                     "".join(f"; {problem}" for problem in early.problems))
+        elif early.notes:
+            log.info("boot plan: none used (%s)", "; ".join(early.notes))
+
+    def _write_boot_plan(self, key: str) -> None:
+        """The boot plan of this configuration, into the state dir, for the next start
+        (unchanged when it holds already)."""
+        path = self.settings.state_dir / "boot-plan.json"
+        document = plan_document(key, self.supervisor.boot_plan())
+        import orjson
+
+        data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+        try:
+            if path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        try:
+            self.supervisor.storage.write_bytes(path, data, durable=False)
+        except Exception as exc:  # noqa: BLE001 - a cache: a start goes on without it
+            log.warning("boot plan not written to %s: %s", path, exc)
 
     async def _run_bare(self) -> int:
         """No programs.json, no API, no state: the main command and the signals only (a
@@ -734,16 +758,6 @@ def _prepare_folder(folder: Path, what: str) -> None:
                   what, folder, who, os.getgid())
 
 
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 1 << 20), hard))
-        except (ValueError, OSError):
-            pass
-
-
 def log_level(settings: Settings, stderr_is_tty: bool) -> str:
     """pmd's log level: asked for (PMD_LOG_LEVEL, a compat -v), else INFO; but WARNING when
     a main command shares pmd's terminal (its screen is not pmd's log) and for a
@@ -806,21 +820,75 @@ def main(argv: list[str] | None = None) -> None:
     if args and (args[0] == "--compat" or args[0].startswith("--compat=")):
         from .compat import parse_compat
 
-        settings = parse_compat(args)
-    else:
-        settings = parse_settings(args)
-        if settings.tls_cert is not None and not os.environ.get(REEXEC_ENV):
-            _check_tls(settings)
-        if settings.webhook_allow_local:
-            from ..model.webhook_rules import ALLOW_LOCAL_ENV
-
-            # the one switch the webhook rules read, in validation and delivery alike
-            # (model/webhook_rules.py says why it is not passed down)
-            os.environ[ALLOW_LOCAL_ENV] = "1"
-    run(settings, inherited_mask)
+        run(parse_compat(args), inherited_mask)
+        return
+    settings = parse_settings(args)
+    if settings.tls_cert is not None and not os.environ.get(REEXEC_ENV):
+        check_tls(settings)
+    start_with(EarlyBoot(settings, inherited_mask))
 
 
-def _check_tls(settings: Settings) -> None:
+def start_with(early: EarlyBoot) -> None:
+    """pmd's start once its settings are parsed and its boot plan, if any, has started
+    its programs (pid1/early.py's main, the `pmd_init` entry, comes here)."""
+    settings = early.settings
+    if settings.write_boot_plan:
+        sys.exit(write_boot_plan(settings))
+    if settings.webhook_allow_local:
+        from ..model.webhook_rules import ALLOW_LOCAL_ENV
+
+        # the one switch the webhook rules read, in validation and delivery alike
+        # (model/webhook_rules.py says why it is not passed down)
+        os.environ[ALLOW_LOCAL_ENV] = "1"
+    run(settings, early.inherited_mask, early)
+
+
+def _plan_key(settings: Settings) -> str | None:
+    try:
+        return plan_key(settings, os.environ.get("PMD_WEBHOOK_ALLOW_LOOPBACK", ""))
+    except OSError:
+        return None
+
+
+def write_boot_plan(settings: Settings) -> int:
+    """`pmd_init --write-boot-plan`: the boot plan of the config dir's programs, into the
+    config dir (an image's build step); 0, or 2 when the configuration has a problem."""
+    from ..store.programs import ConfigError, ProgramStore
+    from ..store.storage import Storage, StorageError
+    from ..supervisor.instance import spawn_rlimits
+    from ..supervisor.supervisor import boots, plan_entry
+
+    key = _plan_key(settings)  # of the files as they are before they are read
+    store = ProgramStore(settings.config_dir, settings.state_dir)
+    try:
+        specs = store.read_only()
+    except (ConfigError, OSError) as exc:
+        print(f"pmd_init: no boot plan written: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if key is None or store.dropins.problems:
+        print("pmd_init: no boot plan written: "
+              f"{'; '.join(store.dropins.problems) or 'the configuration is unreadable'}",
+              file=sys.stderr, flush=True)
+        return 2
+    order = sorted(enumerate(specs), key=lambda item: (item[1].priority, item[0]))
+    booting = [spec for _, spec in order if boots(spec)]
+    entries = [e for e in (plan_entry(spec, spawn_rlimits(spec)) for spec in booting)
+               if e is not None]
+    path = settings.config_dir / "boot-plan.json"
+    import orjson
+
+    data = orjson.dumps(plan_document(key, entries), option=orjson.OPT_INDENT_2) + b"\n"
+    try:
+        Storage(settings.config_dir, settings.state_dir).write_bytes(path, data)
+    except StorageError as exc:
+        print(f"pmd_init: no boot plan written: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"pmd_init: {path}: {len(entries)} of {len(booting)} boot programs start "
+          "before pmd's imports", flush=True)
+    return 0
+
+
+def check_tls(settings: Settings) -> None:
     """A TLS file that does not load stops a fresh start with one line, before any
     program runs (after a re-exec the API goes on without TCP instead: see ApiServer)."""
     from ..api.tls import TlsError, build_context
@@ -843,7 +911,8 @@ def dumb_init() -> None:
     main(["--compat", "dumb-init", *sys.argv[1:]])
 
 
-def run(settings: Settings, inherited_mask: frozenset[int] = frozenset()) -> None:
+def run(settings: Settings, inherited_mask: frozenset[int] = frozenset(),
+        early: EarlyBoot | None = None) -> None:
     _setup_logging(settings)
     base_env = dict(os.environ)
     # pydantic scans every installed distribution's entry points for plugins on the first
@@ -856,7 +925,7 @@ def run(settings: Settings, inherited_mask: frozenset[int] = frozenset()) -> Non
         prctl.set_name("pmd_init")
     except (ImportError, OSError):
         pass
-    code = asyncio.run(Init(settings, base_env, inherited_mask).run())
+    code = asyncio.run(Init(settings, base_env, inherited_mask, early).run())
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)

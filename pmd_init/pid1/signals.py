@@ -22,12 +22,15 @@ unblocked: a fault signal then ends pmd, as it always did before, and a PIPE is 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import threading
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pid1/early.py imports this module before asyncio is
+    import asyncio
 
 from ..supervisor.spawn import WAITED
 

@@ -189,6 +189,14 @@ class ProgramStore:
         self._remember_good()
         return self.with_dropins(specs)
 
+    def read_only(self) -> list[ProgramSpec]:
+        """What a start would load when nothing is wrong: programs.json (programs.default.json
+        when it is absent) and programs.d, writing nothing; ConfigError or OSError when
+        programs.json cannot be used (`pmd_init --write-boot-plan`)."""
+        if not self.path.exists():
+            return self.read_default()
+        return self.with_dropins(self._read(self.path))
+
     def read_default(self) -> list[ProgramSpec]:
         if not self.default_path.exists():
             return self.with_dropins([])

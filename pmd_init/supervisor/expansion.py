@@ -13,11 +13,13 @@ import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..model.expand import EXPANDED_FIELDS, ExpansionError, expand
-from ..model.spec import USER_RE, ProgramSpec
+from ..model.expand import EXPANDED_FIELDS, USER_RE, ExpansionError, expand
 from .spawn import SpawnError
+
+if TYPE_CHECKING:
+    from ..model.spec import ProgramSpec
 
 #: An env file larger than this is refused: it is read inside the event loop.
 ENV_FILE_MAX = 1 << 20
@@ -36,7 +38,27 @@ class Expanded:
     environment: dict[str, str]
 
 
-def expand_spec(spec: ProgramSpec, base: Mapping[str, str]) -> Expanded:
+class Expandable(Protocol):
+    """What an expansion reads of a program: a `ProgramSpec`, or a boot plan's entry
+    (pid1/early.py), which starts programs before pydantic is imported."""
+
+    @property
+    def command(self) -> str: ...
+    @property
+    def directory(self) -> str | None: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def stdout_logfile(self) -> str | None: ...
+    @property
+    def stderr_logfile(self) -> str | None: ...
+    @property
+    def env_file(self) -> list[str]: ...
+    @property
+    def environment(self) -> dict[str, str]: ...
+
+
+def expand_spec(spec: Expandable, base: Mapping[str, str]) -> Expanded:
     """Every reference of `spec` expanded from `base`, its env files read; SpawnError
     naming the field or the file when one cannot be."""
     fields: dict[str, Any] = {}

@@ -34,6 +34,7 @@ from .events import Event, EventBus, ReadyEvent, SignalEvent, StateEvent
 from .expansion import expand_spec
 from .readiness import LogLineWatch
 from .spawn import (
+    Prespawned,
     SpawnError,
     SpawnRequest,
     build_argv,
@@ -84,7 +85,7 @@ class Instance:
         "_restart_after_stop", "state_since", "health_status", "adopted", "retry_at",
         "backoff_reason", "_starts", "_limit_hits", "_restart_pending", "completed",
         "ready_at", "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "notify_status",
-        "notify_stopping", "_notify_watch", "ready_fd", "_streak", "__weakref__",
+        "notify_stopping", "_notify_watch", "ready_fd", "_streak", "prespawned", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -113,6 +114,9 @@ class Instance:
         self._restart_after_stop = False
         self.health_status = "unknown"
         self.adopted = False
+        #: Its process when a boot plan started it before the supervisor existed: its
+        #: first spawn takes it over instead of forking (see _exec).
+        self.prespawned: Prespawned | None = None
         #: When a BACKOFF ends (wall clock), and why the instance is waiting.
         self.retry_at: float | None = None
         self.backoff_reason: str | None = None
@@ -319,31 +323,42 @@ class Instance:
             self._restart_pending = False
             self.restarts += 1
         now = self.rt.clock.monotonic()
-        self._starts.append(now)
-        while len(self._starts) > max(spec.start_limit_burst, 1):
-            self._starts.popleft()
+        early, self.prespawned = self.prespawned, None
         try:
-            child = self._exec()
+            child = self._exec(early)
         except SpawnError as exc:
+            self._starts.append(now)
+            while len(self._starts) > max(spec.start_limit_burst, 1):
+                self._starts.popleft()
             self.spawn_error = str(exc)
             log.error("%s: spawn error: %s", self.name, exc)
             self._set_state(S.STARTING)
             self._to_backoff()
             return
+        started_at = self.rt.clock.time()
+        if early is not None and child is early.popen:
+            # taken over: its run began at the boot plan's spawn, a little earlier
+            now, started_at = min(now, early.started_mono), min(started_at, early.started_at)
+        self._starts.append(now)
+        while len(self._starts) > max(spec.start_limit_burst, 1):
+            self._starts.popleft()
         self.popen = child
         self.pid = child.pid
-        self.started_at = self.rt.clock.time()
+        self.started_at = started_at
         self.started_mono = now
         self.rt.children.watch(child.pid, self._exited)
         self._follow_notify()
         self._set_state(S.STARTING)
         self._arm_readiness()
-        if spec.startsecs <= 0:
+        left = spec.startsecs - (self.rt.clock.monotonic() - now)
+        if left <= 0:
             self._running()
         else:
-            self._later(spec.startsecs, self._running)
+            self._later(left, self._running)
 
-    def _exec(self) -> Child:
+    def _exec(self, early: Prespawned | None = None) -> Child:
+        """Spawn the process, or take over `early` (started by a boot plan) when it was
+        started exactly as it would be now; an `early` that differs is killed first."""
         spec = self.program.spec
         fields = expand_spec(spec, self.rt.base_env)  # ${VAR}s and env_file, afresh
         account = resolve_account(fields.user)
@@ -361,6 +376,20 @@ class Instance:
         cwd = fields.directory
         if cwd is None and account is not None and self.program.temporary_id is not None:
             cwd = account.home if os.path.isdir(account.home) else None  # quick-start rule
+        rlimits = spawn_rlimits(spec)
+        if early is not None:
+            if early.matches(argv, env, cwd, account, rlimits, spec.logs_enabled) \
+                    and self.port is None and not spec.sockets \
+                    and (spec.readiness is None or spec.readiness.fd is None):
+                if early.pipes is not None:
+                    self._ensure_logfiles()
+                    self.attach_captures(early.pipes[0], early.pipes[1], early.popen.pid)
+                    early.pipes = None
+                return early.popen
+            log.warning("%s: the boot plan started it differently from its configuration "
+                        "now: killed (pid %d) and started again", self.name, early.popen.pid)
+            self.rt.children.watch(early.popen.pid, early.exited)
+            early.discard()
         out_w = err_w = None
         pipes: list[tuple[int, int]] = []
         if spec.logs_enabled:
@@ -383,9 +412,7 @@ class Instance:
                 extra_fd=None if notification is None or spec.readiness is None
                 else (notification[1], spec.readiness.fd or 0),
                 listen_fds=listen_fds,
-                rlimits=[(rlimit_number(name), *limit.pair())
-                         for name, limit in (spec.rlimits.items() if spec.rlimits
-                                             else {}).items()],
+                rlimits=rlimits,
             ))
         except BaseException:
             for r, w in [*pipes, *([notification] if notification else [])]:
@@ -821,6 +848,12 @@ class Instance:
             self._set_state(S.UNKNOWN, reason="adopted")
         self.retry_at, self.backoff_reason = waiting
         self._set_state(state, self.exit_code, reason="adopted")
+
+
+def spawn_rlimits(spec: ProgramSpec) -> list[tuple[int, int, int]]:
+    """(RLIMIT_*, soft, hard) of `rlimits`, as the spawn sets them."""
+    return [(rlimit_number(name), *limit.pair())
+            for name, limit in (spec.rlimits.items() if spec.rlimits else {}).items()]
 
 
 def follow_running(events: EventBus, track: Callable[[Instance], None],

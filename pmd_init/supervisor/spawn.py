@@ -121,6 +121,49 @@ class SpawnRequest:
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Prespawned:
+    """A boot program started before the supervisor existed (pid1/early.py: a boot plan),
+    with what it was started with. Its instance takes it over in place of a spawn when
+    what it would spawn now is the same (`matches`); otherwise it is killed."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    account: Account | None
+    rlimits: list[tuple[int, int, int]]
+    #: The read ends of its stdout and stderr pipes (none when its logs are off).
+    pipes: tuple[int, int] | None
+    #: time.time() and time.monotonic() at the spawn.
+    started_at: float
+    started_mono: float
+
+    def matches(self, argv: list[str], env: Mapping[str, str], cwd: str | None,
+                account: Account | None, rlimits: list[tuple[int, int, int]],
+                logs: bool) -> bool:
+        return (self.argv == argv and self.env == dict(env) and self.cwd == cwd
+                and self.account == account and self.rlimits == rlimits
+                and (self.pipes is not None) == logs)
+
+    def exited(self, status: int | None) -> None:
+        """The reaper's report of a discarded one's exit."""
+        if status is not None:
+            self.popen.returncode = describe_exit(status)
+
+    def discard(self) -> None:
+        """Kill its process group and close its pipes (the reaper collects the exit)."""
+        killpg(self.popen.pid, signal.SIGKILL)
+        if self.pipes is not None:
+            for fd in self.pipes:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.pipes = None
+
+
 def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
     """Fork and exec; raises SpawnError with a readable reason when exec cannot happen."""
     kwargs: dict[str, Any] = {}

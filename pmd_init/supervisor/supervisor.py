@@ -50,7 +50,7 @@ from .expansion import expand_spec
 from .fatal import FatalPolicy
 from .health import HealthMonitor
 from .hooks import HookRunner
-from .instance import Instance
+from .instance import Instance, spawn_rlimits
 from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
 from .memory import MemoryWatch
 from .proctree import ProcessSampler
@@ -60,7 +60,7 @@ from .recycle import Recycler
 from .runtime import ChildWatcher, Runtime
 from .snapshots import InstanceSnapshot, SupervisorSnapshot
 from .sockets import SocketSet
-from .spawn import SpawnError, build_argv, cannot_run, program_env, resolve_account
+from .spawn import Prespawned, SpawnError, build_argv, cannot_run, program_env, resolve_account
 from .startup import not_started
 from .watch import FileWatch
 from .webhooks import DRAIN_SECONDS, WebhookDispatcher
@@ -86,6 +86,27 @@ RESTART_FIELDS = frozenset({
 
 def storage_failed(exc: StorageError) -> StorageFailed:
     return StorageFailed(exc.message, exc.code, exc.details())
+
+
+def boots(spec: ProgramSpec) -> bool:
+    """Whether a start (or a reset) starts it."""
+    return spec.enabled and spec.boot and not spec.lazy_load and not spec.on_connection
+
+
+def plan_entry(spec: ProgramSpec, rlimits: list[tuple[int, int, int]]) -> dict[str, Any] | None:
+    """A boot program's plan entry, or None when it cannot be started before the
+    supervisor exists (a delay, dependencies, sockets, ports, a readiness that pmd takes
+    part in). `spec` is a boot program (`boots`); `rlimits` as its spawn's."""
+    readiness = spec.readiness
+    if spec.delay_seconds or spec.depends_on or spec.sockets or spec.port_range \
+            or (readiness is not None and (readiness.notify or readiness.fd is not None)):
+        return None
+    return {"name": spec.name, "command": spec.command, "directory": spec.directory,
+            "user": spec.user, "stdout_logfile": spec.stdout_logfile,
+            "stderr_logfile": spec.stderr_logfile, "env_file": list(spec.env_file),
+            "environment": dict(spec.environment), "terminal_shell": spec.terminal_shell,
+            "display": spec.display, "logs_enabled": spec.logs_enabled,
+            "rlimits": [list(t) for t in rlimits]}
 
 
 class Supervisor:
@@ -282,17 +303,51 @@ class Supervisor:
         except SocketError as exc:  # parse_programs and add/edit refuse this first
             log.error("sockets: %s", exc)
 
-    def boot(self) -> None:
+    def boot(self, prespawned: Sequence[Prespawned] = ()) -> int:
         """Start enabled boot programs in ascending priority, each after its own delay; a
-        delayed program never holds up the others."""
+        delayed program never holds up the others. `prespawned`: processes a boot plan
+        started before the supervisor existed (pid1/early.py); each program's first spawn
+        takes its own over when it was started as it would be now, and every one not
+        taken over is killed. Returns how many were taken over."""
+        early = {p.name: p for p in prespawned}
+        for program in self.programs.values():
+            found = early.pop(program.name, None)
+            if found is not None and None in program.instances and self._boots(program.spec):
+                program.instances[None].prespawned = found
+            elif found is not None:
+                early[program.name] = found
         for program in sorted(self.programs.values(), key=lambda p: (p.spec.priority, p.id)):
             if self._boots(program.spec):
                 self.launch(program)
+        taken = len(prespawned) - len(early)
+        for program in self.programs.values():
+            for inst in program.instances.values():
+                if inst.prespawned is not None:  # not spawned now (a delay, a dependency)
+                    early[program.name] = inst.prespawned
+                    inst.prespawned = None
+                    taken -= 1
+        for left in early.values():
+            log.warning("%s: started by the boot plan but not a boot program to start now: "
+                        "killed (pid %d)", left.name, left.popen.pid)
+            self._children.watch(left.popen.pid, left.exited)
+            left.discard()
         self._specs_changed()
+        return taken
 
     @staticmethod
     def _boots(spec: ProgramSpec) -> bool:
-        return spec.enabled and spec.boot and not spec.lazy_load and not spec.on_connection
+        return boots(spec)
+
+    def boot_plan(self) -> list[dict[str, Any]]:
+        """The boot plan's entries (pid1/early.py): the boot programs that can start
+        before the supervisor exists, in boot's order, with what their spawn reads."""
+        entries = []
+        for program in sorted(self.programs.values(), key=lambda p: (p.spec.priority, p.id)):
+            if self._boots(program.spec):
+                entry = plan_entry(program.spec, spawn_rlimits(program.spec))
+                if entry is not None:
+                    entries.append(entry)
+        return entries
 
     def _specs_changed(self) -> None:
         """What follows the set of programs: socket watches, schedules, file watches."""
