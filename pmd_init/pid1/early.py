@@ -208,11 +208,23 @@ def read_plan(path: Path, key: str) -> tuple[list[PlannedSpec] | None, str]:
     """The plan's programs when `path` holds a plan of this key, else None; and a note
     saying what was found, for pmd's log."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         return None, f"no {path}"
     except OSError as exc:
         return None, f"{path} unreadable ({exc.strerror or exc})"
+    try:
+        info = os.fstat(fd)
+        # A plan says what runs, as whom: only one that nobody but pmd's own user (or
+        # root) could have written is followed.
+        if not stat.S_ISREG(info.st_mode) or info.st_uid not in (0, os.geteuid()) \
+                or info.st_mode & 0o022:
+            return None, f"{path} ignored: not a file of pmd's user, or writable by others"
+        data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+    except OSError as exc:
+        return None, f"{path} unreadable ({exc.strerror or exc})"
+    finally:
+        os.close(fd)
     try:
         doc = orjson.loads(data)
         if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:

@@ -389,7 +389,7 @@ class Instance:
             log.warning("%s: the boot plan started it differently from its configuration "
                         "now: killed (pid %d) and started again", self.name, early.popen.pid)
             self.rt.children.watch(early.popen.pid, early.exited)
-            early.discard()
+            early.discard(self.rt.killpg)
         out_w = err_w = None
         pipes: list[tuple[int, int]] = []
         if spec.logs_enabled:

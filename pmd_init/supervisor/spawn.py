@@ -152,9 +152,10 @@ class Prespawned:
         if status is not None:
             self.popen.returncode = describe_exit(status)
 
-    def discard(self) -> None:
-        """Kill its process group and close its pipes (the reaper collects the exit)."""
-        killpg(self.popen.pid, signal.SIGKILL)
+    def discard(self, kill: Callable[[int, int], bool] | None = None) -> None:
+        """Kill its process group (with `kill`, a runtime's killpg) and close its pipes
+        (the reaper collects the exit)."""
+        (kill or killpg)(self.popen.pid, signal.SIGKILL)
         if self.pipes is not None:
             for fd in self.pipes:
                 try:

@@ -310,27 +310,29 @@ class Supervisor:
         takes its own over when it was started as it would be now, and every one not
         taken over is killed. Returns how many were taken over."""
         early = {p.name: p for p in prespawned}
+        handed: list[tuple[Instance, Prespawned]] = []
         for program in self.programs.values():
             found = early.pop(program.name, None)
             if found is not None and None in program.instances and self._boots(program.spec):
                 program.instances[None].prespawned = found
+                handed.append((program.instances[None], found))
             elif found is not None:
                 early[program.name] = found
         for program in sorted(self.programs.values(), key=lambda p: (p.spec.priority, p.id)):
             if self._boots(program.spec):
                 self.launch(program)
-        taken = len(prespawned) - len(early)
-        for program in self.programs.values():
-            for inst in program.instances.values():
-                if inst.prespawned is not None:  # not spawned now (a delay, a dependency)
-                    early[program.name] = inst.prespawned
-                    inst.prespawned = None
-                    taken -= 1
+        taken = 0
+        for inst, found in handed:
+            if inst.prespawned is not None:  # not spawned now (a delay, a dependency)
+                early[found.name] = found
+                inst.prespawned = None
+            elif inst.popen is found.popen:
+                taken += 1
         for left in early.values():
             log.warning("%s: started by the boot plan but not a boot program to start now: "
                         "killed (pid %d)", left.name, left.popen.pid)
             self._children.watch(left.popen.pid, left.exited)
-            left.discard()
+            left.discard(self.runtime.killpg)
         self._specs_changed()
         return taken
 

@@ -17,8 +17,9 @@ from pmd_init.model.spec import ProgramSpec
 from pmd_init.model.states import TRANSITIONS, ProgramState
 from pmd_init.supervisor.instance import START_LIMIT_BACKOFF_MAX, Instance
 from pmd_init.supervisor.program import Program
+from pmd_init.supervisor.spawn import Prespawned
 from pmd_init.supervisor.waits import until_running
-from tests.supervisor.fakes import EPOCH, FakeWorld, exited
+from tests.supervisor.fakes import EPOCH, FakeChild, FakeWorld, exited
 
 S = ProgramState
 
@@ -531,3 +532,37 @@ def test_zz_every_transition_was_driven() -> None:
     table = {(a, b) for a, targets in TRANSITIONS.items() for b in targets}
     assert table - NOT_TAKEN - SEEN.transitions == set()
     assert SEEN.transitions <= table
+
+
+# ---- a boot plan's process ---------------------------------------------------------
+
+def prespawned(world: FakeWorld, argv: list[str], age: float) -> Prespawned:
+    """What pid1/early.py hands over: a process started `age` seconds ago."""
+    child: Any = FakeChild(5000)
+    return Prespawned(name="p", popen=child, argv=argv, env={}, cwd=None, account=None,
+                      rlimits=[], pipes=None,
+                      started_at=world.time() - age, started_mono=world.monotonic() - age)
+
+
+def test_a_boot_plan_process_started_as_configured_is_taken_over(world: FakeWorld) -> None:
+    inst = make(world, startsecs=1)
+    inst.prespawned = prespawned(world, ["/bin/prog"], age=0.6)
+    inst.start()
+    assert world.spawned == []  # no fork: the process is the plan's
+    assert inst.state == S.STARTING and inst.pid == 5000 and 5000 in world.watched
+    assert inst.started_at == EPOCH - 0.6  # its run began at the plan's spawn
+    world.advance(0.4)  # startsecs counts from then too
+    assert inst.state == S.RUNNING
+    world.exit(5000, exited(1))  # and it is supervised like any other run
+    assert inst.state == S.EXITED and inst.exit_code == 1 and inst.pid is None
+    inst.start()
+    assert world.spawned[0].argv == ["/bin/prog"] and inst.pid == 1000
+
+
+def test_a_boot_plan_process_started_otherwise_is_killed_and_replaced(world: FakeWorld) -> None:
+    inst = make(world, startsecs=1)
+    inst.prespawned = prespawned(world, ["/bin/old"], age=0.1)
+    inst.start()
+    assert (5000, signal.SIGKILL) in world.signals
+    assert [req.argv for req in world.spawned] == [["/bin/prog"]]
+    assert inst.pid == 1000 and inst.prespawned is None
