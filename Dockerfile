@@ -92,6 +92,11 @@ COPY entrypoint /entrypoint
 RUN set -eux; \
     chmod 0755 /entrypoint; \
     mkdir -p /var/lib/pmd /var/log/pmd /run/pmd; \
+    # The boot plan of the image's programs (docs/performance.md): a container's first
+    # start spawns them before pmd's imports. An image with programs of its own runs
+    # this again after copying them in (a plan of other programs is never used).
+    /opt/pmd/venv/bin/pmd_init --write-boot-plan --config-dir /etc/pmd \
+        --state-dir /var/lib/pmd; \
     chown -R pmd:pmd /etc/pmd /var/lib/pmd /var/log/pmd /run/pmd; \
     # An arbitrary uid in group 0 (OpenShift, `--user 12345:0`) may write there too.
     chgrp -R 0 /etc/pmd /var/lib/pmd /var/log/pmd /run/pmd; \

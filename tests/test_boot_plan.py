@@ -138,7 +138,8 @@ def test_the_environment_of_this_start_is_the_one_programs_get(tmp_path: Path) -
         assert (tmp_path / "greetings").read_text().split() == ["one", "two"]
 
 
-@pytest.mark.parametrize("damage", ["not json", "wrong shape", "writable by others"])
+@pytest.mark.parametrize("damage", ["not json", "wrong shape", "writable by others",
+                                    "writable by its group"])
 def test_a_damaged_plan_is_ignored(tmp_path: Path, damage: str) -> None:
     with Pmd(tmp_path, programs(tmp_path, app=marking(tmp_path, "app")), pid1=True) as pmd:
         running(pmd, 1)
@@ -149,8 +150,11 @@ def test_a_damaged_plan_is_ignored(tmp_path: Path, damage: str) -> None:
         elif damage == "wrong shape":
             plan["programs"][0]["environment"] = ["A=1"]
             path.write_text(json.dumps(plan))
-        else:
-            os.chmod(path, 0o666)
+        elif damage == "writable by others":
+            os.chmod(path, 0o646)
+        else:  # and programs.json is not
+            os.chmod(pmd.config_dir / "programs.json", 0o644)
+            os.chmod(path, 0o664)
         since = start_again(pmd)
         line = boot_line(pmd, since)
         assert "none used" in line and f"{path} ignored" in line

@@ -204,7 +204,29 @@ def plan_document(key: str, entries: Iterable[dict[str, Any]]) -> dict[str, Any]
             "programs": list(entries)}
 
 
-def read_plan(path: Path, key: str) -> tuple[list[PlannedSpec] | None, str]:
+def _trusted(info: os.stat_result, config_dir: Path) -> bool:
+    """A plan says what runs, as whom: it is followed only when nobody could have
+    written it who could not write the configuration itself. Its owner is root, pmd's
+    user or programs.json's owner; never writable by all; writable by its group only
+    when programs.json is, for the same group (an image's folders for an arbitrary uid
+    in group 0)."""
+    try:
+        config = os.stat(config_dir / "programs.json")
+    except OSError:
+        try:
+            config = os.stat(config_dir / "programs.default.json")
+        except OSError:
+            config = None
+    owners = {0, os.geteuid()} | ({config.st_uid} if config is not None else set())
+    if info.st_uid not in owners or info.st_mode & stat.S_IWOTH:
+        return False
+    if info.st_mode & stat.S_IWGRP:
+        return config is not None and bool(config.st_mode & stat.S_IWGRP) \
+            and config.st_gid == info.st_gid
+    return True
+
+
+def read_plan(path: Path, key: str, config_dir: Path) -> tuple[list[PlannedSpec] | None, str]:
     """The plan's programs when `path` holds a plan of this key, else None; and a note
     saying what was found, for pmd's log."""
     try:
@@ -215,11 +237,9 @@ def read_plan(path: Path, key: str) -> tuple[list[PlannedSpec] | None, str]:
         return None, f"{path} unreadable ({exc.strerror or exc})"
     try:
         info = os.fstat(fd)
-        # A plan says what runs, as whom: only one that nobody but pmd's own user (or
-        # root) could have written is followed.
-        if not stat.S_ISREG(info.st_mode) or info.st_uid not in (0, os.geteuid()) \
-                or info.st_mode & 0o022:
-            return None, f"{path} ignored: not a file of pmd's user, or writable by others"
+        if not stat.S_ISREG(info.st_mode) or not _trusted(info, config_dir):
+            return None, (f"{path} ignored: others than those who may write programs.json "
+                          "may write it")
         data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
     except OSError as exc:
         return None, f"{path} unreadable ({exc.strerror or exc})"
@@ -328,7 +348,7 @@ def boot_early(settings: Settings, inherited_mask: frozenset[int],
     if pid != 1 or REEXEC_ENV in environ:
         return early  # survivors or a re-exec's children to adopt: never spawn early
     for path in plan_paths(settings):
-        specs, note = read_plan(path, early.key)
+        specs, note = read_plan(path, early.key, settings.config_dir)
         if specs is None:
             early.notes.append(note)
             continue
