@@ -14,7 +14,10 @@ Scenarios:
             figure pools the gaps within rounds of 5 starts, each round started through
             the API while the program waits; the waits are excluded and counted
   fleet     100 `sleep` programs: exec to 100 running, RSS, idle context switches and CPU,
-            then SIGTERM to exit; and the same with 1 program for the per-program RSS
+            then SIGTERM to exit; and the same with 1 program for the per-program RSS;
+            then pmd's boot again with a boot plan in its config dir (`pmd_init
+            --write-boot-plan` first, as an image's build runs it): a first start, and
+            the note says how many programs each start's plan started
   capture   a program writes 256 MiB of 100-byte lines to stdout (`yes | head -c N`);
             time and init CPU seconds, every init in its default configuration (pmd copies
             each line to its own stdout as `[name] line`; supervisord does not), plus pmd
