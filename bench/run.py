@@ -607,14 +607,17 @@ class Bench:
                 f"for {o.storm_seconds:g} s")
             self.rounds("storm", [k for k in inits if k != "tini"], run_storm, o.reps)
         if "fleet" in only:
-            log(f"fleet: {o.programs} programs (boot, RSS, idle, stop), then 1 program (RSS)")
-            self.rounds("fleet", inits, run_fleet, o.reps, o.programs, o.idle_window)
+            log(f"fleet: {o.programs} programs (boot, RSS, idle, stop), then 1 program "
+                "(RSS); pmd twice a round: a first start, and a start with a boot plan in "
+                "its config dir (pmd_init --write-boot-plan, an image's build step)")
+            kinds = inits + (["pmd+plan"] if "pmd" in inits else [])
+            for rep in range(o.reps):
+                for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
+                    if kind == "pmd+plan":
+                        self.once("fleet_plan", "pmd", run_fleet, o.programs, 0.0, plan=True)
+                    else:
+                        self.once("fleet", kind, run_fleet, o.programs, o.idle_window)
             self.rounds("fleet1", [k for k in inits if k != "tini"], run_fleet, o.reps, 1, 0.0)
-            if "pmd" in inits:
-                log("fleet: pmd again, its config dir holding a boot plan "
-                    "(pmd_init --write-boot-plan, an image's build step)")
-                self.rounds("fleet_plan", ["pmd"], run_fleet, o.reps, o.programs, 0.0,
-                            plan=True)
         if "capture" in only:
             log(f"capture: {o.capture_bytes // MiB} MiB to stdout")
             self.rounds("capture", inits, run_capture, o.reps)
