@@ -6,11 +6,12 @@ that need nothing of that start at once: `boot-plan.json` lists the boot program
 start at boot with no delay, no dependency, no sockets, no port range and no readiness
 `notify` or `fd`, with the fields a spawn reads (command, environment, directory, user,
 env files, display, shell, rlimits, whether their logs are captured). This module (the
-standard library, orjson and the spawn and expansion functions the supervisor uses
-itself) checks the plan's key, then expands and spawns those programs exactly as their
-instance would (same functions, same base environment, same pipes, a session each), and
-hands the processes to pmd's start, whose supervisor takes each over at its first spawn
-if what it would spawn now is the same (`Prespawned.matches`), and kills it otherwise.
+standard library, and the spawn and expansion functions the supervisor uses itself; the
+plan is read with json, whose import costs a twentieth of orjson's) checks the plan's
+key, then expands and spawns those programs exactly as their instance would (same
+functions, same base environment, same pipes, a session each), and hands the processes
+to pmd's start, whose supervisor takes each over at its first spawn if what it would
+spawn now is the same (`Prespawned.matches`), and kills it otherwise.
 
 The key is a hash of what decides which programs exist and how they start: the plan's
 format, pmd's version, pmd's uid and gid, the config dir, the switches that change how
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import resource
 import signal
@@ -43,8 +45,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from .. import __version__
 from ..supervisor.expansion import expand_spec
@@ -246,7 +246,7 @@ def read_plan(path: Path, key: str, config_dir: Path) -> tuple[list[PlannedSpec]
     finally:
         os.close(fd)
     try:
-        doc = orjson.loads(data)
+        doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
             raise ValueError("not a boot plan of this pmd's format")
         if doc.get("key") != key:
