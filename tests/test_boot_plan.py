@@ -177,10 +177,11 @@ def test_a_plan_that_starts_a_program_differently_is_corrected(tmp_path: Path) -
         app = running(pmd, 1)
         assert str(app["pid"]) == runs(tmp_path, "right")[-1]
         assert len(runs(tmp_path, "right")) == 2
-        assert "started it differently from its configuration now: killed" in \
-            pmd.stderr_text()[since:]
         stale = runs(tmp_path, "stale")
         assert len(stale) == 1
+        stale_pid = stale[0]
+        assert f"app: the boot plan's process (pid {stale_pid}) killed: it is configured " \
+            "otherwise now" in pmd.stderr_text()[since:]
         pmd.uds.post(f"{API}/programs/1/stop")  # what is left runs in pmd's namespace
         out = subprocess.run(["cat", f"/proc/{pmd.pid}/task/{pmd.pid}/children"],
                              capture_output=True, text=True).stdout.split()

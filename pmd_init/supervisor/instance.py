@@ -327,6 +327,8 @@ class Instance:
         try:
             child = self._exec(early)
         except SpawnError as exc:
+            if early is not None and not early.settled:
+                self._discard(early, "its start fails now")
             self._starts.append(now)
             while len(self._starts) > max(spec.start_limit_burst, 1):
                 self._starts.popleft()
@@ -350,7 +352,9 @@ class Instance:
         self._follow_notify()
         self._set_state(S.STARTING)
         self._arm_readiness()
-        left = spec.startsecs - (self.rt.clock.monotonic() - now)
+        left = spec.startsecs
+        if early is not None and child is early.popen:
+            left -= self.rt.clock.monotonic() - now  # counted from the plan's spawn
         if left <= 0:
             self._running()
         else:
@@ -381,15 +385,13 @@ class Instance:
             if early.matches(argv, env, cwd, account, rlimits, spec.logs_enabled) \
                     and self.port is None and not spec.sockets \
                     and (spec.readiness is None or spec.readiness.fd is None):
+                early.settled = True
                 if early.pipes is not None:
                     self._ensure_logfiles()
                     self.attach_captures(early.pipes[0], early.pipes[1], early.popen.pid)
                     early.pipes = None
                 return early.popen
-            log.warning("%s: the boot plan started it differently from its configuration "
-                        "now: killed (pid %d) and started again", self.name, early.popen.pid)
-            self.rt.children.watch(early.popen.pid, early.exited)
-            early.discard(self.rt.killpg)
+            self._discard(early, "it is configured otherwise now")
         out_w = err_w = None
         pipes: list[tuple[int, int]] = []
         if spec.logs_enabled:
@@ -428,6 +430,13 @@ class Instance:
             self._ensure_logfiles()
             self.attach_captures(pipes[0][0], pipes[1][0], child.pid)
         return child
+
+    def _discard(self, early: Prespawned, why: str) -> None:
+        """A boot plan's process that is not this start's: killed, never kept."""
+        log.warning("%s: the boot plan's process (pid %d) killed: %s", self.name,
+                    early.popen.pid, why)
+        self.rt.children.watch(early.popen.pid, early.exited)
+        early.discard(self.rt.killpg)
 
     def _ensure_logfiles(self) -> None:
         spec = self.program.spec

@@ -139,6 +139,8 @@ class Prespawned:
     #: time.time() and time.monotonic() at the spawn.
     started_at: float
     started_mono: float
+    #: Taken over by its instance, or discarded: either happens once.
+    settled: bool = False
 
     def matches(self, argv: list[str], env: Mapping[str, str], cwd: str | None,
                 account: Account | None, rlimits: list[tuple[int, int, int]],
@@ -155,6 +157,9 @@ class Prespawned:
     def discard(self, kill: Callable[[int, int], bool] | None = None) -> None:
         """Kill its process group (with `kill`, a runtime's killpg) and close its pipes
         (the reaper collects the exit)."""
+        if self.settled:
+            return
+        self.settled = True
         (kill or killpg)(self.popen.pid, signal.SIGKILL)
         if self.pipes is not None:
             for fd in self.pipes:

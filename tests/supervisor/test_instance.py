@@ -566,3 +566,13 @@ def test_a_boot_plan_process_started_otherwise_is_killed_and_replaced(world: Fak
     assert (5000, signal.SIGKILL) in world.signals
     assert [req.argv for req in world.spawned] == [["/bin/prog"]]
     assert inst.pid == 1000 and inst.prespawned is None
+
+
+def test_a_boot_plan_process_whose_start_fails_now_is_killed(world: FakeWorld) -> None:
+    inst = make(world, user="no-such-user-here")
+    early = prespawned(world, ["/bin/prog"], age=0.1)
+    inst.prespawned = early
+    inst.start()
+    assert (5000, signal.SIGKILL) in world.signals and early.settled
+    assert world.spawned == [] and inst.state == S.BACKOFF
+    assert inst.spawn_error == "user 'no-such-user-here' does not exist"
