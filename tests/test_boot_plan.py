@@ -217,3 +217,19 @@ def test_write_boot_plan_refuses_a_broken_configuration(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "no boot plan written" in done.stderr
     assert not (config / "boot-plan.json").exists()
+
+
+def test_pmd_boot_plan_0_neither_reads_nor_writes_one(tmp_path: Path) -> None:
+    with Pmd(tmp_path, programs(tmp_path, app=marking(tmp_path, "app")), pid1=True) as pmd:
+        running(pmd, 1)
+        plan = pmd.state_dir / "boot-plan.json"
+        written = plan.read_bytes()
+        since = start_again(pmd, env={"PMD_BOOT_PLAN": "0"})
+        running(pmd, 1)
+        assert "INFO boot plan" not in pmd.stderr_text()[since:]
+        assert plan.read_bytes() == written and len(runs(tmp_path, "app")) == 2
+        pmd.write_programs(programs(tmp_path, app=marking(tmp_path, "app", "changed")))
+        since = start_again(pmd, env={})  # PMD_BOOT_PLAN back to its default
+        assert "none used" in boot_line(pmd, since)  # not this configuration's plan
+        running(pmd, 1)
+        assert plan.read_bytes() != written  # and the new configuration's is written
