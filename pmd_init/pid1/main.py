@@ -830,7 +830,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def start_with(early: EarlyBoot) -> None:
     """pmd's start once its settings are parsed and its boot plan, if any, has started
-    its programs (pid1/early.py's main, the `pmd_init` entry, comes here)."""
+    its programs (pid1/entry.py, the `pmd_init` entry, comes here)."""
     settings = early.settings
     if settings.write_boot_plan:
         sys.exit(write_boot_plan(settings))
