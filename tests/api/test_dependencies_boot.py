@@ -130,7 +130,9 @@ def test_log_line_readiness_releases_dependents_and_a_timeout_backs_off(
                             timeout=10)
         assert mute.get("ready") is None and mute["restarts"] == 0
         assert mute["backoff_reason"] == "ready_timeout"  # FATAL says why its starts failed
-        events = pmd.stderr_text()
+        # pmd's log lines go out at the end of the loop turn: the API may say FATAL first
+        events = pmd.wait_for(lambda: "mute: BACKOFF -> FATAL" in (text := pmd.stderr_text())
+                              and text, what="the FATAL line")
         assert "mute: not ready within 0.6s" in events
         # each timeout is a failed start: BACKOFF, a retry, and FATAL once none is left
         moves = [line.split("mute: ", 1)[1] for line in events.splitlines()
