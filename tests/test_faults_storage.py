@@ -134,7 +134,10 @@ def test_full_state_dir_never_acknowledges_an_unsaved_quick_start(state_on_tmpfs
     acked[f"{tag}-late"] = response.json()["temporary_id"]
     state = health(http)["storage"]["state"]
     assert state["ok"] is True and state["code"] is None and state["error"] is None
-    assert state["last_error"]["code"] == "STORAGE_READ_ONLY" and state["failures"] >= 2
+    # the last failure stays on record: the read-only one, or a write of the running
+    # launches' pids that came after the remount, while the dir was still full
+    assert state["last_error"]["code"] in ("STORAGE_READ_ONLY", "STORAGE_FULL")
+    assert state["failures"] >= 2
 
     # A crash, then a fresh pmd: every answered launch is known to it (running again
     # under it, or reported as cleaned up), and no temp file is left.

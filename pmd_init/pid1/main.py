@@ -217,7 +217,10 @@ class Init:
         """The boot plan of this configuration, into the state dir, for the next start
         (unchanged when it holds already)."""
         path = self.settings.state_dir / "boot-plan.json"
-        document = plan_document(key, self.supervisor.boot_plan())
+        entries = self.supervisor.boot_plan()
+        if not entries:  # nothing a plan could start: no file (a state dir can be small)
+            return
+        document = plan_document(key, entries)
         import orjson
 
         data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
