@@ -32,7 +32,7 @@ from ..model.hooks import HookSpec
 from .events import Event, EventBus, ReadyEvent, StateEvent
 from .runtime import Child, ChildWatcher
 from .spawn import SpawnError, SpawnRequest, describe_exit, killpg, spawn
-from .webhooks import matches, payload, ready_payload
+from .webhooks import matches, payload, ready_payload, reported
 
 log = logging.getLogger("pmd.hooks")
 
@@ -72,17 +72,11 @@ class HookRunner:
     def counters(self) -> dict[str, int]:
         return {**self.results, "running": len(self._running), "queued": self._queued}
 
-    def on_event(self, event: Event) -> None:
-        if self._closed:
+    def on_event(self, any_event: Event) -> None:
+        found = reported(any_event)
+        if found is None or self._closed:
             return
-        if isinstance(event, StateEvent):
-            if event.reason == "adopted":  # pmd changed hands, not the program
-                return
-            name = event.to_state.value
-        elif isinstance(event, ReadyEvent):
-            name = "READY"
-        else:
-            return
+        name, event = found
         hooks = [h for h in self.hooks_for(event) if matches(h.events, name)]
         if not hooks:
             return

@@ -188,6 +188,17 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return int(code), headers
 
 
+def reported(event: Event) -> tuple[str, StateEvent | ReadyEvent] | None:
+    """What webhooks and local hooks report, with the name their `events` match: the
+    state entered, or READY. None for the rest, and for a process taken over by a new
+    pmd (pmd changed hands, not the program)."""
+    if isinstance(event, StateEvent):
+        return None if event.reason == "adopted" else (event.to_state.value, event)
+    if isinstance(event, ReadyEvent):
+        return "READY", event
+    return None
+
+
 class WebhookDispatcher:
     """Delivers the state changes and READY events of programs whose spec has webhooks
     enabled (health verdicts are not webhook events: the `events` a spec may name are
@@ -221,17 +232,11 @@ class WebhookDispatcher:
 
     # ---- intake (synchronous, from the EventBus) -----------------------------------
 
-    def on_event(self, event: Event) -> None:
-        if isinstance(event, StateEvent):
-            if event.reason == "adopted":  # pmd changed hands, not the program
-                return
-            name = event.to_state.value
-        elif isinstance(event, ReadyEvent):
-            name = "READY"
-        else:
+    def on_event(self, any_event: Event) -> None:
+        found = reported(any_event)
+        if found is None or self._closed:
             return
-        if self._closed:
-            return
+        name, event = found
         hooks = self.spec_for(event)
         if hooks is None or not hooks.enabled or not hooks.urls:
             return
