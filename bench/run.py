@@ -401,6 +401,7 @@ def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "
         wait_until(lambda: len(counter(run.pid)) > 0, 15, 0.005)  # type: ignore[arg-type]
         time.sleep(opts.settle)
         cpu0 = procfs.cpu_seconds(run.pid) or 0.0
+        faults0 = procfs.minor_faults(run.pid) or 0
         go.touch()
         size = 0
 
@@ -415,6 +416,7 @@ def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "
         ok = wait_until(complete, 120, 0.002)
         t_done = time.time()
         cpu1 = procfs.cpu_seconds(run.pid) or 0.0
+        faults = (procfs.minor_faults(run.pid) or 0) - faults0
         if not ok:
             raise RuntimeError(f"{kind}: log has {size} of {opts.capture_bytes} bytes")
         t_start = float(start.read_text())
@@ -425,8 +427,8 @@ def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "
         expected = opts.capture_bytes // 100 * (100 + len(b"[writer] "))
         extra = on_complete() if on_complete is not None else {}
         return {"seconds": seconds, "mib_per_s": opts.capture_bytes / MiB / seconds,
-                "forward_expected": expected,
-                "init_cpu_s": cpu1 - cpu0, "log_bytes": size, "init_stdout_bytes": stdout_bytes,
+                "forward_expected": expected, "init_cpu_s": cpu1 - cpu0,
+                "init_minor_faults": faults, "log_bytes": size, "init_stdout_bytes": stdout_bytes,
                 "source": source, "forward": forward, "stdout_pipe": stdout_pipe, **extra}
     finally:
         run.terminate(15)

@@ -355,6 +355,48 @@ def test_a_stalled_stdout_drops_whole_chunks_and_counts_them(tmp_path):
         os.close(w)
 
 
+def test_a_stalled_stdout_drops_whole_lines_of_chunks_written_in_slices(tmp_path):
+    """Chunks of many slices, cut mid-line, forwarded to a pipe nobody reads: once it is
+    full and the held buffer too, chunks are dropped whole. What reaches the reader is
+    whole prefixed lines in order, and what was dropped is counted to the byte."""
+    lines = [f"{i:07d} {'y' * (i % 90)}\n".encode() for i in range(40000)]
+    blob = b"".join(lines)  # about 2.1 MiB
+    loop = asyncio.new_event_loop()
+    r_out, w_out = os.pipe()
+    r, w = Capture.make_pipe()
+    try:
+        forwarder = Forwarder(loop, w_out)
+        capture = Capture(loop, r, LogFile(tmp_path / "out.log", 0, 0), forwarder, b"[p] ")
+        step = 5 * SLICE + 1001  # many slices a chunk, never at a line's end
+        for start in range(0, len(blob), step):
+            os.write(w, blob[start:start + step])
+            capture.drain()
+        os.close(w)
+        assert capture.drain() is True
+        assert forwarder.dropped > 0  # the reader never read: the test is about drops
+        os.set_blocking(r_out, False)
+        got = bytearray()
+        for _ in range(1000):
+            try:
+                got += os.read(r_out, 1 << 20)
+            except BlockingIOError:
+                if not forwarder._pending:
+                    break
+                loop.run_until_complete(asyncio.sleep(0.005))  # the writer callback
+        assert (tmp_path / "out.log").read_bytes() == blob  # the log file has everything
+        received = bytes(got).split(b"\n")
+        assert received.pop() == b""  # it ends with a whole line
+        assert all(line.startswith(b"[p] ") for line in received)
+        numbers = [int(line[4:11]) for line in received]
+        assert numbers == sorted(numbers)
+        assert all(line[4:] + b"\n" == lines[n] for line, n in zip(received, numbers, strict=True))
+        assert len(got) + forwarder.dropped == len(blob) + 4 * len(lines)
+    finally:
+        loop.close()
+        os.close(r_out)
+        os.close(w_out)
+
+
 def test_a_burst_to_a_lagging_pipe_reader_fits_in_the_enlarged_pipe(tmp_path):
     """pmd's stdout is a pipe under a container runtime: a burst of the size of one capture
     chunk waits in the pipe for a reader that lags, instead of being dropped."""
