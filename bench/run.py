@@ -353,6 +353,7 @@ def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
             wait_until(lambda: pmd_api_ready(base), 15, 0.002)
             result["api_ready_s"] = time.monotonic() - run.t_exec
             result["plan_started"] = pmd_plan_started(base)
+            result["validated_started"] = pmd_validated_started(base)
         # settle: past every startsecs (1 s), past pmd's API start-up
         time.sleep(max(0.0, t_all + opts.settle - time.monotonic()))
         result["rss_kib"] = procfs.rss_kib(run.pid)
@@ -378,6 +379,14 @@ def pmd_plan_started(base: Path) -> int:
     """How many programs pmd's boot plan started before its imports (its log line)."""
     text = (base / "init.stderr").read_text(errors="replace")
     found = re.search(r"boot plan \S+: (\d+) of \d+ programs started", text)
+    return int(found.group(1)) if found else 0
+
+
+def pmd_validated_started(base: Path) -> int:
+    """Without a plan: how many programs pmd started once its configuration validated,
+    before its other imports (pid1/firstboot.py; its log line)."""
+    text = (base / "init.stderr").read_text(errors="replace")
+    found = re.search(r"(\d+) of \d+ programs started once the configuration validated", text)
     return int(found.group(1)) if found else 0
 
 
@@ -780,8 +789,10 @@ def extras(raw: dict[str, Any]) -> list[str]:
         runs = raw.get(scenario, {}).get("pmd", [])
         if runs:
             used = [r.get("plan_started", 0) for r in runs]
+            validated = [r.get("validated_started", 0) for r in runs]
             api_s = statistics.median(r["api_ready_s"] for r in runs if "api_ready_s" in r)
             notes.append(f"pmd {what}: programs the boot plan started per run {used}, "
+                         f"started once the configuration validated {validated}, "
                          f"API answering at {api_s:.3f} s")
     threads = med(raw, "fleet", "pmd", "threads")
     if threads is not None:

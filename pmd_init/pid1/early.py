@@ -332,12 +332,21 @@ class EarlyBoot:
     #: For pmd's log, once it has one: why no plan was used; what could not start.
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: The environment pmd was given, before pmd set anything of its own in os.environ
+    #: (what programs start from); None: os.environ as pmd's start finds it.
+    environ: dict[str, str] | None = None
+    #: Whether this start may spawn before the supervisor exists (PID 1, a fresh start,
+    #: the boot plan not turned off, its key known).
+    may_spawn: bool = False
+    #: No plan was used, and the programs in `started` were spawned as a plan of the
+    #: configuration would have them, once it validated (pid1/firstboot.py).
+    validated: bool = False
 
 
 def boot_early(settings: Settings, inherited_mask: frozenset[int],
                environ: Mapping[str, str], pid: int) -> EarlyBoot:
     """Start the plan's programs when a plan of this start's key is found (module doc)."""
-    early = EarlyBoot(settings, inherited_mask)
+    early = EarlyBoot(settings, inherited_mask, environ=dict(environ))
     if not settings.programs or not settings.boot_plan or settings.write_boot_plan:
         return early
     try:
@@ -347,6 +356,7 @@ def boot_early(settings: Settings, inherited_mask: frozenset[int],
         return early
     if pid != 1 or REEXEC_ENV in environ:
         return early  # survivors or a re-exec's children to adopt: never spawn early
+    early.may_spawn = True
     for path in plan_paths(settings):
         specs, note = read_plan(path, early.key, settings.config_dir)
         if specs is None:

@@ -1,5 +1,6 @@
-"""pmd_init's entry: the boot plan's programs first (pid1/early.py), then pmd's start
-(pid1/main.py), whose imports are what the boot plan lets programs not wait for."""
+"""pmd_init's entry: the boot plan's programs first (pid1/early.py); without a plan, the
+boot programs once the configuration validates (pid1/firstboot.py); then pmd's start
+(pid1/main.py), whose imports are what both let programs not wait for."""
 
 from __future__ import annotations
 
@@ -28,7 +29,20 @@ def main(argv: list[str] | None = None) -> None:
         from .main import check_tls
 
         check_tls(settings)  # a TLS file that does not load stops the start first
-    early = boot_early(settings, inherited_mask, os.environ, os.getpid())
+    environ = dict(os.environ)  # what programs start from: before pmd sets its own
+    early = boot_early(settings, inherited_mask, environ, os.getpid())
+    if early.plan is None and early.may_spawn:
+        # What the models read from os.environ, as pid1/main.py's start sets it: the
+        # webhook rules' switch (the same validation as the start's load), and no
+        # plugin scan of every installed distribution at pydantic's first model.
+        if settings.webhook_allow_local:
+            from ..model.webhook_rules import ALLOW_LOCAL_ENV
+
+            os.environ[ALLOW_LOCAL_ENV] = "1"
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+        from .firstboot import start_validated
+
+        start_validated(early, environ)
     from .main import start_with
 
     start_with(early)

@@ -211,7 +211,10 @@ class Init:
                      early.plan, taken, len(early.started),
                      "".join(f"; {problem}" for problem in early.problems))
         elif early.notes:
-            log.info("boot plan: none used (%s)", "; ".join(early.notes))
+            log.info("boot plan: none used (%s)%s", "; ".join(early.notes),
+                     f"; {taken} of {len(early.started)} programs started once the "
+                     "configuration validated, before pmd's other imports"
+                     if early.validated else "")
 
     def _write_boot_plan(self, key: str) -> None:
         """The boot plan of this configuration, into the state dir, for the next start
@@ -858,8 +861,7 @@ def write_boot_plan(settings: Settings) -> int:
     config dir (an image's build step); 0, or 2 when the configuration has a problem."""
     from ..store.programs import ConfigError, ProgramStore
     from ..store.storage import Storage, StorageError
-    from ..supervisor.instance import spawn_rlimits
-    from ..supervisor.supervisor import boots, plan_entry
+    from ..supervisor.plan import boots, plan_entries
 
     key = _plan_key(settings)  # of the files as they are before they are read
     store = ProgramStore(settings.config_dir, settings.state_dir)
@@ -873,10 +875,8 @@ def write_boot_plan(settings: Settings) -> int:
               f"{'; '.join(store.dropins.problems) or 'the configuration is unreadable'}",
               file=sys.stderr, flush=True)
         return 2
-    order = sorted(enumerate(specs), key=lambda item: (item[1].priority, item[0]))
-    booting = [spec for _, spec in order if boots(spec)]
-    entries = [e for e in (plan_entry(spec, spawn_rlimits(spec)) for spec in booting)
-               if e is not None]
+    booting = sum(1 for spec in specs if boots(spec))
+    entries = plan_entries(specs)
     path = settings.config_dir / "boot-plan.json"
     import orjson
 
@@ -886,7 +886,7 @@ def write_boot_plan(settings: Settings) -> int:
     except StorageError as exc:
         print(f"pmd_init: no boot plan written: {exc}", file=sys.stderr, flush=True)
         return 2
-    print(f"pmd_init: {path}: {len(entries)} of {len(booting)} boot programs start "
+    print(f"pmd_init: {path}: {len(entries)} of {booting} boot programs start "
           "before pmd's imports", flush=True)
     return 0
 
@@ -917,7 +917,7 @@ def dumb_init() -> None:
 def run(settings: Settings, inherited_mask: frozenset[int] = frozenset(),
         early: EarlyBoot | None = None) -> None:
     _setup_logging(settings)
-    base_env = dict(os.environ)
+    base_env = dict(os.environ if early is None or early.environ is None else early.environ)
     # pydantic scans every installed distribution's entry points for plugins on the first
     # model it builds (~15 ms here, before any program may start); pmd uses none. Programs
     # get the environment from before this (and a re-exec hands that same one over).

@@ -145,13 +145,14 @@ class ProgramStore:
             raise ConfigError(f"not valid JSON: {exc}") from None
         return parse_programs(raw, check_dependencies=False)
 
-    def with_dropins(self, specs: list[ProgramSpec]) -> list[ProgramSpec]:
-        """`specs` and programs.d's programs after them (store/dropins.py)."""
+    def with_dropins(self, specs: list[ProgramSpec], report: bool = True) -> list[ProgramSpec]:
+        """`specs` and programs.d's programs after them (store/dropins.py); `report`:
+        the drop-ins' problems go to pmd's log too (they are in `dropins` either way)."""
         merged, self.dropins = merge(self.path.parent, specs, self._read_dropin)
         self._dropin_saved = {path: [] for path in self.dropins.files}
         for spec in self.dropins.specs:
             self._dropin_saved[self.dropins.sources[spec.name]].append(spec.to_json())
-        for problem in self.dropins.problems:
+        for problem in self.dropins.problems if report else ():
             log.error("%s", problem)
         return merged
 
@@ -189,18 +190,19 @@ class ProgramStore:
         self._remember_good()
         return self.with_dropins(specs)
 
-    def read_only(self) -> list[ProgramSpec]:
+    def read_only(self, report: bool = True) -> list[ProgramSpec]:
         """What a start would load when nothing is wrong: programs.json (programs.default.json
         when it is absent) and programs.d, writing nothing; ConfigError or OSError when
-        programs.json cannot be used (`pmd_init --write-boot-plan`)."""
+        programs.json cannot be used (`pmd_init --write-boot-plan`, and a start's first
+        look, which leaves the reports to the load that follows: `report=False`)."""
         if not self.path.exists():
-            return self.read_default()
-        return self.with_dropins(self._read(self.path))
+            return self.read_default(report)
+        return self.with_dropins(self._read(self.path), report)
 
-    def read_default(self) -> list[ProgramSpec]:
+    def read_default(self, report: bool = True) -> list[ProgramSpec]:
         if not self.default_path.exists():
-            return self.with_dropins([])
-        return self.with_dropins(self._read(self.default_path))
+            return self.with_dropins([], report)
+        return self.with_dropins(self._read(self.default_path), report)
 
     def save(self, specs: list[ProgramSpec], renamed: dict[str, str] | None = None) -> None:
         """Each program into the file it came from: programs.d's into theirs (those whose

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Protocol
 from ..logs.capture import ByteCount, Capture, LineStyle, LogFile
 from ..logs.times import export
 from ..model.expand import ExpansionError, expand
-from ..model.policies import restart_delay, rlimit_number
+from ..model.policies import restart_delay
 from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 from .events import Event, EventBus, ReadyEvent, SignalEvent, StateEvent
 from .expansion import expand_spec
+from .plan import spawn_rlimits
 from .readiness import LogLineWatch
 from .spawn import (
     Prespawned,
@@ -857,12 +858,6 @@ class Instance:
             self._set_state(S.UNKNOWN, reason="adopted")
         self.retry_at, self.backoff_reason = waiting
         self._set_state(state, self.exit_code, reason="adopted")
-
-
-def spawn_rlimits(spec: ProgramSpec) -> list[tuple[int, int, int]]:
-    """(RLIMIT_*, soft, hard) of `rlimits`, as the spawn sets them."""
-    return [(rlimit_number(name), *limit.pair())
-            for name, limit in (spec.rlimits.items() if spec.rlimits else {}).items()]
 
 
 def follow_running(events: EventBus, track: Callable[[Instance], None],

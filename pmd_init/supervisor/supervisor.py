@@ -50,9 +50,10 @@ from .expansion import expand_spec
 from .fatal import FatalPolicy
 from .health import HealthMonitor
 from .hooks import HookRunner
-from .instance import Instance, spawn_rlimits
+from .instance import Instance
 from .memory import DEFAULT_INTERVAL as DEFAULT_MEMORY_INTERVAL
 from .memory import MemoryWatch
+from .plan import boots, plan_entry, spawn_rlimits
 from .proctree import ProcessSampler
 from .program import Program
 from .readiness import Readiness
@@ -86,27 +87,6 @@ RESTART_FIELDS = frozenset({
 
 def storage_failed(exc: StorageError) -> StorageFailed:
     return StorageFailed(exc.message, exc.code, exc.details())
-
-
-def boots(spec: ProgramSpec) -> bool:
-    """Whether a start (or a reset) starts it."""
-    return spec.enabled and spec.boot and not spec.lazy_load and not spec.on_connection
-
-
-def plan_entry(spec: ProgramSpec, rlimits: list[tuple[int, int, int]]) -> dict[str, Any] | None:
-    """A boot program's plan entry, or None when it cannot be started before the
-    supervisor exists (a delay, dependencies, sockets, ports, a readiness that pmd takes
-    part in). `spec` is a boot program (`boots`); `rlimits` as its spawn's."""
-    readiness = spec.readiness
-    if spec.delay_seconds or spec.depends_on or spec.sockets or spec.port_range \
-            or (readiness is not None and (readiness.notify or readiness.fd is not None)):
-        return None
-    return {"name": spec.name, "command": spec.command, "directory": spec.directory,
-            "user": spec.user, "stdout_logfile": spec.stdout_logfile,
-            "stderr_logfile": spec.stderr_logfile, "env_file": list(spec.env_file),
-            "environment": dict(spec.environment), "terminal_shell": spec.terminal_shell,
-            "display": spec.display, "logs_enabled": spec.logs_enabled,
-            "rlimits": [list(t) for t in rlimits]}
 
 
 class Supervisor:
