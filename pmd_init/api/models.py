@@ -7,7 +7,6 @@ from `ProgramSpec`, so a limit changed there (say, the 500 characters of `descri
 changes the API, its validation and its documentation together.
 """
 
-from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
@@ -26,13 +25,13 @@ from ..model.spec import ProgramSpec, check_environment, depends_mapping
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Query(BaseModel):
     """Query strings ignore parameters they do not know (cache busters, tracing ids)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 def _query_bool(value: Any) -> Any:
@@ -78,7 +77,8 @@ class AddProgramRequest(ProgramSpec):
     """POST /programs/add: a ProgramSpec whose `user` is required (the spec's table);
     `hoody_kit` is accepted but derived from `directory`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="AddProgramRequest")
+    model_config = ConfigDict(extra="forbid", frozen=True, title="AddProgramRequest",
+                              defer_build=True)
 
     user: str
 

@@ -2,7 +2,6 @@
 listeners, s6's finish scripts), as a program's spec states them. supervisor/hooks.py
 runs them."""
 
-from __future__ import annotations
 
 from typing import Annotated, Literal
 

@@ -3,7 +3,6 @@ stop signals, an explicit list of restart delays, recycling by age with jitter, 
 resource limits applied in the child. Imports nothing of pmd but the signal names.
 """
 
-from __future__ import annotations
 
 import resource
 from typing import Annotated, Any, Literal
@@ -56,7 +55,7 @@ class Rlimit(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _ordered(self) -> Rlimit:
+    def _ordered(self) -> "Rlimit":
         if _number(self.soft) > _number(self.hard):
             raise ValueError("soft must not be above hard")
         return self
@@ -83,7 +82,7 @@ class Rlimits(BaseModel):
     cpu: Rlimit | None = None
 
     @model_validator(mode="after")
-    def _within_pmds(self) -> Rlimits:
+    def _within_pmds(self) -> "Rlimits":
         check_rlimits(self.items())
         return self
 

@@ -6,7 +6,6 @@ the socket; an entry with only a `name` uses a socket another program defines. T
 definitions of one name must agree on the address: it is one socket, bound once.
 """
 
-from __future__ import annotations
 
 import re
 from collections.abc import Iterable
@@ -68,7 +67,7 @@ class SocketSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_kind(self) -> SocketSpec:
+    def _one_kind(self) -> "SocketSpec":
         if self.port is not None and self.path is not None:
             raise ValueError(f"socket '{self.name}': give port (TCP) or path (Unix), not both")
         if self.path is None and (self.mode is not None or self.owner is not None):

@@ -9,7 +9,6 @@ programs.json that names a missing user still boots and reports a spawn error fo
 program. Whether the names in `depends_on` exist is a rule of the whole set (graph.py).
 """
 
-from __future__ import annotations
 
 import os
 import pwd
@@ -104,7 +103,7 @@ class PortRange(Model):
     end: Annotated[int, Field(ge=1, le=65535)]
 
     @model_validator(mode="after")
-    def _ordered(self) -> PortRange:
+    def _ordered(self) -> "PortRange":
         if self.end < self.start:
             raise ValueError("end must be greater than or equal to start")
         if self.end - self.start >= 1024:
@@ -114,7 +113,7 @@ class PortRange(Model):
     def ports(self) -> range:
         return range(self.start, self.end + 1)
 
-    def overlaps(self, other: PortRange) -> bool:
+    def overlaps(self, other: "PortRange") -> bool:
         return self.start <= other.end and other.start <= self.end
 
 
@@ -167,7 +166,7 @@ class HealthCheckSpec(Model):
         return value
 
     @model_validator(mode="after")
-    def _complete(self) -> HealthCheckSpec:
+    def _complete(self) -> "HealthCheckSpec":
         if self.type == "http" and not self.url:
             raise ValueError("an http health check needs url")
         if self.type == "script" and not self.command:
@@ -198,7 +197,7 @@ class ReadinessSpec(Model):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> ReadinessSpec:
+    def _one_source(self) -> "ReadinessSpec":
         given = [name for name in READINESS_SOURCES if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("name exactly one source: notify, fd, log_line or probe "
@@ -417,7 +416,7 @@ class ProgramSpec(Model):
         return value
 
     @model_validator(mode="after")
-    def _coherent(self) -> ProgramSpec:
+    def _coherent(self) -> "ProgramSpec":
         if self.lazy_load and self.boot:
             raise RuleError("lazy_load", "lazy_load cannot be combined with boot: true")
         if self.port_param is not None:
