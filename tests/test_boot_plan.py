@@ -110,6 +110,46 @@ def test_the_second_start_uses_the_plan_and_starts_each_program_once(tmp_path: P
         assert status(pmd, 2)["status"] == "STOPPED"
 
 
+def test_a_first_start_spawns_once_the_configuration_validates(tmp_path: Path) -> None:
+    """No plan yet: the programs a plan would hold start before the supervisor exists,
+    each once, and are taken over like a plan's; the others start as before."""
+    specs = programs(tmp_path, app=marking(tmp_path, "app", f"$$(env > {tmp_path}/env.txt)"))
+    specs.append({"id": 2, "name": "dependent", "command": marking(tmp_path, "dependent"),
+                  "boot": True, "depends_on": ["app"], "startsecs": 0})
+    with Pmd(tmp_path, specs, pid1=True) as pmd:
+        line = boot_line(pmd, 0)
+        assert "none used" in line and "1 of 1 programs started once the configuration " \
+            "validated" in line
+        app, dependent = running(pmd, 1), running(pmd, 2)
+        assert [str(app["pid"])] == runs(tmp_path, "app")  # started once, and taken over
+        assert [str(dependent["pid"])] == runs(tmp_path, "dependent")
+        log = pmd.log_dir / "app" / "stdout.log"
+        wait_until(lambda: f"hello-{app['pid']}" in log.read_text(), 5, "its first line")
+        if "PYDANTIC_DISABLE_PLUGINS" not in os.environ:  # pmd's switch, not the program's
+            assert "PYDANTIC_DISABLE_PLUGINS=" not in (tmp_path / "env.txt").read_text()
+        assert (pmd.state_dir / "boot-plan.json").exists()  # for the next start
+
+
+@pytest.mark.parametrize("problem", ["programs.json", "programs.d"])
+def test_a_configuration_with_a_problem_spawns_nothing_before_its_load(
+        tmp_path: Path, problem: str) -> None:
+    """What validates nothing starts early: the load reports it and boots as always."""
+    good = programs(tmp_path, app=marking(tmp_path, "app"))
+    pmd = Pmd(tmp_path, good, pid1=True)
+    if problem == "programs.json":  # the default copy boots instead
+        (pmd.config_dir / "programs.default.json").write_text(
+            json.dumps({"version": 1, "programs": good}))
+        pmd.write_programs([{"name": "bad", "command": ""}])
+    else:
+        (pmd.config_dir / "programs.d").mkdir()
+        (pmd.config_dir / "programs.d" / "more.json").write_text("{not json")
+    with pmd:
+        line = boot_line(pmd, 0)
+        assert "none used" in line and "validated" not in line
+        app = running(pmd, 1)
+        assert [str(app["pid"])] == runs(tmp_path, "app")
+
+
 def test_a_changed_configuration_is_not_started_from_an_old_plan(tmp_path: Path) -> None:
     with Pmd(tmp_path, programs(tmp_path, app=marking(tmp_path, "old")), pid1=True) as pmd:
         running(pmd, 1)
