@@ -9,6 +9,6 @@ pydantic.
 The pydantic models of a program (spec.py, policies.py, hooks.py, sockets.py,
 logtargets.py) are read before any boot program starts, so their annotations are not
 postponed (no `from __future__ import annotations`): pydantic would compile and evaluate
-each annotation string when it builds the class, a third of the models' build time and
-1.2 MiB of pmd's memory (docs/performance.md). A method naming its own class quotes it.
+each annotation string when it builds the class: a quarter of the models' build time
+(docs/performance.md). A method naming its own class quotes it.
 """
