@@ -3,9 +3,10 @@
 Each step runs in a fresh interpreter (with pmd_init byte-compiled first, as installed):
 the steps before it, then the step's own imports; the figures are the step's own (its
 import time as `-X importtime` gives it, the RSS it adds), the minimum over --runs.
-The order is pmd's: what a start needs before its boot programs spawn (asyncio, the
-models, the supervisor), then the HTTP stack (imported in a thread after the boot), then
-what only some requests load (psutil for usage figures, prometheus_client for /metrics).
+The order is pmd's: what a start needs before its boot programs spawn (its entry; without
+a boot plan pydantic, the models and the program store too), then asyncio, the
+supervisor, then the HTTP stack (imported in a thread after the boot), then what only
+some requests load (psutil for usage figures, prometheus_client for /metrics).
 Sanic's optional companions are measured alone, each after sanic's own core.
 
 Usage: .venv/bin/python bench/imports.py [--runs 5]
@@ -28,13 +29,15 @@ from run import precompile  # noqa: E402
 #: (label, imports) in the order a pmd start loads them; each after all the ones above
 STEPS = (
     ("the interpreter", ""),
-    ("asyncio (and ssl, which it loads)", "import asyncio"),
-    ("pmd's start-up (pid1, settings, spawn)", "import pmd_init.pid1.main"),
+    ("pmd's start-up (entry, settings, the boot plan's spawn)",
+     "import pmd_init.pid1.entry, pmd_init.settings"),
     ("pydantic (BaseModel and its schema machinery)",
      "from pydantic import BaseModel, Field, TypeAdapter"),
-    ("pmd's models (model.spec)", "import pmd_init.model.spec"),
-    ("the supervisor and the store", "import pmd_init.supervisor.supervisor, "
-     "pmd_init.store.programs, pmd_init.service"),
+    ("pmd's models and the program store (a first start's boot)",
+     "import pmd_init.pid1.firstboot"),
+    ("asyncio (and ssl, which it loads)", "import asyncio"),
+    ("pid1's start, the supervisor and the service", "import pmd_init.pid1.main, "
+     "pmd_init.supervisor.supervisor, pmd_init.store.identities, pmd_init.service"),
     ("sanic", "import sanic"),
     ("pmd's API (routes, views, OpenAPI)", "import pmd_init.api.server"),
     ("psutil (usage figures)", "import psutil"),
