@@ -12,7 +12,6 @@ never sees an add, an edit or a quick-start never holds their validators (1.2 Mi
 RSS). Their annotations are not postponed, as in pmd_init.model (its docstring says why).
 """
 
-
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (

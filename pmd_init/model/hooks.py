@@ -2,7 +2,6 @@
 listeners, s6's finish scripts), as a program's spec states them. supervisor/hooks.py
 runs them."""
 
-
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator

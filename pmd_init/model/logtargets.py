@@ -7,7 +7,6 @@ that names it, and the others load. References in labels (`${VAR}`, `${VAR:-defa
 container's) when the targets are loaded; one that cannot be is that target's problem.
 """
 
-
 import re
 import urllib.parse
 from collections.abc import Mapping

@@ -3,7 +3,6 @@ stop signals, an explicit list of restart delays, recycling by age with jitter, 
 resource limits applied in the child. Imports nothing of pmd but the signal names.
 """
 
-
 import resource
 from typing import Annotated, Any, Literal
 

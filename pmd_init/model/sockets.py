@@ -6,7 +6,6 @@ the socket; an entry with only a `name` uses a socket another program defines. T
 definitions of one name must agree on the address: it is one socket, bound once.
 """
 
-
 import re
 from collections.abc import Iterable
 from typing import Annotated, Literal

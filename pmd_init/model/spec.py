@@ -9,7 +9,6 @@ programs.json that names a missing user still boots and reports a spawn error fo
 program. Whether the names in `depends_on` exist is a rule of the whole set (graph.py).
 """
 
-
 import os
 import pwd
 import re
