@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -403,7 +404,20 @@ def test_a_target_that_does_not_parse_is_named_and_the_rest_load(tmp_path: Path,
     assert status == "RUNNING"
 
 
-def test_a_tap_joins_lines_across_reads_and_keeps_to_its_buffer() -> None:
+def _read_into(kind: str, piece: bytes) -> bytearray | mmap.mmap:
+    """`piece` at the start of a read buffer, with bytes after it that are not part of it:
+    a bytearray, or the capture's own buffer (a mapping, with no count())."""
+    from pmd_init.logs.capture import read_buffer
+
+    if kind == "bytearray":
+        return bytearray(piece) + bytearray(b"junk past n")
+    buffer = read_buffer()
+    buffer[:len(piece) + 10] = piece + b"junk\npast\n"
+    return buffer
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "capture"])
+def test_a_tap_joins_lines_across_reads_and_keeps_to_its_buffer(kind: str) -> None:
     from pmd_init.logs.shipping import Shipper, ShipTarget, Source, Tap
 
     async def feed() -> tuple[list[bytes], int]:
@@ -413,8 +427,7 @@ def test_a_tap_joins_lines_across_reads_and_keeps_to_its_buffer() -> None:
         tap = Tap(Source("p", "p", "stdout"), [shipper])
         for piece in (b"one\ntw", b"o\nthr", b"ee", b"\nfour\nfive\nsix\nseven\n", b"ei",
                       b"ght\n"):
-            buffer = bytearray(piece) + bytearray(b"junk past n")
-            tap(buffer, len(piece))
+            tap(_read_into(kind, piece), len(piece))
         tap.close()
         return [line for _, _, line in shipper._take(100)], shipper.dropped
 
@@ -423,7 +436,8 @@ def test_a_tap_joins_lines_across_reads_and_keeps_to_its_buffer() -> None:
     assert dropped == 3  # six, seven, eight: the buffer holds 5 lines
 
 
-def test_a_full_target_counts_an_unfinished_last_line_when_the_pipe_ends() -> None:
+@pytest.mark.parametrize("kind", ["bytearray", "capture"])
+def test_a_full_target_counts_an_unfinished_last_line_when_the_pipe_ends(kind: str) -> None:
     from pmd_init.logs.shipping import Shipper, ShipTarget, Source, Tap
 
     async def feed() -> list[int]:
@@ -433,7 +447,7 @@ def test_a_full_target_counts_an_unfinished_last_line_when_the_pipe_ends() -> No
         tap = Tap(Source("p", "p", "stdout"), [shipper])
         seen = []
         for piece in (b"one\ntwo\n", b"three\nfo", b"ur\nfi", b"ve"):
-            tap(bytearray(piece), len(piece))
+            tap(_read_into(kind, piece), len(piece))
             seen.append(shipper.dropped)
         tap.close()  # "five" never got its newline: a line all the same
         return [*seen, shipper.dropped, shipper.queued]

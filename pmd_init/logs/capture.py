@@ -18,6 +18,7 @@ import asyncio
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import stat
 import time
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pmd.logs")
 
 READ_SIZE = 1 << 20
+#: What a capture reads into: read_buffer()'s mapping, or a bytearray (tests).
+ReadBuffer = bytearray | mmap.mmap
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 FORWARD_BUFFER_MAX = 1 << 20
@@ -53,6 +56,13 @@ SLICE = 48 << 10
 #: `prefixed` "[name] line", `timestamped` "<RFC 3339 time> [name] line", `raw` the
 #: program's bytes untouched (whole lines), `json` one object a line, `off` nothing.
 FORWARD_MODES = ("prefixed", "timestamped", "raw", "json", "off")
+
+
+def read_buffer() -> mmap.mmap:
+    """A read buffer of READ_SIZE whose pages are memory only once a read has filled them:
+    a bytearray is zeroed when made, 1 MiB of pmd's RSS even when no program writes more
+    than a line at a time (docs/performance.md, "Memory")."""
+    return mmap.mmap(-1, READ_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +332,7 @@ class Capture:
         prefix: bytes,
         on_eof: Callable[[Capture], None] | None = None,
         count: ByteCount | None = None,
-        buffer: bytearray | None = None,
+        buffer: ReadBuffer | None = None,
         style: LineStyle | None = None,
         tap: Tap | None = None,
     ) -> None:
@@ -348,7 +358,7 @@ class Capture:
         self._listeners: list[DataListener] | None = None  # a list only while someone listens
         # Reads land here, never in a new object: one buffer of READ_SIZE can serve every
         # capture of a loop (each chunk is done with before the next read).
-        self._buffer = buffer if buffer is not None else bytearray(READ_SIZE)
+        self._buffer = buffer if buffer is not None else read_buffer()
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._readable)
 

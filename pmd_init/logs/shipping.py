@@ -27,7 +27,10 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mmap import mmap
 
 log = logging.getLogger("pmd.logs")
 
@@ -231,9 +234,11 @@ class Tap:
         #: pipe ends before its newline, that line is counted as dropped then.
         self._let_go = False
 
-    def __call__(self, buffer: bytearray, n: int, lines: int | None = None) -> None:
+    def __call__(self, buffer: bytearray | mmap, n: int, lines: int | None = None) -> None:
         """The first `n` bytes of `buffer` were just read from the pipe; `lines`, when the
-        capture knows it (forwarding found them), the number of newlines in them."""
+        capture knows it (forwarding found them), the number of newlines in them. The
+        buffer may be a mapping (capture.read_buffer), which has no count(): lines are
+        counted in the bytes shipped, or in a copy when all of them are dropped."""
         for shipper in self.shippers:
             if shipper.queued < shipper.target.buffer_lines:
                 break
@@ -242,7 +247,7 @@ class Tap:
             # without a copy. A held line start is let go; its line is counted when its
             # newline comes.
             if lines is None:
-                lines = buffer.count(b"\n", 0, n)
+                lines = memoryview(buffer)[:n].tobytes().count(b"\n")
             self._partial = b""
             self._let_go = buffer[n - 1] != NEWLINE
             for shipper in self.shippers:
@@ -258,8 +263,8 @@ class Tap:
             whole = view[:cut + 1]
             chunk = b"".join((self._partial, whole)) if self._partial else whole.tobytes()
             self._partial = view[cut + 1:n].tobytes() if cut + 1 < n else b""
-            if lines is None:
-                lines = buffer.count(b"\n", 0, cut + 1)
+            if lines is None:  # the held start has no newline: every one is in `whole`
+                lines = chunk.count(b"\n")
         if len(self._partial) > PARTIAL_MAX:  # too long to hold: it goes as a line
             chunk += self._partial + b"\n"
             lines += 1

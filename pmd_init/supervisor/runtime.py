@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..logs.capture import READ_SIZE, ByteCount, Capture, Forwarder, LineStyle, LogFile
+from ..logs.capture import ByteCount, Capture, Forwarder, LineStyle, LogFile, read_buffer
 from ..logs.times import SavedTimes
 from .events import Event
 from .spawn import SpawnRequest, kill, killpg, spawn
@@ -213,7 +213,7 @@ class Runtime:
     def on_loop(cls, loop: asyncio.AbstractEventLoop, children: ChildWatcher,
                 publish: Callable[[Event], None], log_dir: Path,
                 base_env: Mapping[str, str], forward: bool | str) -> Runtime:
-        buffer = bytearray(READ_SIZE)  # every capture reads into it, one chunk at a time
+        buffer = read_buffer()  # every capture reads into it, one chunk at a time
 
         def capture(fd: int, logfile: LogFile | None, forward_to: Forwarder | None,
                     prefix: bytes, on_eof: Callable[[Capture], None],
