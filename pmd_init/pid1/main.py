@@ -704,9 +704,23 @@ def _log_targets(config_dir: Path, env: dict[str, str]) -> tuple[list[Any], list
 
 
 def _make_api(init: Init, settings: Settings, handed_over: list[Any]) -> Any:
+    _import_sanic()
     from ..api.server import ApiServer
 
     return ApiServer(init, settings, handed_over)
+
+
+def _import_sanic() -> None:
+    """Sanic without uvloop: sanic imports uvloop whenever it is installed (its 1.1 MiB
+    of RSS stay for good), and pmd runs the standard asyncio loop. A None in sys.modules
+    makes that import fail, and sanic goes on without it; the entry goes right after."""
+    if "sanic" in sys.modules or "uvloop" in sys.modules:
+        return
+    sys.modules["uvloop"] = None  # type: ignore[assignment]
+    try:
+        import sanic  # noqa: F401
+    finally:
+        del sys.modules["uvloop"]
 
 
 async def _in_thread(work: Any) -> Any:
