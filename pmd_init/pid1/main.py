@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,7 @@ class Init:
         if probe_sock is not None:
             self._serve_probes(probe_sock)
 
+        trim: Callable[[int], int] | None = None
         if not s.api or (s.port < 0 and s.socket is None):
             # Nothing of the HTTP stack is imported: no listener was asked for.
             log.info("HTTP API: none (%s)", "--no-api" if not s.api else "no port, no socket")
@@ -187,7 +189,8 @@ class Init:
             # Importing the HTTP stack takes a few hundred milliseconds of CPU. Done on the
             # loop it would hold up every SIGCHLD and restart meanwhile (hundreds of
             # zombies in a burst); in a short-lived thread the loop keeps turning.
-            self.api = await _in_thread(lambda: _make_api(self, s, handed_over))
+            self.api, trim = await _in_thread(
+                lambda: (_make_api(self, s, handed_over), heap_trimmer()))
             try:
                 await self.api.start()
             except OSError as exc:
@@ -198,6 +201,12 @@ class Init:
             # leave them waiting in a backlog nobody reads. A no-op for those in use.
             if self.api is None or listener not in self.api.listeners:
                 listener.sock.close()
+        # The start's transient objects (programs.json as read and validated, the HTTP
+        # stack's set-up, in the import thread's heap too) leave free pages inside glibc's
+        # heaps that nothing may reuse: handed back once the start is over.
+        trim = trim if trim is not None else heap_trimmer()
+        if trim is not None:
+            trim(0)
         mode = await self._done
         if mode == "reexec":
             await self._reexec()  # returns only if exec failed
@@ -708,6 +717,18 @@ def _make_api(init: Init, settings: Settings, handed_over: list[Any]) -> Any:
     from ..api.server import ApiServer
 
     return ApiServer(init, settings, handed_over)
+
+
+def heap_trimmer() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, which returns the free pages of every malloc heap to the
+    kernel (docs/performance.md, "Memory"); None with a C library that has none (musl)."""
+    import ctypes  # 0.2 MiB, less than a trim gives back
+
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
 
 
 def _import_sanic() -> None:
