@@ -50,6 +50,9 @@ class Init:
         self._shutting_down = False
         self._force = False
         self.api: Any = None
+        #: glibc's malloc_trim once the start is over (heap_trimmer), for what a reload of
+        #: programs.json leaves behind too.
+        self.trim_heap: Callable[[int], int] | None = None
         self.identity_store: Any = None
         self.supervisor: Any = None
         self.service: Any = None
@@ -204,9 +207,9 @@ class Init:
         # The start's transient objects (programs.json as read and validated, the HTTP
         # stack's set-up, in the import thread's heap too) leave free pages inside glibc's
         # heaps that nothing may reuse: handed back once the start is over.
-        trim = trim if trim is not None else heap_trimmer()
-        if trim is not None:
-            trim(0)
+        self.trim_heap = trim if trim is not None else heap_trimmer()
+        if self.trim_heap is not None:
+            self.trim_heap(0)
         mode = await self._done
         if mode == "reexec":
             await self._reexec()  # returns only if exec failed
@@ -367,6 +370,8 @@ class Init:
             self.reload_report = report = task.result()
             log.info("SIGHUP: reloaded programs.json: %s",
                      {k: v for k, v in report.items() if v and k != "kept"})
+            if self.trim_heap is not None:  # every program's spec was read and compared
+                self.trim_heap(0)
 
         self.service.apply_config(specs).add_done_callback(applied)
 
