@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import subprocess
-from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -121,8 +120,9 @@ class Instance:
         #: When a BACKOFF ends (wall clock), and why the instance is waiting.
         self.retry_at: float | None = None
         self.backoff_reason: str | None = None
-        #: Monotonic times of the latest starts, for the start-rate limit.
-        self._starts: deque[float] = deque()
+        #: Monotonic times of the latest starts (start_limit_burst at most), for the
+        #: start-rate limit. A list: an empty deque is 760 bytes, a list 56.
+        self._starts: list[float] = []
         self._limit_hits = 0
         #: A restart is decided and scheduled; `restarts` counts it when it spawns.
         self._restart_pending = False
@@ -330,9 +330,7 @@ class Instance:
         except SpawnError as exc:
             if early is not None and not early.settled:
                 self._discard(early, "its start fails now")
-            self._starts.append(now)
-            while len(self._starts) > max(spec.start_limit_burst, 1):
-                self._starts.popleft()
+            self._note_start(now)
             self.spawn_error = str(exc)
             log.error("%s: spawn error: %s", self.name, exc)
             self._set_state(S.STARTING)
@@ -342,9 +340,7 @@ class Instance:
         if early is not None and child is early.popen:
             # taken over: its run began at the boot plan's spawn, a little earlier
             now, started_at = min(now, early.started_mono), min(started_at, early.started_at)
-        self._starts.append(now)
-        while len(self._starts) > max(spec.start_limit_burst, 1):
-            self._starts.popleft()
+        self._note_start(now)
         self.popen = child
         self.pid = child.pid
         self.started_at = started_at
@@ -612,6 +608,10 @@ class Instance:
         self.backoff_reason = reason
         self._set_state(S.BACKOFF, self.exit_code, reason=reason)
         self._later(delay, self._delayed_start)
+
+    def _note_start(self, now: float) -> None:
+        self._starts.append(now)
+        del self._starts[:-max(self.program.spec.start_limit_burst, 1)]
 
     def _start_limit_wait(self) -> float | None:
         """Seconds the next automatic start must wait for the start-rate limit, or None.
