@@ -25,12 +25,17 @@ class LineTimes:
 
     def __init__(self, start: int = 0) -> None:
         self._start = start  # bytes before this offset were written before we watched
-        self._ends = array("q")
-        self._times = array("d")
+        # Made by the first note: every log file of an idle program has an index with
+        # none (two empty arrays would be 160 bytes a file).
+        self._ends: array[int] | None = None
+        self._times: array[float] | None = None
 
     def note(self, end: int, now: float | None = None) -> None:
         now = time.time() if now is None else now
         ends, times = self._ends, self._times
+        if ends is None or times is None:
+            self._ends, self._times = array("q", [end]), array("d", [now])
+            return
         if ends and int(times[-1]) == int(now):
             ends[-1] = end
             return
@@ -44,8 +49,7 @@ class LineTimes:
     def reset(self, start: int = 0) -> None:
         """The file was rotated or reopened: offsets start over."""
         self._start = start
-        del self._ends[:]
-        del self._times[:]
+        self._ends = self._times = None
 
     @property
     def end(self) -> int:
@@ -53,7 +57,7 @@ class LineTimes:
 
     def time_of(self, end: int) -> float | None:
         """Capture time of the bytes that end at offset `end`; None when unknown."""
-        if end <= self._start or not self._ends:
+        if end <= self._start or not self._ends or self._times is None:
             return None
         i = bisect_left(self._ends, end)
         return self._times[min(i, len(self._ends) - 1)]
@@ -70,7 +74,7 @@ def export(times: LineTimes | None) -> list[float] | None:
     if times is None:
         return None
     flat: list[float] = [times._start]
-    for end, when in zip(times._ends, times._times, strict=True):
+    for end, when in zip(times._ends or (), times._times or (), strict=True):
         flat += [end, when]
     return flat
 
@@ -93,8 +97,7 @@ class SavedTimes:
         try:
             times = LineTimes(int(flat[0]))
             for i in range(1, len(flat), 2):
-                times._ends.append(int(flat[i]))
-                times._times.append(float(flat[i + 1]))
+                times.note(int(flat[i]), float(flat[i + 1]))
         except (TypeError, ValueError, OverflowError):
             return
         self._by_path[path] = times
