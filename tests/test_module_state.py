@@ -43,7 +43,14 @@ ENVIRONMENT_EXCEPTIONS: dict[tuple[str, str], str] = {
 }
 
 #: (module, name) of module- or class-level state the rules below would refuse.
-STATE_EXCEPTIONS: dict[tuple[str, str], str] = {}
+STATE_EXCEPTIONS: dict[tuple[str, str], str] = {
+    # Each API module's blueprint is a JsonBlueprint (api/context.py): a sanic Blueprint,
+    # made and filled at import as any blueprint is, whose subclass only spares sanic the
+    # reading of every handler's source file (docs/performance.md, "Memory").
+    **{(f"pmd_init.api.{name}", "bp"): "a sanic blueprint, routes fixed at import"
+       for name in ("daemon", "execs", "metrics", "openapi", "probes", "process", "signals",
+                    "ui", "ws")},
+}
 
 #: What the os module offers to read or change the environment.
 ENVIRONMENT_NAMES = frozenset({"environ", "environb", "getenv", "getenvb", "putenv",

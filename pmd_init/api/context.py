@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from sanic import Request, Sanic
+from sanic import Blueprint, Request, Sanic
 from sanic.config import Config
 
 if TYPE_CHECKING:
@@ -98,3 +98,12 @@ def app_of(request: Request) -> PmdApp:
 
 def context(request: Request) -> AppContext:
     return app_of(request).ctx
+
+
+class JsonBlueprint(Blueprint):
+    """A blueprint whose routes' errors are JSON, as every error of pmd's is (errors.py
+    renders them all): Sanic would otherwise read each handler's source file and parse
+    it to guess the format, and keep the files' lines in memory (linecache)."""
+
+    def _determine_error_format(self, handler: Any) -> str:
+        return "json"

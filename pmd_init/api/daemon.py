@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse, json
 
 from ..logs.tail import tail_lines
@@ -24,7 +24,7 @@ from ..supervisor.errors import Invalid, NotFound
 from ..supervisor.execs import ExecRun
 from ..supervisor.instance import Instance
 from ..supervisor.program import Program
-from .context import PmdApp, context
+from .context import JsonBlueprint, PmdApp, context
 from .errors import ApiError
 from .jsondata import exact_numbers
 from .logstream import LINES_MAX, LogFollower
@@ -44,7 +44,7 @@ from .models import (
 from .openapi import doc
 from .views import hms, instance_status, instance_view, iso, program_status, stats_view
 
-bp = Blueprint("daemon", url_prefix="/api/v1/daemon")
+bp = JsonBlueprint("daemon", url_prefix="/api/v1/daemon")
 M = TypeVar("M", bound=BaseModel)
 
 # ---- request parsing ---------------------------------------------------------------

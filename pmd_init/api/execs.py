@@ -21,13 +21,13 @@ import signal
 from typing import Any
 
 import orjson
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse, json
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from ..supervisor.errors import SupervisorError
 from ..supervisor.execs import STDIN, ExecRun
-from .context import context
+from .context import JsonBlueprint, context
 from .daemon import body
 from .models import ExecRequest
 from .openapi import doc
@@ -35,7 +35,7 @@ from .ws import HANDSHAKE
 
 log = logging.getLogger("pmd.api")
 
-bp = Blueprint("exec", url_prefix="/api/v1/daemon")
+bp = JsonBlueprint("exec", url_prefix="/api/v1/daemon")
 
 
 def _text(message: dict[str, Any]) -> str:

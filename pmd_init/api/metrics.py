@@ -8,13 +8,13 @@ in the app's context; each scrape reads pmd's state afresh through it.
 
 from __future__ import annotations
 
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse, raw
 
-from .context import app_of
+from .context import JsonBlueprint, app_of
 from .openapi import doc
 
-bp = Blueprint("metrics")
+bp = JsonBlueprint("metrics")
 
 
 @bp.get("/metrics")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse, json
 
 from .. import __version__
@@ -33,7 +33,7 @@ from ..model.expand import USER_RE, USER_REFERENCES, references_pattern
 from ..model.spec import READINESS_SOURCES
 from ..model.webhook_rules import HEADER_VALUE_MAX, RESERVED_HEADERS
 from .access import ROUTE_LEVELS, route_key
-from .context import PmdApp, app_of
+from .context import JsonBlueprint, PmdApp, app_of
 from .process_requests import PORT_TEXT
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -451,7 +451,7 @@ def build(app: PmdApp) -> dict[str, Any]:
     return document
 
 
-bp = Blueprint("openapi")
+bp = JsonBlueprint("openapi")
 
 
 @bp.get("/api/openapi.json")

@@ -5,15 +5,15 @@ orchestrator's probes carry no key. Names of programs only to a caller who may s
 
 from __future__ import annotations
 
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse, json
 
 from ..model.access import Level
 from . import access
-from .context import context
+from .context import JsonBlueprint, context
 from .openapi import doc
 
-bp = Blueprint("probes")
+bp = JsonBlueprint("probes")
 
 _VERBOSE = [{"name": "verbose", "in": "query", "required": False,
              "schema": {"type": "string"},

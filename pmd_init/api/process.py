@@ -30,14 +30,14 @@ import time
 from typing import Any
 from urllib.parse import unquote
 
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse, json
 
 from .. import __version__
 from ..logs.tail import capture_times, count_lines, last_lines
 from ..service import Service
 from ..supervisor.program import Program
-from .context import context
+from .context import JsonBlueprint, context
 from .openapi import doc
 from .process_requests import (
     CreateProcess,
@@ -51,7 +51,7 @@ from .process_requests import (
 )
 from .process_views import detail_view, duration, iso, process_view, program_pm2_status
 
-bp = Blueprint("process")
+bp = JsonBlueprint("process")
 
 LINES_MAX = 10000
 

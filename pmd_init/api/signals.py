@@ -12,10 +12,10 @@ import signal as sig
 from typing import Any, Literal
 
 from pydantic import Field
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse, json
 
-from .context import context
+from .context import JsonBlueprint, context
 from .daemon import body
 from .models import Request as Body
 from .openapi import doc
@@ -49,7 +49,7 @@ def _answer(instances: list[Any], name: str) -> dict[str, Any]:
                           for i in instances]}
 
 
-bp = Blueprint("signals")
+bp = JsonBlueprint("signals")
 
 
 @bp.post("/api/v1/daemon/programs/<program_id:int>/signal")

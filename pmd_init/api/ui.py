@@ -19,16 +19,16 @@ from __future__ import annotations
 
 from importlib import resources
 
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse
 
 from ..model.access import Level
 from . import access
-from .context import context
+from .context import JsonBlueprint, context
 from .errors import ApiError
 from .openapi import doc
 
-bp = Blueprint("ui")
+bp = JsonBlueprint("ui")
 
 #: The files of the page: name -> content type. Nothing else under /ui is served.
 ASSETS = {

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
@@ -40,13 +40,13 @@ from ..supervisor.events import (
 from ..supervisor.instance import Instance
 from ..supervisor.supervisor import Supervisor
 from .auth import WS_SUBPROTOCOL
-from .context import context
+from .context import JsonBlueprint, context
 from .openapi import doc
 from .process_views import iso, pm2_status, process_id, process_view, program_pm2_status
 
 log = logging.getLogger("pmd.api")
 
-bp = Blueprint("ws")
+bp = JsonBlueprint("ws")
 
 DEFAULT_INTERVAL = 5.0
 QUEUE_MAX = 1000  # a client this far behind misses messages (and is told so)
