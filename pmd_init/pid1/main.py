@@ -718,7 +718,7 @@ def _log_targets(config_dir: Path, env: dict[str, str]) -> tuple[list[Any], list
 
 
 def _make_api(init: Init, settings: Settings, handed_over: list[Any]) -> Any:
-    _import_sanic()
+    import_sanic()
     from ..api.server import ApiServer
 
     return ApiServer(init, settings, handed_over)
@@ -736,7 +736,7 @@ def heap_trimmer() -> Callable[[int], int] | None:
     return trim
 
 
-def _import_sanic() -> None:
+def import_sanic() -> None:
     """Sanic without uvloop: sanic imports uvloop whenever it is installed (its 1.1 MiB
     of RSS stay for good), and pmd runs the standard asyncio loop. A None in sys.modules
     makes that import fail, and sanic goes on without it; the entry goes right after."""
