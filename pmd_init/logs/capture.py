@@ -65,6 +65,12 @@ def read_buffer() -> mmap.mmap:
     return mmap.mmap(-1, READ_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
+def newlines(view: memoryview) -> int:
+    """The newlines in a view of the read buffer, which has no count() (a mapping): a SLICE
+    at a time, so that no copy is large."""
+    return sum(view[i:i + SLICE].tobytes().count(b"\n") for i in range(0, len(view), SLICE))
+
+
 @dataclass(frozen=True, slots=True)
 class LineStyle:
     """How one capture forwards: the mode, and what the prefix or the JSON object names."""
@@ -475,7 +481,7 @@ class Capture:
             return None
         if not forward.room(len(prefix) + len(held) + len(whole)):
             # stdout cannot keep up: the chunk's whole lines are dropped, and counted
-            lines = self._buffer.count(b"\n", 0, len(whole))
+            lines = newlines(whole)
             ended = lines + len(tail)  # each after its prefix
             forward.dropped += len(held) + len(whole) + len(tail) + ended * len(prefix)
             return lines

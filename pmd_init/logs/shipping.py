@@ -46,6 +46,7 @@ SEND_TIMEOUT = 10.0
 #: reserves for documentation and examples.
 SD_ID = "pmd@32473"
 FACILITY_USER = 1
+SLICE = 48 << 10  # what the capture copies at most at once (capture.SLICE)
 SEVERITY = {"stdout": 6, "stderr": 3}  # informational, error
 OTLP_SEVERITY = {"stdout": (9, "INFO"), "stderr": (17, "ERROR")}
 NEWLINE = ord("\n")
@@ -247,7 +248,9 @@ class Tap:
             # without a copy. A held line start is let go; its line is counted when its
             # newline comes.
             if lines is None:
-                lines = memoryview(buffer)[:n].tobytes().count(b"\n")
+                view = memoryview(buffer)  # a copy a slice at a time, none large
+                lines = sum(view[i:min(i + SLICE, n)].tobytes().count(b"\n")
+                            for i in range(0, n, SLICE))
             self._partial = b""
             self._let_go = buffer[n - 1] != NEWLINE
             for shipper in self.shippers:
