@@ -1,10 +1,15 @@
 """Starting a process: the only place pmd forks.
 
-`subprocess.Popen` without preexec_fn (the C fork+exec path, no Python in the child),
-a new session so signals reach the whole process group, close_fds, and privilege drop
-through user=/group=/extra_groups=. pmd never waits on the Popen: the reaper owns waitpid
-and writes the status back into `returncode`, so subprocess's own bookkeeping
-(subprocess._cleanup) never steals a status.
+The C fork+exec that `subprocess.Popen` itself uses (`_posixsubprocess.fork_exec`: vfork
+when no Python must run in the child, no preexec_fn for programs), called with exactly
+what a program needs: a new session so signals reach the whole process group, every fd
+but stdio (and the ones passed) closed, the signal dispositions Python changed reset, and
+the privilege drop (uid, gid, groups). Popen's own Python around that call (its handles,
+pipes, locks, the environment's encoding and the errors' decoding) was a third of a
+restart's spawn; the exec's errors are read and reported as Popen reports them. On a
+Python whose fork_exec takes other arguments than the ones known here, Popen is used.
+pmd never waits on the child: the reaper owns waitpid and writes the status back into
+`returncode`.
 
 One fd besides stdio can be given to the child at a number of pmd's choosing (`extra_fd`,
 for s6's notification-fd). Popen keeps a passed fd at the number it has, so the copy must
@@ -21,6 +26,8 @@ each fork, so every child starts with the mask its program would get from a shel
 
 from __future__ import annotations
 
+import _signal
+import builtins
 import fcntl
 import os
 import pwd
@@ -28,10 +35,17 @@ import resource
 import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from errno import EACCES, ENOENT, ENOTDIR
 from typing import Any
+
+_fork_exec: Callable[..., int] | None
+try:
+    from _posixsubprocess import fork_exec as _fork_exec
+except ImportError:  # not a POSIX Python
+    _fork_exec = None
 
 #: Blocked in every thread of pmd, never in a child.
 WAITED = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
@@ -128,7 +142,7 @@ class Prespawned:
     what it would spawn now is the same (`matches`); otherwise it is killed."""
 
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: Spawned
     argv: list[str]
     env: dict[str, str]
     cwd: str | None
@@ -170,19 +184,65 @@ class Prespawned:
             self.pipes = None
 
 
-def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
+class Process:
+    """A started child: its pid, and its exit code once the reaper has written it back
+    (a shell's: the code, or -N for signal N, as Popen's `returncode`)."""
+
+    __slots__ = ("pid", "args", "returncode")
+
+    def __init__(self, pid: int, args: list[str]) -> None:
+        self.pid = pid
+        self.args = args
+        self.returncode: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Process {self.pid} {self.args[:1]} returncode={self.returncode}>"
+
+
+#: What spawn returns (Popen only on a Python whose fork_exec is unknown).
+Spawned = Process | subprocess.Popen[bytes]
+
+#: fork_exec's parameters on the Pythons whose subprocess calls it the way spawn does.
+_FORK_EXEC_PARAMETERS = (
+    "args", "executable_list", "close_fds", "pass_fds", "cwd", "env", "p2cread", "p2cwrite",
+    "c2pread", "c2pwrite", "errread", "errwrite", "errpipe_read", "errpipe_write",
+    "restore_signals", "call_setsid", "pgid_to_set", "gid", "extra_groups", "uid",
+    "child_umask", "preexec_fn")
+
+
+def _fork_exec_tail() -> tuple[bool, ...] | None:
+    """What follows preexec_fn in this Python's fork_exec call: (allow_vfork,) on 3.11 to
+    3.13, nothing where that argument is gone; None when the parameters are not the ones
+    spawn knows (a later Python): spawn then goes through Popen."""
+    if _fork_exec is None:
+        return None
+    text: str | None = getattr(_fork_exec, "__text_signature__", None)
+    vfork = (bool(getattr(subprocess, "_USE_VFORK", True)),)
+    if text is None:  # 3.11's fork_exec has no signature; its call is 3.12's
+        return vfork if sys.version_info[:2] == (3, 11) else None
+    names = tuple(name.strip() for name in text.strip("()").split(","))
+    names = tuple(name for name in names if name not in ("$module", "/", ""))
+    names = tuple("extra_groups" if name == "groups_list" else name for name in names)
+    if names == (*_FORK_EXEC_PARAMETERS, "allow_vfork"):
+        return vfork
+    if names == _FORK_EXEC_PARAMETERS:
+        return ()
+    return None
+
+
+_FORK_EXEC_TAIL = _fork_exec_tail()
+
+
+def spawn(req: SpawnRequest) -> Spawned:
     """Fork and exec; raises SpawnError with a readable reason when exec cannot happen."""
-    kwargs: dict[str, Any] = {}
+    uid = gid = None
+    groups: list[int] | None = None
     if req.account is not None and req.account.uid != os.geteuid():
-        kwargs.update(user=req.account.uid, group=req.account.gid,
-                      extra_groups=list(req.account.groups))
-    if req.new_session:
-        kwargs["start_new_session"] = True
-    else:
-        kwargs["process_group"] = 0
+        uid, gid, groups = req.account.uid, req.account.gid, list(req.account.groups)
     preexec = req.preexec
     placed: int | None = None
     env = req.env
+    pass_fds: tuple[int, ...] = ()
     if req.listen_fds or req.rlimits:
         assert preexec is None  # programs have none; the main command has no sockets
         moves = [(fd, 3 + index) for index, (_, fd) in enumerate(req.listen_fds)]
@@ -193,30 +253,22 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
             env.update(listen_env(req.listen_fds))
         preexec = in_child(moves, req.rlimits, req.argv,
                            env if req.listen_fds else None)
-        kwargs["pass_fds"] = tuple(target for _, target in moves)
+        pass_fds = tuple(target for _, target in moves)
     elif req.extra_fd is not None:
         source, target = req.extra_fd
         placed, move = place_fd(source, target)
-        kwargs["pass_fds"] = (target,)
+        pass_fds = (target,)
         if move is not None:
             assert preexec is None  # programs have none; the main command has no extra fd
             preexec = move
-    held = signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
+    stdin = req.stdin_fd if req.stdin_fd is not None \
+        else subprocess.DEVNULL if req.stdin_devnull else None
+    held = _signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
     try:
-        return subprocess.Popen(
-            req.argv,
-            executable=None,
-            stdin=req.stdin_fd if req.stdin_fd is not None
-            else subprocess.DEVNULL if req.stdin_devnull else None,
-            stdout=req.stdout,
-            stderr=req.stderr,
-            cwd=req.cwd,
-            env=env,
-            close_fds=True,
-            restore_signals=True,
-            preexec_fn=preexec,
-            **kwargs,
-        )
+        if _FORK_EXEC_TAIL is None:
+            return _popen(req, env, stdin, pass_fds, preexec, uid, gid, groups)
+        return _fork_and_exec(req.argv, env, req.cwd, stdin, req.stdout, req.stderr,
+                              pass_fds, req.new_session, uid, gid, groups, preexec)
     except FileNotFoundError as exc:
         if req.cwd and exc.filename == req.cwd:
             raise SpawnError(f"directory '{req.cwd}' does not exist", exc.errno) from None
@@ -232,9 +284,115 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
     except (ValueError, KeyError, subprocess.SubprocessError) as exc:
         raise SpawnError(f"cannot execute {req.argv[0]}: {exc}") from None
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if placed is not None:
             os.close(placed)
+
+
+def _fork_and_exec(argv: list[str], env: Mapping[str, str], cwd: str | None,
+                   stdin: int | None, stdout: int | None, stderr: int | None,
+                   pass_fds: tuple[int, ...], new_session: bool, uid: int | None,
+                   gid: int | None, groups: list[int] | None,
+                   preexec: Callable[[], None] | None) -> Process:
+    """Popen's POSIX spawn without Popen: stdin, stdout and stderr each an fd, DEVNULL,
+    or None (pmd's own); raises what Popen raises when the exec (or the chdir) fails."""
+    devnull = -1
+    fds = [-1 if fd is None else fd for fd in (stdin, stdout, stderr)]
+    if subprocess.DEVNULL in fds:
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        fds = [devnull if fd == subprocess.DEVNULL else fd for fd in fds]
+    try:
+        args = [os.fsencode(arg) for arg in argv]
+        env_list = []
+        for key, value in env.items():
+            if "=" in key:
+                raise ValueError("illegal environment variable name")
+            env_list.append(os.fsencode(f"{key}={value}"))
+        executable = args[0]
+        if b"/" in executable:
+            executables: tuple[bytes, ...] = (executable,)
+        else:  # as os.execvpe: along the program's PATH
+            executables = tuple(os.path.join(os.fsencode(folder), executable)
+                                for folder in os.get_exec_path(env))
+        # The child reports a failed exec (or chdir) here, as "ExceptionName:hex errno:";
+        # a successful exec closes it (close-on-exec), and the read sees EOF.
+        errpipe_read, errpipe_write = os.pipe2(os.O_CLOEXEC)
+        if errpipe_write < 3:  # pmd without a stdin or stdout: the child dup2s over those
+            low, errpipe_write = errpipe_write, fcntl.fcntl(errpipe_write,
+                                                            fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(low)
+        try:
+            try:
+                assert _fork_exec is not None
+                pid = _fork_exec(
+                    args, executables, True, tuple(sorted({*pass_fds, errpipe_write})),
+                    cwd, env_list, fds[0], -1, -1, fds[1], -1, fds[2],
+                    errpipe_read, errpipe_write, True, new_session,
+                    -1 if new_session else 0, gid, groups, uid, -1, preexec,
+                    *(_FORK_EXEC_TAIL or ()))
+            finally:
+                os.close(errpipe_write)
+            report = b""
+            while part := os.read(errpipe_read, 50000):
+                report += part
+                if len(report) > 50000:
+                    break
+        finally:
+            os.close(errpipe_read)
+    finally:
+        if devnull >= 0:
+            os.close(devnull)
+    if report:
+        _reap_failed(pid)
+        raise _exec_error(report, argv[0], cwd)
+    return Process(pid, argv)
+
+
+def _reap_failed(pid: int) -> None:
+    """A child whose exec failed has exited already: collected here, as Popen does, so
+    that the reaper never hears of a process nobody started."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _exec_error(report: bytes, argv0: str, cwd: str | None) -> Exception:
+    """The exception Popen raises for the child's report of a failed exec or chdir."""
+    try:
+        name, hex_errno, message = report.split(b":", 2)
+        text = message.decode()
+    except ValueError:
+        return subprocess.SubprocessError(f"Bad exception data from child: {report!r}")
+    kind = getattr(builtins, name.decode("ascii", "replace"), subprocess.SubprocessError)
+    if not (isinstance(kind, type) and issubclass(kind, Exception)):
+        kind = subprocess.SubprocessError
+    if issubclass(kind, OSError) and hex_errno:
+        number = int(hex_errno, 16)
+        never = text == "noexec"  # the exec was never called: the chdir failed
+        if number:
+            text = os.strerror(number)
+        elif never:
+            text = ""
+        return kind(number, text, cwd if never else argv0)
+    return kind(text)
+
+
+def _popen(req: SpawnRequest, env: Mapping[str, str], stdin: int | None,
+           pass_fds: tuple[int, ...], preexec: Callable[[], None] | None,
+           uid: int | None, gid: int | None, groups: list[int] | None) -> Spawned:
+    """The same spawn through subprocess.Popen, for a Python whose fork_exec is unknown."""
+    kwargs: dict[str, Any] = {}
+    if uid is not None:
+        kwargs.update(user=uid, group=gid, extra_groups=groups)
+    if req.new_session:
+        kwargs["start_new_session"] = True
+    else:
+        kwargs["process_group"] = 0
+    return subprocess.Popen(req.argv, executable=None, stdin=stdin, stdout=req.stdout,
+                            stderr=req.stderr, cwd=req.cwd, env=env, close_fds=True,
+                            restore_signals=True, preexec_fn=preexec, pass_fds=pass_fds,
+                            **kwargs)
 
 
 def place_fd(source: int, target: int) -> tuple[int | None, Callable[[], None] | None]:
