@@ -7,6 +7,9 @@ each record is formatted at once, in order, and what one loop turn logged goes o
 write at the end of the turn. Without a running loop (start-up, exit, another thread) a
 record is written at once, and so is a warning or an error, with what came before it: what
 follows one may be a crash or a blocked loop, and the line must be out before it.
+
+A line is `<local time, to the second> pmd LEVEL message`; the time's text is made once a
+second rather than once a line (a restart logs three lines).
 """
 
 from __future__ import annotations
@@ -14,6 +17,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TextIO
+
+
+class LineFormatter(logging.Formatter):
+    """pmd's line format, with the time's text kept for the second it names."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s pmd %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        self._second = -1
+        self._text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:  # format() runs under the handler's lock
+            self._text = super().formatTime(record, datefmt)
+            self._second = second
+        return self._text
 
 
 class LoopTurnHandler(logging.Handler):

@@ -22,7 +22,7 @@ from ..api.verdicts import Verdicts
 from ..settings import Settings, parse_settings
 from . import signals
 from .early import REEXEC_ENV, EarlyBoot, plan_document, plan_key, program_base_env, raise_nofile
-from .logsink import LoopTurnHandler
+from .logsink import LineFormatter, LoopTurnHandler
 from .maincmd import MainCommand
 from .reaper import Reaper
 from .signals import SignalQueue
@@ -420,32 +420,10 @@ class Init:
         self.request_shutdown(code)
 
     def _log_event(self, event: Any) -> None:
-        # Not at the top: pmd_init.supervisor is imported only once the signal handlers are in.
-        from ..supervisor.events import ReadyEvent, SignalEvent, StateEvent, WaitingEvent
-
-        if isinstance(event, WaitingEvent):
-            if event.waiting_for:  # no longer waiting: its STARTING (or STOPPED) follows
-                log.info("%s: waiting for %s%s", event.program, ", ".join(event.waiting_for),
-                         f" (blocked: {event.blocked})" if event.blocked else "")
-            return
-        if isinstance(event, SignalEvent):
-            log.info("%s: stop step %d of %d: SIG%s to pid %d%s", event.instance, event.step,
-                     event.steps, event.signal.removeprefix("SIG"), event.pid,
-                     f", next in {event.wait:g} s" if event.step <= event.steps else "")
-            return
-        if isinstance(event, ReadyEvent):
-            if event.via != "running":  # RUNNING itself is logged already
-                log.info("%s: ready (%s)", event.instance, event.via)
-            return
-        if not isinstance(event, StateEvent):
-            return  # health verdicts: the health monitor logs the ones that matter
-        extra = f" pid {event.pid}" if event.pid else ""
-        if event.exit_code is not None:
-            extra += f" exit {event.exit_code}"
-        if event.reason is not None:
-            extra += f" ({event.reason})"
-        log.info("%s: %s -> %s%s", event.instance, event.from_state.value,
-                 event.to_state.value, extra)
+        if log.isEnabledFor(logging.INFO):
+            line = event.log_line()
+            if line is not None:
+                log.info("%s", line)
 
     # ---- the main command ----------------------------------------------------------
 
@@ -816,9 +794,14 @@ def log_level(settings: Settings, stderr_is_tty: bool) -> str:
 
 
 def _setup_logging(settings: Settings) -> None:
+    # What a record would collect and pmd's line never shows: the caller's file and line
+    # (a frame walk), the thread's name, the process's ids (logging's own switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = LoopTurnHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s pmd %(levelname)s %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(LineFormatter())
     root = logging.getLogger("pmd")
     root.addHandler(handler)
     root.setLevel(log_level(settings, _isatty(2)))

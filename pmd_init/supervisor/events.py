@@ -37,6 +37,17 @@ class StateEvent:
     #: The instance itself: names are ambiguous while a reload runs two of one port.
     source: object = field(default=None, compare=False, repr=False)
 
+    def log_line(self) -> str | None:
+        """pmd's log line for it (pid1 logs one per event that has one)."""
+        line = f"{self.instance}: {self.from_state.value} -> {self.to_state.value}"
+        if self.pid:
+            line += f" pid {self.pid}"
+        if self.exit_code is not None:
+            line += f" exit {self.exit_code}"
+        if self.reason is not None:
+            line += f" ({self.reason})"
+        return line
+
     def as_dict(self) -> dict[str, object]:
         return {
             "program_id": self.program_id,
@@ -69,6 +80,9 @@ class HealthEvent:
     #: The instance itself, as in StateEvent.
     source: object = field(default=None, compare=False, repr=False)
 
+    def log_line(self) -> str | None:
+        return None  # the health monitor logs the verdicts that matter
+
 
 @dataclass(frozen=True, slots=True)
 class ReadyEvent:
@@ -86,6 +100,11 @@ class ReadyEvent:
     via: str
     temporary_id: str | None = None
     source: object = field(default=None, compare=False, repr=False)
+
+    def log_line(self) -> str | None:
+        if self.via == "running":  # RUNNING itself is logged already
+            return None
+        return f"{self.instance}: ready ({self.via})"
 
     def as_dict(self) -> dict[str, object]:
         return {"program_id": self.program_id, "program": self.program,
@@ -112,6 +131,13 @@ class SignalEvent:
     temporary_id: str | None = None
     source: object = field(default=None, compare=False, repr=False)
 
+    def log_line(self) -> str | None:
+        line = (f"{self.instance}: stop step {self.step} of {self.steps}: "
+                f"SIG{self.signal.removeprefix('SIG')} to pid {self.pid}")
+        if self.step <= self.steps:
+            line += f", next in {self.wait:g} s"
+        return line
+
     def as_dict(self) -> dict[str, object]:
         return {"program_id": self.program_id, "program": self.program,
                 "instance": self.instance, "port": self.port, "pid": self.pid,
@@ -132,6 +158,12 @@ class WaitingEvent:
     blocked: str | None
     time: float
     source: object = field(default=None, compare=False, repr=False)
+
+    def log_line(self) -> str | None:
+        if not self.waiting_for:  # no longer waiting: its STARTING (or STOPPED) follows
+            return None
+        blocked = f" (blocked: {self.blocked})" if self.blocked else ""
+        return f"{self.program}: waiting for {', '.join(self.waiting_for)}{blocked}"
 
     def as_dict(self) -> dict[str, object]:
         return {"program_id": self.program_id, "program": self.program,
