@@ -145,6 +145,12 @@ class Supervisor:
         self._purge_timers: dict[str, asyncio.TimerHandle] = {}
         self.started_at = time.time()
         self._pids_timer: asyncio.TimerHandle | None = None
+        #: The kernel's boot and PID 1's start, which pids.json and ephemeral.json are
+        #: kept for: read once (neither changes while pmd runs).
+        self._boot: dict[str, object] | None = None
+        #: The start time (/proc/<pid>/stat) of each recorded run, by (pid, started_at):
+        #: read once per process.
+        self._start_ticks: dict[tuple[int, float | None], int | None] = {}
         self._ephemeral_timer: asyncio.TimerHandle | None = None
         self.events.subscribe(self._pids_changed)
         self.events.subscribe(self._follow)
@@ -756,16 +762,27 @@ class Supervisor:
         if isinstance(event, StateEvent) and self._pids_timer is None:
             self._pids_timer = self.loop.call_later(0.1, self.write_pids)
 
+    def boot_identity(self) -> dict[str, object]:
+        if self._boot is None:
+            self._boot = boot_identity()
+        return self._boot
+
     def write_pids(self) -> None:
         self._pids_timer = None
-        entries: list[PidsEntry] = [
-            {"program": p.name, "port": i.port, "pid": i.pid, "state": i.state.value,
-             "start": process_start_ticks(i.pid), "started_at": i.started_at,
-             "restarts": i.restarts}
-            for p in self.programs.values() for i in p.instances.values() if i.pid
-        ]
+        known, self._start_ticks = self._start_ticks, {}
+        entries: list[PidsEntry] = []
+        for p in self.programs.values():
+            for i in p.instances.values():
+                if not i.pid:
+                    continue
+                run = (i.pid, i.started_at)
+                start = known[run] if run in known else process_start_ticks(i.pid)
+                self._start_ticks[run] = start
+                entries.append({"program": p.name, "port": i.port, "pid": i.pid,
+                                "state": i.state.value, "start": start,
+                                "started_at": i.started_at, "restarts": i.restarts})
         try:
-            self.records.write_pids(boot_identity(), entries)
+            self.records.write_pids(self.boot_identity(), entries)
         except OSError as exc:
             log.warning("could not write %s: %s", self.records.pids_path, exc)
 
@@ -776,7 +793,7 @@ class Supervisor:
             record = self.records.read_pids()
         except (OSError, ValueError):
             return 0
-        if record is None or record[0] != boot_identity():
+        if record is None or record[0] != self.boot_identity():
             return 0
         by_name = {p.name: p for p in self.programs.values()}
         adopted = 0
@@ -834,7 +851,7 @@ class Supervisor:
         # pmd restarted after a crash knows of, and one that cannot be written never runs.
         self.ephemeral[temporary_id] = program
         try:
-            self.records.write_ephemeral(boot_identity(), self.ephemeral_entries())
+            self.records.write_ephemeral(self.boot_identity(), self.ephemeral_entries())
         except OSError as exc:
             del self.ephemeral[temporary_id]
             if isinstance(exc, StorageError):
@@ -938,7 +955,7 @@ class Supervisor:
         logged and shown in /health, and the file stays as it was. What it then says wrongly
         is a pid missing or a program that is gone, both cleaned up at the next start."""
         try:
-            self.records.write_ephemeral(boot_identity(), self.ephemeral_entries(),
+            self.records.write_ephemeral(self.boot_identity(), self.ephemeral_entries(),
                                          durable=durable)
         except OSError as exc:
             log.error("could not write %s: %s", self.records.ephemeral_path, exc)
@@ -956,7 +973,7 @@ class Supervisor:
         if record is None:
             return
         boot, entries = record
-        same_boot = boot == boot_identity()
+        same_boot = boot == self.boot_identity()
         for entry in entries:
             temporary_id = entry.get("temporary_id")
             reason = None
