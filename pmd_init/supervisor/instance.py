@@ -85,7 +85,8 @@ class Instance:
         "_restart_after_stop", "state_since", "health_status", "adopted", "retry_at",
         "backoff_reason", "_starts", "_limit_hits", "_restart_pending", "completed",
         "ready_at", "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "notify_status",
-        "notify_stopping", "_notify_watch", "ready_fd", "_streak", "prespawned", "__weakref__",
+        "notify_stopping", "_notify_watch", "ready_fd", "_streak", "prespawned", "_split",
+        "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -148,6 +149,9 @@ class Instance:
         #: Automatic restarts in a row (restart_delays' index); a run as long as the
         #: start-rate window, or a start by hand, begins a new streak.
         self._streak = 0
+        #: The last command line split into argv (shlex), and its split: a crash loop
+        #: splits the same line at every start.
+        self._split: tuple[str, str | None, list[str]] | None = None
 
     # ---- identity ------------------------------------------------------------------
 
@@ -363,7 +367,12 @@ class Instance:
         spec = self.program.spec
         fields = expand_spec(spec, self.rt.base_env)  # ${VAR}s and env_file, afresh
         account = resolve_account(fields.user)
-        argv = build_argv(fields.command, spec.terminal_shell)
+        split = self._split
+        if split is not None and split[0] == fields.command and split[1] == spec.terminal_shell:
+            argv = list(split[2])
+        else:
+            argv = build_argv(fields.command, spec.terminal_shell)
+            self._split = (fields.command, spec.terminal_shell, list(argv))
         if self.port is not None:
             argv += [spec.effective_port_param, str(self.port)]
         env = program_env(self.rt.base_env, account, fields.environment, spec.display,
