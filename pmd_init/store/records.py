@@ -77,6 +77,12 @@ class Records:
         # Not fsync'd: after a machine crash no process of it is left to re-adopt.
         self._write(self.pids_path, {"boot": boot, "instances": entries}, durable=False)
 
+    def forget_pids(self) -> None:
+        """No instance runs: no file says so as well as an empty one, and a removal costs
+        the disk nothing, where replacing a file makes ext4 flush the new one's data."""
+        self._written.pop(self.pids_path, None)
+        self.pids_path.unlink(missing_ok=True)
+
     def read_pids(self) -> tuple[object, list[dict[str, Any]]] | None:
         return self._read(self.pids_path, "instances")
 

@@ -782,7 +782,10 @@ class Supervisor:
                                 "state": i.state.value, "start": start,
                                 "started_at": i.started_at, "restarts": i.restarts})
         try:
-            self.records.write_pids(self.boot_identity(), entries)
+            if entries:
+                self.records.write_pids(self.boot_identity(), entries)
+            else:  # every program stopped (a shutdown): nothing to re-adopt
+                self.records.forget_pids()
         except OSError as exc:
             log.warning("could not write %s: %s", self.records.pids_path, exc)
 
@@ -954,9 +957,11 @@ class Supervisor:
         """For changes that are not launches (a pid, a finished program): a failure is
         logged and shown in /health, and the file stays as it was. What it then says wrongly
         is a pid missing or a program that is gone, both cleaned up at the next start."""
+        entries = self.ephemeral_entries()
+        if not entries and not self.records.ephemeral_path.exists():
+            return  # nothing to record, nor recorded: a start reads no file as none
         try:
-            self.records.write_ephemeral(self.boot_identity(), self.ephemeral_entries(),
-                                         durable=durable)
+            self.records.write_ephemeral(self.boot_identity(), entries, durable=durable)
         except OSError as exc:
             log.error("could not write %s: %s", self.records.ephemeral_path, exc)
 
