@@ -5,11 +5,27 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pmd_init.supervisor import spawn as spawn_module
 from pmd_init.supervisor.spawn import SpawnError, SpawnRequest, spawn
+
+
+@pytest.fixture(autouse=True, params=["fork_exec", "popen"])
+def spawn_path(request: pytest.FixtureRequest,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test here runs on both of spawn's paths: fork_exec called directly (this
+    Python's), and Popen, which a Python whose fork_exec is unknown to spawn goes through."""
+    if request.param == "popen":
+        monkeypatch.setattr(spawn_module, "_FORK_EXEC_TAIL", None)
+    elif spawn_module._FORK_EXEC_TAIL is None:
+        pytest.skip("this Python's fork_exec is not one spawn calls directly")
+    yield request.param
 
 
 def spawn_error(argv: list[str]) -> SpawnError:
@@ -81,3 +97,45 @@ def test_an_extra_fd_reaches_the_child_at_its_number_whether_or_not_pmd_uses_it(
         os.close(held)
         if busy:
             os.close(target)
+
+
+def test_the_child_gets_its_environment_directory_session_and_only_its_fds(
+        tmp_path: Path, spawn_path: str) -> None:
+    """What a program sees is the same on both paths: its environment only, its working
+    directory, a session of its own, /dev/null as stdin, stdout where pmd put it, and no
+    fd of pmd's beyond those."""
+    leaked = os.open("/dev/null", os.O_RDONLY)  # inheritable: close_fds must close it
+    os.set_inheritable(leaked, True)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    script = ("import os; print(os.environ.get('ONLY'), ','.join(sorted(os.environ)), os.getcwd(),"
+              " os.getsid(0) == os.getpid(), os.path.realpath('/proc/self/fd/0'),"
+              " sorted(int(fd) for fd in os.listdir('/proc/self/fd')))")
+    try:
+        child = spawn(SpawnRequest(argv=[sys.executable, "-c", script], env={"ONLY": "yes"},
+                                   cwd=str(tmp_path), stdout=w))
+        assert isinstance(child, subprocess.Popen) is (spawn_path == "popen")
+        os.close(w)
+        w = -1
+        out = b""
+        while part := os.read(r, 4096):
+            out += part
+        _, status = os.waitpid(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        os.close(r)
+        os.close(leaked)
+        if w >= 0:
+            os.close(w)
+    assert child.returncode == 0
+    only, names, cwd, own_session, stdin, fds = out.decode().split(" ", 5)
+    assert (only, cwd, own_session, stdin) == ("yes", str(tmp_path), "True", "/dev/null")
+    # Python sets LC_CTYPE in its own environment when the locale is C
+    assert set(names.split(",")) - {"LC_CTYPE"} == {"ONLY"}
+    assert fds.strip() == "[0, 1, 2, 3]"  # 3: the listing's own
+
+
+def test_a_missing_directory_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SpawnError) as caught:
+        spawn(SpawnRequest(argv=["true"], env=dict(os.environ),
+                           cwd=str(tmp_path / "gone")))
+    assert "gone" in str(caught.value) and "does not exist" in str(caught.value)
