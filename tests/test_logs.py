@@ -355,6 +355,21 @@ def test_a_stalled_stdout_drops_whole_chunks_and_counts_them(tmp_path):
         os.close(w)
 
 
+def read_forwarded(loop: asyncio.AbstractEventLoop, fd: int, forwarder: Forwarder) -> bytes:
+    """Everything the forwarder writes to the pipe `fd`, read until it holds nothing more
+    (the loop turns meanwhile, for the forwarder's writable callback)."""
+    os.set_blocking(fd, False)
+    got = bytearray()
+    for _ in range(1000):
+        try:
+            got += os.read(fd, 1 << 20)
+        except BlockingIOError:
+            if not forwarder._pending:
+                break
+            loop.run_until_complete(asyncio.sleep(0.005))  # the writer callback
+    return bytes(got)
+
+
 def test_a_stalled_stdout_drops_whole_lines_of_chunks_written_in_slices(tmp_path):
     """Chunks of many slices, cut mid-line, forwarded to a pipe nobody reads: once it is
     full and the held buffer too, chunks are dropped whole. What reaches the reader is
@@ -374,17 +389,9 @@ def test_a_stalled_stdout_drops_whole_lines_of_chunks_written_in_slices(tmp_path
         os.close(w)
         assert capture.drain() is True
         assert forwarder.dropped > 0  # the reader never read: the test is about drops
-        os.set_blocking(r_out, False)
-        got = bytearray()
-        for _ in range(1000):
-            try:
-                got += os.read(r_out, 1 << 20)
-            except BlockingIOError:
-                if not forwarder._pending:
-                    break
-                loop.run_until_complete(asyncio.sleep(0.005))  # the writer callback
+        got = read_forwarded(loop, r_out, forwarder)
         assert (tmp_path / "out.log").read_bytes() == blob  # the log file has everything
-        received = bytes(got).split(b"\n")
+        received = got.split(b"\n")
         assert received.pop() == b""  # it ends with a whole line
         assert all(line.startswith(b"[p] ") for line in received)
         numbers = [int(line[4:11]) for line in received]
@@ -409,15 +416,7 @@ def test_a_burst_to_a_lagging_pipe_reader_fits_in_the_enlarged_pipe(tmp_path):
         for _ in range(2):  # two chunks: more than the pipe, all within the held buffer
             forwarder.write(burst)
         assert forwarder.dropped == 0
-        os.set_blocking(r, False)
-        got = bytearray()
-        for _ in range(200):
-            try:
-                got += os.read(r, 1 << 20)
-            except BlockingIOError:
-                if not forwarder._pending:
-                    break
-                loop.run_until_complete(asyncio.sleep(0.005))  # the writer callback
+        got = read_forwarded(loop, r, forwarder)
         assert bytes(got) == burst * 2
     finally:
         loop.close()
