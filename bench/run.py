@@ -21,12 +21,13 @@ Scenarios:
   capture   a program writes 256 MiB of 100-byte lines to stdout (`yes | head -c N`);
             time and init CPU seconds, every init in its default configuration (pmd copies
             each line to its own stdout as `[name] line`; supervisord does not), plus pmd
-            with PMD_LOG_FORWARD=0 in the notes. Logs go to /dev/shm when it is a tmpfs
-            (--capture-dir to change), so that the figure is the init's and not the disk's
-            write-back; pmd's own stdout is a file beside them; tini's column is the program
-            writing straight to a file (no capture at all: the floor). Then the same with
-            the init's stdout a pipe that a thread of the bench drains, as a container
-            runtime drains a container's stdout for `docker logs` (pmd and supervisord)
+            with PMD_LOG_FORWARD=0 in the same rounds (in the notes). Logs go to /dev/shm
+            when it is a tmpfs (--capture-dir to change), so that the figure is the init's
+            and not the disk's write-back; pmd's own stdout is a file beside them; tini's
+            column is the program writing straight to a file (no capture at all: the
+            floor). Then the same with the init's stdout a pipe that a thread of the bench
+            drains, as a container runtime drains a container's stdout for `docker logs`
+            (pmd and supervisord)
   list      100 `sleep` programs; each init's listing with status over its Unix socket,
             keep-alive connections (1, then 16) asking as fast as answers come for
             --list-seconds: pmd (defaults) GET /api/v1/daemon/programs?include_status=true,
@@ -630,15 +631,19 @@ class Bench:
                         self.once("fleet", kind, run_fleet, o.programs, o.idle_window)
             self.rounds("fleet1", [k for k in inits if k != "tini"], run_fleet, o.reps, 1, 0.0)
         if "capture" in only:
-            log(f"capture: {o.capture_bytes // MiB} MiB to stdout")
-            self.rounds("capture", inits, run_capture, o.reps)
+            log(f"capture: {o.capture_bytes // MiB} MiB to stdout (pmd also without "
+                "forwarding, in the same rounds)")
+            kinds = inits + (["pmd-quiet"] if "pmd" in inits else [])
+            for rep in range(o.reps):
+                for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
+                    if kind == "pmd-quiet":
+                        self.once("capture_quiet", "pmd", run_capture, forward=False)
+                    else:
+                        self.once("capture", kind, run_capture)
             log("capture: the same, each init's stdout a pipe the bench reads (as under "
                 "docker)")
             self.rounds("capture_pipe", [k for k in inits if k != "tini"], run_capture, o.reps,
                         stdout_pipe=True)
-            if "pmd" in inits:
-                self.rounds("capture_quiet", ["pmd"], run_capture, o.capture_quiet_reps,
-                            forward=False)
         if "list" in only:
             log(f"list: {o.programs} programs, listings with status at "
                 f"{' and '.join(map(str, LIST_CONNECTIONS))} connections")
@@ -799,10 +804,19 @@ def extras(raw: dict[str, Any]) -> list[str]:
         notes.append(f"pmd threads with 100 programs: {threads:.0f}")
     quiet = raw.get("capture_quiet", {}).get("pmd", [])
     if quiet:
-        notes.append(
-            "pmd capture without forwarding (the same lines, PMD_LOG_FORWARD=0): "
-            f"{statistics.median(r['mib_per_s'] for r in quiet):.0f} MiB/s, "
-            f"{statistics.median(r['init_cpu_s'] for r in quiet):.2f} init cpu-s")
+        speed = sorted(r["mib_per_s"] for r in quiet)
+        cpu = sorted(r["init_cpu_s"] for r in quiet)
+        note = ("pmd capture without forwarding (the same lines, PMD_LOG_FORWARD=0, in the "
+                f"capture's rounds): {statistics.median(speed):.0f} MiB/s "
+                f"[{speed[0]:.0f}-{speed[-1]:.0f}], {statistics.median(cpu):.2f} init cpu-s "
+                f"[{cpu[0]:.2f}-{cpu[-1]:.2f}]")
+        plain = raw.get("capture", {}).get("supervisord", [])
+        plain_cpu = statistics.median(r["init_cpu_s"] for r in plain) if plain else 0.0
+        if plain and plain_cpu > 0:
+            plain_speed = statistics.median(r["mib_per_s"] for r in plain)
+            note += (f", {statistics.median(speed) / plain_speed:.2f}x supervisord's MiB/s "
+                     f"and {statistics.median(cpu) / plain_cpu:.2f}x its cpu-s")
+        notes.append(note)
     for r in raw.get("reexec", {}).get("pmd", []):
         wait = r["longest_wait_s"]
         notes.append(f"pmd re-exec x{r['reexecs']} under a client connecting every 2 ms: "
@@ -867,7 +881,6 @@ def main() -> None:
     o.idle_window = 5.0 if quick else 10.0
     o.settle = 1.5 if quick else 2.0
     o.capture_bytes = 256 * MiB
-    o.capture_quiet_reps = 1 if quick else 2
     o.reexecs = 5
     o.list_seconds = 2.0 if quick else 4.0
     # The scale is 1000 programs and 100 crash-looping; supervisord takes minutes
