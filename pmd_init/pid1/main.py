@@ -173,6 +173,9 @@ class Init:
             sup.reconcile_ephemeral()
             taken = sup.boot(self.early.started)
             self._report_boot_plan(taken)
+            # Each was taken over or killed: the argv and environment they were started
+            # with (1 KiB a program) are not kept for pmd's lifetime.
+            self.early.started = []
             if s.command:
                 self._spawn_main()
             if s.boot_plan and self.early.key is not None and self.config_problem is None:
