@@ -101,12 +101,14 @@ def open_log_path(path: Path) -> int:
 class LogFile:
     """A size-rotated log file: `name`, `name.1` ... `name.<backups>`."""
 
-    __slots__ = ("path", "max_bytes", "backups", "_fd", "size", "dropped", "rotations",
+    __slots__ = ("_path", "max_bytes", "backups", "_fd", "size", "dropped", "rotations",
                  "times", "rotated_times", "saved")
 
-    def __init__(self, path: Path, max_bytes: int, backups: int,
+    def __init__(self, path: Path | str, max_bytes: int, backups: int,
                  saved: SavedTimes | None = None) -> None:
-        self.path = path
+        # Its text only: a `Path` is about 250 bytes a file, and an idle program holds
+        # two files for as long as it is configured; `path` makes one when it is used.
+        self._path = str(path)
         self.max_bytes = max_bytes
         self.backups = backups
         self._fd = -1
@@ -117,18 +119,22 @@ class LogFile:
         self.rotated_times: LineTimes | None = None  # those of `name.1`, since it rotated
         self.saved = saved  # where an index handed over by a re-exec waits for this file
 
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
+
     def _open(self) -> bool:
         try:
             self._fd = open_log_path(self.path)
             self.size = os.fstat(self._fd).st_size
             if self.times is None:
-                claimed = self.saved.claim(str(self.path), self.size) if self.saved else None
+                claimed = self.saved.claim(self._path, self.size) if self.saved else None
                 self.times = claimed or LineTimes(self.size)
             elif self.size != self.times.end:
                 self.times.reset(self.size)  # rotated, or changed behind our back
             return True
         except OSError as exc:
-            log.warning("cannot open log %s: %s", self.path, exc)
+            log.warning("cannot open log %s: %s", self._path, exc)
             self._fd = -1
             return False
 
@@ -179,26 +185,27 @@ class LogFile:
         except OSError as exc:  # ENOSPC, EIO, EFBIG: count and go on
             self.dropped += len(view)
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                log.warning("write to %s failed: %s", self.path, exc)
+                log.warning("write to %s failed: %s", self._path, exc)
 
     def rotate(self) -> None:
         self.close()
         self.rotations += 1
+        path = self.path
         try:
             if self.backups <= 0:
-                self.path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
             else:
                 for index in range(self.backups - 1, 0, -1):
-                    older = self.path.with_name(f"{self.path.name}.{index}")
+                    older = path.with_name(f"{path.name}.{index}")
                     if older.exists():
-                        os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-                if self.path.exists():
-                    os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                        os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
+                if path.exists():
+                    os.replace(path, path.with_name(f"{path.name}.1"))
                     # its index moves with it: a tail that reaches into name.1 keeps
                     # its times (the older backups' are let go, at 2 KiB a file)
                     self.rotated_times, self.times = self.times, None
         except OSError as exc:
-            log.warning("rotation of %s failed: %s", self.path, exc)
+            log.warning("rotation of %s failed: %s", self._path, exc)
         self._open()
 
     def reopen(self) -> None:
