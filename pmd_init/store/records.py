@@ -11,6 +11,7 @@ an entry means. A bad entry is the reader's to skip, not a reason to refuse the 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +47,21 @@ class Records:
         self.ephemeral_path = state_dir / "ephemeral.json"
         self.pids_path = state_dir / "pids.json"
         self._storage = storage
-        #: What this pmd last wrote to each file, and whether that write was synced: the
-        #: same bytes again are not written again (a shutdown with no quick-start would
-        #: otherwise sync an unchanged ephemeral.json, a third of the stop's time).
+        #: The digest of what this pmd last wrote to each file, and whether that write was
+        #: synced: the same bytes again are not written again (a shutdown with no
+        #: quick-start would otherwise sync an unchanged ephemeral.json, a third of the
+        #: stop's time). A digest, not the bytes: pids.json is 190 bytes a program.
         self._written: dict[Path, tuple[bytes, bool]] = {}
 
     def _write(self, path: Path, value: Any, durable: bool) -> None:
         data = json_bytes(value)
+        digest = hashlib.sha256(data).digest()
         last = self._written.get(path)
-        if last is not None and last[0] == data and (last[1] or not durable):
+        if last is not None and last[0] == digest and (last[1] or not durable):
             return
         self._written.pop(path, None)  # unknown until this write has succeeded
         self._storage.write_bytes(path, data, durable=durable)
-        self._written[path] = (data, durable)
+        self._written[path] = (digest, durable)
 
     def write_ephemeral(self, boot: dict[str, object], entries: list[EphemeralEntry],
                         durable: bool = True) -> None:
