@@ -195,6 +195,7 @@ def run_fleet(kind: str, base: Path, n: int = 1000, lists: int = 200,
                 raise RuntimeError(f"{kind}: status {status}")
         result.update(latencies_ms=latencies, p50_ms=statistics.median(latencies),
                       p99_ms=percentile(latencies, 99), rss_kib=procfs.rss_kib(pid),
+                      anon_kib=procfs.anon_kib(pid),
                       fds_after=procfs.fd_count(pid))
         result["stop_s"] = run.terminate(60)
         return result

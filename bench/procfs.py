@@ -60,19 +60,31 @@ def rss_kib(pid: int) -> int | None:
     return status_field(pid, "VmRSS")
 
 
-def uss_kib(pid: int) -> int | None:
-    """Unique set size: the pages only this process holds (Private_Clean + Private_Dirty
-    of smaps_rollup), what the kernel would free if it exited."""
+def _rollup_kib(pid: int, fields: tuple[str, ...]) -> int | None:
     total, found = 0, False
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                if line.startswith(fields):
                     total += int(line.split()[1])
                     found = True
     except (OSError, ValueError):
         return None
     return total if found else None
+
+
+def uss_kib(pid: int) -> int | None:
+    """Unique set size: the pages only this process holds (Private_Clean + Private_Dirty
+    of smaps_rollup), what the kernel would free if it exited. A shared library's pages
+    count here only while no other process maps them: the same init's USS moves by
+    several MiB with what else runs on the machine (another Python with pydantic, say)."""
+    return _rollup_kib(pid, ("Private_Clean:", "Private_Dirty:"))
+
+
+def anon_kib(pid: int) -> int | None:
+    """Anonymous memory (smaps_rollup's Anonymous): the heap, the interpreter's objects,
+    the stacks; what the process itself allocated, whatever else runs on the machine."""
+    return _rollup_kib(pid, ("Anonymous:",))
 
 
 def ctx_switches(pid: int) -> int:

@@ -359,6 +359,7 @@ def run_fleet(kind: str, base: Path, opts: argparse.Namespace, n: int,
         time.sleep(max(0.0, t_all + opts.settle - time.monotonic()))
         result["rss_kib"] = procfs.rss_kib(run.pid)
         result["uss_kib"] = procfs.uss_kib(run.pid)
+        result["anon_kib"] = procfs.anon_kib(run.pid)
         result["threads"] = len(procfs.tasks(run.pid))
         if idle_window > 0:
             c0, cpu0, t0 = procfs.ctx_switches(run.pid), procfs.cpu_seconds(run.pid), \
@@ -718,6 +719,8 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
     row("SIGTERM → exit, 100 programs", "s", lambda k: med(raw, "fleet", k, "stop_s"))
     row("init RSS, 100 programs", "MiB", lambda k: med(raw, "fleet", k, "rss_kib"), 1 / 1024)
     row("init USS, 100 programs", "MiB", lambda k: med(raw, "fleet", k, "uss_kib"), 1 / 1024)
+    row("init anonymous memory, 100 programs", "MiB",
+        lambda k: med(raw, "fleet", k, "anon_kib"), 1 / 1024)
     row("init RSS, 1 program", "MiB", lambda k: med(raw, "fleet1", k, "rss_kib"), 1 / 1024)
 
     def per_program(kind: str) -> float | None:
@@ -764,6 +767,14 @@ def figures(raw: dict[str, Any], inits: list[str]) -> list[dict[str, Any]]:
         lambda k: med(raw, "scale", k, "p99_ms"))
     row(f"scale: init RSS, {n} programs", "MiB", lambda k: med(raw, "scale", k, "rss_kib"),
         1 / 1024)
+    row(f"scale: init anonymous memory, {n} programs", "MiB",
+        lambda k: med(raw, "scale", k, "anon_kib"), 1 / 1024)
+
+    def per_program_scale(kind: str) -> float | None:  # after the scale's listings
+        a, b = med(raw, "scale", kind, "rss_kib"), med(raw, "fleet1", kind, "rss_kib")
+        return None if a is None or b is None or n <= 1 else (a - b) / (n - 1)
+
+    row(f"scale: init RSS per program (1→{n})", "KiB", per_program_scale)
     row(f"scale: SIGTERM → exit, {n} programs", "s", lambda k: med(raw, "scale", k, "stop_s"))
     n = next((r["programs"] for runs in raw.get("crashloop", {}).values() for r in runs), 100)
     row(f"scale: {n} programs crash-looping, init CPU share", "%",
