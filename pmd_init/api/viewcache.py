@@ -29,8 +29,11 @@ import orjson
 from ..supervisor.events import Event
 from ..supervisor.supervisor import Supervisor
 
-#: Distinct answers kept (one per route and query string); past it the table starts over.
+#: Distinct answers kept (one per route and query string), and their bytes together: past
+#: either, the table starts over. A listing with status is about 0.7 KiB a program; a
+#: client that adds a cache-busting parameter to each request makes a new key each time.
 MAX_ENTRIES = 64
+MAX_BYTES = 8 << 20
 
 
 def dumps(value: Any) -> bytes:
@@ -39,12 +42,18 @@ def dumps(value: Any) -> bytes:
 
 
 class ViewCache:
-    __slots__ = ("_supervisor", "_events", "_entries", "_unsubscribe", "hits", "builds")
+    __slots__ = ("_supervisor", "_events", "_stamp", "_entries", "_bytes", "_unsubscribe",
+                 "hits", "builds")
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
         self._events = 0
-        self._entries: dict[Hashable, tuple[tuple[Any, ...], bytes]] = {}
+        #: The stamp every kept answer was built under: an answer of another stamp is never
+        #: served again, so none is kept past a change of it (at the latest, the next
+        #: second's request lets them go).
+        self._stamp: tuple[Any, ...] | None = None
+        self._entries: dict[Hashable, bytes] = {}
+        self._bytes = 0
         self._unsubscribe = supervisor.events.subscribe(self._on_event)
         self.hits = 0
         self.builds = 0
@@ -62,17 +71,25 @@ class ViewCache:
     def answer(self, key: Hashable, build: Callable[[], Any]) -> bytes:
         """The JSON bytes of `build()`, reused while the stamp holds."""
         stamp = self.stamp()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] == stamp:
+        if stamp != self._stamp:
+            self._forget()
+            self._stamp = stamp
+        body = self._entries.get(key)
+        if body is not None:
             self.hits += 1
-            return entry[1]
+            return body
         body = dumps(build())
         self.builds += 1
-        if len(self._entries) >= MAX_ENTRIES and key not in self._entries:
-            self._entries.clear()
-        self._entries[key] = (stamp, body)
+        if len(self._entries) >= MAX_ENTRIES or self._bytes + len(body) > MAX_BYTES:
+            self._forget()
+        self._entries[key] = body
+        self._bytes += len(body)
         return body
+
+    def _forget(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
 
     def close(self) -> None:
         self._unsubscribe()
-        self._entries.clear()
+        self._forget()

@@ -61,3 +61,32 @@ def test_each_route_and_query_has_its_answer_and_the_table_is_bounded(clock):
         assert cache.answer(("programs", f"q={i}"), lambda i=i: [i]) == f"[{i}]".encode()
     assert len(cache._entries) <= viewcache.MAX_ENTRIES
     cache.close()
+
+
+def test_answers_of_an_older_stamp_are_let_go_at_the_next_request(clock):
+    sup = fake_supervisor(2)
+    cache = ViewCache(sup)
+    for query in ("a=1", "a=2", "a=3"):  # a client that busts caches: a key per request
+        cache.answer(("programs", query), lambda: [1])
+    assert len(cache._entries) == 3
+    clock.t = 1001.5  # a new second: none of them can be served again
+    assert cache.answer("status", lambda: {"n": 1}) == b'{"n":1}'
+    assert list(cache._entries) == ["status"]
+    sup.events.publish(object())
+    assert cache.answer(("programs", "a=1"), lambda: [2]) == b"[2]"
+    assert list(cache._entries) == [("programs", "a=1")]
+
+
+def test_the_answers_kept_are_bounded_in_bytes(clock, monkeypatch):
+    monkeypatch.setattr(viewcache, "MAX_BYTES", 1000)
+    cache = ViewCache(fake_supervisor(1))
+    big = "x" * 300
+    for i in range(10):
+        assert cache.answer(("programs", f"q={i}"), lambda: [big]) == f'["{big}"]'.encode()
+        assert cache._bytes == sum(len(body) for body in cache._entries.values()) <= 1000
+    # three answers of 304 bytes fit: the fourth, seventh and tenth start the table over
+    assert list(cache._entries) == [("programs", "q=9")]
+    # the newest answer is always kept, however large
+    huge = "y" * 5000
+    assert cache.answer(("programs", "huge"), lambda: [huge]) == f'["{huge}"]'.encode()
+    assert list(cache._entries) == [("programs", "huge")]
