@@ -14,7 +14,7 @@ HOOK_EVENTS = (
 
 
 class HookSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     events: Annotated[list[Literal[HOOK_EVENTS]],  # type: ignore[valid-type]
                       Field(min_length=1, max_length=16)]

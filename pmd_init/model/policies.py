@@ -22,7 +22,7 @@ class StopStep(BaseModel):
     """One step of a stop: send `signal` to the process group, then wait up to `wait`
     seconds for it to exit before the next step (SIGKILL after the last)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     signal: Literal[STEP_SIGNALS]  # type: ignore[valid-type]
     wait: Annotated[float, Field(ge=0, le=3600)] = 10
@@ -41,7 +41,7 @@ RlimitValue = Annotated[int, Field(ge=0, le=2**63 - 1)] | Literal["unlimited"]
 class Rlimit(BaseModel):
     """A soft and a hard limit; a single value in programs.json sets both."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     soft: RlimitValue
     hard: RlimitValue
@@ -71,8 +71,9 @@ class Rlimits(BaseModel):
     """Resource limits set in the child before exec (systemd's LimitNOFILE= ...): each a
     number or "unlimited" (soft and hard alike) or {soft, hard}."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True,
-                              validate_by_name=True, validate_by_alias=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True,
+                              serialize_by_alias=True, validate_by_name=True,
+                              validate_by_alias=True)
 
     nofile: Rlimit | None = None
     nproc: Rlimit | None = None
@@ -120,12 +121,12 @@ class WatchSpec(BaseModel):
     watched with their subdirectories), unless its name or path matches a glob of
     `ignore`; changes within `debounce` seconds of each other are one change."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     paths: Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]],
                      Field(min_length=1, max_length=32)]
     ignore: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]],
-                      Field(max_length=64)] = Field(default_factory=list)
+                      Field(max_length=64)] = Field(default_factory=lambda: [])
     debounce: Annotated[float, Field(ge=0, le=3600)] = 0.5
 
     @field_validator("paths", "ignore")

@@ -22,7 +22,7 @@ class SocketSpec(BaseModel):
     """One listening socket: TCP (`host`, `port`, `backlog`, `reuse_port`) or Unix
     (`path`, `mode`, `owner`), or a `name` alone for a socket another program defines."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: Annotated[str, Field(min_length=1, max_length=64)]
     host: str | None = None

@@ -93,11 +93,26 @@ def backoff_delay(attempt: int, kind: str, cap: float) -> float:
     return min(cap, float(attempt))
 
 
+# A start validates programs.json before it spawns anything (pid1/firstboot.py), so the
+# build of these models holds back every program of a first start (docs/performance.md):
+# - the models that are parts of ProgramSpec (`Part` here, and those of policies.py,
+#   hooks.py and sockets.py) build their own validator at their first use alone
+#   (`defer_build`): ProgramSpec's validator holds their schemas;
+# - default factories are functions, not `dict` or `list`: pydantic reads a factory's
+#   signature, and a builtin's is parsed by tokenize (its regex compiled, about 5 ms).
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PortRange(Model):
+class Part(Model):
+    """A part of ProgramSpec: its validator is built at its first use on its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+class PortRange(Part):
     start: Annotated[int, Field(ge=1, le=65535)]
     end: Annotated[int, Field(ge=1, le=65535)]
 
@@ -116,17 +131,17 @@ class PortRange(Model):
         return self.start <= other.end and other.start <= self.end
 
 
-class WebhooksSpec(Model):
+class WebhooksSpec(Part):
     """The rules (https, no userinfo, public hosts, safe headers) are webhook_rules.py's; each
     is checked per item so an error names it: `webhooks.urls.0`, `webhooks.headers.X`."""
 
     enabled: bool = True
     urls: list[Annotated[str, AfterValidator(check_url)]] = Field(
-        default_factory=list, max_length=20)
+        default_factory=lambda: [], max_length=20)
     events: list[Literal[WEBHOOK_EVENTS]] = Field(default_factory=lambda: ["all"])  # type: ignore[valid-type]
     headers: dict[Annotated[str, AfterValidator(check_header_name)],
                   Annotated[str, AfterValidator(check_header_value)]] = Field(
-        default_factory=dict, max_length=20)
+        default_factory=lambda: {}, max_length=20)
     timeout: Annotated[int, Field(ge=1, le=60)] = 10
     retry: Annotated[int, Field(ge=0, le=5)] = 0
 
@@ -136,7 +151,7 @@ class WebhooksSpec(Model):
         return list(dict.fromkeys(value))  # duplicates are tolerated, and kept once
 
 
-class HealthCheckSpec(Model):
+class HealthCheckSpec(Part):
     """http (url, expected_status), tcp (port) or script (command exits 0)."""
 
     type: Literal["http", "tcp", "script"]
@@ -173,7 +188,7 @@ class HealthCheckSpec(Model):
         return self
 
 
-class ReadinessSpec(Model):
+class ReadinessSpec(Part):
     """How a program says it is ready: exactly one source. `notify` is systemd's protocol
     (READY=1 on $NOTIFY_SOCKET), `fd` s6's notification-fd (a newline on fd N), `log_line`
     a regex matched against each line of stdout and stderr, `probe` a health check run
@@ -264,7 +279,7 @@ class ProgramSpec(Model):
     logs_enabled: bool = True
     log_max_bytes: Annotated[int, Field(ge=0, le=2**40)] = 5242880
     log_backups: Annotated[int, Field(ge=0, le=100)] = 2
-    environment: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=lambda: {})
     hoody_kit: bool = False
     port_range: PortRange | None = None
     port_param: str | None = None
@@ -295,17 +310,18 @@ class ProgramSpec(Model):
     backoff_max_seconds: Annotated[float, Field(ge=1, le=86400)] = 60
     # start only once these hold: {name: condition}; a list means `ready` for each
     depends_on: dict[Annotated[str, Field(min_length=1, max_length=128)], Condition] = \
-        Field(default_factory=dict, max_length=64)
+        Field(default_factory=lambda: {}, max_length=64)
     readiness: ReadinessSpec | None = None
     # a run-once task (a migration): no restart, no startsecs; an exit in exitcodes is success
     oneshot: bool = False
     # dotenv files read at each start, under `environment` (model/expand.py)
     env_file: Annotated[list[str], BeforeValidator(one_or_more),
-                        AfterValidator(env_files)] = Field(default_factory=list, max_length=16)
+                        AfterValidator(env_files)] = Field(default_factory=lambda: [],
+                                                           max_length=16)
     # how its lines reach pmd's stdout (logs/capture.py); None: PMD_LOG_FORWARD's
     log_forward: Literal[FORWARD_MODES] | None = None  # type: ignore[valid-type]
     # commands run on its state changes (model/hooks.py, supervisor/hooks.py)
-    hooks: list[HookSpec] = Field(default_factory=list, max_length=16)
+    hooks: list[HookSpec] = Field(default_factory=lambda: [], max_length=16)
     # sockets pmd binds and holds, passed with systemd's protocol (model/sockets.py)
     sockets: Annotated[list[SocketSpec], Field(max_length=32)] | None = None
     # "connection": not started at boot; the first connection to one of its sockets does
