@@ -30,7 +30,8 @@ from run import precompile  # noqa: E402
 STEPS = (
     ("the interpreter", ""),
     ("pmd's start-up (entry, settings, the boot plan's spawn)",
-     "import pmd_init.pid1.entry, pmd_init.settings"),
+     "import pmd_init.pid1.entry, pmd_init.settings\nfrom pmd_init.pid1 import noplugins\n"
+     "noplugins.install('__all__')"),
     ("pydantic (BaseModel and its schema machinery)",
      "from pydantic import BaseModel, Field, TypeAdapter"),
     ("pmd's models and the program store (a first start's boot)",

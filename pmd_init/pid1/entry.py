@@ -34,12 +34,16 @@ def main(argv: list[str] | None = None) -> None:
     if early.plan is None and early.may_spawn:
         # What the models read from os.environ, as pid1/main.py's start sets it: the
         # webhook rules' switch (the same validation as the start's load), and no
-        # plugin scan of every installed distribution at pydantic's first model.
+        # plugin scan of every installed distribution at pydantic's first model; nor,
+        # then, the imports of pydantic's plugin lookup (pid1/noplugins.py).
         if settings.webhook_allow_local:
             from ..model.webhook_rules import ALLOW_LOCAL_ENV
 
             os.environ[ALLOW_LOCAL_ENV] = "1"
         os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+        from . import noplugins
+
+        noplugins.install(os.environ["PYDANTIC_DISABLE_PLUGINS"])
         from .firstboot import start_validated
 
         start_validated(early, environ)
