@@ -4,21 +4,46 @@ boot programs once the configuration validates (pid1/firstboot.py); then pmd's s
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from . import signals
-from .early import REEXEC_ENV, boot_early
+if TYPE_CHECKING:
+    from .early import EarlyBoot
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if (args and (args[0] == "--compat" or args[0].startswith("--compat="))) \
-            or REEXEC_ENV in os.environ:
+    # Until the early programs are spawned, the start imports modules and builds classes
+    # and validators, all of which live as long as pmd: the collector's passes over them
+    # find next to no garbage, and took about 5 ms of a first start before its first
+    # spawn (docs/performance.md). It collects as usual from then on.
+    gc.disable()
+    try:
+        early = boot(args)
+    finally:
+        gc.enable()
+    if early is None:
         from .main import main as start
 
         start(args)
         return
+    from .main import start_with
+
+    start_with(early)
+
+
+def boot(args: list[str]) -> EarlyBoot | None:
+    """The boot plan's programs, or without a plan the boot programs of a configuration
+    that validates, spawned; None for the starts that pid1/main.py's main() takes whole
+    (a compatibility start, a re-exec)."""
+    from . import signals
+    from .early import REEXEC_ENV, boot_early
+
+    if (args and (args[0] == "--compat" or args[0].startswith("--compat="))) \
+            or REEXEC_ENV in os.environ:
+        return None
     from ..settings import parse_settings
 
     # First of all, as pid1/main.py's main(): a mask inherited from the caller would hold
@@ -47,6 +72,4 @@ def main(argv: list[str] | None = None) -> None:
         from .firstboot import start_validated
 
         start_validated(early, environ)
-    from .main import start_with
-
-    start_with(early)
+    return early
