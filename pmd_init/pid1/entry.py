@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     # Until the early programs are spawned, the start imports modules and builds classes
     # and validators, all of which live as long as pmd: the collector's passes over them
-    # find next to no garbage, and took about 5 ms of a first start before its first
+    # find next to no garbage, and took 6 to 10 ms of CPU before a first start's first
     # spawn (docs/performance.md). It collects as usual from then on.
     gc.disable()
     try:
