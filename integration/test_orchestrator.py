@@ -177,7 +177,10 @@ def test_shutdown_delay_keeps_serving_while_readyz_says_503(tmp_path):
 def test_a_second_term_skips_the_shutdown_delay(tmp_path):
     with Pmd(tmp_path, [stubborn(tmp_path, "web", 100, stop_signal="TERM", stop_timeout=5)],
              pid1=True, args=["--shutdown-delay", "30"]) as pmd:
-        pmd.wait_for(lambda: pmd.http.get("/readyz").status_code == 200, what="ready")
+        # web is RUNNING (ready) 1 s after its spawn, which comes before the API: polled
+        # every 0.1 s, /readyz stays under the API's burst limit (20 in 10 s) meanwhile
+        pmd.wait_for(lambda: pmd.http.get("/readyz").status_code == 200, interval=0.1,
+                     what="ready")
         pmd.signal(signal.SIGTERM)
         pmd.wait_for(lambda: "shutdown in 30 s" in pmd.stderr_text(), what="the delay")
         second = time.time()
