@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import threading
 
-from pmd_init.pid1.logsink import LoopTurnHandler
+from pmd_init.pid1.logsink import LineFormatter, LoopTurnHandler, info_line
 
 
 class CountingStream(io.StringIO):
@@ -90,3 +91,38 @@ def test_a_warning_goes_out_at_once_with_the_lines_before_it():
 
     inside = asyncio.run(then_block())
     assert inside == ["a: STOPPED -> STARTING\nabout to block the loop\n"]
+
+
+def test_a_state_line_without_a_record_reads_as_one_with_a_record():
+    stream = CountingStream()
+    handler = LoopTurnHandler(stream)
+    handler.setFormatter(LineFormatter())
+    logger = logging.getLogger("test.logsink.quick")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.info("%s", "web: RUNNING -> EXITED pid 12 exit 1")
+    info_line(logger, "web: RUNNING -> EXITED pid 12 exit 1")
+    logger.setLevel(logging.WARNING)
+    info_line(logger, "not shown")
+    assert len(stream.writes) == 2
+    with_record, without = stream.writes
+    assert with_record.split(" ", 1)[1] == without.split(" ", 1)[1] == \
+        "pmd INFO web: RUNNING -> EXITED pid 12 exit 1\n"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", without.split(" ", 1)[0])
+
+
+def test_a_state_line_reaches_any_other_handler_as_a_record():
+    logger, stream = make_logger("test.logsink.other")  # another format: not the quick way
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    info_line(logger, "web: STARTING -> RUNNING pid 7")
+    logger.addHandler(Keep())
+    info_line(logger, "web: RUNNING -> EXITED pid 7 exit 0")
+    assert stream.writes == ["web: STARTING -> RUNNING pid 7\n",
+                             "web: RUNNING -> EXITED pid 7 exit 0\n"]
+    assert [r.getMessage() for r in seen] == ["web: RUNNING -> EXITED pid 7 exit 0"]

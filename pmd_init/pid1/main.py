@@ -22,7 +22,7 @@ from ..api.verdicts import Verdicts
 from ..settings import Settings, parse_settings
 from . import signals
 from .early import REEXEC_ENV, EarlyBoot, plan_document, plan_key, program_base_env, raise_nofile
-from .logsink import LineFormatter, LoopTurnHandler
+from .logsink import LineFormatter, LoopTurnHandler, info_line
 from .maincmd import MainCommand
 from .reaper import Reaper
 from .signals import SignalQueue
@@ -426,7 +426,7 @@ class Init:
         if log.isEnabledFor(logging.INFO):
             line = event.log_line()
             if line is not None:
-                log.info("%s", line)
+                info_line(log, line)
 
     # ---- the main command ----------------------------------------------------------
 
