@@ -4,8 +4,9 @@ On every SIGCHLD the loop calls `reap()`, which collects exit statuses until wai
 there are none left: one SIGCHLD may stand for many exits (signals coalesce), so a pass that
 simply stopped early would leave zombies behind. A pass handles at most `BATCH` exits and
 then continues in the next loop turn, so a storm of exits cannot keep requests, log pipes
-and timers waiting. Each status goes to whoever watches that pid (owners only change state
-there; restarts are their own callbacks, never spawned inside this loop); a pid nobody
+and timers waiting. Each status goes to whoever watches that pid (an owner may restart
+one program there, the loop turn's first start; the others wait for turns of their own in
+the supervisor's queue of starts); a pid nobody
 watches is an orphan that was reparented to us (we are PID 1 or a subreaper) and is counted.
 
 Processes that are not our children (re-adopted after pmd was killed while running as a

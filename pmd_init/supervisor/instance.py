@@ -6,10 +6,11 @@ and by signals; the machine acts on it. Timers (startsecs, backoff, stop timeout
 delay) are the only clocks: nothing polls. Everything outside the process slot (clock,
 timers, spawning, signals, the reaper, logs, the event stream) comes from a `Runtime`.
 
-Restarts never happen inside the reaper's pass: an exit only changes state and schedules
-the next start as a callback of its own, so however fast programs die, each loop turn
-still serves requests, pipes and timers. A start-rate limit (systemd's StartLimitBurst)
-turns a crash loop into BACKOFF with growing delays instead of a spawn storm.
+A restart after an exit runs in the reaper's pass when it is the loop turn's first start;
+any other waits in the runtime's queue of starts, one a loop turn, so however fast
+programs die, each loop turn still serves requests, pipes and timers. A start-rate limit
+(systemd's StartLimitBurst) turns a crash loop into BACKOFF with growing delays instead of
+a spawn storm.
 """
 
 from __future__ import annotations
@@ -639,8 +640,9 @@ class Instance:
         return max(growing, room_at - now)
 
     def _exited(self, status: int | None) -> None:
-        """The reaper saw our pid exit (status None: exit of an adopted non-child). Only
-        state changes here: a restart is scheduled, never spawned from the reaper's pass."""
+        """The reaper saw our pid exit (status None: exit of an adopted non-child). The
+        EXITED change comes first; a restart then spawns at once when it is the loop turn's
+        first start (runtime.StartQueue), else waits in the queue of starts."""
         self._cancel_timer()
         code = describe_exit(status) if status is not None else None
         if self.popen is not None and status is not None:
@@ -706,9 +708,11 @@ class Instance:
             if delay > 0:
                 self._backoff_for(delay, "restart_delay")
                 return
-        # Restart from the exit event itself (no tick, no delay after a good run), but in
-        # a callback of its own, after the reaper's pass.
-        self._soon(self._delayed_start)
+        # Restart from the exit event itself (no tick, no delay after a good run): at once
+        # when it is the loop turn's first start, else in the queue of starts.
+        self._cancel_timer()
+        if not self.rt.starts.run_now(self._delayed_start):
+            self._timer = self.rt.starts.push(self._delayed_start)
 
     def _begin_stop(self, reason: str | None = None) -> None:
         self._cancel_timer()

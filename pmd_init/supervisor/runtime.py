@@ -116,15 +116,38 @@ class StartQueue:
     requests, log pipes and timers waiting for the whole batch. Measured with 20 programs
     exiting at once and no limit (bench/chaos.py): four a turn gave a status p99 of 119 ms,
     one a turn 24 ms, with more starts a second, since exits and pipes are served sooner.
+
+    A restart decided at an exit runs at once (`run_now`) when it is the turn's first start
+    and nothing waits here: a crash loop's restart does not wait a loop turn, which is a
+    turn of other work in pmd's thread while the exit waits for its restart.
     """
 
-    __slots__ = ("_timers", "_per_turn", "_queue", "_scheduled")
+    __slots__ = ("_timers", "_per_turn", "_queue", "_scheduled", "_turn_used")
 
     def __init__(self, timers: Timers, per_turn: int = 1) -> None:
         self._timers = timers
         self._per_turn = per_turn
         self._queue: deque[_Queued] = deque()
         self._scheduled = False
+        #: A start ran in this loop turn (run_now, or the queue's own turn).
+        self._turn_used = False
+
+    def run_now(self, callback: Callable[[], None]) -> bool:
+        """Run `callback` now, if it is this turn's first start and no start waits in the
+        queue (True); else nothing is done (False) and the caller pushes it."""
+        if self._turn_used or self._queue:
+            return False
+        self._use_turn()
+        callback()
+        return True
+
+    def _use_turn(self) -> None:
+        if not self._turn_used:
+            self._turn_used = True
+            self._timers.call_soon(self._turn_over)
+
+    def _turn_over(self) -> None:
+        self._turn_used = False
 
     def push(self, callback: Callable[[], None]) -> Cancellable:
         entry = _Queued(callback)
@@ -142,6 +165,7 @@ class StartQueue:
                 if entry.cancelled:
                     continue
                 entry.cancelled = True  # done: a later cancel() is a no-op
+                self._use_turn()
                 entry.callback()
                 started += 1
         finally:

@@ -235,19 +235,45 @@ def test_not_ready_in_time_is_a_failed_start_then_fatal(world: FakeWorld) -> Non
     assert inst.state == S.STARTING and inst.backoff_reason is None
 
 
-def test_restart_is_scheduled_not_spawned_in_the_reapers_pass(world: FakeWorld) -> None:
+def hold_turn(inst: Instance) -> None:
+    """Another program's restart took this loop turn's start (the runtime's queue)."""
+    assert inst.rt.starts.run_now(lambda: None)
+
+
+def test_a_restart_spawns_in_the_exits_pass_when_it_is_the_turns_first(
+        world: FakeWorld) -> None:
     inst = make(world, startsecs=0, autorestart="true")
     inst.start()
-    world.exit(inst.pid, exited(0))
-    assert inst.state == S.EXITED and inst.want  # nothing spawned inside the exit handler
-    assert len(world.spawned) == 1 and inst.restarts == 0
-    world.advance(0)
+    first = inst.pid
+    world.exit(first, exited(0))
     assert inst.state == S.RUNNING and len(world.spawned) == 2 and inst.restarts == 1
+    changes = [(e.from_state, e.to_state, e.pid, e.exit_code) for e in world.events[-3:]]
+    assert first != inst.pid
+    assert changes == [(S.RUNNING, S.EXITED, None, 0), (S.EXITED, S.STARTING, inst.pid, None),
+                       (S.STARTING, S.RUNNING, inst.pid, None)]
+
+
+def test_a_second_restart_in_a_turn_waits_for_the_next_turn(world: FakeWorld) -> None:
+    rt = world.runtime()
+    spec = ProgramSpec.model_validate({"name": "p", "command": "/bin/prog", "id": 1,
+                                       "logs_enabled": False, "startsecs": 0,
+                                       "autorestart": "true"})
+    one, two = Program(rt, spec).primary, Program(rt, spec.model_copy(
+        update={"name": "q", "id": 2})).primary
+    one.start()
+    two.start()
+    world.exit(one.pid, exited(0))
+    world.exit(two.pid, exited(0))
+    assert one.state == S.RUNNING and one.restarts == 1
+    assert two.state == S.EXITED and two.want and two.restarts == 0  # not in this turn
+    world.advance(0)
+    assert two.state == S.RUNNING and two.restarts == 1 and len(world.spawned) == 4
 
 
 def test_stop_between_exit_and_restart_wins(world: FakeWorld) -> None:
     inst = make(world, startsecs=0, autorestart="true")
     inst.start()
+    hold_turn(inst)
     world.exit(inst.pid, exited(1))
     inst.stop()
     world.advance(1)
@@ -258,8 +284,8 @@ def test_signal_death_is_unexpected(world: FakeWorld) -> None:
     inst = make(world, startsecs=0, autorestart="unexpected", exitcodes=[0])
     inst.start()
     world.exit(inst.pid, signal.SIGSEGV)
-    assert inst.exit_code == 128 + signal.SIGSEGV
-    world.advance(0)
+    exit_event = world.events[-3]
+    assert exit_event.to_state == S.EXITED and exit_event.exit_code == 128 + signal.SIGSEGV
     assert inst.state == S.RUNNING
 
 
@@ -477,6 +503,7 @@ def test_only_a_fresh_slot_adopts(world: FakeWorld) -> None:
 def test_a_restart_decided_before_a_reexec_happens_after_it(world: FakeWorld) -> None:
     inst = make(world, startsecs=0, autorestart="true")
     inst.start()
+    hold_turn(inst)  # the restart waits for a turn of its own
     world.exit(inst.pid, exited(1))
     snap = inst.snapshot()  # the exit was reaped just before the exec
     twin = make(world, startsecs=0, autorestart="true")
@@ -553,6 +580,7 @@ def test_a_boot_plan_process_started_as_configured_is_taken_over(world: FakeWorl
     assert inst.started_at == EPOCH - 0.6  # its run began at the plan's spawn
     world.advance(0.4)  # startsecs counts from then too
     assert inst.state == S.RUNNING
+    hold_turn(inst)
     world.exit(5000, exited(1))  # and it is supervised like any other run
     assert inst.state == S.EXITED and inst.exit_code == 1 and inst.pid is None
     inst.start()

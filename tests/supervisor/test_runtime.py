@@ -44,6 +44,7 @@ def test_a_few_starts_per_turn_in_order() -> None:
     assert ran == [0, 1, 2, 3, 4, 6, 7, 8]  # a cancelled entry takes no place
     turns.turn()
     assert ran == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    turns.turn()  # the queue is not scheduled again once empty
     assert turns.ready == [] and len(queue) == 0
     queue.push(lambda: ran.append(99))
     turns.turn()
@@ -66,3 +67,21 @@ def test_a_failing_start_does_not_stall_the_queue() -> None:
         pass
     turns.turn()
     assert ran == ["next"]
+
+
+def test_a_start_runs_at_once_when_it_is_the_turns_first() -> None:
+    turns = Turns()
+    queue = StartQueue(turns)
+    ran: list[str] = []
+    assert queue.run_now(lambda: ran.append("a"))
+    assert not queue.run_now(lambda: ran.append("b"))  # the turn's start is taken
+    queue.push(lambda: ran.append("b"))
+    assert ran == ["a"]
+    turns.turn()
+    assert ran == ["a", "b"]
+    assert not queue.run_now(lambda: ran.append("c"))  # "b" took this turn
+    turns.turn()
+    assert queue.run_now(lambda: ran.append("c")) and ran == ["a", "b", "c"]
+    queue.push(lambda: ran.append("d"))
+    turns.turn()
+    assert not queue.run_now(lambda: ran.append("e"))  # "d" ran: the turn is taken
