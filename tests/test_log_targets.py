@@ -154,6 +154,28 @@ def test_lines_reach_rsyslog_over_udp_tcp_and_unix_sockets(tmp_path: Path,
         assert (health["targets"][name]["sent"], health["targets"][name]["dropped"]) == (10, 0)
 
 
+def test_a_crash_loops_runs_ship_under_their_own_pids(tmp_path: Path,
+                                                     rsyslog: Rsyslog) -> None:
+    """Restarts at once write into the pipes of the run before: each run's lines still
+    name its own pid, and its unfinished last line is shipped at its exit."""
+    targets = {"udp": {"type": "syslog", "address": f"udp://127.0.0.1:{rsyslog.udp}",
+                       "batch_seconds": 0.2}}
+    # $$$$: the shell's $$ once pmd has expanded its command line ($$ is a $ there)
+    loop = {**talker("loop", "echo line-$$$$; printf tail-$$$$; exit 1"), "boot": False,
+            "autorestart": "true", "start_limit_burst": 3, "start_limit_interval": 60}
+    with start_pmd(tmp_path / "pmd", targets, [loop]) as pmd:
+        assert pmd.uds.post(f"{API}/programs/1/start").status_code == 200
+
+        def lines() -> list[list[str]]:
+            text = rsyslog.received.read_text() if rsyslog.received.exists() else ""
+            return [line.split("|", 6) for line in text.splitlines()]
+        wait_until(lambda: len(lines()) >= 6, 15, "6 lines at rsyslog")
+    shipped = [(procid, msg) for _, app, _, _, procid, _, msg in lines() if app == "loop"]
+    pids = [procid for procid, msg in shipped if msg.startswith("line-")]
+    assert len(pids) == 3 and len(set(pids)) == 3
+    assert shipped == [(pid, f"{what}-{pid}") for pid in pids for what in ("line", "tail")]
+
+
 # ---- HTTP receivers ------------------------------------------------------------------
 
 class Receiver:

@@ -23,7 +23,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -413,10 +413,11 @@ class Capture:
     def drain(self) -> bool:
         """Read what the pipe holds now, without waiting; True once it reached EOF (and is
         closed). Called before a program's next run: the last output of the run that ended
-        is logged before the new run's, and its pipe is closed before new ones are made, so
-        a crash loop holds one pair of pipes per program and not two. A process left behind
-        by the run that still holds the write end keeps the capture open (reads stop when
-        the pipe is empty)."""
+        is logged before the new run's. A restart at once writes into the same pipe (pmd
+        held its write end: no EOF, see `end_run`); otherwise the pipe is closed here
+        before new ones are made, so a crash loop holds one pair of pipes per program and
+        not two. A process left behind by the run that still holds the write end keeps the
+        capture open (reads stop when the pipe is empty)."""
         for _ in range(PIPE_SIZE // READ_SIZE + 1):
             if self.fd < 0 or self._read() == 0:
                 break
@@ -538,12 +539,29 @@ class Capture:
                                       "line": line.decode("utf-8", "replace")}) + b"\n"
                         for line in lines)
 
+    def end_run(self, pid: int | None) -> None:
+        """The process that wrote into this pipe exited and the next run (`pid`) writes
+        into the same pipe: what the ended run left is read (the caller drained it), and
+        an unfinished last line is ended now, as at EOF, so the next run's first line
+        does not continue it. Log targets name the new pid from here on."""
+        self._end_partial()
+        if self._tap is not None:
+            self._tap.close()
+            self._tap.source = replace(self._tap.source, pid=pid)
+
     def close(self) -> None:
         if self.fd < 0:
             return
         self._loop.remove_reader(self.fd)
         os.close(self.fd)
         self.fd = -1
+        self._end_partial()
+        if self._tap is not None:
+            self._tap.close()
+        if self._on_eof is not None:
+            self._on_eof(self)
+
+    def _end_partial(self) -> None:
         if self._partial and self._forward is not None:  # a last line without its newline
             if self._style is not None and self._style.mode == "json":
                 self._forward.write(self._json_lines([self._partial]))
@@ -552,7 +570,3 @@ class Capture:
                     self._prefix = f"{rfc3339(time.time())} ".encode() + self._name_prefix
                 self._forward.write(self._prefix, self._partial, b"\n")
             self._partial = b""
-        if self._tap is not None:
-            self._tap.close()
-        if self._on_eof is not None:
-            self._on_eof(self)

@@ -87,7 +87,7 @@ class Instance:
         "backoff_reason", "_starts", "_limit_hits", "_restart_pending", "completed",
         "ready_at", "_ready_watch", "_ready_timer", "_not_ready", "log_bytes", "notify_status",
         "notify_stopping", "_notify_watch", "ready_fd", "_streak", "prespawned", "_split",
-        "__weakref__",
+        "_pipe_ends", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -153,6 +153,11 @@ class Instance:
         #: The last command line split into argv (shlex), and its split: a crash loop
         #: splits the same line at every start.
         self._split: tuple[str, str | None, list[str]] | None = None
+        #: pmd's copies of the write ends of this run's stdout and stderr pipes, and the
+        #: spec they were made for: held while the run lives, so that its exit is no EOF
+        #: and a restart at once writes into the same pipes (no new pipes, no new
+        #: captures); let go at any other exit (see _exited).
+        self._pipe_ends: tuple[int, int, ProgramSpec] | None = None
 
     # ---- identity ------------------------------------------------------------------
 
@@ -316,7 +321,7 @@ class Instance:
         """Start the process now. The STARTING event carries the new pid (or none, when
         the spawn failed and BACKOFF follows at once)."""
         self._cancel_timer()
-        for capture in tuple(self.captures):  # the previous run's pipes, at EOF by now
+        for capture in tuple(self.captures):  # what the previous run left in its pipes
             capture.drain()
         spec = self.program.spec
         self.spawn_error = None
@@ -401,7 +406,14 @@ class Instance:
             self._discard(early, "it is configured otherwise now")
         out_w = err_w = None
         pipes: list[tuple[int, int]] = []
-        if spec.logs_enabled:
+        kept = self._pipe_ends
+        if kept is not None and (kept[2] is not spec or not spec.logs_enabled
+                                 or len(self.captures) != 2):
+            self._release_pipes()  # made for another configuration
+            kept = None
+        if kept is not None:
+            out_w, err_w = kept[0], kept[1]
+        elif spec.logs_enabled:
             pipes = [Capture.make_pipe(), Capture.make_pipe()]
             out_w, err_w = pipes[0][1], pipes[1][1]
         listen_fds: list[tuple[str, int]] = []
@@ -431,12 +443,22 @@ class Instance:
         if notification is not None:
             os.close(notification[1])  # the program's end now
             self.ready_fd = notification[0]
-        if pipes:
-            os.close(pipes[0][1])
-            os.close(pipes[1][1])
+        if kept is not None:
+            for capture in self.captures:
+                capture.end_run(child.pid)
+        elif pipes:
+            self._pipe_ends = (pipes[0][1], pipes[1][1], spec)
             self._ensure_logfiles()
             self.attach_captures(pipes[0][0], pipes[1][0], child.pid)
         return child
+
+    def _release_pipes(self) -> None:
+        """Let go of the write ends: the captures end at EOF, once no process of the
+        ended run (a child it left behind) holds them either."""
+        ends, self._pipe_ends = self._pipe_ends, None
+        if ends is not None:
+            os.close(ends[0])
+            os.close(ends[1])
 
     def _discard(self, early: Prespawned, why: str) -> None:
         """A boot plan's process that is not this start's: killed, never kept."""
@@ -642,7 +664,15 @@ class Instance:
     def _exited(self, status: int | None) -> None:
         """The reaper saw our pid exit (status None: exit of an adopted non-child). The
         EXITED change comes first; a restart then spawns at once when it is the loop turn's
-        first start (runtime.StartQueue), else waits in the queue of starts."""
+        first start (runtime.StartQueue), else waits in the queue of starts. A restart at
+        once writes into the same pipes; after any other exit pmd lets go of them."""
+        try:
+            self._exit_changes(status)
+        finally:
+            if self.pid is None:  # no new run took the pipes over
+                self._release_pipes()
+
+    def _exit_changes(self, status: int | None) -> None:
         self._cancel_timer()
         code = describe_exit(status) if status is not None else None
         if self.popen is not None and status is not None:
