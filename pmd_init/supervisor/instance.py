@@ -34,6 +34,7 @@ from .events import Event, EventBus, ReadyEvent, SignalEvent, StateEvent
 from .expansion import expand_spec
 from .plan import spawn_rlimits
 from .readiness import LogLineWatch
+from .runtime import QueuedStart
 from .spawn import (
     Prespawned,
     SpawnError,
@@ -155,8 +156,9 @@ class Instance:
         self._split: tuple[str, str | None, list[str]] | None = None
         #: pmd's copies of the write ends of this run's stdout and stderr pipes, and the
         #: spec they were made for: held while the run lives, so that its exit is no EOF
-        #: and a restart at once writes into the same pipes (no new pipes, no new
-        #: captures); let go at any other exit (see _exited).
+        #: and the restart that follows it (at once, or from the queue of starts) writes
+        #: into the same pipes (no new pipes, no new captures); let go at any other exit,
+        #: and when a waiting restart is called off (see _exited).
         self._pipe_ends: tuple[int, int, ProgramSpec] | None = None
 
     # ---- identity ------------------------------------------------------------------
@@ -276,6 +278,8 @@ class Instance:
         self._timer = None
         if self.want and self.state in STOPPED_STATES | {S.BACKOFF}:
             self._spawn()
+        else:
+            self._release_pipes()
 
     def stop(self, reason: str | None = None) -> asyncio.Future[ProgramState]:
         """Want it stopped: stop signal to the group, SIGKILL after stop_timeout.
@@ -286,9 +290,11 @@ class Instance:
             self._begin_stop(reason)
         elif self.state == S.BACKOFF:
             self._cancel_timer()
+            self._release_pipes()
             self._set_state(S.STOPPED)
         elif self.state in STOPPED_STATES:
             self._cancel_timer()  # a pending boot delay or restart
+            self._release_pipes()
         return self.wait_state(STOPPED_STATES)
 
     def restart(self, reason: str | None = None) -> None:
@@ -307,6 +313,8 @@ class Instance:
         self._cancel_timer()
         if self.pid is not None:
             self.rt.killpg(self.pid, signal.SIGKILL)
+        else:
+            self._release_pipes()  # a restart that waited in the queue: none now
 
     def signal(self, signum: int, group: bool = True) -> bool:
         """Send a signal to the process group (or the main pid alone); the state machine
@@ -669,7 +677,8 @@ class Instance:
         try:
             self._exit_changes(status)
         finally:
-            if self.pid is None:  # no new run took the pipes over
+            # kept for a new run (spawned now, or waiting in the queue of starts)
+            if self.pid is None and not isinstance(self._timer, QueuedStart):
                 self._release_pipes()
 
     def _exit_changes(self, status: int | None) -> None:

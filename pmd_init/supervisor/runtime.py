@@ -127,7 +127,7 @@ class StartQueue:
     def __init__(self, timers: Timers, per_turn: int = 1) -> None:
         self._timers = timers
         self._per_turn = per_turn
-        self._queue: deque[_Queued] = deque()
+        self._queue: deque[QueuedStart] = deque()
         self._scheduled = False
         #: A start ran in this loop turn (run_now, or the queue's own turn).
         self._turn_used = False
@@ -150,7 +150,7 @@ class StartQueue:
         self._turn_used = False
 
     def push(self, callback: Callable[[], None]) -> Cancellable:
-        entry = _Queued(callback)
+        entry = QueuedStart(callback)
         self._queue.append(entry)
         if not self._scheduled:
             self._scheduled = True
@@ -178,7 +178,9 @@ class StartQueue:
         return sum(1 for entry in self._queue if not entry.cancelled)
 
 
-class _Queued:
+class QueuedStart:
+    """A start waiting in a StartQueue (what push returns)."""
+
     __slots__ = ("callback", "cancelled")
 
     def __init__(self, callback: Callable[[], None]) -> None:

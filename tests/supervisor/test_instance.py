@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pmd_init.logs.capture import Capture
 from pmd_init.model.spec import ProgramSpec
 from pmd_init.model.states import TRANSITIONS, ProgramState
 from pmd_init.supervisor.instance import START_LIMIT_BACKOFF_MAX, Instance
 from pmd_init.supervisor.program import Program
-from pmd_init.supervisor.spawn import Prespawned
+from pmd_init.supervisor.spawn import Prespawned, SpawnRequest
 from pmd_init.supervisor.waits import until_running
 from tests.supervisor.fakes import EPOCH, FakeChild, FakeWorld, exited
 
@@ -604,3 +607,54 @@ def test_a_boot_plan_process_whose_start_fails_now_is_killed(world: FakeWorld) -
     assert (5000, signal.SIGKILL) in world.signals and early.settled
     assert world.spawned == [] and inst.state == S.BACKOFF
     assert inst.spawn_error == "user 'no-such-user-here' does not exist"
+
+
+# ---- the capture pipes across restarts -----------------------------------------------
+
+
+def logging_instance(world: FakeWorld, tmp_path: Path) -> tuple[Instance, list[int]]:
+    """An instance whose spawns get real pipes, read by real captures on the world's loop
+    (never run: nothing is written); returns it and the inode of each spawn's stdout."""
+    rt = world.runtime()
+    rt.log_dir = tmp_path
+    rt.capture = lambda fd, logfile, forward, prefix, on_eof, count, style, tap: Capture(
+        world.loop, fd, logfile, None, prefix, on_eof=on_eof, count=count)
+    inodes: list[int] = []
+
+    def spawn(req: SpawnRequest) -> FakeChild:
+        assert isinstance(req.stdout, int)
+        inodes.append(os.fstat(req.stdout).st_ino)
+        return world.spawn(req)
+
+    rt.spawn = spawn
+    spec = ProgramSpec.model_validate({"name": "p", "command": "/bin/prog", "id": 1,
+                                       "startsecs": 0, "autorestart": "true"})
+    return Program(rt, spec).primary, inodes
+
+
+def test_a_restart_from_the_queue_writes_into_the_same_pipes(world: FakeWorld,
+                                                             tmp_path: Path) -> None:
+    inst, inodes = logging_instance(world, tmp_path)
+    inst.start()
+    world.exit(inst.pid, exited(1))  # restarted at once
+    world.exit(inst.pid, exited(1))  # in the same reaper pass: from the queue, next turn
+    assert inst.state == S.EXITED
+    world.advance(0)
+    assert inst.state == S.RUNNING and len(inodes) == 3 and len(set(inodes)) == 1
+    assert len(inst.captures) == 2
+
+
+def test_a_waiting_restart_called_off_lets_go_of_the_pipes(world: FakeWorld,
+                                                           tmp_path: Path) -> None:
+    inst, inodes = logging_instance(world, tmp_path)
+    inst.start()
+    hold_turn(inst)
+    world.exit(inst.pid, exited(1))
+    inst.stop()  # before its turn came
+    world.advance(1)
+    assert inst.state == S.EXITED and len(inodes) == 1
+    for capture in list(inst.captures):  # what the loop does once the pipe reads EOF
+        assert capture._read() == -1
+    assert inst.captures == []
+    inst.start()
+    assert len(inodes) == 2 and inodes[0] != inodes[1]  # new pipes
