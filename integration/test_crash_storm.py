@@ -143,7 +143,9 @@ def run_storm(pmd: Pmd, tag: str, seconds: float = STORM_SECONDS) -> Storm:
 def assert_init_duties(seen: Storm, programs: int = PROGRAMS) -> None:
     why = seen.summary()
     assert max(seen.latencies) < 1.0, why
-    assert max(seen.fds) < 4 * programs + 50, why
+    # a crash-looping program: two pipes' read ends, the write ends pmd holds for its
+    # restarts (docs/architecture.md), two log files
+    assert max(seen.fds) < 6 * programs + 50, why
     assert seen.exit_code == 0, why
     assert seen.stop_s < GRACE, why
     assert seen.left == [], why
