@@ -521,10 +521,15 @@ class Instance:
             if self.port is not None:
                 path = path.with_name(f"{path.stem}.{self.port}{path.suffix}")
             return path
-        base = self.rt.log_dir / self.program.log_folder
+        # One text under the log dir, parsed once: a Path joined part by part interns each
+        # part it is given, the program's own name too (pathlib), which then stays in the
+        # interpreter's table of interned strings as long as the spec lives; with a
+        # thousand programs that table doubled, about 1 MiB (docs/performance.md). The
+        # parts of a parsed text are copies, let go of with the Path.
+        folder = self.program.log_folder
         if self.port is not None:
-            base = base / str(self.port)
-        return base / f"{stream}.log"
+            folder = f"{folder}/{self.port}"
+        return self.rt.log_dir / f"{folder}/{stream}.log"
 
     def _running(self) -> None:
         self._timer = None
