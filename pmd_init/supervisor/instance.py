@@ -152,7 +152,8 @@ class Instance:
         #: start-rate window, or a start by hand, begins a new streak.
         self._streak = 0
         #: The last command line split into argv (shlex), and its split: a crash loop
-        #: splits the same line at every start.
+        #: splits the same line at every start. Kept from a slot's second start on: a
+        #: program started once and running holds none (0.3 KiB).
         self._split: tuple[str, str | None, list[str]] | None = None
         #: pmd's copies of the write ends of this run's stdout and stderr pipes, and the
         #: spec they were made for: held while the run lives, so that its exit is no EOF
@@ -386,7 +387,8 @@ class Instance:
             argv = list(split[2])
         else:
             argv = build_argv(fields.command, spec.terminal_shell)
-            self._split = (fields.command, spec.terminal_shell, list(argv))
+            if self.started_mono is not None:  # it ran before: kept for the next start
+                self._split = (fields.command, spec.terminal_shell, list(argv))
         if self.port is not None:
             argv += [spec.effective_port_param, str(self.port)]
         env = program_env(self.rt.base_env, account, fields.environment, spec.display,

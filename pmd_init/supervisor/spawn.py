@@ -186,17 +186,17 @@ class Prespawned:
 
 class Process:
     """A started child: its pid, and its exit code once the reaper has written it back
-    (a shell's: the code, or -N for signal N, as Popen's `returncode`)."""
+    (a shell's: the code, or -N for signal N, as Popen's `returncode`). Not its argv:
+    each running program holds one for as long as it runs, and nothing reads it."""
 
-    __slots__ = ("pid", "args", "returncode")
+    __slots__ = ("pid", "returncode")
 
-    def __init__(self, pid: int, args: list[str]) -> None:
+    def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.args = args
         self.returncode: int | None = None
 
     def __repr__(self) -> str:
-        return f"<Process {self.pid} {self.args[:1]} returncode={self.returncode}>"
+        return f"<Process {self.pid} returncode={self.returncode}>"
 
 
 #: What spawn returns (Popen only on a Python whose fork_exec is unknown).
@@ -345,7 +345,7 @@ def _fork_and_exec(argv: list[str], env: Mapping[str, str], cwd: str | None,
     if report:
         _reap_failed(pid)
         raise _exec_error(report, argv[0], cwd)
-    return Process(pid, argv)
+    return Process(pid)
 
 
 def _reap_failed(pid: int) -> None:
