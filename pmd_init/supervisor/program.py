@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from ..model.graph import Unmet
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class Program:
-    __slots__ = ("runtime", "spec", "instances", "temporary_id", "created_at",
+    __slots__ = ("runtime", "spec", "_instances", "temporary_id", "created_at",
                  "expires_at", "finished_at", "_ttl_timer", "waiting", "__weakref__")
 
     def __init__(self, runtime: Runtime, spec: ProgramSpec,
@@ -30,9 +30,31 @@ class Program:
         self._ttl_timer: asyncio.TimerHandle | None = None
         #: While it waits for its dependencies (supervisor/depends.py): what does not hold.
         self.waiting: Callable[[], list[Unmet]] | None = None
-        self.instances: dict[int | None, Instance] = {
-            port: Instance(self, port, runtime) for port in spec.ports()
-        }
+        #: Its one instance (a program without a port range, or of a range of one port),
+        #: else its instances by port: a dict for one instance is 0.2 KiB a program.
+        self._instances: Instance | dict[int | None, Instance]
+        self.make_instances(spec.ports())
+
+    @property
+    def instances(self) -> Mapping[int | None, Instance]:
+        """Its instances by port (None: the one of a program without a port range)."""
+        held = self._instances
+        return {held.port: held} if isinstance(held, Instance) else held
+
+    def make_instances(self, ports: Iterable[int | None]) -> None:
+        """A fresh instance for each port (at the start, or after a change of ports)."""
+        made = {port: self.new_instance(port) for port in ports}
+        self._instances = next(iter(made.values())) if len(made) == 1 else made
+
+    def replace_instance(self, new: Instance) -> None:
+        """`new` serves its port from now on, in place of the instance that did (a
+        rolling reload's replacement)."""
+        held = self._instances
+        if isinstance(held, Instance):
+            assert held.port == new.port
+            self._instances = new
+        else:
+            held[new.port] = new
 
     def new_instance(self, port: int | None) -> Instance:
         """A slot's next instance: after a change of ports, or a reload's replacement."""
@@ -60,16 +82,22 @@ class Program:
         return self.temporary_id is not None
 
     def instance(self, port: int | None) -> Instance | None:
-        return self.instances.get(port)
+        held = self._instances
+        if isinstance(held, Instance):
+            return held if held.port == port else None
+        return held.get(port)
 
     @property
     def primary(self) -> Instance:
-        return next(iter(self.instances.values()))
+        held = self._instances
+        return held if isinstance(held, Instance) else next(iter(held.values()))
 
     @property
     def state(self) -> ProgramState:
         """One state for the whole program: the most alive of its instances."""
-        states = [i.state for i in self.instances.values()]
+        held = self._instances
+        states = [held.state] if isinstance(held, Instance) else \
+            [i.state for i in held.values()]
         for candidate in (ProgramState.RUNNING, ProgramState.STARTING, ProgramState.STOPPING,
                           ProgramState.BACKOFF, ProgramState.FATAL, ProgramState.EXITED):
             if candidate in states:

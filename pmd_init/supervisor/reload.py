@@ -109,7 +109,7 @@ async def _rolling(sup: Supervisor, program: Program, timeout: float) -> ReloadR
             await _retire(sup, new)
             report.failed_port, report.reason = port, reason
             return report
-        program.instances[port] = new
+        program.replace_instance(new)
         sup.extra_instances.discard(new)
         sup.extra_instances.add(old)
         await _retire(sup, old)

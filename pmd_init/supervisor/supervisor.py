@@ -613,7 +613,7 @@ class Supervisor:
                 inst.stop()
                 self._close_logs_later(inst)
             program.spec = spec
-            program.instances = {port: program.new_instance(port) for port in spec.ports()}
+            program.make_instances(spec.ports())
             if spec.enabled and was_running:
                 program.start()
             return
