@@ -148,8 +148,8 @@ def quick_view(program: Program) -> dict[str, Any]:
     view.update({key: status[key] for key in QUICK_STATUS_KEYS if key in status})
     spec = program.spec
     view.update({
-        "stdout_logfile": str(inst.log_path("stdout")) if spec.logs_enabled else None,
-        "stderr_logfile": str(inst.log_path("stderr")) if spec.logs_enabled else None,
+        "stdout_logfile": inst.log_file("stdout") if spec.logs_enabled else None,
+        "stderr_logfile": inst.log_file("stderr") if spec.logs_enabled else None,
         "logs_enabled": spec.logs_enabled,
         "log_max_bytes": spec.log_max_bytes,
         "log_backups": spec.log_backups,

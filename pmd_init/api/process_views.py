@@ -172,8 +172,8 @@ def detail_view(program: Program, sup: Supervisor) -> dict[str, Any]:
     view["health_check"] = health_view(program, sup)
     view["health_status"] = health_summary(program)
     primary = program.primary
-    view["logs"] = {"out_file": str(primary.log_path("stdout")),
-                    "error_file": str(primary.log_path("stderr"))}
+    view["logs"] = {"out_file": primary.log_file("stdout"),
+                    "error_file": primary.log_file("stderr")}
     if program.is_ephemeral:
         view["quick_start"] = {"temporary_id": program.temporary_id,
                                "created_at": iso(program.created_at),

@@ -90,10 +90,12 @@ def rfc3339(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
 
 
-def open_log_path(path: Path) -> int:
+def open_log_path(path: Path | str) -> int:
     """Open for appending, creating parent folders; the last component is never followed
     if it is a symlink (the API must not become a way to write any file as root)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     return os.open(path, flags, 0o644)
 
@@ -125,7 +127,7 @@ class LogFile:
 
     def _open(self) -> bool:
         try:
-            self._fd = open_log_path(self.path)
+            self._fd = open_log_path(self._path)  # no Path: see Instance.log_file
             self.size = os.fstat(self._fd).st_size
             if self.times is None:
                 claimed = self.saved.claim(self._path, self.size) if self.saved else None

@@ -495,10 +495,10 @@ class Instance:
     def _ensure_logfiles(self) -> None:
         spec = self.program.spec
         if self.stdout_log is None:
-            self.stdout_log = LogFile(self.log_path("stdout"), spec.log_max_bytes, spec.log_backups,
+            self.stdout_log = LogFile(self.log_file("stdout"), spec.log_max_bytes, spec.log_backups,
                                       self.rt.saved_times)
         if self.stderr_log is None:
-            self.stderr_log = LogFile(self.log_path("stderr"), spec.log_max_bytes, spec.log_backups,
+            self.stderr_log = LogFile(self.log_file("stderr"), spec.log_max_bytes, spec.log_backups,
                                       self.rt.saved_times)
         self.stdout_log.ensure_open()
         self.stderr_log.ensure_open()
@@ -526,6 +526,15 @@ class Instance:
             self.captures.remove(capture)
 
     def log_path(self, stream: str) -> Path:
+        return Path(self.log_file(stream))
+
+    def log_file(self, stream: str) -> str:
+        """`log_path` as text, made without pathlib for the log dir's files. pathlib
+        interns each part of each path it parses, the program's own name too; the table
+        of interned strings keeps the room of those that are gone until it is resized,
+        and a resize makes room for three times the strings it holds. A program's start
+        and each listing of all programs parsed a path or two a program: with a thousand
+        programs the table doubled at boot, 1 MiB at once (docs/performance.md)."""
         spec = self.program.spec
         custom = spec.stdout_logfile if stream == "stdout" else spec.stderr_logfile
         if custom and "$" in custom:
@@ -537,16 +546,12 @@ class Instance:
             path = Path(custom)
             if self.port is not None:
                 path = path.with_name(f"{path.stem}.{self.port}{path.suffix}")
-            return path
-        # One text under the log dir, parsed once: a Path joined part by part interns each
-        # part it is given, the program's own name too (pathlib), which then stays in the
-        # interpreter's table of interned strings as long as the spec lives; with a
-        # thousand programs that table doubled, about 1 MiB (docs/performance.md). The
-        # parts of a parsed text are copies, let go of with the Path.
-        folder = self.program.log_folder
+            return str(path)
+        # the log dir's text is a whole path already, and a program's name has no "/"
+        folder = os.path.join(str(self.rt.log_dir), self.program.log_folder)
         if self.port is not None:
-            folder = f"{folder}/{self.port}"
-        return self.rt.log_dir / f"{folder}/{stream}.log"
+            folder = os.path.join(folder, str(self.port))
+        return os.path.join(folder, f"{stream}.log")
 
     def _running(self) -> None:
         self._timer = None
@@ -872,7 +877,7 @@ class Instance:
                 self.log_bytes[stream].total = total
         for stream, flat in (snap.get("log_times") or {}).items():
             if stream in ("stdout", "stderr") and flat:  # capture times of logged lines
-                self.rt.saved_times.remember(str(self.log_path(stream)), flat)
+                self.rt.saved_times.remember(self.log_file(stream), flat)
         fds = list(snap.get("capture_fds", []))
         if foreign and pid is not None and self.program.spec.logs_enabled:
             fds = _reopen_pipes(pid)
