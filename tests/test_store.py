@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from pmd_init.model.spec import ProgramSpec
 from pmd_init.store.files import (
     atomic_write_bytes,
     atomic_write_json,
@@ -23,6 +24,36 @@ def test_ids_are_assigned_after_the_highest_given():
         {"name": "a", "command": "x"}, {"id": 7, "name": "b", "command": "x"},
         {"name": "c", "command": "x"}]})
     assert [s.id for s in specs] == [8, 7, 9]
+
+
+def test_programs_of_one_document_read_dump_and_copy_as_each_alone():
+    """The specs of a document share what they hold alike (the fields given, the default
+    containers): each still reads, dumps and copies as one validated on its own, and
+    model_copy(update=...) of one changes no other's fields given."""
+    items = [{"id": 1, "name": "a", "command": "x"}, {"id": 2, "name": "b", "command": "y"},
+             {"id": 3, "name": "c", "command": "z", "environment": {"X": "1"},
+              "exitcodes": [0, 2], "depends_on": ["a"]},
+             {"name": "d", "command": "w"}, {"name": "e", "command": "v"}]
+    together = parse_programs({"version": 1, "programs": items})
+    for spec, item in zip(together, items, strict=True):
+        alone = ProgramSpec.model_validate(item)
+        if "id" not in item:
+            alone = alone.model_copy(update={"id": spec.id})
+        assert spec.model_dump() == alone.model_dump()
+        assert spec.to_json() == alone.to_json()
+        assert spec.model_fields_set == alone.model_fields_set
+    a, b, c, d, e = together
+    assert (a.environment, a.exitcodes, a.depends_on, a.env_file, a.hooks) == \
+        ({}, [0], {}, [], [])
+    assert (c.environment, c.exitcodes, c.depends_on) == ({"X": "1"}, [0, 2], {"a": "ready"})
+    edited = a.model_copy(update={"description": "edited"})
+    renamed = d.model_copy(update={"name": "f"})
+    assert edited.description == "edited" and "description" in edited.model_fields_set
+    assert renamed.name == "f"
+    for spec in (a, b, d, e):
+        assert "description" not in spec.model_fields_set
+        assert spec.model_dump(exclude_unset=True).keys() == {"id", "name", "command"}
+    assert (d.name, e.name) == ("d", "e")
 
 
 @pytest.mark.parametrize("doc,message", [

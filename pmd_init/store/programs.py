@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from ..model.graph import GraphError, check_graph
 from ..model.sockets import SocketError, socket_definitions
-from ..model.spec import ProgramSpec, rule_field
+from ..model.spec import ProgramSpec, rule_field, share_alike
 from .dropins import DropIns, merge
 from .files import read_json
 from .storage import Storage
@@ -93,6 +93,7 @@ def parse_programs(raw: object, check_dependencies: bool = True) -> list[Program
             spec = spec.model_copy(update={"id": next_id})
             next_id += 1
         result.append(spec)
+    share_alike(result)
     ranged = [s for s in result if s.port_range]
     for i, a in enumerate(ranged):
         for b in ranged[i + 1 :]:
