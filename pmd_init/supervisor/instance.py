@@ -512,14 +512,15 @@ class Instance:
         forward_out, forward_err = self.rt.forwarders
         prefix = f"[{self.name}] ".encode()
         mode = self.program.spec.log_forward or self.rt.forward_mode
+        closed = self._capture_closed  # one bound method for both
         for fd, logfile, forward, stream, count in (
                 (out_fd, self.stdout_log, forward_out, "stdout", self._out_bytes),
                 (err_fd, self.stderr_log, forward_err, "stderr", self._err_bytes)):
             tap = self.rt.tap(self.program.name, self.name, stream, pid)
             style = None if mode == "prefixed" else \
                 LineStyle(mode, self.program.name, self.port, stream)
-            self.captures.append(make(fd, logfile, forward, prefix, self._capture_closed,
-                                      count, style, tap))
+            self.captures.append(make(fd, logfile, forward, prefix, closed, count, style,
+                                      tap))
 
     def _capture_closed(self, capture: Capture) -> None:
         if capture in self.captures:
