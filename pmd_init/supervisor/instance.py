@@ -89,7 +89,7 @@ class Instance:
         "ready_at", "_ready_watch", "_ready_timer", "_not_ready", "_out_bytes", "_err_bytes",
         "notify_status",
         "notify_stopping", "_notify_watch", "ready_fd", "_streak", "prespawned", "_split",
-        "_pipe_ends", "__weakref__",
+        "_pipes_for", "_out_w", "_err_w", "__weakref__",
     )
 
     def __init__(self, program: Slot, port: int | None, runtime: Runtime) -> None:
@@ -165,8 +165,10 @@ class Instance:
         #: spec they were made for: held while the run lives, so that its exit is no EOF
         #: and the restart that follows it (at once, or from the queue of starts) writes
         #: into the same pipes (no new pipes, no new captures); let go at any other exit,
-        #: and when a waiting restart is called off (see _exited).
-        self._pipe_ends: tuple[int, int, ProgramSpec] | None = None
+        #: and when a waiting restart is called off (see _exited). Two int slots and the
+        #: spec's (None: no ends held), not a tuple of the three: 64 bytes a program less.
+        self._pipes_for: ProgramSpec | None = None
+        self._out_w = self._err_w = -1
 
     # ---- identity ------------------------------------------------------------------
 
@@ -431,13 +433,13 @@ class Instance:
             self._discard(early, "it is configured otherwise now")
         out_w = err_w = None
         pipes: list[tuple[int, int]] = []
-        kept = self._pipe_ends
-        if kept is not None and (kept[2] is not spec or not spec.logs_enabled
-                                 or len(self.captures) != 2):
+        kept = self._pipes_for is not None
+        if kept and (self._pipes_for is not spec or not spec.logs_enabled
+                     or len(self.captures) != 2):
             self._release_pipes()  # made for another configuration
-            kept = None
-        if kept is not None:
-            out_w, err_w = kept[0], kept[1]
+            kept = False
+        if kept:
+            out_w, err_w = self._out_w, self._err_w
         elif spec.logs_enabled:
             pipes = [Capture.make_pipe(), Capture.make_pipe()]
             out_w, err_w = pipes[0][1], pipes[1][1]
@@ -468,11 +470,11 @@ class Instance:
         if notification is not None:
             os.close(notification[1])  # the program's end now
             self.ready_fd = notification[0]
-        if kept is not None:
+        if kept:
             for capture in self.captures:
                 capture.end_run(child.pid)
         elif pipes:
-            self._pipe_ends = (pipes[0][1], pipes[1][1], spec)
+            self._out_w, self._err_w, self._pipes_for = pipes[0][1], pipes[1][1], spec
             self._ensure_logfiles()
             self.attach_captures(pipes[0][0], pipes[1][0], child.pid)
         return child
@@ -480,10 +482,11 @@ class Instance:
     def _release_pipes(self) -> None:
         """Let go of the write ends: the captures end at EOF, once no process of the
         ended run (a child it left behind) holds them either."""
-        ends, self._pipe_ends = self._pipe_ends, None
-        if ends is not None:
-            os.close(ends[0])
-            os.close(ends[1])
+        if self._pipes_for is not None:
+            self._pipes_for = None
+            out_w, err_w, self._out_w, self._err_w = self._out_w, self._err_w, -1, -1
+            os.close(out_w)
+            os.close(err_w)
 
     def _discard(self, early: Prespawned, why: str) -> None:
         """A boot plan's process that is not this start's: killed, never kept."""
