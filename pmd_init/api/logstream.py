@@ -242,7 +242,7 @@ class LogFollower:
             elif isinstance(event, StateEvent):
                 self._poke()
 
-        unsubscribe = sup.events.subscribe(on_event)
+        unsubscribe = sup.events.subscribe(on_event, (ReadyEvent, StateEvent))
         try:
             await self.response.send(b"retry: 1000\n\n")
             if not await self._start(path, backups, offset, lines):

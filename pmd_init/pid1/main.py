@@ -107,6 +107,7 @@ class Init:
         from ..service import Service
         from ..store.identities import IdentityStore
         from ..store.programs import ProgramStore
+        from ..supervisor.events import ReadyEvent, SignalEvent, StateEvent, WaitingEvent
         from ..supervisor.supervisor import Supervisor
 
         self.identity_store = IdentityStore(s.config_dir)
@@ -151,7 +152,9 @@ class Init:
         sup.log_target_problems = target_problems
         sup.on_fatal_exit = self._program_gone
         self.service = Service(sup)
-        sup.events.subscribe(self._log_event)
+        # every kind with a line of its own (a health verdict has none)
+        sup.events.subscribe(self._log_event, (StateEvent, ReadyEvent, SignalEvent,
+                                               WaitingEvent))
         if state is not None:
             store.load()  # which file each program lives in (programs.d), for API edits
             sup.adopt(state["supervisor"])

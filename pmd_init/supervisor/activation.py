@@ -39,7 +39,9 @@ class Activation:
         self.current = current
         self.activations = 0
         self._idle: dict[Instance, Cancellable] = {}
-        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
+        self._unsubscribe: Callable[[], None] | None = events.subscribe(
+            self._on_event, (StateEvent,), entering=(ProgramState.RUNNING, *STOPPED_STATES),
+            leaving=(ProgramState.RUNNING,))
 
     def arm(self, program: Program) -> bool:
         """Watch the program's sockets until a connection starts it."""

@@ -46,7 +46,9 @@ class FatalPolicy:
         self._retries: dict[Instance, Cancellable] = {}
         #: name of a FATAL program -> the dependents it stopped, to start on its recovery
         self.stopped_for: dict[str, list[str]] = {}
-        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
+        self._unsubscribe: Callable[[], None] | None = events.subscribe(
+            self._on_event, (StateEvent,), entering=(ProgramState.RUNNING, ProgramState.FATAL),
+            leaving=(ProgramState.FATAL,))
 
     def _on_event(self, event: Event) -> None:
         if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):

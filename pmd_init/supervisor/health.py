@@ -188,7 +188,7 @@ class HealthMonitor:
         old = inst.health_status
         state.status = status
         inst.health_status = status
-        if old != status:
+        if old != status and self.events.wants(HealthEvent):
             program = inst.program
             self.events.publish(HealthEvent(
                 program_id=program.id, program=program.name, instance=inst.name,

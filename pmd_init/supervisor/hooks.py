@@ -67,14 +67,17 @@ class HookRunner:
         self._killed: set[int] = set()  # runs past their timeout, until they are reaped
         self._queued = 0
         self._closed = False
-        self._unsubscribe = events.subscribe(self.on_event)
+        self._unsubscribe = events.subscribe(self.on_event, (StateEvent, ReadyEvent))
 
     def counters(self) -> dict[str, int]:
         return {**self.results, "running": len(self._running), "queued": self._queued}
 
     def on_event(self, any_event: Event) -> None:
+        if self._closed or not isinstance(any_event, StateEvent | ReadyEvent) \
+                or not self.hooks_for(any_event):  # most programs have none: done
+            return
         found = reported(any_event)
-        if found is None or self._closed:
+        if found is None:
             return
         name, event = found
         hooks = [h for h in self.hooks_for(event) if matches(h.events, name)]

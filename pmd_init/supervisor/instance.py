@@ -650,10 +650,11 @@ class Instance:
         # startsecs: failed starts count until then.
         self.backoff = 0
         self.ready_at = self.rt.clock.time()
-        self.rt.publish(ReadyEvent(
-            program_id=self.program.id, program=self.program.name, instance=self.name,
-            port=self.port, pid=self.pid, time=self.ready_at, via=via,
-            temporary_id=self.program.temporary_id, source=self))
+        if self.rt.wants(ReadyEvent):
+            self.rt.publish(ReadyEvent(
+                program_id=self.program.id, program=self.program.name, instance=self.name,
+                port=self.port, pid=self.pid, time=self.ready_at, via=via,
+                temporary_id=self.program.temporary_id, source=self))
 
     def _to_backoff(self, reason: str = "failed_start") -> None:
         """A failed start (spawn error, or an exit before startsecs): the spec's backoff
@@ -821,6 +822,8 @@ class Instance:
 
     def _signalled(self, signum: int, step: int, steps: int, wait: float) -> None:
         assert self.pid is not None
+        if not self.rt.wants(SignalEvent):
+            return
         self.rt.publish(SignalEvent(
             program_id=self.program.id, program=self.program.name, instance=self.name,
             port=self.port, pid=self.pid, signal=signal.Signals(signum).name, step=step,
@@ -956,7 +959,7 @@ def follow_running(events: EventBus, track: Callable[[Instance], None],
         elif event.from_state == S.RUNNING:
             untrack(event.source)
 
-    return events.subscribe(on_event)
+    return events.subscribe(on_event, (StateEvent,), entering=(S.RUNNING,), leaving=(S.RUNNING,))
 
 
 def _close_quietly(fd: int) -> None:

@@ -36,7 +36,9 @@ class Recycler:
         self.restart = restart
         self.recycled = 0
         self._timers: dict[Instance, Cancellable] = {}
-        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
+        self._unsubscribe: Callable[[], None] | None = events.subscribe(
+            self._on_event, (StateEvent,), entering=(ProgramState.RUNNING,),
+            leaving=(ProgramState.RUNNING,))
 
     def _on_event(self, event: Event) -> None:
         if not isinstance(event, StateEvent) or not isinstance(event.source, Instance):

@@ -184,7 +184,7 @@ async def _until_ready(sup: Supervisor, inst: Instance) -> bool:
         elif isinstance(event, StateEvent) and event.to_state != S.RUNNING:
             outcome.set_result(False)
 
-    unsubscribe = sup.events.subscribe(on_event)
+    unsubscribe = sup.events.subscribe(on_event, (StateEvent, ReadyEvent))
     try:
         return await outcome
     finally:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..logs.capture import ByteCount, Capture, Forwarder, LineStyle, LogFile, read_buffer
 from ..logs.times import SavedTimes
-from .events import Event
+from .events import Event, EventKind
 from .spawn import SpawnRequest, kill, killpg, spawn
 
 if TYPE_CHECKING:
@@ -98,6 +98,11 @@ class SocketSource(Protocol):
 
     def fds_for(self, specs: list[SocketSpec]) -> list[tuple[str, int]]:
         """(name, fd) of each listed socket, in order; SpawnError when one is missing."""
+
+
+def every_kind(kind: EventKind) -> bool:
+    """A publisher's question "does anyone take this kind?" where nothing says: yes."""
+    return True
 
 
 class SystemClock:
@@ -206,6 +211,9 @@ class Runtime:
     spawn: Callable[[SpawnRequest], Child] = spawn
     killpg: Callable[[int, int], bool] = killpg
     kill: Callable[[int, int], bool] = kill
+    #: Whether anyone takes events of a kind (the bus's `wants`): an event of a kind that
+    #: nobody takes is not built.
+    wants: Callable[[EventKind], bool] = every_kind
     base_env: Mapping[str, str] = field(default_factory=dict)
     forwarders: tuple[Forwarder | None, Forwarder | None] = (None, None)
     #: PMD_LOG_FORWARD: how programs without a `log_forward` of their own forward
@@ -238,7 +246,8 @@ class Runtime:
     @classmethod
     def on_loop(cls, loop: asyncio.AbstractEventLoop, children: ChildWatcher,
                 publish: Callable[[Event], None], log_dir: Path,
-                base_env: Mapping[str, str], forward: bool | str) -> Runtime:
+                base_env: Mapping[str, str], forward: bool | str,
+                wants: Callable[[EventKind], bool] = every_kind) -> Runtime:
         buffer = read_buffer()  # every capture reads into it, one chunk at a time
 
         def capture(fd: int, logfile: LogFile | None, forward_to: Forwarder | None,
@@ -250,7 +259,7 @@ class Runtime:
 
         return cls(
             timers=loop, children=children, publish=publish, log_dir=log_dir,
-            base_env=base_env, capture=capture,
+            base_env=base_env, capture=capture, wants=wants,
             # always there: a program's own log_forward may forward when the default is off
             forwarders=(Forwarder(loop, 1), Forwarder(loop, 2)),
             forward_mode=("prefixed" if forward else "off") if isinstance(forward, bool)

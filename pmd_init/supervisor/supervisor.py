@@ -45,7 +45,7 @@ from .errors import (
     StorageFailed,
     Waiting,
 )
-from .events import Event, EventBus, ReadyEvent, StateEvent
+from .events import Event, EventBus, HealthEvent, ReadyEvent, SignalEvent, StateEvent
 from .expansion import expand_spec
 from .fatal import FatalPolicy
 from .health import HealthMonitor
@@ -115,7 +115,7 @@ class Supervisor:
         self.events = EventBus()
         self.base_env = dict(base_env)
         self.runtime = Runtime.on_loop(loop, children, self.events.publish, log_dir,
-                                       self.base_env, forward)
+                                       self.base_env, forward, wants=self.events.wants)
         self.forwarders = self.runtime.forwarders
         #: The log targets (logs/shipping.py), each with its task; none: no tap anywhere.
         self.shipping: Shippers | None = None
@@ -152,8 +152,9 @@ class Supervisor:
         #: read once per process.
         self._start_ticks: dict[tuple[int, float | None], int | None] = {}
         self._ephemeral_timer: asyncio.TimerHandle | None = None
-        self.events.subscribe(self._pids_changed)
-        self.events.subscribe(self._follow)
+        self.events.subscribe(self._pids_changed, (StateEvent,))
+        self.events.subscribe(self._follow, (StateEvent,), entering=(
+            ProgramState.FATAL, ProgramState.EXITED, ProgramState.STARTING))
         # The watchers subscribe to the events themselves; shutdown closes each of them.
         self.health = HealthMonitor(loop, self.events, children, self.base_env,
                                     restart=Instance.restart)
@@ -172,7 +173,8 @@ class Supervisor:
         #: Programs asked to start whose depends_on does not hold yet.
         self.gate = DependencyGate(loop, self._dependency, self._release,
                                    self.runtime.clock, self.events.publish)
-        self.events.subscribe(self.gate.on_event)
+        self.events.subscribe(self.gate.on_event, (StateEvent, HealthEvent, ReadyEvent,
+                                                   SignalEvent))
         #: on_fatal (fatal.py).
         self.fatal = FatalPolicy(
             loop, self.events, programs=lambda: list(self.programs.values()),
@@ -381,7 +383,7 @@ class Supervisor:
                     isinstance(event, StateEvent) and event.to_state == ProgramState.FATAL):
                 done.set_result(None)
 
-        unsubscribe = self.events.subscribe(on_event)
+        unsubscribe = self.events.subscribe(on_event, (StateEvent, ReadyEvent))
         try:
             await asyncio.wait({done}, timeout=timeout)
         finally:
@@ -1038,7 +1040,8 @@ class Supervisor:
                     and event.to_state in STOPPED_STATES:
                 killed.append(event.instance)
 
-        unsubscribe = self.events.subscribe(note_kill)
+        unsubscribe = self.events.subscribe(note_kill, (StateEvent,),
+                                            entering=STOPPED_STATES)
         # Watchers first: a probe or a memory sample must not restart what is stopping,
         # and nothing waiting for its dependencies may start now.
         self.gate.close()

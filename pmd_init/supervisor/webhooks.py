@@ -224,7 +224,7 @@ class WebhookDispatcher:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
-        self._unsubscribe = events.subscribe(self.on_event)
+        self._unsubscribe = events.subscribe(self.on_event, (StateEvent, ReadyEvent))
 
     def counters(self) -> dict[str, int]:
         return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped,
@@ -233,13 +233,15 @@ class WebhookDispatcher:
     # ---- intake (synchronous, from the EventBus) -----------------------------------
 
     def on_event(self, any_event: Event) -> None:
+        if self._closed or not isinstance(any_event, StateEvent | ReadyEvent):
+            return
+        hooks = self.spec_for(any_event)
+        if hooks is None or not hooks.enabled or not hooks.urls:  # most programs: done
+            return
         found = reported(any_event)
-        if found is None or self._closed:
+        if found is None:
             return
         name, event = found
-        hooks = self.spec_for(event)
-        if hooks is None or not hooks.enabled or not hooks.urls:
-            return
         if not matches(hooks.events, name):
             return
         body = json.dumps(payload(event, self.hostname) if isinstance(event, StateEvent)
