@@ -4,6 +4,7 @@ gives a command that could not run."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pmd_init.supervisor import spawn as spawn_module
-from pmd_init.supervisor.spawn import SpawnError, SpawnRequest, spawn
+from pmd_init.supervisor.spawn import Spawner, SpawnError, SpawnRequest, spawn
 
 
 @pytest.fixture(autouse=True, params=["fork_exec", "popen"])
@@ -139,3 +140,48 @@ def test_a_missing_directory_is_named(tmp_path: Path) -> None:
         spawn(SpawnRequest(argv=["true"], env=dict(os.environ),
                            cwd=str(tmp_path / "gone")))
     assert "gone" in str(caught.value) and "does not exist" in str(caught.value)
+
+
+def _run(spawner: Spawner, argv: list[str], env: dict[str, str]) -> str:
+    """One spawn through `spawner` with stdout on a pipe; what the child printed."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        child = spawner.spawn(SpawnRequest(argv=argv, env=env, stdout=w))
+        os.close(w)
+        w = -1
+        out = b""
+        while part := os.read(r, 4096):
+            out += part
+        os.waitpid(child.pid, 0)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    return out.decode()
+
+
+def test_a_spawner_reuses_only_what_is_the_same_and_keeps_one_devnull(
+        spawn_path: str) -> None:
+    """A restart spawns the same argv again: what the spawner kept of the last spawn
+    serves it only while the environment is the same; a changed variable (an edited
+    env file, a reload) reaches the child, a PATH too. Every child's stdin is the one
+    /dev/null the spawner holds, close-on-exec: spawns open no descriptor of their own
+    (Popen's path opens its own, as Popen does)."""
+    spawner = Spawner()
+    argv = ["sh", "-c", 'echo "$X $(readlink /proc/self/fd/0)"']
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    before = set(os.listdir("/proc/self/fd"))
+    assert _run(spawner, argv, {"X": "one", "PATH": path}) == "one /dev/null\n"
+    held = set(os.listdir("/proc/self/fd")) - before
+    if spawn_path == "popen":
+        assert held == set()
+    else:
+        assert len(held) == 1  # the /dev/null, kept for the next spawn
+        fd = int(next(iter(held)))
+        assert os.readlink(f"/proc/self/fd/{fd}") == "/dev/null"
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    assert _run(spawner, argv, {"X": "one", "PATH": path}) == "one /dev/null\n"
+    assert _run(spawner, argv, {"X": "two", "PATH": path}) == "two /dev/null\n"
+    assert set(os.listdir("/proc/self/fd")) - before == held
+    with pytest.raises(SpawnError, match="command not found"):  # sh is not along this PATH
+        spawner.spawn(SpawnRequest(argv=argv, env={"X": "three", "PATH": "/nonexistent"}))

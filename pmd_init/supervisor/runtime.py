@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..logs.capture import ByteCount, Capture, Forwarder, LineStyle, LogFile, read_buffer
 from ..logs.times import SavedTimes
 from .events import Event, EventKind
-from .spawn import SpawnRequest, kill, killpg, spawn
+from .spawn import Spawner, SpawnRequest, kill, killpg, spawn
 
 if TYPE_CHECKING:
     from ..logs.shipping import Shippers, Tap
@@ -260,6 +260,8 @@ class Runtime:
         return cls(
             timers=loop, children=children, publish=publish, log_dir=log_dir,
             base_env=base_env, capture=capture, wants=wants,
+            # one /dev/null and the encodings of recent spawns, for the restarts
+            spawn=Spawner().spawn,
             # always there: a program's own log_forward may forward when the default is off
             forwarders=(Forwarder(loop, 1), Forwarder(loop, 2)),
             forward_mode=("prefixed" if forward else "off") if isinstance(forward, bool)

@@ -233,8 +233,74 @@ def _fork_exec_tail() -> tuple[bool, ...] | None:
 _FORK_EXEC_TAIL = _fork_exec_tail()
 
 
-def spawn(req: SpawnRequest) -> Spawned:
-    """Fork and exec; raises SpawnError with a readable reason when exec cannot happen."""
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """What fork_exec takes of an argv and an environment, as bytes: the arguments, the
+    paths to try for the program (its PATH search), and the NAME=value list."""
+
+    env: dict[str, str]  # a copy of the environment it was made from
+    args: list[bytes]
+    executables: tuple[bytes, ...]
+    env_list: list[bytes]
+
+
+def encode(argv: list[str], env: Mapping[str, str]) -> Encoded:
+    """ValueError for a variable whose name holds "=" (as Popen)."""
+    args = [os.fsencode(arg) for arg in argv]
+    env_list = []
+    for key, value in env.items():
+        if "=" in key:
+            raise ValueError("illegal environment variable name")
+        env_list.append(os.fsencode(f"{key}={value}"))
+    executable = args[0]
+    if b"/" in executable:
+        executables: tuple[bytes, ...] = (executable,)
+    else:  # as os.execvpe: along the program's PATH
+        executables = tuple(os.path.join(os.fsencode(folder), executable)
+                            for folder in os.get_exec_path(env))
+    return Encoded(dict(env), args, executables, env_list)
+
+
+#: Encoded argvs and environments a Spawner keeps (the most recently used).
+ENCODED_KEPT = 32
+
+
+class Spawner:
+    """`spawn` with what one spawn leaves for the next: one /dev/null, opened at the first
+    spawn that needs it and kept (close-on-exec), for every child's stdin; and the encoded
+    argv, PATH search and environment of recent spawns, reused by a spawn of the same argv
+    whose environment is the same, compared by content (a restart's, unless its env file
+    or the configuration changed). Encoding 35 variables and searching PATH cost more than
+    the rest of a restart's Python before the fork."""
+
+    __slots__ = ("_devnull", "_encoded")
+
+    def __init__(self) -> None:
+        self._devnull = -1
+        self._encoded: dict[tuple[str, ...], Encoded] = {}
+
+    def spawn(self, req: SpawnRequest) -> Spawned:
+        return spawn(req, self)
+
+    def devnull(self) -> int:
+        if self._devnull < 0:
+            self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        return self._devnull
+
+    def encode(self, argv: list[str], env: Mapping[str, str]) -> Encoded:
+        key = tuple(argv)
+        kept = self._encoded.pop(key, None)
+        if kept is None or kept.env != env:
+            kept = encode(argv, env)
+            if len(self._encoded) >= ENCODED_KEPT:
+                del self._encoded[next(iter(self._encoded))]  # the least recently used
+        self._encoded[key] = kept
+        return kept
+
+
+def spawn(req: SpawnRequest, spawner: Spawner | None = None) -> Spawned:
+    """Fork and exec; raises SpawnError with a readable reason when exec cannot happen.
+    `spawner`: its /dev/null and encodings are used (otherwise made for this spawn)."""
     uid = gid = None
     groups: list[int] | None = None
     if req.account is not None and req.account.uid != os.geteuid():
@@ -268,7 +334,7 @@ def spawn(req: SpawnRequest) -> Spawned:
         if _FORK_EXEC_TAIL is None:
             return _popen(req, env, stdin, pass_fds, preexec, uid, gid, groups)
         return _fork_and_exec(req.argv, env, req.cwd, stdin, req.stdout, req.stderr,
-                              pass_fds, req.new_session, uid, gid, groups, preexec)
+                              pass_fds, req.new_session, uid, gid, groups, preexec, spawner)
     except FileNotFoundError as exc:
         if req.cwd and exc.filename == req.cwd:
             raise SpawnError(f"directory '{req.cwd}' does not exist", exc.errno) from None
@@ -293,27 +359,20 @@ def _fork_and_exec(argv: list[str], env: Mapping[str, str], cwd: str | None,
                    stdin: int | None, stdout: int | None, stderr: int | None,
                    pass_fds: tuple[int, ...], new_session: bool, uid: int | None,
                    gid: int | None, groups: list[int] | None,
-                   preexec: Callable[[], None] | None) -> Process:
+                   preexec: Callable[[], None] | None,
+                   spawner: Spawner | None = None) -> Process:
     """Popen's POSIX spawn without Popen: stdin, stdout and stderr each an fd, DEVNULL,
     or None (pmd's own); raises what Popen raises when the exec (or the chdir) fails."""
-    devnull = -1
+    devnull = -1  # opened for this spawn alone (no spawner)
     fds = [-1 if fd is None else fd for fd in (stdin, stdout, stderr)]
     if subprocess.DEVNULL in fds:
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        fds = [devnull if fd == subprocess.DEVNULL else fd for fd in fds]
+        if spawner is not None:
+            null = spawner.devnull()
+        else:
+            null = devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        fds = [null if fd == subprocess.DEVNULL else fd for fd in fds]
     try:
-        args = [os.fsencode(arg) for arg in argv]
-        env_list = []
-        for key, value in env.items():
-            if "=" in key:
-                raise ValueError("illegal environment variable name")
-            env_list.append(os.fsencode(f"{key}={value}"))
-        executable = args[0]
-        if b"/" in executable:
-            executables: tuple[bytes, ...] = (executable,)
-        else:  # as os.execvpe: along the program's PATH
-            executables = tuple(os.path.join(os.fsencode(folder), executable)
-                                for folder in os.get_exec_path(env))
+        encoded = spawner.encode(argv, env) if spawner is not None else encode(argv, env)
         # The child reports a failed exec (or chdir) here, as "ExceptionName:hex errno:";
         # a successful exec closes it (close-on-exec), and the read sees EOF.
         errpipe_read, errpipe_write = os.pipe2(os.O_CLOEXEC)
@@ -325,8 +384,9 @@ def _fork_and_exec(argv: list[str], env: Mapping[str, str], cwd: str | None,
             try:
                 assert _fork_exec is not None
                 pid = _fork_exec(
-                    args, executables, True, tuple(sorted({*pass_fds, errpipe_write})),
-                    cwd, env_list, fds[0], -1, -1, fds[1], -1, fds[2],
+                    encoded.args, encoded.executables, True,
+                    tuple(sorted({*pass_fds, errpipe_write})),
+                    cwd, encoded.env_list, fds[0], -1, -1, fds[1], -1, fds[2],
                     errpipe_read, errpipe_write, True, new_session,
                     -1 if new_session else 0, gid, groups, uid, -1, preexec,
                     *(_FORK_EXEC_TAIL or ()))
