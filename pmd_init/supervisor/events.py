@@ -44,7 +44,8 @@ class StateEvent(NamedTuple):
 
     def log_line(self) -> str | None:
         """pmd's log line for it (pid1 logs one per event that has one)."""
-        line = f"{self.instance}: {self.from_state.value} -> {self.to_state.value}"
+        # a state is a str: formatted as itself, without the enum's `value` property
+        line = f"{self.instance}: {self.from_state} -> {self.to_state}"
         if self.pid:
             line += f" pid {self.pid}"
         if self.exit_code is not None:
