@@ -31,7 +31,6 @@ from ..model.policies import restart_delay
 from ..model.spec import backoff_delay
 from ..model.states import RUNNING_STATES, STOPPED_STATES, ProgramState, check_transition
 from .events import Event, EventBus, ReadyEvent, SignalEvent, StateEvent
-from .expansion import expand_spec
 from .plan import spawn_rlimits
 from .readiness import LogLineWatch
 from .runtime import QueuedStart
@@ -397,7 +396,7 @@ class Instance:
         """Spawn the process, or take over `early` (started by a boot plan) when it was
         started exactly as it would be now; an `early` that differs is killed first."""
         spec = self.program.spec
-        fields = expand_spec(spec, self.rt.base_env)  # ${VAR}s and env_file, afresh
+        fields = self.rt.expand(spec)  # ${VAR}s, and env_file afresh
         account = resolve_account(fields.user)
         split = self._split
         if split is not None and split[0] == fields.command and split[1] == spec.terminal_shell:

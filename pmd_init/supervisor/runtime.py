@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..logs.capture import ByteCount, Capture, Forwarder, LineStyle, LogFile, read_buffer
 from ..logs.times import SavedTimes
 from .events import Event, EventKind
+from .expansion import Expanded, expand_spec
 from .spawn import Spawner, SpawnRequest, kill, killpg, spawn
 
 if TYPE_CHECKING:
@@ -196,6 +197,10 @@ class QueuedStart:
         self.cancelled = True
 
 
+#: Expansions a Runtime keeps for the next start of their spec (the most recent ones).
+EXPANSIONS_KEPT = 32
+
+
 CaptureFactory = Callable[[int, "LogFile | None", "Forwarder | None", bytes,
                            Callable[[Capture], None], "ByteCount | None",
                            "LineStyle | None", "Tap | None"], Capture]
@@ -231,9 +236,27 @@ class Runtime:
     sockets: SocketSource | None = None
     #: Where scheduled restarts wait for their turn (built from `timers`).
     starts: StartQueue = field(init=False)
+    #: id(spec) -> (spec, base_env, its expansion): see `expand`.
+    _expanded: dict[int, tuple[ProgramSpec, Mapping[str, str], Expanded]] = \
+        field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.starts = StartQueue(self.timers)
+
+    def expand(self, spec: ProgramSpec) -> Expanded:
+        """expand_spec(spec, base_env), kept for the spec's next start (a restart) when it
+        has no env file: its expansion then depends on the spec and the base environment
+        alone, and neither changes (an edit or a reload makes a new spec). An env file is
+        read again at each start, as the configuration's docs promise."""
+        if spec.env_file:
+            return expand_spec(spec, self.base_env)
+        kept = self._expanded.pop(id(spec), None)
+        if kept is None or kept[0] is not spec or kept[1] is not self.base_env:
+            kept = (spec, self.base_env, expand_spec(spec, self.base_env))
+            if len(self._expanded) >= EXPANSIONS_KEPT:
+                del self._expanded[next(iter(self._expanded))]  # the least recently used
+        self._expanded[id(spec)] = kept
+        return kept[2]
 
     def tap(self, program: str, instance: str, stream: str, pid: int | None) -> Tap | None:
         """What ships this stream's lines to the log targets that select the program."""
