@@ -64,12 +64,12 @@ def test_the_stream_unsubscribes_when_the_client_goes_away(tmp_path: Path) -> No
         stream = loop.create_task(follower.run(path, 0, None, 10))
         os.write(w, b"hello\n")
         await wait_for(lambda: b"data: hello" in client.received)
-        assert capture.listener_count == 1 and len(events._subscribers) == 1
+        assert capture.listener_count == 1 and len(events._subscriptions) == 1
         client.leave()
         os.write(w, b"unread\n")  # wakes the stream, which finds the client gone
         await asyncio.wait_for(stream, 5)
         assert client.ended and b"unread" not in client.received
-        assert capture.listener_count == 0 and events._subscribers == []
+        assert capture.listener_count == 0 and events._subscriptions == []
         assert follower.fd is None
         capture.close()
         os.close(w)
