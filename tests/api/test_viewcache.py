@@ -10,7 +10,11 @@ import pytest
 
 from pmd_init.api import viewcache
 from pmd_init.api.viewcache import ViewCache
-from pmd_init.supervisor.events import EventBus
+from pmd_init.supervisor.events import EventBus, HealthEvent
+
+#: An event of the kind a cached view shows (a health verdict: no state changes with it).
+VERDICT = HealthEvent(program_id=1, program="p1", instance="p1", port=None,
+                      from_status="unknown", to_status="healthy", time=1000.0)
 
 
 def fake_supervisor(n: int) -> Any:
@@ -40,7 +44,7 @@ def test_an_answer_is_built_once_until_something_it_shows_changes(clock):
     assert ask() == b'{"n":1}' and ask() == b'{"n":1}' and len(builds) == 1
     clock.t = 1000.9  # the same second
     assert ask() == b'{"n":1}'
-    sup.events.publish(object())  # a state, health or readiness event
+    sup.events.publish(VERDICT)  # a state, health or readiness event
     assert ask() == b'{"n":2}'
     sup.programs[1].spec = ("spec", 1, "edited")  # an edit, an enable, a reload
     assert ask() == b'{"n":3}'
@@ -72,7 +76,7 @@ def test_answers_of_an_older_stamp_are_let_go_at_the_next_request(clock):
     clock.t = 1001.5  # a new second: none of them can be served again
     assert cache.answer("status", lambda: {"n": 1}) == b'{"n":1}'
     assert list(cache._entries) == ["status"]
-    sup.events.publish(object())
+    sup.events.publish(VERDICT)
     assert cache.answer(("programs", "a=1"), lambda: [2]) == b"[2]"
     assert list(cache._entries) == [("programs", "a=1")]
 
