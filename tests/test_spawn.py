@@ -142,6 +142,12 @@ def test_a_missing_directory_is_named(tmp_path: Path) -> None:
     assert "gone" in str(caught.value) and "does not exist" in str(caught.value)
 
 
+def _open_fds() -> set[int]:
+    """This process's descriptors (not the one the listing itself held)."""
+    return {int(fd) for fd in os.listdir("/proc/self/fd")
+            if os.path.lexists(f"/proc/self/fd/{fd}")}
+
+
 def _run(spawner: Spawner, argv: list[str], env: dict[str, str]) -> str:
     """One spawn through `spawner` with stdout on a pipe; what the child printed."""
     r, w = os.pipe2(os.O_CLOEXEC)
@@ -167,21 +173,20 @@ def test_a_spawner_reuses_only_what_is_the_same_and_keeps_one_devnull(
     env file, a reload) reaches the child, a PATH too. Every child's stdin is the one
     /dev/null the spawner holds, close-on-exec: spawns open no descriptor of their own
     (Popen's path opens its own, as Popen does)."""
+    before = _open_fds()
     spawner = Spawner()
+    held = _open_fds() - before
+    assert len(held) == 1  # its /dev/null, from the start
+    fd = next(iter(held))
+    assert os.readlink(f"/proc/self/fd/{fd}") == "/dev/null"
+    assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
     argv = ["sh", "-c", 'echo "$X $(readlink /proc/self/fd/0)"']
     path = os.environ.get("PATH", "/usr/bin:/bin")
-    before = set(os.listdir("/proc/self/fd"))
     assert _run(spawner, argv, {"X": "one", "PATH": path}) == "one /dev/null\n"
-    held = set(os.listdir("/proc/self/fd")) - before
-    if spawn_path == "popen":
-        assert held == set()
-    else:
-        assert len(held) == 1  # the /dev/null, kept for the next spawn
-        fd = int(next(iter(held)))
-        assert os.readlink(f"/proc/self/fd/{fd}") == "/dev/null"
-        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    assert _open_fds() - before == held
     assert _run(spawner, argv, {"X": "one", "PATH": path}) == "one /dev/null\n"
     assert _run(spawner, argv, {"X": "two", "PATH": path}) == "two /dev/null\n"
-    assert set(os.listdir("/proc/self/fd")) - before == held
+    assert _open_fds() - before == held
     with pytest.raises(SpawnError, match="command not found"):  # sh is not along this PATH
         spawner.spawn(SpawnRequest(argv=argv, env={"X": "three", "PATH": "/nonexistent"}))
+    os.close(fd)

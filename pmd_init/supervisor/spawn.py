@@ -266,8 +266,9 @@ ENCODED_KEPT = 32
 
 
 class Spawner:
-    """`spawn` with what one spawn leaves for the next: one /dev/null, opened at the first
-    spawn that needs it and kept (close-on-exec), for every child's stdin; and the encoded
+    """`spawn` with what one spawn leaves for the next: one /dev/null, opened with the
+    spawner and kept (close-on-exec: a re-exec lets go of it), for every child's stdin, so
+    that pmd's open files are the same before its first spawn and after; and the encoded
     argv, PATH search and environment of recent spawns, reused by a spawn of the same argv
     whose environment is the same, compared by content (a restart's, unless its env file
     or the configuration changed). Encoding 35 variables and searching PATH cost more than
@@ -276,15 +277,13 @@ class Spawner:
     __slots__ = ("_devnull", "_encoded")
 
     def __init__(self) -> None:
-        self._devnull = -1
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._encoded: dict[tuple[str, ...], Encoded] = {}
 
     def spawn(self, req: SpawnRequest) -> Spawned:
         return spawn(req, self)
 
     def devnull(self) -> int:
-        if self._devnull < 0:
-            self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         return self._devnull
 
     def encode(self, argv: list[str], env: Mapping[str, str]) -> Encoded:
