@@ -9,7 +9,6 @@ variables have no flag: they exist for tests or for the operator's environment o
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import signal
@@ -197,6 +196,12 @@ def _flag(name: str) -> bool:
     return (_env(name, "0") or "0").lower() not in ("0", "false", "no", "off")
 
 
+#: The level names logging knows (logging.getLevelNamesMapping()), kept here so that the
+#: settings are checked without importing logging before a first start's spawns.
+LEVEL_NAMES = frozenset({"CRITICAL", "FATAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG",
+                         "NOTSET"})
+
+
 def env_log_level() -> str | None:
     """PMD_LOG_LEVEL, upper-cased, or None when it is not set."""
     level = _env("PMD_LOG_LEVEL")
@@ -348,7 +353,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     boot_plan = _env("PMD_BOOT_PLAN", "1")
     if boot_plan not in ("0", "1"):
         parser.error("PMD_BOOT_PLAN must be 1 or 0")
-    if log_level is not None and not isinstance(logging.getLevelName(log_level), int):
+    if log_level is not None and log_level not in LEVEL_NAMES:
         parser.error(f"PMD_LOG_LEVEL: unknown level {log_level!r}")
     return Settings(
         config_dir=Path(args.config_dir).absolute(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pmd_init import __version__
-from pmd_init.settings import parse_settings
+from pmd_init.settings import LEVEL_NAMES, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,3 +176,8 @@ def test_shutdown_and_probe_settings(monkeypatch):
     monkeypatch.delenv("PMD_TERMINATION_GRACE")
     assert (parse_settings([]).probe_address, parse_settings([]).termination_grace) == \
         (None, None)
+
+
+def test_the_level_names_checked_without_logging_are_loggings_own() -> None:
+    # PMD_LOG_LEVEL is checked before logging is imported (a first start spawns first)
+    assert LEVEL_NAMES == set(logging.getLevelNamesMapping())

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    import logging
 
 #: pmd's temp file names: `.<name>.<pid>.tmp`.
 TEMP_NAME = re.compile(r"^\.(?P<name>[^/]+)\.(?P<pid>\d+)\.tmp$")
@@ -87,3 +90,11 @@ def remove_stale_temps(folder: Path) -> list[str]:
 
 def read_json(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
+
+
+def store_log() -> logging.Logger:
+    """The store's logger. logging is imported at the first line the store logs: a first
+    start validates programs.json and spawns before anything is logged (4 ms of imports
+    off its path to the first spawn, docs/performance.md)."""
+    import logging
+    return logging.getLogger("pmd.store")

@@ -7,8 +7,6 @@ default snapshot, and the problem is reported in status and logs.
 
 from __future__ import annotations
 
-import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +17,8 @@ from ..model.graph import GraphError, check_graph
 from ..model.sockets import SocketError, socket_definitions
 from ..model.spec import ProgramSpec, rule_field, share_alike
 from .dropins import DropIns, merge
-from .files import read_json
+from .files import read_json, store_log
 from .storage import Storage
-
-log = logging.getLogger("pmd.store")
 
 FORMAT_VERSION = 1
 
@@ -154,7 +150,7 @@ class ProgramStore:
         for spec in self.dropins.specs:
             self._dropin_saved[self.dropins.sources[spec.name]].append(spec.to_json())
         for problem in self.dropins.problems if report else ():
-            log.error("%s", problem)
+            store_log().error("%s", problem)
         return merged
 
     def load(self) -> list[ProgramSpec]:
@@ -234,10 +230,11 @@ class ProgramStore:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         aside = self.path.with_name(f"programs.json.bad-{stamp}")
         try:
+            import shutil  # only to keep an unusable file aside
             shutil.copy2(self.path, aside)
         except OSError:
             aside = None  # type: ignore[assignment]
-        log.error("programs.json is unusable (%s); kept aside as %s", problem, aside)
+        store_log().error("programs.json is unusable (%s); kept aside as %s", problem, aside)
         for source, path in (("last-good", self.last_good_path), ("default", self.default_path)):
             if path.exists():
                 try:
@@ -254,10 +251,10 @@ class ProgramStore:
             try:
                 self.storage.write_bytes(self.default_path, self.path.read_bytes())
             except OSError as exc:  # a read-only config dir is allowed
-                log.warning("could not write %s: %s", self.default_path, exc)
+                store_log().warning("could not write %s: %s", self.default_path, exc)
 
     def _remember_good(self) -> None:
         try:
             self.storage.write_bytes(self.last_good_path, self.path.read_bytes())
         except OSError as exc:
-            log.warning("could not write %s: %s", self.last_good_path, exc)
+            store_log().warning("could not write %s: %s", self.last_good_path, exc)

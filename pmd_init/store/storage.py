@@ -11,16 +11,13 @@ or a state change makes anyway.
 from __future__ import annotations
 
 import errno
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_bytes, json_bytes, remove_stale_temps
-
-log = logging.getLogger("pmd.store")
+from .files import atomic_write_bytes, json_bytes, remove_stale_temps, store_log
 
 FULL = "STORAGE_FULL"
 READ_ONLY = "STORAGE_READ_ONLY"
@@ -79,7 +76,7 @@ class DirStatus:
 
     def failed(self, error: StorageError) -> None:
         if self.problem is None:
-            log.error("%s", error.message)
+            store_log().error("%s", error.message)
         self.problem = self.last_error = error
         self.last_error_at = time.time()
         self.failures += 1
@@ -90,7 +87,7 @@ class DirStatus:
             return
         if problem.code == FULL and path.name != problem.file and size < problem.size:
             return  # a small write fits where the one that failed did not
-        log.info("the %s dir %s is writable again", self.kind, self.path)
+        store_log().info("the %s dir %s is writable again", self.kind, self.path)
         self.problem = None
 
     def view(self) -> dict[str, Any]:
@@ -145,7 +142,7 @@ class Storage:
         for status in self.dirs.values():
             removed = remove_stale_temps(status.path)
             if removed:
-                log.warning("removed %d stale temp file(s) from the %s dir %s: %s",
+                store_log().warning("removed %d stale temp file(s) from the %s dir %s: %s",
                             len(removed), status.kind, status.path, ", ".join(removed))
             status.stale_temps_removed += removed
             total += len(removed)
