@@ -17,7 +17,9 @@ Scenarios:
             then SIGTERM to exit; and the same with 1 program for the per-program RSS;
             then pmd's boot again with a boot plan in its config dir (`pmd_init
             --write-boot-plan` first, as an image's build runs it): a first start, and
-            the note says how many programs each start's plan started
+            the note says how many programs each start's plan started; and, in pmd's
+            rounds, the stack's floor (bench/stackfloor.py: sanic and pydantic serving one
+            route in pmd's interpreter, no pmd), whose RSS the notes set beside pmd's
   capture   a program writes 256 MiB of 100-byte lines to stdout (`yes | head -c N`);
             time and init CPU seconds, every init in its default configuration (pmd copies
             each line to its own stdout as `[name] line`; supervisord does not), plus pmd
@@ -88,6 +90,7 @@ import load  # noqa: E402
 import procfs  # noqa: E402
 from chaos import run_storm, storm_rows  # noqa: E402
 from clients import ALL_INFO, PMD_STATUS, pmd_get, pmd_post  # noqa: E402
+from clients import request as unix_request  # noqa: E402
 from inits import (  # noqa: E402
     ROOT,
     Launch,
@@ -392,6 +395,31 @@ def pmd_validated_started(base: Path) -> int:
     return int(found.group(1)) if found else 0
 
 
+def run_floor(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """The stack's floor (bench/stackfloor.py): sanic and pydantic in pmd's interpreter
+    serving one route, no pmd; its memory once it has answered as many requests as the
+    fleet's checks ask of pmd, read at the same settle."""
+    sock = base / "floor.sock"
+    err = open(base / "floor.stderr", "wb")
+    proc = subprocess.Popen([pmd_python(), str(BENCH / "stackfloor.py"), str(sock)],
+                            stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"stackfloor: {(base / 'floor.stderr').read_text()[-500:]}")
+        for _ in range(5):
+            status, _body = unix_request(sock, "GET", "/programs")
+            if status != 200:
+                raise RuntimeError(f"stackfloor answered {status}")
+        time.sleep(opts.settle)
+        return {"rss_kib": procfs.rss_kib(proc.pid), "uss_kib": procfs.uss_kib(proc.pid),
+                "anon_kib": procfs.anon_kib(proc.pid)}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        err.close()
+
+
 def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "lines",
                 forward: bool = True, stdout_pipe: bool = False,
                 on_complete: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -623,11 +651,14 @@ class Bench:
             log(f"fleet: {o.programs} programs (boot, RSS, idle, stop), then 1 program "
                 "(RSS); pmd twice a round: a first start, and a start with a boot plan in "
                 "its config dir (pmd_init --write-boot-plan, an image's build step)")
-            kinds = inits + (["pmd+plan"] if "pmd" in inits else [])
+            # pmd's rounds also start the stack's floor (bench/stackfloor.py), for its RSS
+            kinds = inits + (["pmd+plan", "floor"] if "pmd" in inits else [])
             for rep in range(o.reps):
                 for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
                     if kind == "pmd+plan":
                         self.once("fleet_plan", "pmd", run_fleet, o.programs, 0.0, plan=True)
+                    elif kind == "floor":
+                        self.once("floor", "stack", run_floor)
                     else:
                         self.once("fleet", kind, run_fleet, o.programs, o.idle_window)
             self.rounds("fleet1", [k for k in inits if k != "tini"], run_fleet, o.reps, 1, 0.0)
@@ -810,6 +841,15 @@ def extras(raw: dict[str, Any]) -> list[str]:
             notes.append(f"pmd {what}: programs the boot plan started per run {used}, "
                          f"started once the configuration validated {validated}, "
                          f"API answering at {api_s:.3f} s")
+    floor, pmd_rss = med(raw, "floor", "stack", "rss_kib"), med(raw, "fleet", "pmd", "rss_kib")
+    if floor is not None and pmd_rss is not None:
+        floor_anon = med(raw, "floor", "stack", "anon_kib") or 0
+        pmd_anon = med(raw, "fleet", "pmd", "anon_kib") or 0
+        notes.append(f"the stack's floor (sanic and pydantic in pmd's interpreter serving one "
+                     f"route, no pmd: bench/stackfloor.py): RSS {floor / 1024:.1f} MiB, "
+                     f"anonymous {floor_anon / 1024:.1f} MiB; pmd with 100 programs holds "
+                     f"{(pmd_rss - floor) / 1024:.1f} MiB of RSS and "
+                     f"{(pmd_anon - floor_anon) / 1024:.1f} MiB of anonymous memory above it")
     threads = med(raw, "fleet", "pmd", "threads")
     if threads is not None:
         notes.append(f"pmd threads with 100 programs: {threads:.0f}")
