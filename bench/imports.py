@@ -8,8 +8,10 @@ a boot plan pydantic, the models and the program store too), then asyncio, the
 supervisor, then the HTTP stack (imported in a thread after the boot), then what only
 some requests load (psutil for usage figures, prometheus_client for /metrics).
 Sanic's optional companions are measured alone, each after sanic's own core.
+With --stack-first, asyncio, pydantic and sanic come first (the memory of
+bench/stackfloor.py's imports), and pmd's steps show only what its own modules add.
 
-Usage: .venv/bin/python bench/imports.py [--runs 5]
+Usage: .venv/bin/python bench/imports.py [--runs 5] [--stack-first]
 Output: a table on stdout.
 """
 
@@ -47,6 +49,12 @@ STEPS = (
     ("psutil (usage figures)", "import psutil"),
     ("prometheus_client (/metrics)", "import prometheus_client"),
 )
+#: --stack-first: the libraries pmd is built on, before any of pmd's modules; pmd's steps
+#: then count only what pmd adds to them (bench/stackfloor.py runs the same stack alone)
+STACK = ("the stack: asyncio, pydantic, sanic (without uvloop)",
+         "import asyncio\nfrom pydantic import BaseModel, Field, TypeAdapter\n"
+         "sys.modules['uvloop'] = None\nimport sanic\ndel sys.modules['uvloop']")
+STACK_STEPS = {STEPS[2][0], STEPS[4][0], STEPS[6][0]}
 #: sanic's companions: what each weighs inside sanic's import (after everything else);
 #: uvloop is not among them, pmd leaves it out (pid1.main.import_sanic)
 EXTRAS = ("tracerite", "html5tagger", "aiofiles", "websockets", "httptools")
@@ -78,11 +86,16 @@ def measure(before: str, step: str, runs: int) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--stack-first", action="store_true",
+                    help="asyncio, pydantic and sanic first, then what pmd's modules add")
     o = ap.parse_args()
     precompile()
     rows = []
     before = ""
-    for label, step in STEPS:
+    steps = STEPS
+    if o.stack_first:
+        steps = (STEPS[0], STACK, *(s for s in STEPS[1:] if s[0] not in STACK_STEPS))
+    for label, step in steps:
         if not step:
             code = PROBE.format(before="", step="pass")
             out = subprocess.run([pmd_python(), "-c", code], capture_output=True, text=True,
@@ -92,7 +105,7 @@ def main() -> None:
         ms, added, total = measure(before, step, o.runs)
         rows.append((label, f"{ms:.0f}", f"{added:.1f}", f"{total:.1f}"))
         before += step + "\n"
-    for name in EXTRAS:
+    for name in () if o.stack_first else EXTRAS:
         # its share: the whole stack with it, less the whole stack without it (a module
         # set to None in sys.modules fails to import, and sanic goes on without it)
         block = f"import sys\nsys.modules[{name!r}] = None\n"
