@@ -186,7 +186,9 @@ def test_a_second_term_skips_the_shutdown_delay(tmp_path):
         second = time.time()
         pmd.signal(signal.SIGTERM)
         pmd.wait_for(lambda: marks(tmp_path, "web"), what="web's stop signal")
-        assert marks(tmp_path, "web")[0] - second < 1.0
+        # skipped, not waited out: web's own mark, well inside the 30 s delay (a loaded
+        # machine has held a signal's handling past 1 s)
+        assert marks(tmp_path, "web")[0] - second < 5.0
         assert "the shutdown delay is skipped" in pmd.stderr_text()
 
 
