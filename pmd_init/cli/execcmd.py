@@ -162,6 +162,10 @@ class Session:
         sel.register(self.ws.sock, selectors.EVENT_READ)
         sel.register(wake, selectors.EVENT_READ)
         reading_stdin = False
+        for opcode, payload in self.ws.buffered():  # with the handshake's answer
+            self._message(opcode, payload)
+        if self.code is not None:
+            return
         while not self.ws.closed:
             want_stdin = self.stdin_open and self.ws.pending < OUT_HIGH
             if want_stdin != reading_stdin:

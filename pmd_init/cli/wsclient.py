@@ -1,7 +1,7 @@
 """A small WebSocket client (RFC 6455) for `pmd exec`, on the standard library only.
 
 It is non-blocking after the handshake: the caller selects on `sock`, hands what arrives
-to `feed`, which yields complete messages, and queues what it sends with `send`, flushed
+to `receive`, which yields complete messages, and queues what it sends with `send`, flushed
 by `flush` when the socket is writable. Sending never blocks, so a client that is pushing
 stdin while pmd is pushing output never deadlocks with it.
 """
@@ -97,6 +97,11 @@ class WebSocket:
                 return
             del self._out[:sent]
 
+    def buffered(self) -> Iterator[tuple[int, bytes]]:
+        """The complete messages already received: those that came with the handshake's
+        answer (a command that ends at once may be whole in it, its CLOSE included)."""
+        yield from self._frames()
+
     def receive(self) -> Iterator[tuple[int, bytes]]:
         """Read what is there and yield each complete message (TEXT or BINARY); a CLOSE
         from the server, or the connection ending, sets `closed`."""
@@ -107,6 +112,7 @@ class WebSocket:
         except OSError:
             chunk = b""
         if not chunk:
+            yield from self._frames()  # complete ones left unread, if any
             self.closed = True
             return
         self._in += chunk
