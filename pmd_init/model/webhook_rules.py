@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import socket
 from urllib.parse import urlsplit
 
 #: For tests only: "1" lets webhooks reach 127.0.0.0/8 and ::1.
@@ -106,6 +105,8 @@ def check_host(host: str) -> None:
         if problem:
             raise ValueError(f"{host} is {problem}")
         return
+    import socket  # here: a first start validates programs.json before it imports socket
+
     try:
         socket.inet_aton(host)
     except OSError:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -71,6 +70,11 @@ class SignalQueue:
                  dispatch: Callable[[list[int]], None]) -> None:
         self._loop = loop
         self._dispatch = dispatch
+        # Imported here, not with this module: pid1/entry.py imports this module before a
+        # first start's first spawn, and socket (with selectors) is 2.4 ms of that path;
+        # the queue is made once asyncio, which imports socket itself, is.
+        import socket
+
         self._rsock, self._wsock = socket.socketpair()
         for sock in (self._rsock, self._wsock):
             sock.setblocking(False)
