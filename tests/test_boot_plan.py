@@ -273,3 +273,22 @@ def test_pmd_boot_plan_0_neither_reads_nor_writes_one(tmp_path: Path) -> None:
         assert "none used" in boot_line(pmd, since)  # not this configuration's plan
         running(pmd, 1)
         assert plan.read_bytes() != written  # and the new configuration's is written
+
+
+def test_the_plans_key_is_hashlibs_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pid1/early.py hashes with the interpreter's own SHA-256 module, not hashlib's
+    # OpenSSL one (hashlib's import is off a plan's start): the same bytes, the same key
+    import hashlib
+
+    from pmd_init.pid1 import early
+    from pmd_init.settings import parse_settings
+
+    (tmp_path / "programs.json").write_text(json.dumps(
+        {"version": 1, "programs": programs(tmp_path, a=marking(tmp_path, "a"))}))
+    (tmp_path / "programs.d").mkdir()
+    (tmp_path / "programs.d" / "b.json").write_bytes(bytes(range(256)) * 4096)
+    settings = parse_settings(["--config-dir", str(tmp_path)])
+    key = early.plan_key(settings, "")
+    assert early.sha256 is not hashlib.sha256
+    monkeypatch.setattr(early, "sha256", hashlib.sha256)
+    assert early.plan_key(settings, "") == key

@@ -33,7 +33,6 @@ spawned twice: a program this module started is only ever taken over or killed.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import resource
@@ -60,7 +59,20 @@ from ..supervisor.spawn import (
 from . import signals
 
 if TYPE_CHECKING:
+    from hashlib import sha256
+
     from ..settings import Settings
+else:
+    # The plan's key is a SHA-256 of the configuration's bytes: the interpreter's own
+    # SHA-256 (the module hashlib falls back to) gives the same digest without hashlib's
+    # import, which loads OpenSSL (3 ms of a start with a plan).
+    try:
+        from _sha256 import sha256
+    except ImportError:
+        try:
+            from _sha2 import sha256  # Python 3.12 on
+        except ImportError:
+            from hashlib import sha256  # a Python built without them
 
 PLAN_FILE = "boot-plan.json"
 PLAN_FORMAT = 1
@@ -149,7 +161,7 @@ class PlannedSpec:
 def plan_key(settings: Settings, allow_loopback: str) -> str:
     """The hash of what decides which programs a start spawns, and how (module doc).
     OSError when a configuration file cannot be read."""
-    digest = hashlib.sha256()
+    digest = sha256()
 
     def part(label: str, data: bytes) -> None:
         digest.update(label.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
