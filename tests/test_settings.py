@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pmd_init import __version__
-from pmd_init.settings import LEVEL_NAMES, parse_settings
+from pmd_init.settings import LEVEL_NAMES, _terminal_columns, build_parser, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -181,3 +183,34 @@ def test_shutdown_and_probe_settings(monkeypatch):
 def test_the_level_names_checked_without_logging_are_loggings_own() -> None:
     # PMD_LOG_LEVEL is checked before logging is imported (a first start spawns first)
     assert LEVEL_NAMES == set(logging.getLevelNamesMapping())
+
+
+@pytest.mark.parametrize("columns", [None, "50", "200", "0", "wide"])
+def test_help_is_as_wide_as_argparse_makes_it(monkeypatch, columns: str | None) -> None:
+    # pmd's formatter asks for the terminal's width without shutil (settings are parsed
+    # before a first start's first spawn): the same width, the same help
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _terminal_columns() == shutil.get_terminal_size().columns
+    parser = build_parser()
+    ours = parser.format_help(), parser.format_usage()
+    parser.formatter_class = argparse.HelpFormatter
+    assert ours == (parser.format_help(), parser.format_usage())
+
+
+def test_a_start_before_its_first_spawn_leaves_shutil_socket_and_hashlib_unimported() -> None:
+    # what pid1/entry.py imports and runs before the boot plan's programs (and, without a
+    # plan, before pydantic): argparse's formatter, the signal set-up and the plan's key
+    # would each import one of these, which pmd needs only later
+    code = ("import sys\n"
+            "before = set(sys.modules)\n"
+            "from pmd_init.pid1 import early, entry, signals\n"
+            "from pmd_init.settings import parse_settings\n"
+            "parse_settings([])\n"
+            "new = set(sys.modules) - before\n"
+            "print(' '.join(sorted({'shutil', 'socket', 'hashlib'} & new)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=30, check=True)
+    assert done.stdout.split() == []
