@@ -200,17 +200,18 @@ def test_help_is_as_wide_as_argparse_makes_it(monkeypatch, columns: str | None) 
     assert ours == (parser.format_help(), parser.format_usage())
 
 
-def test_a_start_before_its_first_spawn_leaves_shutil_socket_and_hashlib_unimported() -> None:
+def test_a_start_before_its_first_spawn_leaves_what_it_needs_later_unimported() -> None:
     # what pid1/entry.py imports and runs before the boot plan's programs (and, without a
-    # plan, before pydantic): argparse's formatter, the signal set-up and the plan's key
-    # would each import one of these, which pmd needs only later
+    # plan, before pydantic): argparse's formatter, the signal set-up, the plan's key and
+    # the spawn module would each import one of these, which pmd needs only later
     code = ("import sys\n"
             "before = set(sys.modules)\n"
             "from pmd_init.pid1 import early, entry, signals\n"
             "from pmd_init.settings import parse_settings\n"
             "parse_settings([])\n"
             "new = set(sys.modules) - before\n"
-            "print(' '.join(sorted({'shutil', 'socket', 'hashlib'} & new)))\n")
+            "later = {'shutil', 'socket', 'hashlib', 'subprocess'}\n"
+            "print(' '.join(sorted(later & new)))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=30, check=True)
     assert done.stdout.split() == []

@@ -190,3 +190,44 @@ def test_a_spawner_reuses_only_what_is_the_same_and_keeps_one_devnull(
     with pytest.raises(SpawnError, match="command not found"):  # sh is not along this PATH
         spawner.spawn(SpawnRequest(argv=argv, env={"X": "three", "PATH": "/nonexistent"}))
     os.close(fd)
+
+
+def test_devnull_is_subprocesss(spawn_path: str) -> None:
+    # spawn takes subprocess.DEVNULL (the supervisor's, probes', hooks') without importing
+    # subprocess itself (pid1/early.py spawns before pmd imports it)
+    assert spawn_module.DEVNULL == subprocess.DEVNULL
+    w = -1
+    r, w = os.pipe()
+    try:
+        child = spawn(SpawnRequest(argv=["sh", "-c", "echo out; echo err >&2"],
+                                   env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=w))
+        os.close(w)
+        w = -1
+        assert os.read(r, 100) == b"err\n"
+        os.waitpid(child.pid, 0)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+ENOTDIR_REPORT = b"OSError:%x:noexec" % errno.ENOTDIR  # the chdir failed: no exec
+
+
+@pytest.mark.parametrize("report, kind, args", [
+    (b"OSError:2:", FileNotFoundError, (errno.ENOENT, os.strerror(errno.ENOENT), "prog")),
+    (ENOTDIR_REPORT, NotADirectoryError, (errno.ENOTDIR, os.strerror(errno.ENOTDIR), "/dir")),
+    (b"SubprocessError:0:Exception occurred in preexec_fn.", subprocess.SubprocessError,
+     ("Exception occurred in preexec_fn.",)),
+    (b"ValueError:0:bad value", ValueError, ("bad value",)),
+    (b"NoSuchName:0:text", subprocess.SubprocessError, ("text",)),
+    (b"garbage", subprocess.SubprocessError, ("Bad exception data from child: b'garbage'",)),
+])
+def test_a_childs_report_is_the_exception_popen_raises(
+        report: bytes, kind: type, args: tuple[object, ...]) -> None:
+    error = spawn_module._exec_error(report, "prog", "/dir")
+    assert type(error) is kind
+    if isinstance(error, OSError):
+        assert (error.errno, error.strerror, error.filename) == args
+    else:
+        assert error.args == args

@@ -38,7 +38,6 @@ import os
 import resource
 import signal
 import stat
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..supervisor.expansion import expand_spec
 from ..supervisor.spawn import (
+    DEVNULL,
     Prespawned,
     SpawnError,
     SpawnRequest,
@@ -308,8 +308,8 @@ def start_planned(specs: list[PlannedSpec], base_env: Mapping[str, str]
                     pipes = [make_pipe(), make_pipe()]
                 popen = spawn(SpawnRequest(
                     argv=argv, env=env, cwd=fields.directory, account=account,
-                    stdout=pipes[0][1] if pipes else subprocess.DEVNULL,
-                    stderr=pipes[1][1] if pipes else subprocess.DEVNULL,
+                    stdout=pipes[0][1] if pipes else DEVNULL,
+                    stderr=pipes[1][1] if pipes else DEVNULL,
                     rlimits=list(spec.rlimits)))
             except (SpawnError, OSError) as exc:
                 for r, w in pipes:

@@ -34,12 +34,17 @@ import pwd
 import resource
 import shlex
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from errno import EACCES, ENOENT, ENOTDIR
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+# subprocess (with locale and selectors, 2 ms) is imported by the spawns that need it
+# only: a Python whose fork_exec is unknown (Popen), a child's report of a failed exec.
+# pid1/early.py spawns the boot programs through this module before pmd imports it.
+if TYPE_CHECKING:
+    import subprocess
 
 _fork_exec: Callable[..., int] | None
 try:
@@ -50,6 +55,9 @@ except ImportError:  # not a POSIX Python
 #: Blocked in every thread of pmd, never in a child.
 WAITED = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
                     signal.SIGTRAP, signal.SIGSYS, signal.SIGPIPE})
+
+#: subprocess.DEVNULL (tests/test_spawn.py holds it to subprocess's).
+DEVNULL = -3
 
 SHELL_PATHS = {"bash": "bash", "zsh": "zsh", "fish": "fish", "sh": "sh", "tmux": "bash"}
 
@@ -199,8 +207,9 @@ class Process:
         return f"<Process {self.pid} returncode={self.returncode}>"
 
 
-#: What spawn returns (Popen only on a Python whose fork_exec is unknown).
-Spawned = Process | subprocess.Popen[bytes]
+if TYPE_CHECKING:
+    #: What spawn returns (Popen only on a Python whose fork_exec is unknown).
+    Spawned = Process | subprocess.Popen[bytes]
 
 #: fork_exec's parameters on the Pythons whose subprocess calls it the way spawn does.
 _FORK_EXEC_PARAMETERS = (
@@ -217,7 +226,8 @@ def _fork_exec_tail() -> tuple[bool, ...] | None:
     if _fork_exec is None:
         return None
     text: str | None = getattr(_fork_exec, "__text_signature__", None)
-    vfork = (bool(getattr(subprocess, "_USE_VFORK", True)),)
+    # subprocess's own switch; True unless set, and set only once subprocess is imported
+    vfork = (bool(getattr(sys.modules.get("subprocess"), "_USE_VFORK", True)),)
     if text is None:  # 3.11's fork_exec has no signature; its call is 3.12's
         return vfork if sys.version_info[:2] == (3, 11) else None
     names = tuple(name.strip() for name in text.strip("()").split(","))
@@ -327,7 +337,7 @@ def spawn(req: SpawnRequest, spawner: Spawner | None = None) -> Spawned:
             assert preexec is None  # programs have none; the main command has no extra fd
             preexec = move
     stdin = req.stdin_fd if req.stdin_fd is not None \
-        else subprocess.DEVNULL if req.stdin_devnull else None
+        else DEVNULL if req.stdin_devnull else None
     held = _signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
     try:
         if _FORK_EXEC_TAIL is None:
@@ -346,7 +356,13 @@ def spawn(req: SpawnRequest, spawner: Spawner | None = None) -> Spawned:
     except OSError as exc:
         raise SpawnError(f"cannot execute {req.argv[0]}: {exc.strerror or exc}",
                          exc.errno) from None
-    except (ValueError, KeyError, subprocess.SubprocessError) as exc:
+    except (ValueError, KeyError) as exc:
+        raise SpawnError(f"cannot execute {req.argv[0]}: {exc}") from None
+    except Exception as exc:
+        # Popen's SubprocessError, or _exec_error's: subprocess is imported when it is one
+        subprocess_module = sys.modules.get("subprocess")
+        if subprocess_module is None or not isinstance(exc, subprocess_module.SubprocessError):
+            raise
         raise SpawnError(f"cannot execute {req.argv[0]}: {exc}") from None
     finally:
         _signal.pthread_sigmask(signal.SIG_SETMASK, held)
@@ -364,12 +380,12 @@ def _fork_and_exec(argv: list[str], env: Mapping[str, str], cwd: str | None,
     or None (pmd's own); raises what Popen raises when the exec (or the chdir) fails."""
     devnull = -1  # opened for this spawn alone (no spawner)
     fds = [-1 if fd is None else fd for fd in (stdin, stdout, stderr)]
-    if subprocess.DEVNULL in fds:
+    if DEVNULL in fds:
         if spawner is not None:
             null = spawner.devnull()
         else:
             null = devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        fds = [null if fd == subprocess.DEVNULL else fd for fd in fds]
+        fds = [null if fd == DEVNULL else fd for fd in fds]
     try:
         encoded = spawner.encode(argv, env) if spawner is not None else encode(argv, env)
         # The child reports a failed exec (or chdir) here, as "ExceptionName:hex errno:";
@@ -422,9 +438,13 @@ def _exec_error(report: bytes, argv0: str, cwd: str | None) -> Exception:
         name, hex_errno, message = report.split(b":", 2)
         text = message.decode()
     except ValueError:
+        import subprocess
+
         return subprocess.SubprocessError(f"Bad exception data from child: {report!r}")
-    kind = getattr(builtins, name.decode("ascii", "replace"), subprocess.SubprocessError)
+    kind = getattr(builtins, name.decode("ascii", "replace"), None)
     if not (isinstance(kind, type) and issubclass(kind, Exception)):
+        import subprocess
+
         kind = subprocess.SubprocessError
     if issubclass(kind, OSError) and hex_errno:
         number = int(hex_errno, 16)
@@ -441,6 +461,8 @@ def _popen(req: SpawnRequest, env: Mapping[str, str], stdin: int | None,
            pass_fds: tuple[int, ...], preexec: Callable[[], None] | None,
            uid: int | None, gid: int | None, groups: list[int] | None) -> Spawned:
     """The same spawn through subprocess.Popen, for a Python whose fork_exec is unknown."""
+    import subprocess
+
     kwargs: dict[str, Any] = {}
     if uid is not None:
         kwargs.update(user=uid, group=gid, extra_groups=groups)
