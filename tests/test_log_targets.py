@@ -475,3 +475,28 @@ def test_a_full_target_counts_an_unfinished_last_line_when_the_pipe_ends(kind: s
         return [*seen, shipper.dropped, shipper.queued]
 
     assert asyncio.run(feed()) == [0, 1, 2, 2, 3, 2]
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "capture"])
+def test_a_cut_lines_own_newline_is_its_end_not_an_empty_line(kind: str) -> None:
+    from pmd_init.logs.shipping import LINE_MAX, PARTIAL_MAX, Shipper, ShipTarget, Source, Tap
+
+    long = b"L" * (PARTIAL_MAX + 10)
+    shipped = long[:LINE_MAX]  # a target takes a line up to LINE_MAX
+
+    async def feed(pieces: tuple[bytes, ...], lines: bool) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        shipper = Shipper(loop, ShipTarget("t", "loki", ("http", "127.0.0.1", 9, "/"),
+                                           buffer_lines=100))
+        tap = Tap(Source("p", "p", "stdout"), [shipper])
+        for piece in pieces:  # `lines` as the capture gives it when it forwards
+            tap(_read_into(kind, piece), len(piece), piece.count(b"\n") if lines else None)
+        tap.close()
+        return [line for _, _, line in shipper._take(100)]
+
+    # cut at the end of a read (held past the limit), the line's newline next: one line;
+    # a real empty line after it stays, and a cut line that goes on is a line of its own
+    for lines in (False, True):
+        assert asyncio.run(feed((long, b"\nc\n\nd\n"), lines)) == [shipped, b"c", b"", b"d"]
+        assert asyncio.run(feed((b"a\n" + long, b"\nc\n"), lines)) == [b"a", shipped, b"c"]
+        assert asyncio.run(feed((long, b"more\n"), lines)) == [shipped, b"more"]

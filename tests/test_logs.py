@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Callable
@@ -10,7 +11,15 @@ from collections.abc import Callable
 import pytest
 
 from pmd_init.logs import tail
-from pmd_init.logs.capture import PARTIAL_LINE_MAX, SLICE, ByteCount, Capture, Forwarder, LogFile
+from pmd_init.logs.capture import (
+    PARTIAL_LINE_MAX,
+    SLICE,
+    ByteCount,
+    Capture,
+    Forwarder,
+    LineStyle,
+    LogFile,
+)
 from pmd_init.logs.tail import capture_times, count_lines, last_lines, tail_lines
 from pmd_init.logs.times import LineTimes, SavedTimes
 
@@ -274,15 +283,18 @@ def test_drain_keeps_a_pipe_that_a_leftover_process_still_holds(tmp_path):
         loop.close()
 
 
-def forward_through(tmp_path, pieces: list[bytes]) -> tuple[bytes, bytes]:
-    """Write `pieces` one by one into a capture that forwards to a file; (log, forwarded)."""
+def forward_through(tmp_path, pieces: list[bytes], prefix: bytes = b"[p] ",
+                    style: LineStyle | None = None) -> tuple[bytes, bytes]:
+    """Write `pieces` one by one into a capture that forwards to a file, each read before
+    the next is written; (log, forwarded)."""
     loop = asyncio.new_event_loop()
     try:
         out = os.open(tmp_path / "stdout", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         forwarder = Forwarder(loop, out)
         os.close(out)
         r, w = Capture.make_pipe()
-        capture = Capture(loop, r, LogFile(tmp_path / "out.log", 0, 0), forwarder, b"[p] ")
+        capture = Capture(loop, r, LogFile(tmp_path / "out.log", 0, 0), forwarder, prefix,
+                          style=style)
         for piece in pieces:
             os.write(w, piece)
             capture.drain()
@@ -318,7 +330,33 @@ def test_a_chunk_of_many_slices_is_forwarded_whole(tmp_path):
 def test_a_line_longer_than_the_partial_limit_is_forwarded_in_ended_pieces(tmp_path):
     long = b"y" * (PARTIAL_LINE_MAX + 10)
     _, forwarded = forward_through(tmp_path, [b"a\nb", long[:1000], long[1000:], b"\nc\n"])
-    assert forwarded == b"[p] a\n[p] b" + long + b"\n[p] \n[p] c\n"
+    assert forwarded == b"[p] a\n[p] b" + long + b"\n[p] c\n"
+
+
+@pytest.mark.parametrize("before", [b"", b"a\n"], ids=["held", "after-a-line"])
+def test_a_cut_lines_own_newline_in_the_next_read_is_its_end_not_an_empty_line(
+        tmp_path, before):
+    # The line is cut at the end of a read (held past the limit, or the rest of a read
+    # after its last newline is past it): pmd ends that piece; the line's own newline,
+    # first in the next read, is the same end. A real empty line after it stays.
+    long = b"y" * (PARTIAL_LINE_MAX + 10)
+    logged, forwarded = forward_through(tmp_path, [before + long, b"\nc\n\nd\n"])
+    assert logged == before + long + b"\nc\n\nd\n"
+    head = b"[p] a\n" if before else b""
+    assert forwarded == head + b"[p] " + long + b"\n[p] c\n[p] \n[p] d\n"
+    _, raw = forward_through(tmp_path, [before + long, b"\nc\n"], prefix=b"",
+                             style=LineStyle("raw", "p", None, "stdout"))
+    assert raw == before + long + b"\nc\n"
+    _, objects = forward_through(tmp_path, [before + long, b"\n\nc\n"], prefix=b"",
+                                 style=LineStyle("json", "p", None, "stdout"))
+    got = [json.loads(line)["line"] for line in objects.splitlines()]
+    assert got == ([before[:-1].decode()] if before else []) + [long.decode(), "", "c"]
+
+
+def test_a_new_line_after_a_cut_one_that_did_not_end_is_forwarded(tmp_path):
+    long = b"y" * (PARTIAL_LINE_MAX + 10)
+    _, forwarded = forward_through(tmp_path, [long, b"zz\n"])
+    assert forwarded == b"[p] " + long + b"\n[p] zz\n"
 
 
 def test_a_stalled_stdout_drops_whole_chunks_and_counts_them(tmp_path):

@@ -335,7 +335,7 @@ class Capture:
     API's log streams) subscribes to it and unsubscribes when done."""
 
     __slots__ = ("_loop", "fd", "logfile", "_forward", "_prefix", "_line_break", "_partial",
-                 "_on_eof", "bytes_read", "_listeners", "_buffer", "_count", "_style",
+                 "_cut", "_on_eof", "bytes_read", "_listeners", "_buffer", "_count", "_style",
                  "_name_prefix", "_tap")
 
     def __init__(
@@ -367,6 +367,7 @@ class Capture:
         self._prefix = prefix
         self._line_break = b"\n" + prefix
         self._partial = b""
+        self._cut = False  # the last line forwarded was cut at the limit (_forward_lines)
         self._on_eof = on_eof
         self.bytes_read = 0
         self._count = count
@@ -445,14 +446,20 @@ class Capture:
             self.logfile.write(data)
         lines: int | None = None  # the newlines read, when forwarding had to find them
         if self._forward is not None:
+            # A line cut at the limit was ended by pmd: when the line's own end comes first
+            # in this read, it is that newline, not an empty line of its own.
+            skip = 1 if self._cut and data[0] == 0x0A else 0
+            self._cut = False
             if self._style is None:
-                lines = self._forward_lines(data)
+                lines = self._forward_lines(data, skip)
             elif self._style.mode == "json":
-                lines = self._forward_json(data)
+                lines = self._forward_json(data[skip:])
             else:  # timestamped: the time of this read before each of its lines
                 self._prefix = f"{rfc3339(time.time())} ".encode() + self._name_prefix
                 self._line_break = b"\n" + self._prefix
-                lines = self._forward_lines(data)
+                lines = self._forward_lines(data, skip)
+            if lines is not None:
+                lines += skip
         if self._tap is not None:  # in every log_forward mode, "off" too
             self._tap(self._buffer, n, lines)
         if self._listeners:
@@ -461,21 +468,25 @@ class Capture:
                 listener(chunk)
         return n
 
-    def _forward_lines(self, data: memoryview) -> int | None:
-        """Whole lines, each after the prefix; the start of an unfinished line waits for its
-        end (so that programs' lines do not interleave), up to PARTIAL_LINE_MAX. Returns the
-        number of newlines in `data` (what each replace added, over the prefix's length), or
-        None without a prefix (raw)."""
+    def _forward_lines(self, data: memoryview, skip: int = 0) -> int | None:
+        """Whole lines of `data` after its first `skip` bytes, each after the prefix; the
+        start of an unfinished line waits for its end (so that programs' lines do not
+        interleave), up to PARTIAL_LINE_MAX, where it is cut: that piece is ended, and the
+        next is a line of its own. Returns the number of newlines forwarded (what each
+        replace added, over the prefix's length), or None without a prefix (raw)."""
         assert self._forward is not None
         prefix = self._prefix
-        cut = self._buffer.rfind(b"\n", 0, len(data))
+        cut = self._buffer.rfind(b"\n", skip, len(data))  # data is the buffer's start
+        data = data[skip:]
         if cut < 0:
             partial = self._partial + data
             if len(partial) > PARTIAL_LINE_MAX:
                 self._forward.write(prefix, partial, b"\n")
                 partial = b""
+                self._cut = True
             self._partial = partial
             return 0
+        cut -= skip
         rest = len(data) - cut - 1
         whole = data if rest > PARTIAL_LINE_MAX else data[:cut + 1]
         forward = self._forward
@@ -483,6 +494,7 @@ class Capture:
         if whole is data:  # a line too long to hold: this piece of it ends here
             tail: tuple[bytes, ...] = (b"\n",)
             self._partial = b""
+            self._cut = True
         else:
             tail = ()
             self._partial = data[cut + 1:].tobytes()
@@ -529,6 +541,7 @@ class Capture:
         if len(self._partial) > PARTIAL_LINE_MAX:  # too long to hold: this piece ends here
             lines.append(self._partial)
             self._partial = b""
+            self._cut = True
         if lines:
             self._forward.write(self._json_lines(lines))
         return newlines
@@ -564,6 +577,7 @@ class Capture:
             self._on_eof(self)
 
     def _end_partial(self) -> None:
+        self._cut = False  # what comes next (a new run's output, or nothing) is new
         if self._partial and self._forward is not None:  # a last line without its newline
             if self._style is not None and self._style.mode == "json":
                 self._forward.write(self._json_lines([self._partial]))

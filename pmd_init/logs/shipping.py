@@ -225,7 +225,7 @@ class Tap:
     """On one capture: whole lines to every shipper that wants this source. It is called
     with the capture's read buffer, not a copy: what it keeps, it copies."""
 
-    __slots__ = ("source", "shippers", "_partial", "_let_go")
+    __slots__ = ("source", "shippers", "_partial", "_let_go", "_cut")
 
     def __init__(self, source: Source, shippers: Sequence[Shipper]) -> None:
         self.source = source
@@ -234,12 +234,19 @@ class Tap:
         #: The start of an unfinished line was let go while every target was full: if the
         #: pipe ends before its newline, that line is counted as dropped then.
         self._let_go = False
+        #: The last line shipped was cut at PARTIAL_MAX: a newline first in the next read
+        #: is that line's own end, not an empty line.
+        self._cut = False
 
     def __call__(self, buffer: bytearray | mmap, n: int, lines: int | None = None) -> None:
         """The first `n` bytes of `buffer` were just read from the pipe; `lines`, when the
         capture knows it (forwarding found them), the number of newlines in them. The
         buffer may be a mapping (capture.read_buffer), which has no count(): lines are
         counted in the bytes shipped, or in a copy when all of them are dropped."""
+        start = 1 if self._cut and buffer[0] == NEWLINE else 0
+        self._cut = False
+        if start and lines is not None:
+            lines -= 1
         for shipper in self.shippers:
             if shipper.queued < shipper.target.buffer_lines:
                 break
@@ -250,7 +257,7 @@ class Tap:
             if lines is None:
                 view = memoryview(buffer)  # a copy a slice at a time, none large
                 lines = sum(view[i:min(i + SLICE, n)].tobytes().count(b"\n")
-                            for i in range(0, n, SLICE))
+                            for i in range(start, n, SLICE))
             self._partial = b""
             self._let_go = buffer[n - 1] != NEWLINE
             for shipper in self.shippers:
@@ -258,12 +265,12 @@ class Tap:
             return
         self._let_go = False  # what follows is held, or ends with the line
         view = memoryview(buffer)
-        cut = buffer.rfind(b"\n", 0, n)
+        cut = buffer.rfind(b"\n", start, n)
         if cut < 0:  # no line ends here: it all continues the held start
             chunk, lines = b"", 0
-            self._partial += view[:n].tobytes()
+            self._partial += view[start:n].tobytes()
         else:
-            whole = view[:cut + 1]
+            whole = view[start:cut + 1]
             chunk = b"".join((self._partial, whole)) if self._partial else whole.tobytes()
             self._partial = view[cut + 1:n].tobytes() if cut + 1 < n else b""
             if lines is None:  # the held start has no newline: every one is in `whole`
@@ -272,6 +279,7 @@ class Tap:
             chunk += self._partial + b"\n"
             lines += 1
             self._partial = b""
+            self._cut = True
         if chunk:
             self._ship(chunk, lines)
 
@@ -282,6 +290,7 @@ class Tap:
 
     def close(self) -> None:
         """The pipe ended: an unfinished last line goes as it is."""
+        self._cut = False
         if self._partial:
             partial, self._partial = self._partial, b""
             self._ship(partial + b"\n", 1)
