@@ -79,7 +79,9 @@ def test_exponential_backoff_and_retrying_forever_follow_their_schedule(
             assert expected - 0.3 <= started - entered < expected + 1.5, waits
             # whole seconds; pmd reads its clock for retry_at just before the state's time
             assert retry_at in (iso(entered + expected), iso(entered + expected - 0.01)), waits
-        assert seen.of("expo")[-1]["to"] == "FATAL"
+        # /ws is a connection of its own: the status can say FATAL before its event is read
+        pmd.wait_for(lambda: seen.of("expo")[-1]["to"] == "FATAL", timeout=5,
+                     what="expo's FATAL event, its last")
         # retried forever: past the default three retries by now, 1 s then 2 s (the cap)
         pmd.wait_for(lambda: len(starts(forever)) >= 5, timeout=10, what="5 starts")
         status = http.get(f"{API}/status/{ids['forever']}").json()["status"]
