@@ -177,6 +177,22 @@ def pmd_launch(base: Path, progs: list[Prog], main: list[str] | None = None,
     config, state, logs = base / "config", base / "state", base / "log"
     for d in (config, state, logs):
         d.mkdir(parents=True, exist_ok=True)
+    write_programs(config / "programs.json", progs)
+    argv = [pmd_python(), "-m", "pmd_init", "--config-dir", str(config),
+            "--state-dir", str(state), "--log-dir", str(logs),
+            "--socket", str(base / "pmd.sock"), "--host", "127.0.0.1", "--port", "0",
+            "--log-roots", str(base), *(args or [])]
+    if main:
+        argv += ["--", *main]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    for key in ("PMD_API_KEY", "PMD_API_KEY_FILE", "PMD_CONFIG_DIR", "PMD_STATE_DIR",
+                "PMD_LOG_DIR", "PMD_SOCKET", "PMD_PORT", "PMD_HOST"):
+        full_env.pop(key, None)
+    return Launch("pmd", base, argv, full_env)
+
+
+def write_programs(path: Path, progs: list[Prog]) -> None:
+    """pmd's programs.json for `progs`."""
     programs = []
     for p in progs:
         spec: dict[str, object] = {
@@ -191,18 +207,16 @@ def pmd_launch(base: Path, progs: list[Prog], main: list[str] | None = None,
             spec["startretries"] = p.startretries
         spec.update(p.pmd)
         programs.append(spec)
-    (config / "programs.json").write_text(json.dumps({"version": 1, "programs": programs}))
-    argv = [pmd_python(), "-m", "pmd_init", "--config-dir", str(config),
-            "--state-dir", str(state), "--log-dir", str(logs),
-            "--socket", str(base / "pmd.sock"), "--host", "127.0.0.1", "--port", "0",
-            "--log-roots", str(base), *(args or [])]
-    if main:
-        argv += ["--", *main]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    for key in ("PMD_API_KEY", "PMD_API_KEY_FILE", "PMD_CONFIG_DIR", "PMD_STATE_DIR",
-                "PMD_LOG_DIR", "PMD_SOCKET", "PMD_PORT", "PMD_HOST"):
-        full_env.pop(key, None)
-    return Launch("pmd", base, argv, full_env)
+    path.write_text(json.dumps({"version": 1, "programs": programs}))
+
+
+def startfloor_launch(base: Path, progs: list[Prog]) -> Launch:
+    """bench/startfloor.py as PID 1, given the programs.json pmd would get."""
+    base.mkdir(parents=True, exist_ok=True)
+    write_programs(base / "programs.json", progs)
+    return Launch("startfloor", base, [pmd_python(), str(ROOT / "bench" / "startfloor.py"),
+                                       str(base / "programs.json")],
+                  {**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def pmd_log_path(base: Path, name: str) -> Path:

@@ -19,7 +19,10 @@ Scenarios:
             --write-boot-plan` first, as an image's build runs it): a first start, and
             the note says how many programs each start's plan started; and, in pmd's
             rounds, the stack's floor (bench/stackfloor.py: sanic and pydantic serving one
-            route in pmd's interpreter, no pmd), whose RSS the notes set beside pmd's
+            route in pmd's interpreter, no pmd), whose RSS the notes set beside pmd's,
+            and the start's floor (bench/startfloor.py: pydantic validating the same
+            programs.json with pmd's model, then each program spawned; none of pmd's
+            start-up), timed as pmd's first start is, the notes setting the two side by side
   capture   a program writes 256 MiB of 100-byte lines to stdout (`yes | head -c N`);
             time and init CPU seconds, every init in its default configuration (pmd copies
             each line to its own stdout as `[name] line`; supervisord does not), plus pmd
@@ -103,6 +106,7 @@ from inits import (  # noqa: E402
     pmd_python,
     pmd_socket,
     read_stamps,
+    startfloor_launch,
     supervisord_launch,
     supervisord_log_path,
     supervisord_socket,
@@ -180,6 +184,8 @@ def launch(kind: str, base: Path, progs: list[Prog], main: list[str] | None = No
         return pmd_launch(base, progs, main, env)
     if kind == "tini":
         return tini_launch(base, progs, main)
+    if kind == "startfloor":
+        return startfloor_launch(base, progs)
     if main is not None:
         raise ValueError("supervisord has no main command")
     return supervisord_launch(base, progs)
@@ -651,14 +657,17 @@ class Bench:
             log(f"fleet: {o.programs} programs (boot, RSS, idle, stop), then 1 program "
                 "(RSS); pmd twice a round: a first start, and a start with a boot plan in "
                 "its config dir (pmd_init --write-boot-plan, an image's build step)")
-            # pmd's rounds also start the stack's floor (bench/stackfloor.py), for its RSS
-            kinds = inits + (["pmd+plan", "floor"] if "pmd" in inits else [])
+            # pmd's rounds also start the stack's floor (bench/stackfloor.py), for its RSS,
+            # and the start's floor (bench/startfloor.py), for its times
+            kinds = inits + (["pmd+plan", "floor", "startfloor"] if "pmd" in inits else [])
             for rep in range(o.reps):
                 for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
                     if kind == "pmd+plan":
                         self.once("fleet_plan", "pmd", run_fleet, o.programs, 0.0, plan=True)
                     elif kind == "floor":
                         self.once("floor", "stack", run_floor)
+                    elif kind == "startfloor":
+                        self.once("fleet", kind, run_fleet, o.programs, 0.0)
                     else:
                         self.once("fleet", kind, run_fleet, o.programs, o.idle_window)
             self.rounds("fleet1", [k for k in inits if k != "tini"], run_fleet, o.reps, 1, 0.0)
@@ -850,6 +859,18 @@ def extras(raw: dict[str, Any]) -> list[str]:
                      f"anonymous {floor_anon / 1024:.1f} MiB; pmd with 100 programs holds "
                      f"{(pmd_rss - floor) / 1024:.1f} MiB of RSS and "
                      f"{(pmd_anon - floor_anon) / 1024:.1f} MiB of anonymous memory above it")
+    first, boot = med(raw, "fleet", "startfloor", "first_s"), \
+        med(raw, "fleet", "startfloor", "boot_s")
+    pmd_first, pmd_boot = med(raw, "fleet", "pmd", "first_s"), med(raw, "fleet", "pmd", "boot_s")
+    if first is not None and boot is not None and pmd_first is not None \
+            and pmd_boot is not None:
+        n = raw["fleet"]["startfloor"][0]["programs"]
+        notes.append(f"the start's floor (pydantic validating the same programs.json with "
+                     f"pmd's model, then each program spawned; none of pmd's start-up: "
+                     f"bench/startfloor.py): first program running {first:.3f} s, "
+                     f"{n} running {boot:.3f} s; pmd's first start without a "
+                     f"plan: {pmd_first:.3f} s ({(pmd_first - first) * 1000:+.0f} ms) and "
+                     f"{pmd_boot:.3f} s ({(pmd_boot - boot) * 1000:+.0f} ms)")
     threads = med(raw, "fleet", "pmd", "threads")
     if threads is not None:
         notes.append(f"pmd threads with 100 programs: {threads:.0f}")
