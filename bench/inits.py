@@ -219,6 +219,25 @@ def startfloor_launch(base: Path, progs: list[Prog]) -> Launch:
                   {**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def teefloor_launch(base: Path, progs: list[Prog]) -> Launch:
+    """GNU tee as PID 1, the one program's output on its stdin: each byte copied to the
+    log file and to tee's own stdout, as a supervisor that forwards does, in C and without
+    a prefix (the capture's floor with forwarding). The program's pipe stays open after it
+    ends (a sleep holds it), so tee runs until it is killed, like an init."""
+    if len(progs) != 1:
+        raise ValueError("the tee floor runs one program")
+    logs = base / "log"
+    logs.mkdir(parents=True, exist_ok=True)
+    script = 'exec tee -- "$0" < <("$@"; exec sleep 100000)'
+    return Launch("teefloor", base, ["bash", "-c", script,
+                                     str(teefloor_log_path(base, progs[0].name)),
+                                     *progs[0].argv], dict(os.environ))
+
+
+def teefloor_log_path(base: Path, name: str) -> Path:
+    return base / "log" / f"{name}.out"
+
+
 def pmd_log_path(base: Path, name: str) -> Path:
     return base / "log" / name / "stdout.log"
 

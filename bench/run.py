@@ -32,7 +32,9 @@ Scenarios:
             column is the program writing straight to a file (no capture at all: the
             floor). Then the same with the init's stdout a pipe that a thread of the bench
             drains, as a container runtime drains a container's stdout for `docker logs`
-            (pmd and supervisord)
+            (pmd and supervisord). Both, in pmd's rounds, also with GNU tee as PID 1
+            copying the program's pipe to the log file and to its stdout (the capture's
+            floor with forwarding: in C, no prefix), which the notes print
   list      100 `sleep` programs; each init's listing with status over its Unix socket,
             keep-alive connections (1, then 16) asking as fast as answers come for
             --list-seconds: pmd (defaults) GET /api/v1/daemon/programs?include_status=true,
@@ -110,6 +112,8 @@ from inits import (  # noqa: E402
     supervisord_launch,
     supervisord_log_path,
     supervisord_socket,
+    teefloor_launch,
+    teefloor_log_path,
     tini_launch,
     tini_log_path,
     wait_until,
@@ -186,13 +190,15 @@ def launch(kind: str, base: Path, progs: list[Prog], main: list[str] | None = No
         return tini_launch(base, progs, main)
     if kind == "startfloor":
         return startfloor_launch(base, progs)
+    if kind == "teefloor":
+        return teefloor_launch(base, progs)
     if main is not None:
         raise ValueError("supervisord has no main command")
     return supervisord_launch(base, progs)
 
 
 def log_path(kind: str, base: Path, name: str) -> Path:
-    return {"pmd": pmd_log_path, "tini": tini_log_path,
+    return {"pmd": pmd_log_path, "tini": tini_log_path, "teefloor": teefloor_log_path,
             "supervisord": supervisord_log_path}[kind](base, name)
 
 
@@ -476,7 +482,10 @@ def run_capture(kind: str, base: Path, opts: argparse.Namespace, source: str = "
                 "init_minor_faults": faults, "log_bytes": size, "init_stdout_bytes": stdout_bytes,
                 "source": source, "forward": forward, "stdout_pipe": stdout_pipe, **extra}
     finally:
-        run.terminate(15)
+        if kind == "teefloor":
+            run.kill()  # tee has no SIGTERM handler, and as PID 1 it ignores the signal
+        else:
+            run.terminate(15)
 
 
 def run_list(kind: str, base: Path, opts: argparse.Namespace) -> dict[str, Any]:
@@ -674,7 +683,8 @@ class Bench:
         if "capture" in only:
             log(f"capture: {o.capture_bytes // MiB} MiB to stdout (pmd also without "
                 "forwarding, in the same rounds)")
-            kinds = inits + (["pmd-quiet"] if "pmd" in inits else [])
+            # pmd's rounds also run the capture's floor with forwarding: GNU tee as PID 1
+            kinds = inits + (["pmd-quiet", "teefloor"] if "pmd" in inits else [])
             for rep in range(o.reps):
                 for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
                     if kind == "pmd-quiet":
@@ -683,8 +693,8 @@ class Bench:
                         self.once("capture", kind, run_capture)
             log("capture: the same, each init's stdout a pipe the bench reads (as under "
                 "docker)")
-            self.rounds("capture_pipe", [k for k in inits if k != "tini"], run_capture, o.reps,
-                        stdout_pipe=True)
+            piped = [k for k in inits if k != "tini"] + (["teefloor"] if "pmd" in inits else [])
+            self.rounds("capture_pipe", piped, run_capture, o.reps, stdout_pipe=True)
         if "list" in only:
             log(f"list: {o.programs} programs, listings with status at "
                 f"{' and '.join(map(str, LIST_CONNECTIONS))} connections")
@@ -889,6 +899,18 @@ def extras(raw: dict[str, Any]) -> list[str]:
             note += (f", {statistics.median(speed) / plain_speed:.2f}x supervisord's MiB/s "
                      f"and {statistics.median(cpu) / plain_cpu:.2f}x its cpu-s")
         notes.append(note)
+    tee = []
+    for scenario, what in (("capture", "stdout a file"), ("capture_pipe", "stdout a pipe")):
+        tee_speed, tee_cpu = med(raw, scenario, "teefloor", "mib_per_s"), \
+            med(raw, scenario, "teefloor", "init_cpu_s")
+        theirs = med(raw, scenario, "supervisord", "mib_per_s")
+        if tee_speed is not None and tee_cpu is not None:
+            versus = f", {tee_speed / theirs:.2f}x supervisord's" if theirs else ""
+            tee.append(f"{what}: {tee_speed:.0f} MiB/s{versus}, {tee_cpu:.2f} cpu-s")
+    if tee:
+        notes.append("the capture's floor with forwarding (GNU tee as PID 1: the program's "
+                     "pipe copied to the log file and to tee's stdout, in C, no prefix): "
+                     + "; ".join(tee))
     for r in raw.get("reexec", {}).get("pmd", []):
         wait = r["longest_wait_s"]
         notes.append(f"pmd re-exec x{r['reexecs']} under a client connecting every 2 ms: "
