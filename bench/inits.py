@@ -230,12 +230,8 @@ def teefloor_launch(base: Path, progs: list[Prog]) -> Launch:
     logs.mkdir(parents=True, exist_ok=True)
     script = 'exec tee -- "$0" < <("$@"; exec sleep 100000)'
     return Launch("teefloor", base, ["bash", "-c", script,
-                                     str(teefloor_log_path(base, progs[0].name)),
+                                     str(tini_log_path(base, progs[0].name)),
                                      *progs[0].argv], dict(os.environ))
-
-
-def teefloor_log_path(base: Path, name: str) -> Path:
-    return base / "log" / f"{name}.out"
 
 
 def pmd_log_path(base: Path, name: str) -> Path:
@@ -320,6 +316,7 @@ def tini_launch(base: Path, progs: list[Prog], main: list[str] | None = None) ->
 
 
 def tini_log_path(base: Path, name: str) -> Path:
+    """The file a program's output goes to under tini, and under the tee floor."""
     return base / "log" / f"{name}.out"
 
 

@@ -113,7 +113,6 @@ from inits import (  # noqa: E402
     supervisord_log_path,
     supervisord_socket,
     teefloor_launch,
-    teefloor_log_path,
     tini_launch,
     tini_log_path,
     wait_until,
@@ -198,7 +197,7 @@ def launch(kind: str, base: Path, progs: list[Prog], main: list[str] | None = No
 
 
 def log_path(kind: str, base: Path, name: str) -> Path:
-    return {"pmd": pmd_log_path, "tini": tini_log_path, "teefloor": teefloor_log_path,
+    return {"pmd": pmd_log_path, "tini": tini_log_path, "teefloor": tini_log_path,
             "supervisord": supervisord_log_path}[kind](base, name)
 
 
